@@ -1,0 +1,148 @@
+//! The control API: HTTP/JSON over a Unix socket. Types shared by the server (the serving
+//! process) and its clients (`aegis`, later `aegis-tui`), and a minimal client.
+//!
+//! Endpoints:
+//! - `GET /v1/status` → [`Status`]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Where control sockets live: `$AEGIS_RUN_DIR` or `/run/aegis`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("AEGIS_RUN_DIR").map_or_else(|| PathBuf::from("/run/aegis"), PathBuf::from)
+}
+
+/// One member of a pool as the API reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub index: u16,
+    pub tier: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub data_bytes: u64,
+    pub free_bytes: u64,
+    pub used_bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+/// Capacity of one tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TierUsage {
+    pub tier: String,
+    pub data_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub label: String,
+    pub pool_uuid: String,
+    pub mountpoint: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub block_size: u32,
+    pub members: Vec<MemberStatus>,
+    pub tiers: Vec<TierUsage>,
+    pub inodes: u64,
+    pub commits: u64,
+    pub last_commit_ms_ago: Option<u64>,
+    pub checksum_errors: u64,
+}
+
+/// An error body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// Sends one request and returns the status code and body.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    let mut stream = UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: aegisd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).context("response is not UTF-8")?;
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("malformed HTTP response from {}", socket.display());
+    };
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("malformed status line from {}", socket.display()))?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        bail!("unexpected chunked response from {}", socket.display());
+    }
+    Ok((code, body.to_owned()))
+}
+
+/// `GET` a JSON resource.
+pub fn get<T: for<'de> Deserialize<'de>>(socket: &Path, path: &str) -> anyhow::Result<T> {
+    let (code, body) = request(socket, "GET", path, None)?;
+    if code != 200 {
+        let message = serde_json::from_str::<ApiError>(&body).map_or(body, |e| e.error);
+        bail!("{path}: HTTP {code}: {message}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("{path}: malformed JSON"))
+}
+
+/// Every live pool's status, by asking each control socket in the run directory.
+pub fn live_pools() -> Vec<(PathBuf, Status)> {
+    let Ok(entries) = std::fs::read_dir(run_dir()) else {
+        return Vec::new();
+    };
+    let mut pools = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "sock") {
+            if let Ok(status) = get::<Status>(&path, "/v1/status") {
+                pools.push((path, status));
+            }
+        }
+    }
+    pools
+}
+
+/// Finds the live pool mounted at `target` (a path) or labelled `target`.
+pub fn find_pool(target: &str) -> anyhow::Result<(PathBuf, Status)> {
+    let wanted = std::fs::canonicalize(target).ok();
+    let pools = live_pools();
+    let found = pools.into_iter().find(|(_, status)| {
+        status.label == target
+            || status.pool_uuid == target
+            || wanted
+                .as_deref()
+                .is_some_and(|w| Path::new(&status.mountpoint) == w)
+    });
+    found.with_context(|| {
+        format!(
+            "no mounted AegisFS pool at or labelled '{target}' (looked for control sockets in {})",
+            run_dir().display()
+        )
+    })
+}

@@ -1,0 +1,497 @@
+//! `aegis`: the AegisFS command line. Formats pools, mounts them (running the serving process),
+//! and talks to mounted pools through their control sockets.
+
+mod api;
+mod serve;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fs_core::device::Backend;
+use fs_core::format::Superblock;
+use fs_core::pool::{FormatOptions, MemberSpec};
+use fs_core::types::Tier;
+
+#[derive(Parser)]
+#[command(
+    name = "aegis",
+    version,
+    about = "AegisFS: a tiered, checksummed storage pool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a pool on a fast and a slow device (block devices or image files).
+    Format {
+        /// Fast-tier member (NVMe partition or image file).
+        #[arg(long, required = true)]
+        fast: Vec<PathBuf>,
+        /// Create the fast image file with this size (e.g. 2G), sparse.
+        #[arg(long, value_parser = parse_size)]
+        fast_size: Option<u64>,
+        /// Slow-tier member (HDD partition or image file).
+        #[arg(long)]
+        slow: Vec<PathBuf>,
+        /// Create the slow image file with this size (e.g. 8G), sparse.
+        #[arg(long, value_parser = parse_size)]
+        slow_size: Option<u64>,
+        /// Pool label (up to 64 bytes).
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Logical block size (power of two, 4K to 1M).
+        #[arg(long, value_parser = parse_size, default_value = "128K")]
+        block_size: u64,
+        /// Overwrite an existing filesystem or pool.
+        #[arg(long)]
+        force: bool,
+        /// Use pread/pwrite instead of io_uring.
+        #[arg(long)]
+        no_uring: bool,
+    },
+    /// Mount a pool: give every member device, then the mountpoint.
+    Mount {
+        /// Member devices followed by the mountpoint.
+        #[arg(required = true, num_args = 2..)]
+        paths: Vec<PathBuf>,
+        /// Stay attached and serve in this process (for systemd and debugging).
+        #[arg(long)]
+        foreground: bool,
+        /// Use pread/pwrite instead of io_uring.
+        #[arg(long)]
+        no_uring: bool,
+        /// Internal: print a READY line on stdout once mounted.
+        #[arg(long, hide = true)]
+        announce_ready: bool,
+    },
+    /// Flush and unmount a pool; the serving process exits.
+    Umount {
+        /// Mountpoint or pool label.
+        target: String,
+    },
+    /// Show a member's superblock, the pool's members and, when known, usage.
+    Info {
+        /// A member device (give all members to see usage of an unmounted pool).
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a mounted pool's members, tiers, usage and I/O counters.
+    Status {
+        /// Mountpoint or pool label.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses sizes like `4096`, `512K`, `2G`, `1.5T` (binary units).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let upper = trimmed.to_ascii_uppercase();
+    let number_part = upper.trim_end_matches(['B', 'I']);
+    let (digits, multiplier) = match number_part.chars().last() {
+        Some('K') => (&number_part[..number_part.len() - 1], 1u64 << 10),
+        Some('M') => (&number_part[..number_part.len() - 1], 1 << 20),
+        Some('G') => (&number_part[..number_part.len() - 1], 1 << 30),
+        Some('T') => (&number_part[..number_part.len() - 1], 1 << 40),
+        _ => (number_part, 1),
+    };
+    let value: f64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (examples: 4096, 512M, 2G)"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("'{text}' is not a positive size"));
+    }
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    let bytes = (value * multiplier as f64) as u64;
+    Ok(bytes)
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn backend(no_uring: bool) -> Backend {
+    if no_uring {
+        Backend::File
+    } else {
+        Backend::Auto
+    }
+}
+
+fn format_cmd(
+    fast: &[PathBuf],
+    fast_size: Option<u64>,
+    slow: &[PathBuf],
+    slow_size: Option<u64>,
+    options: &FormatOptions,
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mut specs = Vec::new();
+    for path in fast {
+        specs.push(MemberSpec {
+            path: path.clone(),
+            tier: Tier::Fast,
+            create_size: fast_size,
+        });
+    }
+    for path in slow {
+        specs.push(MemberSpec {
+            path: path.clone(),
+            tier: Tier::Slow,
+            create_size: slow_size,
+        });
+    }
+    fs_core::pool::format_paths(&specs, options, backend)?;
+    let sb = fs_core::pool::inspect_path(&specs[0].path)?;
+    println!(
+        "formatted pool {} ({}) with {} member(s), block size {}",
+        if sb.label.is_empty() {
+            "<no label>"
+        } else {
+            &sb.label
+        },
+        uuid::Uuid::from_bytes(sb.pool_uuid),
+        sb.members.len(),
+        human(u64::from(sb.block_size))
+    );
+    for (spec, member) in specs.iter().zip(&sb.members) {
+        println!(
+            "  {} tier {:<4} {:>10}  {}",
+            member.index.0,
+            member.tier,
+            human(member.size),
+            spec.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Log file of a detached serving process.
+fn log_path(mountpoint: &Path) -> PathBuf {
+    let name: String = mountpoint
+        .display()
+        .to_string()
+        .trim_matches('/')
+        .replace('/', "-");
+    let name = if name.is_empty() { "root".into() } else { name };
+    api::run_dir().join("logs").join(format!("{name}.log"))
+}
+
+fn mount_detached(devices: &[PathBuf], mountpoint: &Path, no_uring: bool) -> anyhow::Result<()> {
+    let mountpoint = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
+    let log = log_path(&mountpoint);
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("mount")
+        .arg("--foreground")
+        .arg("--announce-ready");
+    if no_uring {
+        command.arg("--no-uring");
+    }
+    let mut child = command
+        .args(devices)
+        .arg(&mountpoint)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .process_group(0)
+        .spawn()
+        .context("cannot start the serving process")?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("no pipe to the serving process")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.starts_with("READY") {
+        println!(
+            "mounted at {} (serving process {}, log {})",
+            mountpoint.display(),
+            child.id(),
+            log.display()
+        );
+        return Ok(());
+    }
+    let _ = child.wait();
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = output.lines().rev().take(5).collect();
+    let reason = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+    bail!("mount failed:\n{reason}");
+}
+
+fn umount_cmd(target: &str) -> anyhow::Result<()> {
+    let (_, status) = api::find_pool(target)?;
+    let result = Command::new("umount")
+        .arg(&status.mountpoint)
+        .status()
+        .context("cannot run umount")?;
+    if !result.success() {
+        bail!("umount {} failed (is it busy?)", status.mountpoint);
+    }
+    let proc_dir = PathBuf::from(format!("/proc/{}", status.pid));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while proc_dir.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "unmounted {}, but serving process {} has not exited after 120 s",
+                status.mountpoint,
+                status.pid
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("unmounted {}", status.mountpoint);
+    Ok(())
+}
+
+fn superblock_json(sb: &Superblock) -> serde_json::Value {
+    serde_json::json!({
+        "pool_uuid": uuid::Uuid::from_bytes(sb.pool_uuid).to_string(),
+        "label": sb.label,
+        "format_version": fs_core::format::FORMAT_VERSION,
+        "device_uuid": uuid::Uuid::from_bytes(sb.device_uuid).to_string(),
+        "device_index": sb.device_index.0,
+        "tier": sb.tier.as_str(),
+        "block_size": sb.block_size,
+        "features": sb.features,
+        "created": sb.created,
+        "device_size": sb.device_size,
+        "metadata_region": {"offset": sb.meta_offset, "length": sb.meta_len},
+        "data_area": {"start": sb.data_start, "end": sb.data_end},
+    })
+}
+
+fn info_cmd(devices: &[PathBuf], json: bool, backend: Backend) -> anyhow::Result<()> {
+    let sb = fs_core::pool::inspect_path(&devices[0])
+        .with_context(|| format!("{} is not an AegisFS member", devices[0].display()))?;
+    let uuid = uuid::Uuid::from_bytes(sb.pool_uuid).to_string();
+    let live = api::live_pools()
+        .into_iter()
+        .find(|(_, s)| s.pool_uuid == uuid);
+    let usage: Option<api::Status> = match live {
+        Some((_, status)) => Some(status),
+        None if devices.len() == sb.members.len() => {
+            let pool = fs_core::pool::open_paths(devices, backend)?;
+            let fs = fs_core::fs::Filesystem::new(pool, fs_core::fs::FsConfig::default())?;
+            Some(serve::api_status(&fs.status(), "", Instant::now()))
+        }
+        None => None,
+    };
+    let members: Vec<serde_json::Value> = sb
+        .members
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "index": m.index.0,
+                "uuid": uuid::Uuid::from_bytes(m.uuid).to_string(),
+                "tier": m.tier.as_str(),
+                "size": m.size,
+            })
+        })
+        .collect();
+    if json {
+        let value = serde_json::json!({
+            "superblock": superblock_json(&sb),
+            "members": members,
+            "mounted": usage.as_ref().is_some_and(|s| !s.mountpoint.is_empty()),
+            "usage": usage,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "pool      {} ({uuid})",
+        if sb.label.is_empty() {
+            "<no label>"
+        } else {
+            &sb.label
+        }
+    );
+    println!(
+        "device    {} = member {} ({} tier)",
+        devices[0].display(),
+        sb.device_index.0,
+        sb.tier
+    );
+    println!(
+        "format    version {}, block size {}",
+        fs_core::format::FORMAT_VERSION,
+        human(u64::from(sb.block_size))
+    );
+    println!("members");
+    for m in &sb.members {
+        println!(
+            "  {}  {:<4}  {:>10}  {}",
+            m.index.0,
+            m.tier,
+            human(m.size),
+            uuid::Uuid::from_bytes(m.uuid)
+        );
+    }
+    match usage {
+        Some(status) => print_usage(&status),
+        None => println!(
+            "usage     unknown: the pool is not mounted (give every member to read it offline)"
+        ),
+    }
+    Ok(())
+}
+
+fn print_usage(status: &api::Status) {
+    println!("tiers");
+    for tier in &status.tiers {
+        println!(
+            "  {:<4}  {:>10} used of {:>10}  ({} free)",
+            tier.tier,
+            human(tier.used_bytes),
+            human(tier.data_bytes),
+            human(tier.free_bytes)
+        );
+    }
+}
+
+fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
+    let (socket, status) = api::find_pool(target)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!(
+        "pool      {} ({})",
+        if status.label.is_empty() {
+            "<no label>"
+        } else {
+            &status.label
+        },
+        status.pool_uuid
+    );
+    println!(
+        "mounted   {} (pid {}, up {} s, socket {})",
+        status.mountpoint,
+        status.pid,
+        status.uptime_secs,
+        socket.display()
+    );
+    println!("members");
+    for m in &status.members {
+        println!(
+            "  {}  {:<4}  {:>10} used of {:>10}  read {:>10} ({} ops)  written {:>10} ({} ops)  {}",
+            m.index,
+            m.tier,
+            human(m.used_bytes),
+            human(m.data_bytes),
+            human(m.bytes_read),
+            m.read_ops,
+            human(m.bytes_written),
+            m.write_ops,
+            m.path
+        );
+    }
+    print_usage(&status);
+    println!("inodes    {}", status.inodes);
+    println!(
+        "commits   {} (last {})",
+        status.commits,
+        status.last_commit_ms_ago.map_or_else(
+            || "none yet".to_owned(),
+            |ms| format!("{:.1} s ago", ms as f64 / 1000.0)
+        )
+    );
+    println!("checksum errors {}", status.checksum_errors);
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Format {
+            fast,
+            fast_size,
+            slow,
+            slow_size,
+            label,
+            block_size,
+            force,
+            no_uring,
+        } => {
+            let options = FormatOptions {
+                label,
+                block_size: u32::try_from(block_size).context("block size too large")?,
+                force,
+            };
+            format_cmd(
+                &fast,
+                fast_size,
+                &slow,
+                slow_size,
+                &options,
+                backend(no_uring),
+            )
+        }
+        Cmd::Mount {
+            mut paths,
+            foreground,
+            no_uring,
+            announce_ready,
+        } => {
+            let mountpoint = paths.pop().context("no mountpoint given")?;
+            if foreground {
+                serve::serve(&paths, &mountpoint, announce_ready, backend(no_uring))
+            } else {
+                mount_detached(&paths, &mountpoint, no_uring)
+            }
+        }
+        Cmd::Umount { target } => umount_cmd(&target),
+        Cmd::Info { devices, json } => info_cmd(&devices, json, Backend::Auto),
+        Cmd::Status { target, json } => status_cmd(&target, json),
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("aegis: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The serving process: opens the pool, mounts it with FUSE, answers the control socket and
+//! unmounts cleanly on SIGTERM/SIGINT/SIGHUP. `aegis mount` runs it detached; `aegis mount
+//! --foreground` runs it attached (systemd, debugging).
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use fs_core::device::Backend;
+use fs_core::fs::{Filesystem, FsConfig, FsStatus};
+use fs_core::fuse::MountConfig;
+use fs_core::types::Tier;
+
+use crate::api::{self, ApiError, MemberStatus, Status, TierUsage};
+
+/// Whether `path` is currently a mountpoint (per /proc/self/mounts).
+pub fn is_mountpoint(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .any(|target| Path::new(&target.replace("\\040", " ")) == path)
+}
+
+/// Builds the API status from the filesystem's own report.
+pub fn api_status(fs: &FsStatus, mountpoint: &str, started: Instant) -> Status {
+    let members: Vec<MemberStatus> = fs
+        .members
+        .iter()
+        .map(|m| MemberStatus {
+            index: m.index.0,
+            tier: m.tier.to_string(),
+            path: m.path.clone(),
+            size_bytes: m.size,
+            data_bytes: m.data_bytes,
+            free_bytes: m.free_bytes,
+            used_bytes: m.data_bytes - m.free_bytes,
+            bytes_read: m.bytes_read,
+            bytes_written: m.bytes_written,
+            read_ops: m.read_ops,
+            write_ops: m.write_ops,
+        })
+        .collect();
+    let tiers = [Tier::Fast, Tier::Slow]
+        .into_iter()
+        .filter(|tier| fs.members.iter().any(|m| m.tier == *tier))
+        .map(|tier| {
+            let of_tier = || members.iter().filter(move |m| m.tier == tier.as_str());
+            TierUsage {
+                tier: tier.to_string(),
+                data_bytes: of_tier().map(|m| m.data_bytes).sum(),
+                used_bytes: of_tier().map(|m| m.used_bytes).sum(),
+                free_bytes: of_tier().map(|m| m.free_bytes).sum(),
+            }
+        })
+        .collect();
+    Status {
+        label: fs.label.clone(),
+        pool_uuid: fs.pool_uuid.clone(),
+        mountpoint: mountpoint.to_owned(),
+        pid: std::process::id(),
+        uptime_secs: started.elapsed().as_secs(),
+        block_size: fs.block_size,
+        members,
+        tiers,
+        inodes: fs.inodes,
+        commits: fs.commits,
+        last_commit_ms_ago: fs.last_commit_ms_ago,
+        checksum_errors: fs.checksum_errors,
+    }
+}
+
+fn json_response<T: serde::Serialize>(
+    code: u16,
+    value: &T,
+) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let header = tiny_http::Header::from_bytes("Content-Type", "application/json")
+        .expect("static header is valid");
+    tiny_http::Response::from_data(body)
+        .with_status_code(code)
+        .with_header(header)
+}
+
+fn serve_api(server: &tiny_http::Server, fs: &Filesystem, mountpoint: &str, started: Instant) {
+    for request in server.incoming_requests() {
+        let url = request.url().to_owned();
+        let response = match (request.method(), url.as_str()) {
+            (tiny_http::Method::Get, "/v1/status") => {
+                json_response(200, &api_status(&fs.status(), mountpoint, started))
+            }
+            (_, "/v1/status") => json_response(
+                405,
+                &ApiError {
+                    error: "method not allowed".into(),
+                },
+            ),
+            _ => json_response(
+                404,
+                &ApiError {
+                    error: format!("no such endpoint: {url}"),
+                },
+            ),
+        };
+        if let Err(err) = request.respond(response) {
+            tracing::warn!(error = %err, "control API response failed");
+        }
+    }
+}
+
+/// Binds the control socket, replacing a stale one left by a crashed process.
+fn bind_socket(path: &Path) -> anyhow::Result<tiny_http::Server> {
+    let dir = path.parent().context("socket path has no directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "{} is in use: this pool is already being served",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale {}", path.display()))?;
+    }
+    let server = tiny_http::Server::http_unix(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(server)
+}
+
+/// Opens, mounts and serves the pool until it is unmounted.
+pub fn serve(
+    devices: &[PathBuf],
+    mountpoint: &Path,
+    announce_ready: bool,
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let mountpoint = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    if is_mountpoint(&mountpoint) {
+        bail!("{} is already a mountpoint", mountpoint.display());
+    }
+    let started = Instant::now();
+    let pool = fs_core::pool::open_paths(devices, backend).context("cannot open the pool")?;
+    let label = pool.label().to_owned();
+    let uuid = uuid::Uuid::from_bytes(pool.uuid()).to_string();
+    let fs = Filesystem::new(pool, FsConfig::default()).context("cannot load the filesystem")?;
+    let _committer = fs.start_committer();
+    let config = MountConfig {
+        fsname: if label.is_empty() {
+            "aegisfs".into()
+        } else {
+            label.clone()
+        },
+        ..MountConfig::default()
+    };
+    let mut session = fs_core::fuse::session(Arc::clone(&fs), &mountpoint, &config)
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+
+    let socket = api::run_dir().join(format!("{uuid}.sock"));
+    let server = Arc::new(bind_socket(&socket)?);
+    let api_thread = {
+        let server = Arc::clone(&server);
+        let fs = Arc::clone(&fs);
+        let mountpoint = mountpoint.display().to_string();
+        std::thread::Builder::new()
+            .name("aegis-api".into())
+            .spawn(move || serve_api(&server, &fs, &mountpoint, started))?
+    };
+
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let signal_handle = signals.handle();
+    let signal_mountpoint = mountpoint.clone();
+    std::thread::Builder::new()
+        .name("aegis-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                tracing::info!(signal, "unmounting on signal");
+                if let Err(err) = unmounter.unmount() {
+                    tracing::error!(error = %err, mountpoint = %signal_mountpoint.display(), "unmount on signal failed");
+                }
+            }
+        })?;
+
+    tracing::info!(pool = %uuid, label = %label, mountpoint = %mountpoint.display(), socket = %socket.display(), "serving");
+    if announce_ready {
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "READY {}", socket.display())?;
+        stdout.flush()?;
+    }
+    let result = session.run();
+    signal_handle.close();
+    server.unblock();
+    let _ = api_thread.join();
+    let _ = std::fs::remove_file(&socket);
+    fs.shutdown().context("final commit failed")?;
+    result.context("FUSE session failed")?;
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The sector allocator of the data areas: one bitmap per member, rebuilt at mount from the
+//! block table (the block table is the only persistent record of what is in use, so the
+//! allocator can never disagree with committed metadata after a crash).
+//!
+//! Allocation prefers the fast tier and overflows to the slow tier when the fast one has no
+//! room. Freed sectors are handed back by the filesystem only once the transaction that freed
+//! them is durable (see `fs::txg`).
+
+use crate::types::{DeviceIndex, Tier};
+
+/// The data area of one member as a bitmap of 4 KiB sectors.
+#[derive(Debug, Clone)]
+pub struct DeviceSpace {
+    pub index: DeviceIndex,
+    pub tier: Tier,
+    /// Absolute sector number of the first data sector.
+    first_sector: u64,
+    sectors: u64,
+    free: u64,
+    bitmap: Vec<u64>,
+    cursor: u64,
+}
+
+/// Why sectors could not be marked in use.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AllocError {
+    #[error("sectors {sector}..+{count} of device {device} are outside its data area")]
+    OutOfRange {
+        device: u16,
+        sector: u64,
+        count: u64,
+    },
+    #[error("sectors {sector}..+{count} of device {device} are claimed twice")]
+    DoubleUse {
+        device: u16,
+        sector: u64,
+        count: u64,
+    },
+    #[error("no device with index {0}")]
+    UnknownDevice(u16),
+}
+
+impl DeviceSpace {
+    /// A member whose data area spans absolute sectors `[first_sector, first_sector + sectors)`.
+    pub fn new(index: DeviceIndex, tier: Tier, first_sector: u64, sectors: u64) -> Self {
+        let words = usize::try_from(sectors.div_ceil(64)).unwrap_or(usize::MAX);
+        Self {
+            index,
+            tier,
+            first_sector,
+            sectors,
+            free: sectors,
+            bitmap: vec![0; words],
+            cursor: 0,
+        }
+    }
+
+    pub fn total_sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    pub fn free_sectors(&self) -> u64 {
+        self.free
+    }
+
+    fn bit(&self, rel: u64) -> bool {
+        self.bitmap[(rel / 64) as usize] & (1 << (rel % 64)) != 0
+    }
+
+    fn set_range(&mut self, rel: u64, count: u64, used: bool) {
+        for s in rel..rel + count {
+            let word = &mut self.bitmap[(s / 64) as usize];
+            if used {
+                *word |= 1 << (s % 64);
+            } else {
+                *word &= !(1 << (s % 64));
+            }
+        }
+        if used {
+            self.free -= count;
+        } else {
+            self.free += count;
+        }
+    }
+
+    fn relative(&self, sector: u64, count: u64) -> Result<u64, AllocError> {
+        let out_of_range = AllocError::OutOfRange {
+            device: self.index.0,
+            sector,
+            count,
+        };
+        let rel = sector
+            .checked_sub(self.first_sector)
+            .ok_or(out_of_range.clone())?;
+        if count == 0 || rel.checked_add(count).is_none_or(|end| end > self.sectors) {
+            return Err(out_of_range);
+        }
+        Ok(rel)
+    }
+
+    /// Marks sectors in use (at mount, from the block table).
+    pub fn mark_used(&mut self, sector: u64, count: u64) -> Result<(), AllocError> {
+        let rel = self.relative(sector, count)?;
+        if (rel..rel + count).any(|s| self.bit(s)) {
+            return Err(AllocError::DoubleUse {
+                device: self.index.0,
+                sector,
+                count,
+            });
+        }
+        self.set_range(rel, count, true);
+        Ok(())
+    }
+
+    /// Returns sectors to the free pool.
+    pub fn release(&mut self, sector: u64, count: u64) -> Result<(), AllocError> {
+        let rel = self.relative(sector, count)?;
+        self.set_range(rel, count, false);
+        Ok(())
+    }
+
+    /// Finds and claims `count` contiguous free sectors, next-fit from the last allocation.
+    pub fn allocate(&mut self, count: u64) -> Option<u64> {
+        if count == 0 || self.free < count {
+            return None;
+        }
+        let mut run_start = None;
+        let mut scanned = 0;
+        let mut rel = self.cursor;
+        // Two passes at most: from the cursor to the end, then from the start.
+        while scanned < self.sectors + count {
+            if rel >= self.sectors {
+                rel = 0;
+                run_start = None;
+            }
+            if rel.is_multiple_of(64) && run_start.is_none() && rel + 64 <= self.sectors {
+                // Skip whole used words quickly.
+                if self.bitmap[(rel / 64) as usize] == u64::MAX {
+                    rel += 64;
+                    scanned += 64;
+                    continue;
+                }
+            }
+            if self.bit(rel) {
+                run_start = None;
+            } else {
+                let start = *run_start.get_or_insert(rel);
+                if rel + 1 - start == count {
+                    self.set_range(start, count, true);
+                    self.cursor = start + count;
+                    return Some(self.first_sector + start);
+                }
+            }
+            rel += 1;
+            scanned += 1;
+        }
+        None
+    }
+}
+
+/// Free-space bookkeeping across all members.
+#[derive(Debug, Clone, Default)]
+pub struct Allocator {
+    devices: Vec<DeviceSpace>,
+}
+
+impl Allocator {
+    pub fn new(devices: Vec<DeviceSpace>) -> Self {
+        Self { devices }
+    }
+
+    pub fn devices(&self) -> &[DeviceSpace] {
+        &self.devices
+    }
+
+    fn device_mut(&mut self, index: DeviceIndex) -> Result<&mut DeviceSpace, AllocError> {
+        self.devices
+            .iter_mut()
+            .find(|d| d.index == index)
+            .ok_or(AllocError::UnknownDevice(index.0))
+    }
+
+    pub fn mark_used(
+        &mut self,
+        device: DeviceIndex,
+        sector: u64,
+        count: u64,
+    ) -> Result<(), AllocError> {
+        self.device_mut(device)?.mark_used(sector, count)
+    }
+
+    pub fn release(
+        &mut self,
+        device: DeviceIndex,
+        sector: u64,
+        count: u64,
+    ) -> Result<(), AllocError> {
+        self.device_mut(device)?.release(sector, count)
+    }
+
+    /// Claims `count` sectors, fast tier first, then slow.
+    pub fn allocate(&mut self, count: u64) -> Option<(DeviceIndex, Tier, u64)> {
+        for tier in [Tier::Fast, Tier::Slow] {
+            for device in self.devices.iter_mut().filter(|d| d.tier == tier) {
+                if let Some(sector) = device.allocate(count) {
+                    return Some((device.index, tier, sector));
+                }
+            }
+        }
+        None
+    }
+
+    pub fn total_sectors(&self) -> u64 {
+        self.devices.iter().map(DeviceSpace::total_sectors).sum()
+    }
+
+    pub fn free_sectors(&self) -> u64 {
+        self.devices.iter().map(DeviceSpace::free_sectors).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_fast_then_overflows_to_slow() {
+        let mut alloc = Allocator::new(vec![
+            DeviceSpace::new(DeviceIndex(0), Tier::Fast, 10, 64),
+            DeviceSpace::new(DeviceIndex(1), Tier::Slow, 100, 128),
+        ]);
+        assert_eq!(alloc.allocate(32), Some((DeviceIndex(0), Tier::Fast, 10)));
+        assert_eq!(alloc.allocate(32), Some((DeviceIndex(0), Tier::Fast, 42)));
+        assert_eq!(alloc.allocate(32), Some((DeviceIndex(1), Tier::Slow, 100)));
+        assert_eq!(alloc.free_sectors(), 96);
+        alloc.release(DeviceIndex(0), 10, 32).unwrap();
+        assert_eq!(alloc.allocate(32), Some((DeviceIndex(0), Tier::Fast, 10)));
+        assert_eq!(alloc.allocate(200), None);
+    }
+
+    #[test]
+    fn finds_runs_across_fragmentation() {
+        let mut space = DeviceSpace::new(DeviceIndex(0), Tier::Fast, 0, 200);
+        for s in (0..200).step_by(3) {
+            space.mark_used(s, 1).unwrap();
+        }
+        assert_eq!(space.allocate(3), None);
+        assert_eq!(space.allocate(2), Some(1));
+        space.release(0, 1).unwrap();
+        space.release(3, 1).unwrap();
+        assert_eq!(space.allocate(4), None);
+        assert_eq!(space.allocate(2), Some(4));
+    }
+
+    #[test]
+    fn rejects_double_use_and_out_of_range() {
+        let mut space = DeviceSpace::new(DeviceIndex(2), Tier::Slow, 8, 16);
+        space.mark_used(8, 4).unwrap();
+        assert!(matches!(
+            space.mark_used(10, 4),
+            Err(AllocError::DoubleUse { .. })
+        ));
+        assert!(matches!(
+            space.mark_used(4, 4),
+            Err(AllocError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            space.mark_used(20, 8),
+            Err(AllocError::OutOfRange { .. })
+        ));
+    }
+}

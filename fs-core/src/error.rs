@@ -1,0 +1,116 @@
+//! `FsError`: the one error type of fs-core. It is mapped to an errno only at the FUSE edge
+//! ([`FsError::errno`]) and to a message or status only at the API edge.
+
+use std::path::PathBuf;
+
+use crate::device::DeviceError;
+
+pub type FsResult<T> = Result<T, FsError>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("file exists")]
+    Exists,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
+    #[error("file name too long")]
+    NameTooLong,
+    #[error("no space left on the pool")]
+    NoSpace,
+    #[error("permission denied")]
+    Access,
+    #[error("operation not permitted")]
+    NotPermitted,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("buffer too small")]
+    Range,
+    #[error("too many links")]
+    TooManyLinks,
+    #[error("file too large")]
+    TooBig,
+    #[error("operation not supported")]
+    NotSupported,
+    #[error("attribute list too large")]
+    AttrTooBig,
+    #[error("no data or hole past this offset")]
+    NoSuchOffset,
+    #[error("checksum mismatch in block {block} on device {device} at sector {sector}")]
+    Checksum {
+        block: u64,
+        device: u16,
+        sector: u64,
+    },
+    #[error("metadata is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the pool stopped accepting writes after an I/O failure; remount it")]
+    Poisoned,
+    #[error("device I/O failed")]
+    Device(#[from] DeviceError),
+    #[error("metadata store failed")]
+    Meta(#[source] redb::Error),
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Pool(String),
+}
+
+impl FsError {
+    /// The errno a FUSE reply carries for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::NameTooLong => libc::ENAMETOOLONG,
+            FsError::NoSpace => libc::ENOSPC,
+            FsError::Access => libc::EACCES,
+            FsError::NotPermitted => libc::EPERM,
+            FsError::NoAttr => libc::ENODATA,
+            FsError::Range => libc::ERANGE,
+            FsError::TooManyLinks => libc::EMLINK,
+            FsError::TooBig => libc::EFBIG,
+            FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::AttrTooBig => libc::E2BIG,
+            FsError::NoSuchOffset => libc::ENXIO,
+            FsError::Checksum { .. }
+            | FsError::Corrupt(_)
+            | FsError::Poisoned
+            | FsError::Device(_)
+            | FsError::Meta(_)
+            | FsError::Refused { .. }
+            | FsError::Pool(_) => libc::EIO,
+        }
+    }
+}
+
+macro_rules! from_redb {
+    ($($ty:ty),*) => {
+        $(impl From<$ty> for FsError {
+            fn from(err: $ty) -> Self {
+                FsError::Meta(err.into())
+            }
+        })*
+    };
+}
+
+from_redb!(
+    redb::Error,
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::DatabaseError
+);

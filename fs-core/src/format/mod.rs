@@ -1,0 +1,333 @@
+//! The on-disk superblock and the layout of a member device. Pure encoding and arithmetic; no
+//! I/O happens here.
+//!
+//! Every member carries a superblock at offset 0 and a copy in its last 4 KiB. A member's bytes:
+//!
+//! ```text
+//! [superblock 4 KiB][metadata region (fast member 0 and slow member 0 only)][data area][superblock copy]
+//! ```
+//!
+//! Byte tables are in `docs/format.md`. All integers are little-endian.
+
+use crate::codec::checksum64;
+use crate::types::{DeviceIndex, Tier};
+
+pub const MAGIC: [u8; 8] = *b"AEGISFS\x01";
+pub const FORMAT_VERSION: u32 = 1;
+pub const SUPERBLOCK_SIZE: usize = 4096;
+/// Allocation unit of the data area and alignment of every region.
+pub const SECTOR_SIZE: u64 = 4096;
+pub const MAX_MEMBERS: usize = 32;
+pub const MAX_LABEL_LEN: usize = 64;
+pub const DEFAULT_BLOCK_SIZE: u32 = 128 * 1024;
+/// Incompatible feature flags this build understands (none yet).
+pub const KNOWN_FEATURES: u64 = 0;
+
+const CHECKSUM_OFFSET: usize = SUPERBLOCK_SIZE - 8;
+const MEMBERS_OFFSET: usize = 180;
+const MEMBER_RECORD_LEN: usize = 28;
+
+/// Why a superblock could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SuperblockError {
+    #[error("no AegisFS superblock (bad magic)")]
+    BadMagic,
+    #[error("superblock checksum mismatch")]
+    BadChecksum,
+    #[error("unsupported format version {0} (this build reads version {FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("unknown incompatible features {0:#x}")]
+    UnknownFeatures(u64),
+    #[error("invalid superblock: {0}")]
+    Invalid(&'static str),
+}
+
+/// A pool member as listed in every superblock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub uuid: [u8; 16],
+    pub index: DeviceIndex,
+    pub tier: Tier,
+    /// Bytes of the device the pool uses.
+    pub size: u64,
+}
+
+/// The decoded superblock of one member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    pub pool_uuid: [u8; 16],
+    pub device_uuid: [u8; 16],
+    pub device_index: DeviceIndex,
+    pub tier: Tier,
+    pub block_size: u32,
+    pub features: u64,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// Bytes of this device the pool uses.
+    pub device_size: u64,
+    /// Metadata region on this device, `(0, 0)` when it holds none.
+    pub meta_offset: u64,
+    pub meta_len: u64,
+    /// Data area `[data_start, data_end)`, sector aligned.
+    pub data_start: u64,
+    pub data_end: u64,
+    pub label: String,
+    pub members: Vec<MemberInfo>,
+}
+
+fn put_u16(buf: &mut [u8], at: usize, value: u16) {
+    buf[at..at + 2].copy_from_slice(&value.to_le_bytes());
+}
+fn put_u32(buf: &mut [u8], at: usize, value: u32) {
+    buf[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+fn put_u64(buf: &mut [u8], at: usize, value: u64) {
+    buf[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+fn get_u16(buf: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([buf[at], buf[at + 1]])
+}
+fn get_u32(buf: &[u8], at: usize) -> u32 {
+    let mut bytes = [0; 4];
+    bytes.copy_from_slice(&buf[at..at + 4]);
+    u32::from_le_bytes(bytes)
+}
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(bytes)
+}
+fn get_uuid(buf: &[u8], at: usize) -> [u8; 16] {
+    let mut uuid = [0; 16];
+    uuid.copy_from_slice(&buf[at..at + 16]);
+    uuid
+}
+
+impl Superblock {
+    /// Encodes into the 4 KiB on-disk form, checksum included.
+    pub fn encode(&self) -> [u8; SUPERBLOCK_SIZE] {
+        let mut buf = [0u8; SUPERBLOCK_SIZE];
+        buf[0..8].copy_from_slice(&MAGIC);
+        put_u32(&mut buf, 8, FORMAT_VERSION);
+        put_u32(&mut buf, 12, SUPERBLOCK_SIZE as u32);
+        buf[16..32].copy_from_slice(&self.pool_uuid);
+        buf[32..48].copy_from_slice(&self.device_uuid);
+        put_u16(&mut buf, 48, self.device_index.0);
+        buf[50] = self.tier.to_byte();
+        put_u32(&mut buf, 52, self.block_size);
+        put_u64(&mut buf, 56, self.features);
+        put_u64(&mut buf, 64, self.created);
+        put_u64(&mut buf, 72, self.device_size);
+        put_u64(&mut buf, 80, self.meta_offset);
+        put_u64(&mut buf, 88, self.meta_len);
+        put_u64(&mut buf, 96, self.data_start);
+        put_u64(&mut buf, 104, self.data_end);
+        let label = self.label.as_bytes();
+        let label_len = label.len().min(MAX_LABEL_LEN);
+        buf[112..112 + label_len].copy_from_slice(&label[..label_len]);
+        let count = self.members.len().min(MAX_MEMBERS);
+        put_u32(&mut buf, 176, count as u32);
+        for (slot, member) in self.members.iter().take(MAX_MEMBERS).enumerate() {
+            let at = MEMBERS_OFFSET + slot * MEMBER_RECORD_LEN;
+            buf[at..at + 16].copy_from_slice(&member.uuid);
+            put_u16(&mut buf, at + 16, member.index.0);
+            buf[at + 18] = member.tier.to_byte();
+            put_u64(&mut buf, at + 20, member.size);
+        }
+        let checksum = checksum64(&buf[..CHECKSUM_OFFSET]);
+        put_u64(&mut buf, CHECKSUM_OFFSET, checksum);
+        buf
+    }
+
+    /// Decodes and validates a superblock. Never panics on arbitrary input.
+    pub fn decode(buf: &[u8]) -> Result<Self, SuperblockError> {
+        if buf.len() < SUPERBLOCK_SIZE || buf[0..8] != MAGIC {
+            return Err(SuperblockError::BadMagic);
+        }
+        if checksum64(&buf[..CHECKSUM_OFFSET]) != get_u64(buf, CHECKSUM_OFFSET) {
+            return Err(SuperblockError::BadChecksum);
+        }
+        let version = get_u32(buf, 8);
+        if version != FORMAT_VERSION {
+            return Err(SuperblockError::UnsupportedVersion(version));
+        }
+        let features = get_u64(buf, 56);
+        if features & !KNOWN_FEATURES != 0 {
+            return Err(SuperblockError::UnknownFeatures(features & !KNOWN_FEATURES));
+        }
+        let tier = Tier::from_byte(buf[50]).ok_or(SuperblockError::Invalid("unknown tier"))?;
+        let label_bytes = &buf[112..112 + MAX_LABEL_LEN];
+        let label_len = label_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(MAX_LABEL_LEN);
+        let label = std::str::from_utf8(&label_bytes[..label_len])
+            .map_err(|_| SuperblockError::Invalid("label is not UTF-8"))?
+            .to_owned();
+        let count = get_u32(buf, 176) as usize;
+        if count == 0 || count > MAX_MEMBERS {
+            return Err(SuperblockError::Invalid("member count out of range"));
+        }
+        let mut members = Vec::with_capacity(count);
+        for slot in 0..count {
+            let at = MEMBERS_OFFSET + slot * MEMBER_RECORD_LEN;
+            members.push(MemberInfo {
+                uuid: get_uuid(buf, at),
+                index: DeviceIndex(get_u16(buf, at + 16)),
+                tier: Tier::from_byte(buf[at + 18])
+                    .ok_or(SuperblockError::Invalid("unknown member tier"))?,
+                size: get_u64(buf, at + 20),
+            });
+        }
+        let sb = Superblock {
+            pool_uuid: get_uuid(buf, 16),
+            device_uuid: get_uuid(buf, 32),
+            device_index: DeviceIndex(get_u16(buf, 48)),
+            tier,
+            block_size: get_u32(buf, 52),
+            features,
+            created: get_u64(buf, 64),
+            device_size: get_u64(buf, 72),
+            meta_offset: get_u64(buf, 80),
+            meta_len: get_u64(buf, 88),
+            data_start: get_u64(buf, 96),
+            data_end: get_u64(buf, 104),
+            label,
+            members,
+        };
+        sb.validate()?;
+        Ok(sb)
+    }
+
+    fn validate(&self) -> Result<(), SuperblockError> {
+        let bs = self.block_size;
+        if !bs.is_power_of_two() || u64::from(bs) < SECTOR_SIZE || bs > 16 * 1024 * 1024 {
+            return Err(SuperblockError::Invalid("block size"));
+        }
+        let aligned = |v: u64| v.is_multiple_of(SECTOR_SIZE);
+        if !(aligned(self.data_start) && aligned(self.data_end) && aligned(self.device_size)) {
+            return Err(SuperblockError::Invalid("unaligned region"));
+        }
+        if self.data_start > self.data_end
+            || self.data_end > self.device_size.saturating_sub(SUPERBLOCK_SIZE as u64)
+        {
+            return Err(SuperblockError::Invalid("data area outside the device"));
+        }
+        if self.meta_len > 0 {
+            let meta_end = self.meta_offset.checked_add(self.meta_len);
+            if self.meta_offset < SUPERBLOCK_SIZE as u64
+                || meta_end.is_none_or(|end| end > self.data_start)
+            {
+                return Err(SuperblockError::Invalid("metadata region overlaps"));
+            }
+        }
+        if !self
+            .members
+            .iter()
+            .any(|m| m.uuid == self.device_uuid && m.index == self.device_index)
+        {
+            return Err(SuperblockError::Invalid(
+                "device missing from its own member list",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Offset of the superblock copy at the end of a member of `device_size` bytes.
+    pub fn backup_offset(device_size: u64) -> u64 {
+        device_size - SUPERBLOCK_SIZE as u64
+    }
+}
+
+/// Size of the metadata region for a pool whose members hold `total_bytes`: 1/64 of the pool,
+/// between 16 MiB and 64 GiB, sector aligned.
+pub fn metadata_region_len(total_bytes: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let len = (total_bytes / 64).clamp(16 * MIB, 64 * 1024 * MIB);
+    len - len % SECTOR_SIZE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Superblock {
+        let member = MemberInfo {
+            uuid: [7; 16],
+            index: DeviceIndex(0),
+            tier: Tier::Fast,
+            size: 1 << 30,
+        };
+        Superblock {
+            pool_uuid: [1; 16],
+            device_uuid: [7; 16],
+            device_index: DeviceIndex(0),
+            tier: Tier::Fast,
+            block_size: DEFAULT_BLOCK_SIZE,
+            features: 0,
+            created: 1_700_000_000,
+            device_size: 1 << 30,
+            meta_offset: 4096,
+            meta_len: 16 << 20,
+            data_start: 4096 + (16 << 20),
+            data_end: (1 << 30) - 4096,
+            label: "tank".into(),
+            members: vec![
+                member,
+                MemberInfo {
+                    uuid: [9; 16],
+                    index: DeviceIndex(1),
+                    tier: Tier::Slow,
+                    size: 4 << 30,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let sb = sample();
+        assert_eq!(Superblock::decode(&sb.encode()), Ok(sb));
+    }
+
+    #[test]
+    fn rejects_every_single_bit_flip_in_used_bytes() {
+        let encoded = sample().encode();
+        for byte in (0..400).chain(SUPERBLOCK_SIZE - 8..SUPERBLOCK_SIZE) {
+            let mut damaged = encoded;
+            damaged[byte] ^= 0x10;
+            assert!(
+                Superblock::decode(&damaged).is_err(),
+                "flip at byte {byte} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_foreign_data() {
+        assert_eq!(
+            Superblock::decode(&[0u8; 4096]),
+            Err(SuperblockError::BadMagic)
+        );
+        assert_eq!(Superblock::decode(&MAGIC), Err(SuperblockError::BadMagic));
+    }
+
+    #[test]
+    fn rejects_unknown_version_and_features() {
+        let mut raw = sample().encode();
+        raw[8] = 9;
+        let checksum = checksum64(&raw[..CHECKSUM_OFFSET]);
+        raw[CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
+        assert_eq!(
+            Superblock::decode(&raw),
+            Err(SuperblockError::UnsupportedVersion(9))
+        );
+        let mut sb = sample();
+        sb.features = 1 << 40;
+        assert_eq!(
+            Superblock::decode(&sb.encode()),
+            Err(SuperblockError::UnknownFeatures(1 << 40))
+        );
+    }
+}

@@ -1,0 +1,572 @@
+//! The filesystem: POSIX namespace and data operations over an opened [`Pool`], grouped into
+//! transaction groups.
+//!
+//! One redb write transaction is the open transaction group. Every operation runs inside it
+//! under the state lock, so operations see each other's changes at once; [`Filesystem::commit`]
+//! makes the group durable (data devices flushed first, then the metadata commit) and opens the
+//! next. Commits happen every `commit_interval` (a background thread), on fsync, on unmount and
+//! when more than `dirty_limit` bytes of data were written since the last commit.
+//!
+//! Invariants:
+//! - data blocks are written to freshly allocated sectors (never over a live block) and are
+//!   durable before the commit that points at them;
+//! - sectors freed in a transaction group return to the allocator only after that group is
+//!   durable, and only while no reader is still reading them (the free gate);
+//! - an operation checks everything that can fail for a logical reason before it changes
+//!   anything, so a failed call leaves the namespace as it was. A metadata-store failure
+//!   poisons the filesystem: every later call fails until the pool is remounted.
+//!
+//! The verbs live in submodules: [`namespace`] (create, link, unlink, rename, readdir, …),
+//! [`data`] (read, write, truncate, fallocate, lseek) and [`xattr`].
+
+mod data;
+mod namespace;
+mod tx;
+mod xattr;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use redb::{ReadableTable, WriteTransaction};
+
+use crate::alloc::{Allocator, DeviceSpace};
+use crate::device::BlockDevice;
+use crate::error::{FsError, FsResult};
+use crate::format::SECTOR_SIZE;
+use crate::meta::records::{BlockRecord, FileKind, Inode, Timestamp};
+use crate::meta::{self, BLOCKS, COUNTERS, ORPHANS};
+use crate::pool::Pool;
+use crate::types::{DeviceIndex, InodeId, Tier};
+
+pub use data::Whence;
+pub use namespace::{DirEntry, NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use tx::Tx;
+
+/// Largest file size: 2^62 bytes would overflow nothing, but keep a round 8 EiB / 2 margin.
+pub const MAX_FILE_SIZE: u64 = 1 << 60;
+/// Files up to this size keep their bytes in metadata until they grow past it.
+pub const INLINE_MAX: u64 = 2048;
+pub const MAX_NAME_LEN: usize = 255;
+pub const MAX_LINKS: u32 = 65_000;
+
+/// Tunables of the transaction-group machinery.
+#[derive(Debug, Clone, Copy)]
+pub struct FsConfig {
+    pub commit_interval: Duration,
+    pub dirty_limit: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            commit_interval: Duration::from_secs(5),
+            dirty_limit: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The identity a request runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+}
+
+/// Attributes as `stat` shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    /// 512-byte units allocated.
+    pub blocks: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub crtime: Timestamp,
+    pub generation: u64,
+    pub blksize: u32,
+}
+
+/// Changes requested by `setattr`; `None` leaves a field alone.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<Timestamp>,
+    pub mtime: Option<Timestamp>,
+    pub ctime: Option<Timestamp>,
+}
+
+/// Space figures for `statfs`, in sectors of [`SECTOR_SIZE`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpaceUsage {
+    pub total_sectors: u64,
+    pub free_sectors: u64,
+}
+
+/// Per-member usage and I/O counters.
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub index: DeviceIndex,
+    pub tier: Tier,
+    pub path: String,
+    pub size: u64,
+    pub data_bytes: u64,
+    pub free_bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+/// A snapshot of the filesystem's state for status reports.
+#[derive(Debug, Clone)]
+pub struct FsStatus {
+    pub label: String,
+    pub pool_uuid: String,
+    pub block_size: u32,
+    pub members: Vec<MemberStatus>,
+    pub inodes: u64,
+    pub commits: u64,
+    pub last_commit_ms_ago: Option<u64>,
+    pub checksum_errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct DeviceCounters {
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    read_ops: AtomicU64,
+    write_ops: AtomicU64,
+}
+
+/// Mutable bookkeeping beside the open transaction.
+#[derive(Debug)]
+struct Book {
+    alloc: Allocator,
+    /// Sectors freed in the open transaction group: (device, first sector, count).
+    pending_free: Vec<(DeviceIndex, u64, u64)>,
+    next_inode: u64,
+    next_block: u64,
+    next_generation: u64,
+    /// Whether the open transaction holds changes.
+    dirty: bool,
+    dirty_bytes: u64,
+    dirty_since: Option<Instant>,
+    open_counts: HashMap<u64, u32>,
+    commits: u64,
+    last_commit: Option<Instant>,
+}
+
+struct State {
+    /// `None` once poisoned.
+    txn: Option<WriteTransaction>,
+    book: Book,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("poisoned", &self.txn.is_none())
+            .field("book", &self.book)
+            .finish()
+    }
+}
+
+/// A mounted-or-mountable AegisFS filesystem.
+#[derive(Debug)]
+pub struct Filesystem {
+    pool: Pool,
+    /// Devices by member index.
+    devices: Vec<Arc<dyn BlockDevice>>,
+    block_size: u64,
+    config: FsConfig,
+    state: Mutex<State>,
+    /// Readers hold it shared while reading block sectors outside the state lock; freed sectors
+    /// return to the allocator only under it exclusively.
+    free_gate: RwLock<()>,
+    counters: Vec<DeviceCounters>,
+    checksum_errors: AtomicU64,
+}
+
+impl Filesystem {
+    /// Opens the filesystem on a pool: rebuilds the allocator from the block table and
+    /// reclaims inodes that were unlinked while open when the pool was last used.
+    pub fn new(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
+        let devices: Vec<Arc<dyn BlockDevice>> =
+            pool.members.iter().map(|m| Arc::clone(&m.device)).collect();
+        let mut alloc = Allocator::new(
+            pool.members
+                .iter()
+                .map(|m| {
+                    let sb = &m.superblock;
+                    DeviceSpace::new(
+                        sb.device_index,
+                        sb.tier,
+                        sb.data_start / SECTOR_SIZE,
+                        (sb.data_end - sb.data_start) / SECTOR_SIZE,
+                    )
+                })
+                .collect(),
+        );
+        let txn = pool.db.begin_write()?;
+        let (next_inode, next_block, next_generation) = {
+            let counters = txn.open_table(COUNTERS)?;
+            let get = |name: &str| -> FsResult<u64> {
+                counters
+                    .get(name)?
+                    .map(|v| v.value())
+                    .ok_or_else(|| FsError::Corrupt(format!("counter {name} is missing")))
+            };
+            (
+                get(meta::NEXT_INODE)?,
+                get(meta::NEXT_BLOCK)?,
+                get(meta::NEXT_GENERATION)?,
+            )
+        };
+        {
+            let blocks = txn.open_table(BLOCKS)?;
+            for entry in blocks.iter()? {
+                let (id, raw) = entry?;
+                let record = BlockRecord::decode(raw.value())
+                    .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
+                alloc
+                    .mark_used(record.device, record.sector, record.sectors())
+                    .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
+            }
+        }
+        let counters = devices.iter().map(|_| DeviceCounters::default()).collect();
+        let block_size = u64::from(pool.block_size());
+        let fs = Arc::new(Filesystem {
+            pool,
+            devices,
+            block_size,
+            config,
+            state: Mutex::new(State {
+                txn: Some(txn),
+                book: Book {
+                    alloc,
+                    pending_free: Vec::new(),
+                    next_inode,
+                    next_block,
+                    next_generation,
+                    dirty: false,
+                    dirty_bytes: 0,
+                    dirty_since: None,
+                    open_counts: HashMap::new(),
+                    commits: 0,
+                    last_commit: None,
+                },
+            }),
+            free_gate: RwLock::new(()),
+            counters,
+            checksum_errors: AtomicU64::new(0),
+        });
+        fs.reclaim_orphans()?;
+        fs.commit()?;
+        Ok(fs)
+    }
+
+    /// Starts the thread that commits the open transaction group every `commit_interval`.
+    /// It stops when the filesystem is dropped.
+    pub fn start_committer(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let tick = (self.config.commit_interval / 5).max(Duration::from_millis(50));
+        std::thread::Builder::new()
+            .name("aegis-txg".into())
+            .spawn(move || loop {
+                std::thread::sleep(tick);
+                let Some(fs) = weak.upgrade() else { return };
+                if fs.commit_due() {
+                    if let Err(err) = fs.commit() {
+                        tracing::error!(error = %err, "periodic commit failed");
+                    }
+                }
+            })
+            .expect("spawning the commit thread")
+    }
+
+    fn commit_due(&self) -> bool {
+        let state = self.lock_state();
+        state
+            .book
+            .dirty_since
+            .is_some_and(|since| since.elapsed() >= self.config.commit_interval)
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `op` in the open transaction group. A metadata-store error poisons the filesystem.
+    fn with_tx<T>(&self, op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>) -> FsResult<T> {
+        let mut guard = self.lock_state();
+        let state = &mut *guard;
+        let Some(txn) = state.txn.as_ref() else {
+            return Err(FsError::Poisoned);
+        };
+        let mut tx = Tx {
+            fs: self,
+            txn,
+            book: &mut state.book,
+        };
+        let result = op(&mut tx);
+        if let Err(FsError::Meta(err)) = &result {
+            tracing::error!(error = %err, "metadata store failed; the pool is now read-only until remounted");
+            state.txn = None;
+            return result;
+        }
+        let over_limit = state.book.dirty_bytes >= self.config.dirty_limit;
+        if over_limit {
+            self.commit_locked(state)?;
+        }
+        result
+    }
+
+    /// Makes everything done so far durable.
+    pub fn commit(&self) -> FsResult<()> {
+        let mut guard = self.lock_state();
+        self.commit_locked(&mut guard)
+    }
+
+    fn commit_locked(&self, state: &mut State) -> FsResult<()> {
+        let Some(txn) = state.txn.take() else {
+            return Err(FsError::Poisoned);
+        };
+        let book = &mut state.book;
+        if !book.dirty {
+            state.txn = Some(txn);
+            return Ok(());
+        }
+        let result = (|| -> FsResult<()> {
+            {
+                let mut counters = txn.open_table(COUNTERS)?;
+                counters.insert(meta::NEXT_INODE, book.next_inode)?;
+                counters.insert(meta::NEXT_BLOCK, book.next_block)?;
+                counters.insert(meta::NEXT_GENERATION, book.next_generation)?;
+            }
+            // Data first: the metadata about to be committed points at these blocks.
+            for device in &self.devices {
+                device.flush()?;
+            }
+            txn.commit()?;
+            Ok(())
+        })();
+        if let Err(err) = result {
+            tracing::error!(error = %err, "commit failed; the pool is now read-only until remounted");
+            return Err(err);
+        }
+        {
+            let _exclusive = self
+                .free_gate
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (device, sector, count) in book.pending_free.drain(..) {
+                if let Err(err) = book.alloc.release(device, sector, count) {
+                    tracing::error!(error = %err, "freeing sectors failed");
+                }
+            }
+        }
+        book.dirty = false;
+        book.dirty_bytes = 0;
+        book.dirty_since = None;
+        book.commits += 1;
+        book.last_commit = Some(Instant::now());
+        state.txn = Some(self.pool.db.begin_write()?);
+        Ok(())
+    }
+
+    fn reclaim_orphans(&self) -> FsResult<()> {
+        self.with_tx(|tx| {
+            let orphans: Vec<u64> = {
+                let table = tx.txn.open_table(ORPHANS)?;
+                let ids: Vec<u64> = table
+                    .iter()?
+                    .map(|entry| entry.map(|(key, _)| key.value()))
+                    .collect::<Result<_, _>>()?;
+                ids
+            };
+            for ino in orphans {
+                tracing::info!(ino, "reclaiming an inode unlinked while open");
+                tx.free_inode(InodeId(ino))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Total and free space across all members.
+    pub fn space(&self) -> SpaceUsage {
+        let state = self.lock_state();
+        SpaceUsage {
+            total_sectors: state.book.alloc.total_sectors(),
+            free_sectors: state.book.alloc.free_sectors(),
+        }
+    }
+
+    /// Members, usage and counters.
+    pub fn status(&self) -> FsStatus {
+        let state = self.lock_state();
+        let members = self
+            .pool
+            .members
+            .iter()
+            .zip(&self.counters)
+            .map(|(member, counters)| {
+                let sb = &member.superblock;
+                let space = state
+                    .book
+                    .alloc
+                    .devices()
+                    .iter()
+                    .find(|d| d.index == sb.device_index);
+                let total = space.map_or(0, DeviceSpace::total_sectors) * SECTOR_SIZE;
+                let free = space.map_or(0, DeviceSpace::free_sectors) * SECTOR_SIZE;
+                MemberStatus {
+                    index: sb.device_index,
+                    tier: sb.tier,
+                    path: member.path.display().to_string(),
+                    size: sb.device_size,
+                    data_bytes: total,
+                    free_bytes: free,
+                    bytes_read: counters.bytes_read.load(Ordering::Relaxed),
+                    bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+                    read_ops: counters.read_ops.load(Ordering::Relaxed),
+                    write_ops: counters.write_ops.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        FsStatus {
+            label: self.pool.label().to_owned(),
+            pool_uuid: uuid::Uuid::from_bytes(self.pool.uuid()).to_string(),
+            block_size: self.pool.block_size(),
+            members,
+            inodes: state.book.next_inode.saturating_sub(1),
+            commits: state.book.commits,
+            last_commit_ms_ago: state
+                .book
+                .last_commit
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            checksum_errors: self.checksum_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Commits and releases the pool; call once, at unmount.
+    pub fn shutdown(&self) -> FsResult<()> {
+        self.commit()
+    }
+
+    fn device(&self, index: DeviceIndex) -> FsResult<&Arc<dyn BlockDevice>> {
+        self.devices
+            .get(usize::from(index.0))
+            .ok_or_else(|| FsError::Corrupt(format!("block on unknown {index}")))
+    }
+
+    fn count_read(&self, index: DeviceIndex, bytes: usize) {
+        if let Some(c) = self.counters.get(usize::from(index.0)) {
+            c.read_ops.fetch_add(1, Ordering::Relaxed);
+            c.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn count_write(&self, index: DeviceIndex, bytes: usize) {
+        if let Some(c) = self.counters.get(usize::from(index.0)) {
+            c.write_ops.fetch_add(1, Ordering::Relaxed);
+            c.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Reads a block's stored bytes and verifies its checksum.
+    fn read_block(&self, id: u64, record: &BlockRecord) -> FsResult<Vec<u8>> {
+        let device = self.device(record.device)?;
+        let padded = usize::try_from(record.sectors() * SECTOR_SIZE).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; padded];
+        device.read_at(record.sector * SECTOR_SIZE, &mut buf)?;
+        self.count_read(record.device, padded);
+        buf.truncate(record.stored_len as usize);
+        if crate::codec::checksum64(&buf) != record.checksum {
+            self.checksum_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                block = id,
+                device = record.device.0,
+                sector = record.sector,
+                "checksum mismatch: the block is damaged; returning EIO"
+            );
+            return Err(FsError::Checksum {
+                block: id,
+                device: record.device.0,
+                sector: record.sector,
+            });
+        }
+        Ok(buf)
+    }
+}
+
+impl Inode {
+    /// The attributes `stat` reports for this inode.
+    pub fn attr(&self) -> Attr {
+        Attr {
+            ino: self.id,
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            size: self.size,
+            blocks: self.allocated / 512,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            crtime: self.crtime,
+            generation: self.generation,
+            blksize: 4096,
+        }
+    }
+}
+
+/// `access(2)` semantics for `caller` on a file with `attr` (`mask` of R_OK/W_OK/X_OK bits).
+pub fn check_access(attr: &Attr, caller: Caller, mask: i32) -> FsResult<()> {
+    let mask = u32::try_from(mask & 0o7).unwrap_or(0);
+    if mask == 0 {
+        return Ok(());
+    }
+    if caller.uid == 0 {
+        // Root may do anything, except execute a file nobody may execute.
+        let any_exec = attr.perm & 0o111 != 0 || attr.kind == FileKind::Directory;
+        return if mask & 1 != 0 && !any_exec {
+            Err(FsError::Access)
+        } else {
+            Ok(())
+        };
+    }
+    let granted = if caller.uid == attr.uid {
+        (attr.perm >> 6) & 0o7
+    } else if caller.gid == attr.gid {
+        (attr.perm >> 3) & 0o7
+    } else {
+        attr.perm & 0o7
+    };
+    if granted & mask == mask {
+        Ok(())
+    } else {
+        Err(FsError::Access)
+    }
+}

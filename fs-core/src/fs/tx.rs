@@ -1,0 +1,327 @@
+//! `Tx`: one operation's view of the open transaction group, with the record-level helpers
+//! every verb shares (inodes, directory entries, the block table, allocation and frees).
+
+use std::time::Instant;
+
+use redb::{ReadableTable, WriteTransaction};
+
+use super::{Book, Filesystem};
+use crate::error::{FsError, FsResult};
+use crate::format::SECTOR_SIZE;
+use crate::meta::records::{BlockRecord, FileKind, Inode};
+use crate::meta::{BLOCKS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS, XATTRS};
+use crate::types::{DeviceIndex, InodeId};
+
+pub(super) struct Tx<'a> {
+    pub fs: &'a Filesystem,
+    pub txn: &'a WriteTransaction,
+    pub book: &'a mut Book,
+}
+
+/// A directory entry as stored: the child, its readdir cookie and its kind.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dirent {
+    pub child: InodeId,
+    pub cookie: u64,
+    pub kind: FileKind,
+}
+
+impl Tx<'_> {
+    pub fn mark_dirty(&mut self) {
+        self.book.dirty = true;
+        self.book.dirty_since.get_or_insert_with(Instant::now);
+    }
+
+    pub fn inode(&self, ino: InodeId) -> FsResult<Inode> {
+        let table = self.txn.open_table(INODES)?;
+        let raw = table.get(ino.0)?.ok_or(FsError::NotFound)?;
+        Inode::decode(raw.value()).map_err(|e| FsError::Corrupt(format!("{ino}: {e}")))
+    }
+
+    pub fn put_inode(&mut self, inode: &Inode) -> FsResult<()> {
+        self.mark_dirty();
+        let mut table = self.txn.open_table(INODES)?;
+        table.insert(inode.id.0, inode.encode().as_slice())?;
+        Ok(())
+    }
+
+    pub fn dirent(&self, parent: InodeId, name: &[u8]) -> FsResult<Option<Dirent>> {
+        let table = self.txn.open_table(DIRENTS)?;
+        let Some(value) = table.get((parent.0, name))? else {
+            return Ok(None);
+        };
+        let (child, cookie, kind) = value.value();
+        let kind = FileKind::from_byte(kind).ok_or_else(|| {
+            FsError::Corrupt(format!("directory entry in {parent} has a bad kind"))
+        })?;
+        Ok(Some(Dirent {
+            child: InodeId(child),
+            cookie,
+            kind,
+        }))
+    }
+
+    /// Adds `name → child` to `parent` (the caller stores `parent`, whose cookie counter moves).
+    pub fn add_dirent(
+        &mut self,
+        parent: &mut Inode,
+        name: &[u8],
+        child: InodeId,
+        kind: FileKind,
+    ) -> FsResult<()> {
+        self.mark_dirty();
+        let cookie = parent.next_cookie;
+        parent.next_cookie += 1;
+        self.txn
+            .open_table(DIRENTS)?
+            .insert((parent.id.0, name), (child.0, cookie, kind.to_byte()))?;
+        self.txn
+            .open_table(DIR_COOKIES)?
+            .insert((parent.id.0, cookie), name)?;
+        Ok(())
+    }
+
+    pub fn remove_dirent(&mut self, parent: InodeId, name: &[u8], cookie: u64) -> FsResult<()> {
+        self.mark_dirty();
+        self.txn.open_table(DIRENTS)?.remove((parent.0, name))?;
+        self.txn
+            .open_table(DIR_COOKIES)?
+            .remove((parent.0, cookie))?;
+        Ok(())
+    }
+
+    /// Points an existing entry at another child, keeping its cookie.
+    pub fn retarget_dirent(&mut self, parent: InodeId, name: &[u8], entry: Dirent) -> FsResult<()> {
+        self.mark_dirty();
+        self.txn.open_table(DIRENTS)?.insert(
+            (parent.0, name),
+            (entry.child.0, entry.cookie, entry.kind.to_byte()),
+        )?;
+        Ok(())
+    }
+
+    pub fn dir_is_empty(&self, dir: InodeId) -> FsResult<bool> {
+        let table = self.txn.open_table(DIR_COOKIES)?;
+        let empty = table
+            .range((dir.0, 0)..=(dir.0, u64::MAX))?
+            .next()
+            .is_none();
+        Ok(empty)
+    }
+
+    pub fn block_of(&self, ino: InodeId, index: u64) -> FsResult<Option<u64>> {
+        let table = self.txn.open_table(FILE_BLOCKS)?;
+        let id = table.get((ino.0, index))?.map(|v| v.value());
+        Ok(id)
+    }
+
+    pub fn block_record(&self, id: u64) -> FsResult<BlockRecord> {
+        let table = self.txn.open_table(BLOCKS)?;
+        let raw = table.get(id)?.ok_or_else(|| {
+            FsError::Corrupt(format!("block {id} is mapped but not in the block table"))
+        })?;
+        BlockRecord::decode(raw.value()).map_err(|e| FsError::Corrupt(format!("block {id}: {e}")))
+    }
+
+    /// The mapped blocks of `ino` with index in `range`, in order.
+    pub fn mapped_blocks(
+        &self,
+        ino: InodeId,
+        range: std::ops::Range<u64>,
+    ) -> FsResult<Vec<(u64, u64)>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = self.txn.open_table(FILE_BLOCKS)?;
+        let mut out = Vec::new();
+        for entry in table.range((ino.0, range.start)..(ino.0, range.end))? {
+            let (key, value) = entry?;
+            out.push((key.value().1, value.value()));
+        }
+        Ok(out)
+    }
+
+    /// Reads the content of logical block `index` of `ino` (empty for a hole).
+    pub fn read_file_block(&self, ino: InodeId, index: u64) -> FsResult<Vec<u8>> {
+        match self.block_of(ino, index)? {
+            None => Ok(Vec::new()),
+            Some(id) => {
+                let record = self.block_record(id)?;
+                self.fs.read_block(id, &record)
+            }
+        }
+    }
+
+    /// Drops one reference to block `id`, freeing its sectors (after the commit) at the last.
+    /// Returns the bytes of data-area space released.
+    pub fn unref_block(&mut self, id: u64) -> FsResult<u64> {
+        self.mark_dirty();
+        let mut record = self.block_record(id)?;
+        let mut table = self.txn.open_table(BLOCKS)?;
+        if record.refcount > 1 {
+            record.refcount -= 1;
+            table.insert(id, record.encode().as_slice())?;
+            return Ok(0);
+        }
+        table.remove(id)?;
+        self.book
+            .pending_free
+            .push((record.device, record.sector, record.sectors()));
+        Ok(record.sectors() * SECTOR_SIZE)
+    }
+
+    /// Writes new contents for logical blocks of `inode` to fresh sectors and maps them,
+    /// releasing the blocks they replace. All space is claimed and all data written before the
+    /// first metadata change, so ENOSPC or a device error leaves the file as it was.
+    pub fn store_blocks(&mut self, inode: &mut Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
+        let mut placed: Vec<(u64, DeviceIndex, u64, Vec<u8>, usize)> =
+            Vec::with_capacity(blocks.len());
+        for (index, mut content) in blocks {
+            let len = content.len();
+            let sectors = (len as u64).div_ceil(SECTOR_SIZE).max(1);
+            let Some((device, _tier, sector)) = self.book.alloc.allocate(sectors) else {
+                for (_, device, sector, buf, _) in &placed {
+                    let count = buf.len() as u64 / SECTOR_SIZE;
+                    let _ = self.book.alloc.release(*device, *sector, count);
+                }
+                return Err(FsError::NoSpace);
+            };
+            content.resize(
+                usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX),
+                0,
+            );
+            placed.push((index, device, sector, content, len));
+        }
+        let write_result = self.write_placed(&placed);
+        if let Err(err) = write_result {
+            for (_, device, sector, buf, _) in &placed {
+                let _ = self
+                    .book
+                    .alloc
+                    .release(*device, *sector, buf.len() as u64 / SECTOR_SIZE);
+            }
+            return Err(err);
+        }
+        self.mark_dirty();
+        for (index, device, sector, buf, len) in placed {
+            let record = BlockRecord {
+                device,
+                sector,
+                stored_len: u32::try_from(len).unwrap_or(u32::MAX),
+                checksum: crate::codec::checksum64(&buf[..len]),
+                flags: 0,
+                refcount: 1,
+            };
+            let id = self.book.next_block;
+            self.book.next_block += 1;
+            self.txn
+                .open_table(BLOCKS)?
+                .insert(id, record.encode().as_slice())?;
+            let old = self
+                .txn
+                .open_table(FILE_BLOCKS)?
+                .insert((inode.id.0, index), id)?
+                .map(|v| v.value());
+            inode.allocated += record.sectors() * SECTOR_SIZE;
+            if let Some(old) = old {
+                let released = self.unref_block(old)?;
+                inode.allocated = inode.allocated.saturating_sub(released);
+            }
+            self.book.dirty_bytes += len as u64;
+        }
+        Ok(())
+    }
+
+    fn write_placed(&self, placed: &[(u64, DeviceIndex, u64, Vec<u8>, usize)]) -> FsResult<()> {
+        let mut by_device: Vec<(DeviceIndex, Vec<crate::device::WriteOp<'_>>)> = Vec::new();
+        for (_, device, sector, buf, _) in placed {
+            let op = crate::device::WriteOp {
+                offset: sector * SECTOR_SIZE,
+                data: buf,
+            };
+            match by_device.iter_mut().find(|(d, _)| d == device) {
+                Some((_, ops)) => ops.push(op),
+                None => by_device.push((*device, vec![op])),
+            }
+        }
+        for (index, ops) in by_device {
+            self.fs.device(index)?.write_batch(&ops)?;
+            for op in &ops {
+                self.fs.count_write(index, op.data.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps blocks `[from, ..)` of `ino`; returns bytes of space released.
+    pub fn unmap_from(&mut self, ino: InodeId, from: u64) -> FsResult<u64> {
+        self.unmap_range(ino, from..u64::MAX)
+    }
+
+    /// Unmaps the blocks of `ino` with index in `range`; returns bytes of space released.
+    pub fn unmap_range(&mut self, ino: InodeId, range: std::ops::Range<u64>) -> FsResult<u64> {
+        let victims = self.mapped_blocks(ino, range)?;
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        self.mark_dirty();
+        let mut released = 0;
+        for (index, id) in victims {
+            self.txn.open_table(FILE_BLOCKS)?.remove((ino.0, index))?;
+            released += self.unref_block(id)?;
+        }
+        Ok(released)
+    }
+
+    /// Deletes an inode with everything it owns.
+    pub fn free_inode(&mut self, ino: InodeId) -> FsResult<()> {
+        self.mark_dirty();
+        self.unmap_from(ino, 0)?;
+        let names: Vec<Vec<u8>> = {
+            let table = self.txn.open_table(XATTRS)?;
+            let mut names = Vec::new();
+            for entry in table.range((ino.0, &[][..])..)? {
+                let (key, _) = entry?;
+                let (owner, name) = key.value();
+                if owner != ino.0 {
+                    break;
+                }
+                names.push(name.to_vec());
+            }
+            names
+        };
+        {
+            let mut table = self.txn.open_table(XATTRS)?;
+            for name in names {
+                table.remove((ino.0, name.as_slice()))?;
+            }
+        }
+        self.txn.open_table(INODES)?.remove(ino.0)?;
+        self.txn.open_table(ORPHANS)?.remove(ino.0)?;
+        Ok(())
+    }
+
+    /// Drops one link of `inode` (already removed from its directory). Frees it at the last
+    /// link, unless it is still open: then it waits in the orphan table for the last release.
+    pub fn drop_link(
+        &mut self,
+        inode: &mut Inode,
+        now: crate::meta::records::Timestamp,
+    ) -> FsResult<()> {
+        inode.nlink = if inode.kind == FileKind::Directory {
+            0
+        } else {
+            inode.nlink.saturating_sub(1)
+        };
+        inode.ctime = now;
+        if inode.nlink > 0 {
+            return self.put_inode(inode);
+        }
+        if self.book.open_counts.get(&inode.id.0).copied().unwrap_or(0) > 0 {
+            self.put_inode(inode)?;
+            self.txn.open_table(ORPHANS)?.insert(inode.id.0, ())?;
+            return Ok(());
+        }
+        self.free_inode(inode.id)
+    }
+}

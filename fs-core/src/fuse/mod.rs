@@ -1,0 +1,628 @@
+//! The thin adapter from `fuser` requests to [`crate::fs::Filesystem`] calls: it converts
+//! types, maps [`FsError`](crate::FsError) to errnos and owns nothing else.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::error::FsError;
+use crate::format::SECTOR_SIZE;
+use crate::fs::{Attr, Caller, Filesystem, NewNode, SetAttr, Whence, MAX_NAME_LEN};
+use crate::meta::records::{FileKind, Timestamp};
+use crate::types::InodeId;
+
+/// How long the kernel may cache attributes and entries. Only this process changes the
+/// namespace, so the kernel's copy can only go stale through our own replies.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write request the kernel sends.
+pub const MAX_WRITE: u32 = 1024 * 1024;
+const READDIR_BATCH: usize = 256;
+
+/// Options of a mount.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    /// Name shown as the mount source (`/proc/mounts`).
+    pub fsname: String,
+    pub threads: usize,
+    /// Let the kernel cache writes (`writeback_cache`).
+    pub writeback_cache: bool,
+    pub allow_other: bool,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        Self {
+            fsname: "aegisfs".into(),
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            writeback_cache: true,
+            allow_other: true,
+        }
+    }
+}
+
+/// The `fuser::Filesystem` implementation.
+#[derive(Debug)]
+pub struct AegisFuse {
+    fs: Arc<Filesystem>,
+    writeback_cache: bool,
+}
+
+impl AegisFuse {
+    pub fn new(fs: Arc<Filesystem>, writeback_cache: bool) -> Self {
+        Self {
+            fs,
+            writeback_cache,
+        }
+    }
+}
+
+/// Mounts `fs` at `mountpoint`; the returned session serves requests when run.
+pub fn session(
+    fs: Arc<Filesystem>,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> std::io::Result<fuser::Session<AegisFuse>> {
+    let mut options = Config::default();
+    options.mount_options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("aegisfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+        MountOption::RW,
+    ];
+    options.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    options.n_threads = Some(config.threads.max(1));
+    options.clone_fd = true;
+    fuser::Session::new(
+        AegisFuse::new(fs, config.writeback_cache),
+        mountpoint,
+        &options,
+    )
+}
+
+fn errno(err: &FsError) -> Errno {
+    match err {
+        FsError::Device(_) | FsError::Meta(_) | FsError::Checksum { .. } | FsError::Corrupt(_) => {
+            tracing::error!(error = %err, cause = ?std::error::Error::source(err), "I/O error");
+        }
+        _ => {}
+    }
+    Errno::from_i32(err.errno())
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino.0),
+        size: attr.size,
+        blocks: attr.blocks,
+        atime: attr.atime.to_system(),
+        mtime: attr.mtime.to_system(),
+        ctime: attr.ctime.to_system(),
+        crtime: attr.crtime.to_system(),
+        kind: file_type(attr.kind),
+        perm: u16::try_from(attr.perm & 0o7777).unwrap_or(0),
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: attr.rdev,
+        blksize: attr.blksize,
+        flags: 0,
+    }
+}
+
+fn ino(ino: INodeNo) -> InodeId {
+    InodeId(ino.0)
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn timestamp(time: TimeOrNow) -> Timestamp {
+    match time {
+        TimeOrNow::SpecificTime(t) => Timestamp::from_system(t),
+        TimeOrNow::Now => Timestamp::now(),
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: Result<Attr, FsError>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(attr.generation)),
+        Err(err) => reply.error(errno(&err)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<(), FsError>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(err) => reply.error(errno(&err)),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, FsError>) {
+    match result {
+        Ok(data) if size == 0 => reply.size(u32::try_from(data.len()).unwrap_or(u32::MAX)),
+        Ok(data) if data.len() <= size as usize => reply.data(&data),
+        Ok(_) => reply.error(Errno::from_i32(libc::ERANGE)),
+        Err(err) => reply.error(errno(&err)),
+    }
+}
+
+impl fuser::Filesystem for AegisFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        if self.writeback_cache {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        let offered = config.capabilities() & wanted;
+        if let Err(missing) = config.add_capabilities(offered) {
+            tracing::warn!(?missing, "kernel refused FUSE capabilities");
+        }
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Err(err) = self.fs.shutdown() {
+            tracing::error!(error = %err, "final commit at unmount failed");
+        }
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.fs.lookup(ino(parent), name.as_bytes()));
+    }
+
+    fn getattr(&self, _req: &Request, inode: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino(inode)) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let changes = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(timestamp),
+            mtime: mtime.map(timestamp),
+            ctime: ctime.map(Timestamp::from_system),
+        };
+        match self.fs.setattr(ino(inode), &changes) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, inode: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino(inode)) {
+            Ok(target) => reply.data(&target),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = FileKind::from_mode(mode) else {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        };
+        if kind == FileKind::Directory || kind == FileKind::Symlink {
+            return reply.error(Errno::from_i32(libc::EINVAL));
+        }
+        let node = NewNode {
+            rdev,
+            ..NewNode::new(kind, mode & !umask)
+        };
+        let result = self
+            .fs
+            .create_node(ino(parent), name.as_bytes(), &node, caller(req));
+        reply_entry(reply, result);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let node = NewNode::new(FileKind::Directory, mode & !umask);
+        let result = self
+            .fs
+            .create_node(ino(parent), name.as_bytes(), &node, caller(req));
+        reply_entry(reply, result);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.unlink(ino(parent), name.as_bytes()));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.rmdir(ino(parent), name.as_bytes()));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let target = target.as_os_str().as_bytes();
+        if target.len() > 4095 {
+            return reply.error(Errno::from_i32(libc::ENAMETOOLONG));
+        }
+        let node = NewNode {
+            target: Some(target),
+            ..NewNode::new(FileKind::Symlink, 0o777)
+        };
+        let result = self
+            .fs
+            .create_node(ino(parent), link_name.as_bytes(), &node, caller(req));
+        reply_entry(reply, result);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.fs.rename(
+            ino(parent),
+            name.as_bytes(),
+            ino(newparent),
+            newname.as_bytes(),
+            flags.bits(),
+        );
+        reply_empty(reply, result);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            reply,
+            self.fs.link(ino(inode), ino(newparent), newname.as_bytes()),
+        );
+    }
+
+    fn open(&self, _req: &Request, inode: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino(inode)) {
+            Ok(_) => reply.opened(FileHandle(inode.0), FopenFlags::empty()),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(ino(inode), offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(ino(inode), offset, data) {
+            Ok(written) => reply.written(u32::try_from(written).unwrap_or(u32::MAX)),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Data reaches the open transaction group on every write; durability is fsync's job.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.release(ino(inode)));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fsync());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(ino(inode), offset, READDIR_BATCH) {
+            Ok(entries) => {
+                for entry in entries {
+                    let name = OsStr::from_bytes(&entry.name);
+                    if reply.add(
+                        INodeNo(entry.ino.0),
+                        entry.cookie,
+                        file_type(entry.kind),
+                        name,
+                    ) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.fs.readdir(ino(inode), offset, READDIR_BATCH) {
+            Ok(entries) => entries,
+            Err(err) => return reply.error(errno(&err)),
+        };
+        for entry in entries {
+            let attr = match self.fs.getattr(entry.ino) {
+                Ok(attr) => attr,
+                // Removed since the listing was taken.
+                Err(FsError::NotFound) => continue,
+                Err(err) => return reply.error(errno(&err)),
+            };
+            let name = OsStr::from_bytes(&entry.name);
+            if reply.add(
+                INodeNo(entry.ino.0),
+                entry.cookie,
+                name,
+                &TTL,
+                &file_attr(&attr),
+                Generation(attr.generation),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fsync());
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let space = self.fs.space();
+        let sector = u32::try_from(SECTOR_SIZE).unwrap_or(4096);
+        reply.statfs(
+            space.total_sectors,
+            space.free_sectors,
+            space.free_sectors,
+            u64::MAX >> 1,
+            u64::MAX >> 2,
+            sector,
+            u32::try_from(MAX_NAME_LEN).unwrap_or(255),
+            sector,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            reply,
+            self.fs.setxattr(ino(inode), name.as_bytes(), value, flags),
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, inode: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.getxattr(ino(inode), name.as_bytes()));
+    }
+
+    fn listxattr(&self, _req: &Request, inode: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.fs.listxattr(ino(inode)));
+    }
+
+    fn removexattr(&self, _req: &Request, inode: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.fs.removexattr(ino(inode), name.as_bytes()));
+    }
+
+    fn access(&self, req: &Request, inode: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let result = self
+            .fs
+            .getattr(ino(inode))
+            .and_then(|attr| crate::fs::check_access(&attr, caller(req), mask.bits()));
+        reply_empty(reply, result);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self
+            .fs
+            .create_node(
+                ino(parent),
+                name.as_bytes(),
+                &NewNode::new(FileKind::Regular, mode & !umask),
+                caller(req),
+            )
+            .and_then(|attr| self.fs.open(attr.ino));
+        match result {
+            Ok(attr) => reply.created(
+                &TTL,
+                &file_attr(&attr),
+                Generation(attr.generation),
+                FileHandle(attr.ino.0),
+                FopenFlags::empty(),
+            ),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.fs.fallocate(ino(inode), offset, length, mode));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        inode: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let whence = match whence {
+            libc::SEEK_DATA => Whence::Data,
+            libc::SEEK_HOLE => Whence::Hole,
+            _ => return reply.error(Errno::from_i32(libc::EINVAL)),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::from_i32(libc::ENXIO));
+        };
+        match self.fs.seek(ino(inode), offset, whence) {
+            Ok(found) => reply.offset(i64::try_from(found).unwrap_or(i64::MAX)),
+            Err(err) => reply.error(errno(&err)),
+        }
+    }
+}

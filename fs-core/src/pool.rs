@@ -1,0 +1,592 @@
+//! Formatting and opening a pool: member validation, superblocks, the metadata database and the
+//! initial namespace.
+//!
+//! Functions taking paths do the safety checks a user relies on (foreign filesystems, mounted
+//! devices, duplicates, sizes) and then call the device-level functions, which tests use
+//! directly with in-memory devices.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase};
+
+use crate::device::{open_device, Backend, BlockDevice};
+use crate::error::{FsError, FsResult};
+use crate::format::{
+    metadata_region_len, MemberInfo, Superblock, DEFAULT_BLOCK_SIZE, MAX_LABEL_LEN, MAX_MEMBERS,
+    SECTOR_SIZE, SUPERBLOCK_SIZE,
+};
+use crate::meta::backend::{MirroredRegionBackend, RegionCopy};
+use crate::meta::records::{FileKind, Inode, Timestamp};
+use crate::meta::{self, COUNTERS, INODES};
+use crate::types::{DeviceIndex, InodeId, Tier};
+
+/// Smallest member the pool accepts.
+pub const MIN_MEMBER_SIZE: u64 = 64 * 1024 * 1024;
+
+/// Options of `format`.
+#[derive(Debug, Clone)]
+pub struct FormatOptions {
+    pub label: String,
+    pub block_size: u32,
+    /// Overwrite an existing filesystem or pool signature.
+    pub force: bool,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        Self {
+            label: String::new(),
+            block_size: DEFAULT_BLOCK_SIZE,
+            force: false,
+        }
+    }
+}
+
+/// A member to format: a block device or image file, optionally created with a size.
+#[derive(Debug, Clone)]
+pub struct MemberSpec {
+    pub path: PathBuf,
+    pub tier: Tier,
+    /// Create (sparse) or size an image file to this many bytes.
+    pub create_size: Option<u64>,
+}
+
+/// One opened member of a pool.
+#[derive(Debug)]
+pub struct Member {
+    pub device: Arc<dyn BlockDevice>,
+    pub superblock: Superblock,
+    /// Where it was opened from (empty for in-memory devices).
+    pub path: PathBuf,
+    /// Held open for an exclusive lock while the pool is in use.
+    _lock: Option<File>,
+}
+
+/// An opened pool: its members and its metadata database.
+#[derive(Debug)]
+pub struct Pool {
+    pub members: Vec<Member>,
+    pub db: Database,
+}
+
+impl Pool {
+    pub fn label(&self) -> &str {
+        &self.members[0].superblock.label
+    }
+
+    pub fn uuid(&self) -> [u8; 16] {
+        self.members[0].superblock.pool_uuid
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.members[0].superblock.block_size
+    }
+
+    pub fn member(&self, index: DeviceIndex) -> Option<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.superblock.device_index == index)
+    }
+}
+
+fn pool_err(msg: impl Into<String>) -> FsError {
+    FsError::Pool(msg.into())
+}
+
+fn refused(path: &Path, reason: impl Into<String>) -> FsError {
+    FsError::Refused {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn now_secs() -> u64 {
+    u64::try_from(Timestamp::now().secs).unwrap_or(0)
+}
+
+/// Formats `devices` (in member order) as one new pool.
+pub fn format_devices(
+    devices: &[(Arc<dyn BlockDevice>, Tier)],
+    options: &FormatOptions,
+) -> FsResult<()> {
+    validate_options(options)?;
+    if devices.is_empty() || devices.len() > MAX_MEMBERS {
+        return Err(pool_err(format!("a pool needs 1 to {MAX_MEMBERS} members")));
+    }
+    if !devices.iter().any(|(_, tier)| *tier == Tier::Fast) {
+        return Err(pool_err("a pool needs at least one fast-tier member"));
+    }
+    let sizes: Vec<u64> = devices
+        .iter()
+        .map(|(d, _)| d.size() - d.size() % SECTOR_SIZE)
+        .collect();
+    let meta_len = metadata_region_len(sizes.iter().sum());
+    let pool_uuid = *uuid::Uuid::new_v4().as_bytes();
+    let first_fast = devices.iter().position(|(_, t)| *t == Tier::Fast);
+    let first_slow = devices.iter().position(|(_, t)| *t == Tier::Slow);
+    let members: Vec<MemberInfo> = devices
+        .iter()
+        .zip(&sizes)
+        .enumerate()
+        .map(|(i, ((_, tier), size))| MemberInfo {
+            uuid: *uuid::Uuid::new_v4().as_bytes(),
+            index: DeviceIndex(u16::try_from(i).unwrap_or(u16::MAX)),
+            tier: *tier,
+            size: *size,
+        })
+        .collect();
+    let created = now_secs();
+    let mut superblocks = Vec::new();
+    for (i, ((device, tier), &size)) in devices.iter().zip(&sizes).enumerate() {
+        let holds_meta = Some(i) == first_fast || Some(i) == first_slow;
+        let meta_offset = if holds_meta {
+            SUPERBLOCK_SIZE as u64
+        } else {
+            0
+        };
+        let meta_region = if holds_meta { meta_len } else { 0 };
+        let data_start = SUPERBLOCK_SIZE as u64 + meta_region;
+        let data_end = size.saturating_sub(SUPERBLOCK_SIZE as u64);
+        let min_data = 16 * u64::from(options.block_size);
+        if size < MIN_MEMBER_SIZE || data_end < data_start + min_data {
+            return Err(pool_err(format!(
+                "{} is too small: {} bytes, a {tier} member needs at least {} bytes here",
+                device.name(),
+                device.size(),
+                (data_start + min_data + SUPERBLOCK_SIZE as u64).max(MIN_MEMBER_SIZE)
+            )));
+        }
+        superblocks.push(Superblock {
+            pool_uuid,
+            device_uuid: members[i].uuid,
+            device_index: members[i].index,
+            tier: *tier,
+            block_size: options.block_size,
+            features: 0,
+            created,
+            device_size: size,
+            meta_offset,
+            meta_len: meta_region,
+            data_start,
+            data_end,
+            label: options.label.clone(),
+            members: members.clone(),
+        });
+    }
+
+    // Invalidate old superblocks first so a format cut short leaves no half-valid pool behind.
+    let blank = vec![0u8; SUPERBLOCK_SIZE];
+    for ((device, _), &size) in devices.iter().zip(&sizes) {
+        device.write_at(0, &blank)?;
+        device.write_at(Superblock::backup_offset(size), &blank)?;
+        device.flush()?;
+    }
+
+    let copies = meta_copies(devices.iter().map(|(d, _)| d), &superblocks);
+    let backend = MirroredRegionBackend::create(copies)
+        .map_err(|e| pool_err(format!("cannot initialise the metadata region: {e}")))?;
+    let db = Database::builder().create_with_backend(backend)?;
+    initialise_namespace(&db)?;
+    drop(db);
+
+    for ((device, _), sb) in devices.iter().zip(&superblocks) {
+        let encoded = sb.encode();
+        device.write_at(0, &encoded)?;
+        device.write_at(Superblock::backup_offset(sb.device_size), &encoded)?;
+        device.flush()?;
+    }
+    Ok(())
+}
+
+fn validate_options(options: &FormatOptions) -> FsResult<()> {
+    if options.label.len() > MAX_LABEL_LEN {
+        return Err(pool_err(format!(
+            "label is longer than {MAX_LABEL_LEN} bytes"
+        )));
+    }
+    if options.label.chars().any(|c| c.is_control() || c == '/') {
+        return Err(pool_err("label may not contain '/' or control characters"));
+    }
+    let bs = options.block_size;
+    if !bs.is_power_of_two() || u64::from(bs) < SECTOR_SIZE || bs > 1024 * 1024 {
+        return Err(pool_err(
+            "block size must be a power of two from 4 KiB to 1 MiB",
+        ));
+    }
+    Ok(())
+}
+
+fn meta_copies<'a>(
+    devices: impl Iterator<Item = &'a Arc<dyn BlockDevice>>,
+    superblocks: &[Superblock],
+) -> Vec<RegionCopy> {
+    let mut copies: Vec<(Tier, RegionCopy)> = devices
+        .zip(superblocks)
+        .filter(|(_, sb)| sb.meta_len > 0)
+        .map(|(device, sb)| {
+            (
+                sb.tier,
+                RegionCopy {
+                    device: Arc::clone(device),
+                    offset: sb.meta_offset,
+                    len: sb.meta_len,
+                },
+            )
+        })
+        .collect();
+    // The fast copy is read first.
+    copies.sort_by_key(|(tier, _)| *tier);
+    copies.into_iter().map(|(_, copy)| copy).collect()
+}
+
+fn initialise_namespace(db: &Database) -> FsResult<()> {
+    let txn = db.begin_write()?;
+    {
+        let now = Timestamp::now();
+        let root = Inode {
+            id: InodeId::ROOT,
+            kind: FileKind::Directory,
+            perm: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            rdev: 0,
+            size: 0,
+            generation: 1,
+            allocated: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent: InodeId::ROOT,
+            next_cookie: 3,
+            inline: None,
+        };
+        let mut inodes = txn.open_table(INODES)?;
+        inodes.insert(InodeId::ROOT.0, root.encode().as_slice())?;
+        let mut counters = txn.open_table(COUNTERS)?;
+        counters.insert(meta::NEXT_INODE, 2)?;
+        counters.insert(meta::NEXT_BLOCK, 1)?;
+        counters.insert(meta::NEXT_GENERATION, 2)?;
+        // Create the remaining tables so read paths never meet a missing table.
+        txn.open_table(meta::DIRENTS)?;
+        txn.open_table(meta::DIR_COOKIES)?;
+        txn.open_table(meta::FILE_BLOCKS)?;
+        txn.open_table(meta::BLOCKS)?;
+        txn.open_table(meta::XATTRS)?;
+        txn.open_table(meta::ORPHANS)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Reads a member's superblock, falling back to the copy at the end of the device.
+pub fn read_superblock(device: &dyn BlockDevice) -> FsResult<Superblock> {
+    let mut buf = vec![0u8; SUPERBLOCK_SIZE];
+    device.read_at(0, &mut buf)?;
+    let primary = Superblock::decode(&buf);
+    match primary {
+        Ok(sb) => Ok(sb),
+        Err(primary_err) => {
+            let size = device.size() - device.size() % SECTOR_SIZE;
+            if size >= 2 * SUPERBLOCK_SIZE as u64 {
+                device.read_at(Superblock::backup_offset(size), &mut buf)?;
+                if let Ok(sb) = Superblock::decode(&buf) {
+                    tracing::warn!(device = device.name(), error = %primary_err, "primary superblock unreadable; using the copy at the end of the device");
+                    return Ok(sb);
+                }
+            }
+            Err(pool_err(format!("{}: {primary_err}", device.name())))
+        }
+    }
+}
+
+/// Opens a pool from all of its member devices, in any order.
+pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>) -> FsResult<Pool> {
+    let mut members = Vec::new();
+    for (device, path, lock) in devices {
+        let superblock = read_superblock(device.as_ref())?;
+        if superblock.device_size > device.size() {
+            return Err(pool_err(format!(
+                "{} is {} bytes but its superblock says {}: was it truncated?",
+                device.name(),
+                device.size(),
+                superblock.device_size
+            )));
+        }
+        members.push(Member {
+            device,
+            superblock,
+            path,
+            _lock: lock,
+        });
+    }
+    let Some(first) = members.first() else {
+        return Err(pool_err("no devices given"));
+    };
+    let expected = first.superblock.members.clone();
+    let pool_uuid = first.superblock.pool_uuid;
+    for member in &members {
+        if member.superblock.pool_uuid != pool_uuid {
+            return Err(pool_err(format!(
+                "{} belongs to a different pool than {}",
+                member.device.name(),
+                first.device.name()
+            )));
+        }
+    }
+    for info in &expected {
+        let found = members
+            .iter()
+            .filter(|m| m.superblock.device_uuid == info.uuid)
+            .count();
+        match found {
+            1 => {}
+            0 => {
+                return Err(pool_err(format!(
+                    "member {} ({} tier) of pool {} is missing: give every member device",
+                    info.index.0,
+                    info.tier,
+                    uuid::Uuid::from_bytes(pool_uuid)
+                )))
+            }
+            _ => {
+                return Err(pool_err(format!(
+                    "member {} was given more than once",
+                    info.index.0
+                )))
+            }
+        }
+    }
+    if members.len() != expected.len() {
+        return Err(pool_err("a device was given twice"));
+    }
+    members.sort_by_key(|m| m.superblock.device_index);
+    let devices: Vec<Arc<dyn BlockDevice>> =
+        members.iter().map(|m| Arc::clone(&m.device)).collect();
+    let superblocks: Vec<Superblock> = members.iter().map(|m| m.superblock.clone()).collect();
+    let copies = meta_copies(devices.iter(), &superblocks);
+    if copies.is_empty() {
+        return Err(pool_err("no member holds the metadata region"));
+    }
+    let backend = MirroredRegionBackend::open(copies)
+        .map_err(|e| pool_err(format!("cannot open the metadata region: {e}")))?;
+    let db = Database::builder().create_with_backend(backend)?;
+    // A pool whose metadata was never initialised has no tables.
+    let read = db.begin_read()?;
+    if read.open_table(INODES).is_err() {
+        return Err(pool_err("the metadata database holds no filesystem"));
+    }
+    drop(read);
+    Ok(Pool { members, db })
+}
+
+/// Checks a path before it is formatted; creates or sizes image files on request.
+fn prepare_member(spec: &MemberSpec, force: bool) -> FsResult<()> {
+    let path = &spec.path;
+    match std::fs::metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let Some(size) = spec.create_size else {
+                return Err(refused(
+                    path,
+                    "does not exist (give a size to create an image file)",
+                ));
+            };
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map_err(|e| refused(path, format!("cannot create image file: {e}")))?;
+            file.set_len(size)
+                .map_err(|e| refused(path, format!("cannot size image file: {e}")))?;
+            Ok(())
+        }
+        Err(err) => Err(refused(path, format!("cannot inspect: {err}"))),
+        Ok(meta) => {
+            if meta.is_dir() {
+                return Err(refused(path, "is a directory, not a device or image file"));
+            }
+            if !(meta.is_file() || meta.file_type().is_block_device()) {
+                return Err(refused(
+                    path,
+                    "is neither a block device nor a regular file",
+                ));
+            }
+            if let Some(size) = spec.create_size {
+                if meta.file_type().is_block_device() {
+                    return Err(refused(
+                        path,
+                        "is a block device; a size applies only to image files",
+                    ));
+                }
+                if meta.len() != size {
+                    if meta.len() != 0 && !force {
+                        return Err(refused(
+                            path,
+                            format!(
+                                "exists with {} bytes, not the {size} asked for (use --force to resize it)",
+                                meta.len()
+                            ),
+                        ));
+                    }
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| refused(path, format!("cannot open: {e}")))?;
+                    file.set_len(size)
+                        .map_err(|e| refused(path, format!("cannot size image file: {e}")))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Identity of a member for duplicate detection: (st_dev, st_ino) of a file, st_rdev of a device.
+fn identity(path: &Path) -> FsResult<(u64, u64)> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| refused(path, format!("cannot inspect: {e}")))?;
+    if meta.file_type().is_block_device() {
+        Ok((u64::MAX, meta.rdev()))
+    } else {
+        Ok((meta.dev(), meta.ino()))
+    }
+}
+
+/// Refuses a path that is mounted, backs a mounted loop device, or is in use by another pool.
+fn check_not_in_use(path: &Path) -> FsResult<()> {
+    let id = identity(path)?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(source), Some(target)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if source.starts_with('/') && identity(Path::new(source)).ok() == Some(id) {
+            return Err(refused(path, format!("is mounted at {target}")));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/block") {
+        for entry in entries.flatten() {
+            let backing = entry.path().join("loop/backing_file");
+            if let Ok(file) = std::fs::read_to_string(&backing) {
+                let file = file.trim();
+                if identity(Path::new(file)).ok() == Some(id) {
+                    return Err(refused(
+                        path,
+                        format!(
+                            "backs loop device /dev/{}",
+                            entry.file_name().to_string_lossy()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names a known filesystem or pool signature found on the device, if any.
+pub fn detect_signature(device: &dyn BlockDevice) -> FsResult<Option<&'static str>> {
+    let mut head = vec![0u8; 72 * 1024];
+    let len = head
+        .len()
+        .min(usize::try_from(device.size()).unwrap_or(usize::MAX));
+    device.read_at(0, &mut head[..len])?;
+    let head = &head[..len];
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    let signatures: [(&'static str, usize, &[u8]); 9] = [
+        ("an AegisFS pool", 0, &crate::format::MAGIC),
+        ("an ext2/3/4 filesystem", 1080, &[0x53, 0xEF]),
+        ("an XFS filesystem", 0, b"XFSB"),
+        ("a btrfs filesystem", 0x10040, b"_BHRfS_M"),
+        ("swap space", 4086, b"SWAPSPACE2"),
+        ("a LUKS volume", 0, b"LUKS\xba\xbe"),
+        ("an NTFS filesystem", 3, b"NTFS    "),
+        ("a FAT filesystem", 82, b"FAT32   "),
+        ("a GPT partition table", 512, b"EFI PART"),
+    ];
+    if let Some((name, _, _)) = signatures.iter().find(|(_, off, magic)| at(*off, magic)) {
+        return Ok(Some(name));
+    }
+    if at(54, b"FAT1") {
+        return Ok(Some("a FAT filesystem"));
+    }
+    // An AegisFS member whose primary superblock is damaged still has its backup copy.
+    if read_superblock(device).is_ok() {
+        return Ok(Some("an AegisFS pool"));
+    }
+    Ok(None)
+}
+
+fn lock_member(path: &Path) -> FsResult<File> {
+    let file = File::open(path).map_err(|e| refused(path, format!("cannot open: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(refused(path, "is in use by another AegisFS process"))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(refused(path, format!("cannot lock: {e}"))),
+    }
+}
+
+/// Formats the given paths as one pool after every safety check.
+pub fn format_paths(
+    specs: &[MemberSpec],
+    options: &FormatOptions,
+    backend: Backend,
+) -> FsResult<()> {
+    validate_options(options)?;
+    for (i, spec) in specs.iter().enumerate() {
+        prepare_member(spec, options.force)?;
+        let id = identity(&spec.path)?;
+        for other in &specs[..i] {
+            if identity(&other.path)? == id {
+                return Err(refused(
+                    &spec.path,
+                    format!("is the same device as {}", other.path.display()),
+                ));
+            }
+        }
+    }
+    let mut locks = Vec::new();
+    let mut devices = Vec::new();
+    for spec in specs {
+        check_not_in_use(&spec.path)?;
+        locks.push(lock_member(&spec.path)?);
+        let device = open_device(&spec.path, backend)?;
+        if let Some(found) = detect_signature(device.as_ref())? {
+            if !options.force {
+                return Err(refused(
+                    &spec.path,
+                    format!(
+                        "holds {found}; formatting would destroy it (use --force to overwrite)"
+                    ),
+                ));
+            }
+        }
+        devices.push((device, spec.tier));
+    }
+    format_devices(&devices, options)
+}
+
+/// Opens the pool made of the given member paths.
+pub fn open_paths(paths: &[PathBuf], backend: Backend) -> FsResult<Pool> {
+    let mut devices = Vec::new();
+    for path in paths {
+        check_not_in_use(path)?;
+        let lock = lock_member(path)?;
+        let device = open_device(path, backend)?;
+        devices.push((device, path.clone(), Some(lock)));
+    }
+    open_devices(devices)
+}
+
+/// Reads the superblock of one member without opening the pool (for `aegis info`).
+pub fn inspect_path(path: &Path) -> FsResult<Superblock> {
+    let device = open_device(path, Backend::File)?;
+    read_superblock(device.as_ref())
+}
