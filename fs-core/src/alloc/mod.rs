@@ -250,7 +250,7 @@ mod tests {
         space.release(0, 1).unwrap();
         space.release(3, 1).unwrap();
         assert_eq!(space.allocate(4), None);
-        assert_eq!(space.allocate(2), Some(4));
+        assert_eq!(space.allocate(2), Some(3));
     }
 
     #[test]

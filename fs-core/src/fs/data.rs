@@ -245,8 +245,11 @@ impl Filesystem {
         };
         for (at, in_block, len, id, record) in plan {
             let content = self.read_block(id, &record)?;
+            // Bytes past the stored content read as zeros (already in `out`).
             let available = content.len().saturating_sub(in_block).min(len);
-            out[at..at + available].copy_from_slice(&content[in_block..in_block + available]);
+            if available > 0 {
+                out[at..at + available].copy_from_slice(&content[in_block..in_block + available]);
+            }
         }
         Ok(out)
     }
