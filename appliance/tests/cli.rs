@@ -1,0 +1,337 @@
+//! End-to-end tests of the `aegis` binary: real image files, real FUSE mounts, the real
+//! serving process and its control socket. Every mount is undone by a guard, even on failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const AEGIS: &str = env!("CARGO_BIN_EXE_aegis");
+
+/// A scratch directory with its own control-socket directory.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn aegis(&self, args: &[&str]) -> Output {
+        Command::new(AEGIS)
+            .args(args)
+            .env("AEGIS_RUN_DIR", self.path("run"))
+            .output()
+            .expect("run aegis")
+    }
+
+    /// Runs `aegis`, asserting success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.aegis(args);
+        assert!(
+            out.status.success(),
+            "aegis {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `aegis`, asserting failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.aegis(args);
+        assert!(
+            !out.status.success(),
+            "aegis {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn format(&self, fast_size: &str, slow_size: &str) -> (String, String) {
+        let fast = self.path("fast.img").display().to_string();
+        let slow = self.path("slow.img").display().to_string();
+        self.ok(&[
+            "format",
+            "--fast",
+            &fast,
+            "--fast-size",
+            fast_size,
+            "--slow",
+            &slow,
+            "--slow-size",
+            slow_size,
+            "--label",
+            "tank",
+        ]);
+        (fast, slow)
+    }
+
+    fn mount(&self, fast: &str, slow: &str) -> MountGuard<'_> {
+        let mnt = self.path("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        self.ok(&["mount", fast, slow, mnt.to_str().unwrap()]);
+        MountGuard {
+            sandbox: self,
+            mountpoint: mnt,
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(path.to_str().unwrap()))
+}
+
+/// Unmounts on drop, even when the test failed half-way.
+struct MountGuard<'a> {
+    sandbox: &'a Sandbox,
+    mountpoint: PathBuf,
+}
+
+impl MountGuard<'_> {
+    fn path(&self, name: &str) -> PathBuf {
+        self.mountpoint.join(name)
+    }
+
+    fn unmount(self) {
+        self.sandbox
+            .ok(&["umount", self.mountpoint.to_str().unwrap()]);
+        assert!(!is_mounted(&self.mountpoint));
+    }
+}
+
+impl Drop for MountGuard<'_> {
+    fn drop(&mut self) {
+        if is_mounted(&self.mountpoint) {
+            let _ = self
+                .sandbox
+                .aegis(&["umount", self.mountpoint.to_str().unwrap()]);
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn format_mount_write_remount_read() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("1G", "2G");
+    // Image files are sparse.
+    assert!(fs::metadata(&slow).unwrap().blocks() * 512 < 256 << 20);
+    let big = pattern(1, 20 << 20);
+    {
+        let mnt = sb.mount(&fast, &slow);
+        fs::create_dir(mnt.path("docs")).unwrap();
+        fs::write(mnt.path("docs/small.txt"), b"hello aegis\n").unwrap();
+        fs::write(mnt.path("big.bin"), &big).unwrap();
+        let mut sparse = fs::File::create(mnt.path("sparse")).unwrap();
+        sparse.seek(SeekFrom::Start(5 << 30)).unwrap();
+        sparse.write_all(b"tail").unwrap();
+        drop(sparse);
+        std::os::unix::fs::symlink("docs/small.txt", mnt.path("link")).unwrap();
+        mnt.unmount();
+    }
+    let mnt = sb.mount(&fast, &slow);
+    assert_eq!(
+        fs::read(mnt.path("docs/small.txt")).unwrap(),
+        b"hello aegis\n"
+    );
+    assert_eq!(fs::read(mnt.path("big.bin")).unwrap(), big);
+    let sparse = fs::metadata(mnt.path("sparse")).unwrap();
+    assert_eq!(sparse.len(), (5 << 30) + 4);
+    assert!(sparse.blocks() * 512 <= 256 * 1024);
+    let mut tail = [0u8; 4];
+    let mut file = fs::File::open(mnt.path("sparse")).unwrap();
+    file.seek(SeekFrom::Start(5 << 30)).unwrap();
+    file.read_exact(&mut tail).unwrap();
+    assert_eq!(&tail, b"tail");
+    drop(file);
+    assert_eq!(
+        fs::read_link(mnt.path("link")).unwrap(),
+        Path::new("docs/small.txt")
+    );
+    mnt.unmount();
+}
+
+#[test]
+fn status_and_info_report_members_tiers_and_usage() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("1G", "2G");
+    let mnt = sb.mount(&fast, &slow);
+    fs::write(mnt.path("data"), pattern(2, 8 << 20)).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", mnt.mountpoint.to_str().unwrap(), "--json"]))
+            .unwrap();
+    assert_eq!(status["label"], "tank");
+    assert_eq!(status["members"].as_array().unwrap().len(), 2);
+    assert_eq!(status["members"][0]["tier"], "fast");
+    assert_eq!(status["members"][1]["tier"], "slow");
+    let used = status["tiers"][0]["used_bytes"].as_u64().unwrap();
+    assert!(used >= 8 << 20, "fast tier used {used}");
+    assert!(status["members"][0]["bytes_written"].as_u64().unwrap() >= 8 << 20);
+    // By label too, and human-readable.
+    let text = sb.ok(&["status", "tank"]);
+    assert!(text.contains("fast") && text.contains("slow"), "{text}");
+    let info: serde_json::Value = serde_json::from_str(&sb.ok(&["info", &fast, "--json"])).unwrap();
+    assert_eq!(info["superblock"]["tier"], "fast");
+    assert_eq!(info["superblock"]["block_size"], 131_072);
+    assert_eq!(info["mounted"], true);
+    assert!(info["usage"]["tiers"][0]["used_bytes"].as_u64().unwrap() >= 8 << 20);
+    // The control socket is group-accessible only.
+    let socket = sb
+        .path("run")
+        .join(format!("{}.sock", status["pool_uuid"].as_str().unwrap()));
+    assert_eq!(fs::metadata(&socket).unwrap().mode() & 0o777, 0o660);
+    mnt.unmount();
+    assert!(!socket.exists(), "socket left behind after unmount");
+    // Offline usage when every member is given.
+    let info: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["info", &fast, &slow, "--json"])).unwrap();
+    assert_eq!(info["mounted"], false);
+    assert!(info["usage"]["tiers"][0]["used_bytes"].as_u64().unwrap() >= 8 << 20);
+}
+
+#[test]
+fn format_refuses_dangerous_targets_without_writing() {
+    let sb = Sandbox::new();
+    let ext4 = sb.path("ext4.img");
+    fs::File::create(&ext4).unwrap().set_len(128 << 20).unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&ext4)
+        .status()
+        .unwrap();
+    assert!(mkfs.success());
+    let before = fs::read(&ext4).unwrap();
+    let ext4s = ext4.to_str().unwrap();
+    let other = sb.path("other.img");
+    let others = other.to_str().unwrap();
+    let err = sb.fails(&[
+        "format",
+        "--fast",
+        ext4s,
+        "--slow",
+        others,
+        "--slow-size",
+        "256M",
+    ]);
+    assert!(err.contains("ext2/3/4") && err.contains("--force"), "{err}");
+    assert_eq!(
+        fs::read(&ext4).unwrap(),
+        before,
+        "refused format wrote to the device"
+    );
+
+    let err = sb.fails(&[
+        "format",
+        "--fast",
+        others,
+        "--fast-size",
+        "256M",
+        "--slow",
+        others,
+    ]);
+    assert!(err.contains("same device"), "{err}");
+    let err = sb.fails(&[
+        "format",
+        "--fast",
+        sb.path("tiny").to_str().unwrap(),
+        "--fast-size",
+        "1M",
+    ]);
+    assert!(err.contains("too small"), "{err}");
+    let err = sb.fails(&["format", "--fast", sb.path("absent").to_str().unwrap()]);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = sb.fails(&["format", "--fast", sb.dir.path().to_str().unwrap()]);
+    assert!(err.contains("directory"), "{err}");
+
+    // An existing pool is refused too, and --force overwrites it.
+    let (fast, slow) = sb.format("256M", "256M");
+    let err = sb.fails(&["format", "--fast", &fast, "--slow", &slow]);
+    assert!(err.contains("AegisFS pool"), "{err}");
+    sb.ok(&["format", "--fast", &fast, "--slow", &slow, "--force"]);
+    // --force also lets ext4 go.
+    sb.ok(&["format", "--fast", ext4s, "--force"]);
+}
+
+#[test]
+fn mount_errors_are_clear() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    fs::create_dir_all(sb.path("mnt")).unwrap();
+    let mnt = sb.path("mnt").display().to_string();
+    let err = sb.fails(&["mount", &fast, &mnt]);
+    assert!(err.contains("missing"), "{err}");
+    let err = sb.fails(&["mount", &fast, &slow, sb.path("nowhere").to_str().unwrap()]);
+    assert!(err.contains("does not exist"), "{err}");
+    let guard = sb.mount(&fast, &slow);
+    let second = sb.path("mnt2");
+    fs::create_dir_all(&second).unwrap();
+    let err = sb.fails(&["mount", &fast, &slow, second.to_str().unwrap()]);
+    assert!(err.contains("in use"), "{err}");
+    let err = sb.fails(&["status", "no-such-pool"]);
+    assert!(err.contains("no mounted AegisFS pool"), "{err}");
+    guard.unmount();
+}
+
+#[test]
+fn unlinked_open_file_stays_readable_and_sigterm_unmounts_cleanly() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "512M");
+    let mnt = sb.mount(&fast, &slow);
+    let data = pattern(3, 3 << 20);
+    fs::write(mnt.path("victim"), &data).unwrap();
+    let mut open = fs::File::open(mnt.path("victim")).unwrap();
+    fs::remove_file(mnt.path("victim")).unwrap();
+    assert!(!mnt.path("victim").exists());
+    let mut back = Vec::new();
+    open.read_to_end(&mut back).unwrap();
+    assert_eq!(back, data);
+    drop(open);
+
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    fs::write(mnt.path("after"), b"durable").unwrap();
+    Command::new("kill").arg(pid.to_string()).status().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serving process ignored SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&mnt.mountpoint));
+    drop(mnt);
+    let mnt = sb.mount(&fast, &slow);
+    assert_eq!(fs::read(mnt.path("after")).unwrap(), b"durable");
+    mnt.unmount();
+}
