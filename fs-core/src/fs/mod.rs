@@ -464,6 +464,11 @@ impl Filesystem {
         }
     }
 
+    /// Stops accepting changes until the pool is remounted (after an internal error).
+    pub fn poison(&self) {
+        self.lock_state().txn = None;
+    }
+
     pub fn pool(&self) -> &Pool {
         &self.pool
     }

@@ -177,6 +177,22 @@ fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, FsError>) {
     }
 }
 
+impl AegisFuse {
+    /// Runs one filesystem call. A panic is a bug: it is logged, the filesystem stops taking
+    /// changes (its state may be half-updated) and the request fails with EIO, but the mount
+    /// keeps serving reads instead of vanishing under its users.
+    fn call<T>(&self, op: impl FnOnce(&Filesystem) -> Result<T, FsError>) -> Result<T, FsError> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&self.fs))) {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::error!("internal error while serving a request; the pool is now read-only until remounted");
+                self.fs.poison();
+                Err(FsError::Poisoned)
+            }
+        }
+    }
+}
+
 impl fuser::Filesystem for AegisFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_WRITE);
@@ -196,17 +212,20 @@ impl fuser::Filesystem for AegisFuse {
     }
 
     fn destroy(&mut self) {
-        if let Err(err) = self.fs.shutdown() {
+        if let Err(err) = self.call(|fs| fs.shutdown()) {
             tracing::error!(error = %err, "final commit at unmount failed");
         }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.fs.lookup(ino(parent), name.as_bytes()));
+        reply_entry(
+            reply,
+            self.call(|fs| fs.lookup(ino(parent), name.as_bytes())),
+        );
     }
 
     fn getattr(&self, _req: &Request, inode: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino(inode)) {
+        match self.call(|fs| fs.getattr(ino(inode))) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(err) => reply.error(errno(&err)),
         }
@@ -239,14 +258,14 @@ impl fuser::Filesystem for AegisFuse {
             mtime: mtime.map(timestamp),
             ctime: ctime.map(Timestamp::from_system),
         };
-        match self.fs.setattr(ino(inode), &changes) {
+        match self.call(|fs| fs.setattr(ino(inode), &changes)) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(err) => reply.error(errno(&err)),
         }
     }
 
     fn readlink(&self, _req: &Request, inode: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino(inode)) {
+        match self.call(|fs| fs.readlink(ino(inode))) {
             Ok(target) => reply.data(&target),
             Err(err) => reply.error(errno(&err)),
         }
@@ -272,9 +291,8 @@ impl fuser::Filesystem for AegisFuse {
             rdev,
             ..NewNode::new(kind, mode & !umask)
         };
-        let result = self
-            .fs
-            .create_node(ino(parent), name.as_bytes(), &node, caller(req));
+        let result =
+            self.call(|fs| fs.create_node(ino(parent), name.as_bytes(), &node, caller(req)));
         reply_entry(reply, result);
     }
 
@@ -288,18 +306,23 @@ impl fuser::Filesystem for AegisFuse {
         reply: ReplyEntry,
     ) {
         let node = NewNode::new(FileKind::Directory, mode & !umask);
-        let result = self
-            .fs
-            .create_node(ino(parent), name.as_bytes(), &node, caller(req));
+        let result =
+            self.call(|fs| fs.create_node(ino(parent), name.as_bytes(), &node, caller(req)));
         reply_entry(reply, result);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.unlink(ino(parent), name.as_bytes()));
+        reply_empty(
+            reply,
+            self.call(|fs| fs.unlink(ino(parent), name.as_bytes())),
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.rmdir(ino(parent), name.as_bytes()));
+        reply_empty(
+            reply,
+            self.call(|fs| fs.rmdir(ino(parent), name.as_bytes())),
+        );
     }
 
     fn symlink(
@@ -318,9 +341,8 @@ impl fuser::Filesystem for AegisFuse {
             target: Some(target),
             ..NewNode::new(FileKind::Symlink, 0o777)
         };
-        let result = self
-            .fs
-            .create_node(ino(parent), link_name.as_bytes(), &node, caller(req));
+        let result =
+            self.call(|fs| fs.create_node(ino(parent), link_name.as_bytes(), &node, caller(req)));
         reply_entry(reply, result);
     }
 
@@ -334,13 +356,15 @@ impl fuser::Filesystem for AegisFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let result = self.fs.rename(
-            ino(parent),
-            name.as_bytes(),
-            ino(newparent),
-            newname.as_bytes(),
-            flags.bits(),
-        );
+        let result = self.call(|fs| {
+            fs.rename(
+                ino(parent),
+                name.as_bytes(),
+                ino(newparent),
+                newname.as_bytes(),
+                flags.bits(),
+            )
+        });
         reply_empty(reply, result);
     }
 
@@ -354,12 +378,12 @@ impl fuser::Filesystem for AegisFuse {
     ) {
         reply_entry(
             reply,
-            self.fs.link(ino(inode), ino(newparent), newname.as_bytes()),
+            self.call(|fs| fs.link(ino(inode), ino(newparent), newname.as_bytes())),
         );
     }
 
     fn open(&self, _req: &Request, inode: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino(inode)) {
+        match self.call(|fs| fs.open(ino(inode))) {
             Ok(_) => reply.opened(FileHandle(inode.0), FopenFlags::empty()),
             Err(err) => reply.error(errno(&err)),
         }
@@ -376,7 +400,7 @@ impl fuser::Filesystem for AegisFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(ino(inode), offset, size) {
+        match self.call(|fs| fs.read(ino(inode), offset, size)) {
             Ok(data) => reply.data(&data),
             Err(err) => reply.error(errno(&err)),
         }
@@ -394,7 +418,7 @@ impl fuser::Filesystem for AegisFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(ino(inode), offset, data) {
+        match self.call(|fs| fs.write(ino(inode), offset, data)) {
             Ok(written) => reply.written(u32::try_from(written).unwrap_or(u32::MAX)),
             Err(err) => reply.error(errno(&err)),
         }
@@ -422,7 +446,7 @@ impl fuser::Filesystem for AegisFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.release(ino(inode)));
+        reply_empty(reply, self.call(|fs| fs.release(ino(inode))));
     }
 
     fn fsync(
@@ -433,7 +457,7 @@ impl fuser::Filesystem for AegisFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fsync());
+        reply_empty(reply, self.call(|fs| fs.fsync()));
     }
 
     fn readdir(
@@ -444,7 +468,7 @@ impl fuser::Filesystem for AegisFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino(inode), offset, READDIR_BATCH) {
+        match self.call(|fs| fs.readdir(ino(inode), offset, READDIR_BATCH)) {
             Ok(entries) => {
                 for entry in entries {
                     let name = OsStr::from_bytes(&entry.name);
@@ -471,12 +495,12 @@ impl fuser::Filesystem for AegisFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.fs.readdir(ino(inode), offset, READDIR_BATCH) {
+        let entries = match self.call(|fs| fs.readdir(ino(inode), offset, READDIR_BATCH)) {
             Ok(entries) => entries,
             Err(err) => return reply.error(errno(&err)),
         };
         for entry in entries {
-            let attr = match self.fs.getattr(entry.ino) {
+            let attr = match self.call(|fs| fs.getattr(entry.ino)) {
                 Ok(attr) => attr,
                 // Removed since the listing was taken.
                 Err(FsError::NotFound) => continue,
@@ -505,7 +529,7 @@ impl fuser::Filesystem for AegisFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fsync());
+        reply_empty(reply, self.call(|fs| fs.fsync()));
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -535,27 +559,34 @@ impl fuser::Filesystem for AegisFuse {
     ) {
         reply_empty(
             reply,
-            self.fs.setxattr(ino(inode), name.as_bytes(), value, flags),
+            self.call(|fs| fs.setxattr(ino(inode), name.as_bytes(), value, flags)),
         );
     }
 
     fn getxattr(&self, _req: &Request, inode: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.getxattr(ino(inode), name.as_bytes()));
+        reply_xattr(
+            reply,
+            size,
+            self.call(|fs| fs.getxattr(ino(inode), name.as_bytes())),
+        );
     }
 
     fn listxattr(&self, _req: &Request, inode: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.fs.listxattr(ino(inode)));
+        reply_xattr(reply, size, self.call(|fs| fs.listxattr(ino(inode))));
     }
 
     fn removexattr(&self, _req: &Request, inode: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.fs.removexattr(ino(inode), name.as_bytes()));
+        reply_empty(
+            reply,
+            self.call(|fs| fs.removexattr(ino(inode), name.as_bytes())),
+        );
     }
 
     fn access(&self, req: &Request, inode: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let result = self
-            .fs
-            .getattr(ino(inode))
-            .and_then(|attr| crate::fs::check_access(&attr, caller(req), mask.bits()));
+        let result = self.call(|fs| {
+            let attr = fs.getattr(ino(inode))?;
+            crate::fs::check_access(&attr, caller(req), mask.bits())
+        });
         reply_empty(reply, result);
     }
 
@@ -569,15 +600,11 @@ impl fuser::Filesystem for AegisFuse {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self
-            .fs
-            .create_node(
-                ino(parent),
-                name.as_bytes(),
-                &NewNode::new(FileKind::Regular, mode & !umask),
-                caller(req),
-            )
-            .and_then(|attr| self.fs.open(attr.ino));
+        let node = NewNode::new(FileKind::Regular, mode & !umask);
+        let result = self.call(|fs| {
+            let attr = fs.create_node(ino(parent), name.as_bytes(), &node, caller(req))?;
+            fs.open(attr.ino)
+        });
         match result {
             Ok(attr) => reply.created(
                 &TTL,
@@ -600,7 +627,10 @@ impl fuser::Filesystem for AegisFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.fs.fallocate(ino(inode), offset, length, mode));
+        reply_empty(
+            reply,
+            self.call(|fs| fs.fallocate(ino(inode), offset, length, mode)),
+        );
     }
 
     fn lseek(
@@ -620,7 +650,7 @@ impl fuser::Filesystem for AegisFuse {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::from_i32(libc::ENXIO));
         };
-        match self.fs.seek(ino(inode), offset, whence) {
+        match self.call(|fs| fs.seek(ino(inode), offset, whence)) {
             Ok(found) => reply.offset(i64::try_from(found).unwrap_or(i64::MAX)),
             Err(err) => reply.error(errno(&err)),
         }
