@@ -193,6 +193,9 @@ fn format_cmd(
     Ok(())
 }
 
+/// How long `aegis mount` waits for the serving process to report the mount ready.
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Log file of a detached serving process.
 fn log_path(mountpoint: &Path) -> PathBuf {
     let name: String = mountpoint
@@ -234,8 +237,21 @@ fn mount_detached(devices: &[PathBuf], mountpoint: &Path, no_uring: bool) -> any
         .stdout
         .take()
         .context("no pipe to the serving process")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = sender.send(line);
+    });
+    let Ok(line) = receiver.recv_timeout(MOUNT_TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "the serving process did not report a ready mount within {} s; see {}",
+            MOUNT_TIMEOUT.as_secs(),
+            log.display()
+        );
+    };
     if line.starts_with("READY") {
         println!(
             "mounted at {} (serving process {}, log {})",

@@ -163,6 +163,9 @@ pub fn serve(
     let mut session = fs_core::fuse::session(Arc::clone(&fs), &mountpoint, &config)
         .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    if let Err(err) = fs_core::fuse::set_readahead(&mountpoint, fs_core::fuse::READAHEAD_KIB) {
+        tracing::warn!(error = %err, "cannot raise the readahead window; sequential reads will be slower");
+    }
 
     let socket = api::run_dir().join(format!("{uuid}.sock"));
     let server = Arc::new(bind_socket(&socket)?);

@@ -243,8 +243,9 @@ impl Filesystem {
                 .unwrap_or_else(PoisonError::into_inner);
             (out, plan, gate)
         };
-        for (at, in_block, len, id, record) in plan {
-            let content = self.read_block(id, &record)?;
+        let wanted: Vec<(u64, BlockRecord)> = plan.iter().map(|p| (p.3, p.4)).collect();
+        let contents = self.read_blocks(&wanted)?;
+        for ((at, in_block, len, _, _), content) in plan.into_iter().zip(contents) {
             // Bytes past the stored content read as zeros (already in `out`).
             let available = content.len().saturating_sub(in_block).min(len);
             if available > 0 {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableTable, WriteTransaction};
 
 use crate::alloc::{Allocator, DeviceSpace};
-use crate::device::BlockDevice;
+use crate::device::{BlockDevice, ReadOp};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Timestamp};
@@ -500,27 +500,56 @@ impl Filesystem {
 
     /// Reads a block's stored bytes and verifies its checksum.
     fn read_block(&self, id: u64, record: &BlockRecord) -> FsResult<Vec<u8>> {
-        let device = self.device(record.device)?;
-        let padded = usize::try_from(record.sectors() * SECTOR_SIZE).unwrap_or(usize::MAX);
-        let mut buf = vec![0u8; padded];
-        device.read_at(record.sector * SECTOR_SIZE, &mut buf)?;
-        self.count_read(record.device, padded);
-        buf.truncate(record.stored_len as usize);
-        if crate::codec::checksum64(&buf) != record.checksum {
-            self.checksum_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                block = id,
-                device = record.device.0,
-                sector = record.sector,
-                "checksum mismatch: the block is damaged; returning EIO"
-            );
-            return Err(FsError::Checksum {
-                block: id,
-                device: record.device.0,
-                sector: record.sector,
-            });
+        let mut blocks = self.read_blocks(&[(id, *record)])?;
+        Ok(blocks.pop().unwrap_or_default())
+    }
+
+    /// Reads several blocks, submitting each device's reads as one batch, and verifies every
+    /// checksum. Returns the stored bytes in the order asked.
+    fn read_blocks(&self, blocks: &[(u64, BlockRecord)]) -> FsResult<Vec<Vec<u8>>> {
+        let mut buffers: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|(_, record)| {
+                vec![0u8; usize::try_from(record.sectors() * SECTOR_SIZE).unwrap_or(usize::MAX)]
+            })
+            .collect();
+        let mut devices: Vec<DeviceIndex> = blocks.iter().map(|(_, r)| r.device).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        for index in devices {
+            let device = self.device(index)?;
+            let mut ops: Vec<ReadOp<'_>> = blocks
+                .iter()
+                .zip(buffers.iter_mut())
+                .filter(|((_, record), _)| record.device == index)
+                .map(|((_, record), buf)| ReadOp {
+                    offset: record.sector * SECTOR_SIZE,
+                    buf: buf.as_mut_slice(),
+                })
+                .collect();
+            device.read_batch(&mut ops)?;
+            for op in &ops {
+                self.count_read(index, op.buf.len());
+            }
         }
-        Ok(buf)
+        for ((id, record), buf) in blocks.iter().zip(buffers.iter_mut()) {
+            buf.truncate(record.stored_len as usize);
+            if crate::codec::checksum64(buf) != record.checksum {
+                self.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    block = id,
+                    device = record.device.0,
+                    sector = record.sector,
+                    "checksum mismatch: the block is damaged; returning EIO"
+                );
+                return Err(FsError::Checksum {
+                    block: *id,
+                    device: record.device.0,
+                    sector: record.sector,
+                });
+            }
+        }
+        Ok(buffers)
     }
 }
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Conformance run against a live AegisFS mount, with ext4 on a loop device as the baseline.
+#
+#   tests/conformance/run.sh AEGIS_BINARY
+#
+# 1. formats a pool on two sparse image files and mounts it with AEGIS_BINARY;
+# 2. runs pjdfstest inside the AegisFS mount and inside an ext4 loop mount;
+# 3. fails if a test passes on ext4 but not on AegisFS, unless docs/conformance.md's
+#    exception list (tests/conformance/exceptions.txt) names it;
+# 4. runs fsx for FSX_OPS operations (default 100000, profile FSX_PROFILE=full) on AegisFS.
+# Everything mounted is unmounted on exit, also on failure. Summaries are kept in
+# $CONFORMANCE_OUT (default target/conformance).
+set -euo pipefail
+
+[[ $# -eq 1 ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+AEGIS=$(realpath -e -- "$1")
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+OUT=${CONFORMANCE_OUT:-$ROOT/target/conformance}
+FSX_OPS=${FSX_OPS:-100000}
+FSX_SEED=${FSX_SEED:-$RANDOM$RANDOM}
+export FSX_PROFILE=${FSX_PROFILE:-full}
+
+mkdir -p "$OUT"
+WORK=$(mktemp -d /var/tmp/aegis-conformance.XXXXXX)
+# pjdfstest switches to unprivileged users, who must be able to reach the test directories.
+chmod 755 "$WORK"
+export AEGIS_RUN_DIR=$WORK/run
+# shellcheck source=tests/conformance/ext4-loop.sh
+source "$HERE/ext4-loop.sh"
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+    local status=$?
+    if mountpoint -q "$WORK/aegis"; then
+        "$AEGIS" umount "$WORK/aegis" || umount -l "$WORK/aegis" || true
+    fi
+    ext4_loop_umount "$WORK/ext4" || true
+    if ! mountpoint -q "$WORK/aegis" 2>/dev/null; then
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+
+echo "== AegisFS pool on image files"
+"$AEGIS" format --fast "$WORK/fast.img" --fast-size 2G --slow "$WORK/slow.img" --slow-size 4G \
+    --label conformance
+mkdir -p "$WORK/aegis"
+"$AEGIS" mount "$WORK/fast.img" "$WORK/slow.img" "$WORK/aegis"
+
+echo "== ext4 baseline on a loop device"
+ext4_loop_mount "$WORK/ext4.img" 2G "$WORK/ext4"
+
+echo "== pjdfstest on ext4"
+"$HERE/pjdfstest.sh" "$WORK/ext4" "$OUT/pjdfstest-ext4.txt"
+echo "== pjdfstest on AegisFS"
+"$HERE/pjdfstest.sh" "$WORK/aegis" "$OUT/pjdfstest-aegis.txt"
+echo "== comparison (exceptions: tests/conformance/exceptions.txt, explained in docs/conformance.md)"
+"$HERE/compare.sh" "$OUT/pjdfstest-ext4.txt" "$OUT/pjdfstest-aegis.txt" "$HERE/exceptions.txt"
+
+echo "== fsx: $FSX_OPS operations, profile $FSX_PROFILE, seed $FSX_SEED"
+"$HERE/fsx.sh" "$WORK/aegis" "$FSX_OPS" "$FSX_SEED"
+
+"$AEGIS" status conformance
+echo "conformance: pjdfstest and fsx passed"
