@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The AegisFS demo: two sparse image files stand in for an NVMe partition (2 GiB) and an HDD
+# partition (8 GiB); they are formatted as one pool, mounted, filled with sample data, and the
+# pool's status is printed. The pool stays mounted for you to explore.
+#
+#   scripts/demo.sh            # images and mountpoint under /var/tmp/aegis-demo
+#   AEGIS_DEMO_DIR=/somewhere scripts/demo.sh
+#
+# Unmount with: target/release/aegis umount demo
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+cargo build --release --locked --quiet
+AEGIS=$PWD/target/release/aegis
+DIR=${AEGIS_DEMO_DIR:-/var/tmp/aegis-demo}
+MNT=$DIR/mnt
+
+mkdir -p "$MNT"
+if mountpoint -q "$MNT"; then
+    echo "== unmounting the previous demo"
+    "$AEGIS" umount "$MNT"
+fi
+
+echo "== formatting a pool: fast.img (2 GiB, 'NVMe') + slow.img (8 GiB, 'HDD')"
+"$AEGIS" format --fast "$DIR/fast.img" --fast-size 2G --slow "$DIR/slow.img" --slow-size 8G \
+    --label demo --force
+
+echo "== mounting at $MNT"
+"$AEGIS" mount "$DIR/fast.img" "$DIR/slow.img" "$MNT"
+
+echo "== writing sample data"
+mkdir -p "$MNT/photos/2026" "$MNT/documents" "$MNT/backups"
+for i in $(seq 1 20); do
+    printf 'Meeting notes %d\nAegisFS keeps every block checksummed.\n' "$i" >"$MNT/documents/notes-$i.txt"
+done
+head -c 64M /dev/urandom >"$MNT/photos/2026/holiday.raw"
+dd if=/dev/zero of="$MNT/backups/sparse-disk.img" bs=1 count=0 seek=20G status=none
+echo "I am a tiny file kept inline in the metadata" >"$MNT/README.txt"
+ln -s documents/notes-1.txt "$MNT/latest-notes"
+sync "$MNT/photos/2026/holiday.raw"
+sha256sum "$MNT/photos/2026/holiday.raw"
+
+echo "== what a user sees"
+ls -la "$MNT"
+du -sh --apparent-size "$MNT/backups/sparse-disk.img"
+du -sh "$MNT/backups/sparse-disk.img"
+df -h "$MNT"
+
+echo "== pool status"
+"$AEGIS" status demo
+
+echo
+echo "The pool is mounted at $MNT. Explore it, then unmount with:"
+echo "  $AEGIS umount demo"

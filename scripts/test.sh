@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole AegisFS test suite: what `.ci/run` runs. Needs root (FUSE mounts, loop devices).
+#
+#   scripts/test.sh
+#
+# Installs what is missing (scripts/install-deps.sh), then: format check, clippy, unit and
+# integration tests (in-memory pools, fault injection, real FUSE mounts of the `aegis`
+# binary), and the conformance run (pjdfstest against ext4 on a loop device, fsx 100,000
+# operations) against a live mount of the release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+passed=0
+failed=0
+failures=()
+stage() {
+    local name=$1
+    shift
+    echo
+    echo "==== $name"
+    local start=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "==== $name: ok ($((SECONDS - start)) s)"
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        echo "==== $name: FAILED ($((SECONDS - start)) s)"
+    fi
+}
+
+stage "cargo fmt --check" cargo fmt --all -- --check
+stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+stage "shellcheck" shellcheck scripts/*.sh tests/conformance/*.sh bench/*.sh .ci/run
+stage "cargo test" cargo test --workspace --locked
+stage "release build" cargo build --release --locked
+stage "conformance (pjdfstest, fsx)" tests/conformance/run.sh target/release/aegis
+
+echo
+if [[ $failed -gt 0 ]]; then
+    echo "failed stages: ${failures[*]}"
+fi
+echo "stages: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
