@@ -57,6 +57,8 @@ pub struct Status {
     pub commits: u64,
     pub last_commit_ms_ago: Option<u64>,
     pub checksum_errors: u64,
+    pub metadata_used_bytes: u64,
+    pub metadata_capacity_bytes: u64,
 }
 
 /// An error body.

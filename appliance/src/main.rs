@@ -439,6 +439,11 @@ fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
     print_usage(&status);
     println!("inodes    {}", status.inodes);
     println!(
+        "metadata  {} of {} region",
+        human(status.metadata_used_bytes),
+        human(status.metadata_capacity_bytes)
+    );
+    println!(
         "commits   {} (last {})",
         status.commits,
         status.last_commit_ms_ago.map_or_else(

@@ -26,6 +26,8 @@ pub enum FsError {
     NameTooLong,
     #[error("no space left on the pool")]
     NoSpace,
+    #[error("the metadata region is full; the pool is read-only until remounted")]
+    MetadataFull,
     #[error("permission denied")]
     Access,
     #[error("operation not permitted")]
@@ -75,7 +77,7 @@ impl FsError {
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::NameTooLong => libc::ENAMETOOLONG,
-            FsError::NoSpace => libc::ENOSPC,
+            FsError::NoSpace | FsError::MetadataFull => libc::ENOSPC,
             FsError::Access => libc::EACCES,
             FsError::NotPermitted => libc::EPERM,
             FsError::NoAttr => libc::ENODATA,

@@ -18,7 +18,7 @@ use crate::format::{
     metadata_region_len, MemberInfo, Superblock, DEFAULT_BLOCK_SIZE, MAX_LABEL_LEN, MAX_MEMBERS,
     SECTOR_SIZE, SUPERBLOCK_SIZE,
 };
-use crate::meta::backend::{MirroredRegionBackend, RegionCopy};
+use crate::meta::backend::{MirroredRegionBackend, RegionCopy, RegionUsage};
 use crate::meta::records::{FileKind, Inode, Timestamp};
 use crate::meta::{self, COUNTERS, INODES};
 use crate::types::{DeviceIndex, InodeId, Tier};
@@ -70,6 +70,7 @@ pub struct Member {
 pub struct Pool {
     pub members: Vec<Member>,
     pub db: Database,
+    pub meta_usage: RegionUsage,
 }
 
 impl Pool {
@@ -123,10 +124,16 @@ pub fn format_devices(
         .iter()
         .map(|(d, _)| d.size() - d.size() % SECTOR_SIZE)
         .collect();
-    let meta_len = metadata_region_len(sizes.iter().sum());
     let pool_uuid = *uuid::Uuid::new_v4().as_bytes();
     let first_fast = devices.iter().position(|(_, t)| *t == Tier::Fast);
     let first_slow = devices.iter().position(|(_, t)| *t == Tier::Slow);
+    let smallest_holder = [first_fast, first_slow]
+        .into_iter()
+        .flatten()
+        .map(|i| sizes[i])
+        .min()
+        .unwrap_or(0);
+    let meta_len = metadata_region_len(sizes.iter().sum(), smallest_holder);
     let members: Vec<MemberInfo> = devices
         .iter()
         .zip(&sizes)
@@ -374,6 +381,7 @@ pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>)
     }
     let backend = MirroredRegionBackend::open(copies)
         .map_err(|e| pool_err(format!("cannot open the metadata region: {e}")))?;
+    let meta_usage = backend.usage();
     let db = Database::builder().create_with_backend(backend)?;
     // A pool whose metadata was never initialised has no tables.
     let read = db.begin_read()?;
@@ -381,7 +389,11 @@ pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>)
         return Err(pool_err("the metadata database holds no filesystem"));
     }
     drop(read);
-    Ok(Pool { members, db })
+    Ok(Pool {
+        members,
+        db,
+        meta_usage,
+    })
 }
 
 /// Checks a path before it is formatted; creates or sizes image files on request.
@@ -456,9 +468,27 @@ fn identity(path: &Path) -> FsResult<(u64, u64)> {
     }
 }
 
-/// Refuses a path that is mounted, backs a mounted loop device, or is in use by another pool.
+/// Refuses a path that is mounted, backs a loop device, or (for block devices) is held by
+/// anything else: the kernel refuses an exclusive open of a block device that is mounted, has a
+/// mounted partition, or belongs to LVM, RAID or swap.
 fn check_not_in_use(path: &Path) -> FsResult<()> {
     let id = identity(path)?;
+    let is_block = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    if is_block {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Err(err) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(path)
+        {
+            let reason = if err.raw_os_error() == Some(libc::EBUSY) {
+                "is in use (mounted, a mounted partition, or held by LVM, RAID or swap)".to_owned()
+            } else {
+                format!("cannot open exclusively: {err}")
+            };
+            return Err(refused(path, reason));
+        }
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for line in mounts.lines() {
         let mut fields = line.split_whitespace();

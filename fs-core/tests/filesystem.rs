@@ -461,3 +461,60 @@ fn format_refuses_bad_input_and_open_rejects_foreign_devices() {
     pool.fast.corrupt(20, 1).unwrap();
     pool.open();
 }
+
+#[test]
+fn full_metadata_region_is_enospc_and_the_pool_reopens_intact() {
+    let pool = TestPool::new(64, 64);
+    let fs = pool.open();
+    let body = pattern(9, 2000);
+    let mut created = 0u32;
+    let err = loop {
+        let name = format!("small-{created:06}");
+        let result = fs
+            .create_node(
+                ROOT,
+                name.as_bytes(),
+                &NewNode::new(FileKind::Regular, 0o644),
+                Caller::ROOT,
+            )
+            .and_then(|attr| fs.write(attr.ino, 0, &body));
+        match result {
+            Ok(_) => created += 1,
+            Err(err) => break err,
+        }
+        if created % 1000 == 0 {
+            fs.fsync().unwrap();
+        }
+        assert!(created < 100_000, "the metadata region never filled");
+    };
+    assert!(
+        matches!(err, FsError::MetadataFull),
+        "{err}: {:?}",
+        std::error::Error::source(&err)
+    );
+    assert_eq!(err.errno(), libc_enospc());
+    assert!(matches!(
+        fs.unlink(ROOT, b"small-000000"),
+        Err(FsError::Poisoned)
+    ));
+    drop(fs);
+    let fs = pool.open();
+    let committed = created / 1000 * 1000;
+    for i in (0..committed).step_by(97) {
+        let ino = fs
+            .lookup(ROOT, format!("small-{i:06}").as_bytes())
+            .unwrap()
+            .ino;
+        assert_eq!(read_all(&fs, ino), body);
+    }
+    // Space comes back: deleting files lets new ones in.
+    for i in 0..500 {
+        fs.unlink(ROOT, format!("small-{i:06}").as_bytes()).unwrap();
+    }
+    fs.fsync().unwrap();
+    create_file(&fs, ROOT, "fits-again");
+}
+
+fn libc_enospc() -> i32 {
+    28
+}

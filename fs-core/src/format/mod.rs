@@ -240,11 +240,15 @@ impl Superblock {
     }
 }
 
-/// Size of the metadata region for a pool whose members hold `total_bytes`: 1/64 of the pool,
-/// between 16 MiB and 64 GiB, sector aligned.
-pub fn metadata_region_len(total_bytes: u64) -> u64 {
+/// Size of the metadata region for a pool whose members hold `total_bytes`, given the smallest
+/// member that holds a copy: 1/32 of the pool (inodes, directories, block maps and files of up
+/// to 2 KiB live there), between 16 MiB and 64 GiB, at most a quarter of that member, sector
+/// aligned.
+pub fn metadata_region_len(total_bytes: u64, smallest_holder: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
-    let len = (total_bytes / 64).clamp(16 * MIB, 64 * 1024 * MIB);
+    let len = (total_bytes / 32)
+        .clamp(16 * MIB, 64 * 1024 * MIB)
+        .min(smallest_holder / 4);
     len - len % SECTOR_SIZE
 }
 

@@ -51,6 +51,25 @@ pub const INLINE_MAX: u64 = 2048;
 pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_LINKS: u32 = 65_000;
 
+/// A transaction group commits early after this many metadata changes, which bounds its
+/// memory and the metadata space it can hold unreclaimed (redb reuses pages freed in a
+/// transaction only after it commits).
+const MAX_DIRTY_RECORDS: u64 = 65_536;
+
+/// Logs an error that poisoned the filesystem; a full metadata region becomes `MetadataFull`.
+fn metadata_failure(err: FsError) -> FsError {
+    if is_storage_full(&err) {
+        tracing::error!("the metadata region is full; the pool is now read-only until remounted");
+        return FsError::MetadataFull;
+    }
+    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "metadata store or commit failed; the pool is now read-only until remounted");
+    err
+}
+
+fn is_storage_full(err: &FsError) -> bool {
+    matches!(err, FsError::Meta(redb::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull)
+}
+
 /// Tunables of the transaction-group machinery.
 #[derive(Debug, Clone, Copy)]
 pub struct FsConfig {
@@ -144,6 +163,9 @@ pub struct FsStatus {
     pub commits: u64,
     pub last_commit_ms_ago: Option<u64>,
     pub checksum_errors: u64,
+    /// Bytes of the metadata region the database spans, and the region's capacity.
+    pub metadata_used: u64,
+    pub metadata_capacity: u64,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +188,8 @@ struct Book {
     /// Whether the open transaction holds changes.
     dirty: bool,
     dirty_bytes: u64,
+    /// Metadata changes in the open transaction group.
+    dirty_records: u64,
     dirty_since: Option<Instant>,
     open_counts: HashMap<u64, u32>,
     commits: u64,
@@ -266,6 +290,7 @@ impl Filesystem {
                     next_generation,
                     dirty: false,
                     dirty_bytes: 0,
+                    dirty_records: 0,
                     dirty_since: None,
                     open_counts: HashMap::new(),
                     commits: 0,
@@ -325,12 +350,12 @@ impl Filesystem {
             book: &mut state.book,
         };
         let result = op(&mut tx);
-        if let Err(FsError::Meta(err)) = &result {
-            tracing::error!(error = %err, "metadata store failed; the pool is now read-only until remounted");
+        if let Err(FsError::Meta(_)) = &result {
             state.txn = None;
-            return result;
+            return result.map_err(metadata_failure);
         }
-        let over_limit = state.book.dirty_bytes >= self.config.dirty_limit;
+        let over_limit = state.book.dirty_bytes >= self.config.dirty_limit
+            || state.book.dirty_records >= MAX_DIRTY_RECORDS;
         if over_limit {
             self.commit_locked(state)?;
         }
@@ -367,8 +392,7 @@ impl Filesystem {
             Ok(())
         })();
         if let Err(err) = result {
-            tracing::error!(error = %err, "commit failed; the pool is now read-only until remounted");
-            return Err(err);
+            return Err(metadata_failure(err));
         }
         {
             let _exclusive = self
@@ -383,6 +407,7 @@ impl Filesystem {
         }
         book.dirty = false;
         book.dirty_bytes = 0;
+        book.dirty_records = 0;
         book.dirty_since = None;
         book.commits += 1;
         book.last_commit = Some(Instant::now());
@@ -461,6 +486,8 @@ impl Filesystem {
                 .last_commit
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
             checksum_errors: self.checksum_errors.load(Ordering::Relaxed),
+            metadata_used: self.pool.meta_usage.used(),
+            metadata_capacity: self.pool.meta_usage.capacity(),
         }
     }
 

@@ -29,6 +29,7 @@ pub(super) struct Dirent {
 impl Tx<'_> {
     pub fn mark_dirty(&mut self) {
         self.book.dirty = true;
+        self.book.dirty_records += 1;
         self.book.dirty_since.get_or_insert_with(Instant::now);
     }
 

@@ -26,6 +26,9 @@ const TTL: Duration = Duration::from_secs(1);
 /// Largest write request the kernel sends.
 pub const MAX_WRITE: u32 = 1024 * 1024;
 const READDIR_BATCH: usize = 256;
+/// File contents change only through this mount, so the kernel's page cache stays valid
+/// across opens.
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 
 /// Options of a mount.
 #[derive(Debug, Clone)]
@@ -411,7 +414,7 @@ impl fuser::Filesystem for AegisFuse {
 
     fn open(&self, _req: &Request, inode: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.call(|fs| fs.open(ino(inode))) {
-            Ok(_) => reply.opened(FileHandle(inode.0), FopenFlags::empty()),
+            Ok(_) => reply.opened(FileHandle(inode.0), OPEN_FLAGS),
             Err(err) => reply.error(errno(&err)),
         }
     }
@@ -638,7 +641,7 @@ impl fuser::Filesystem for AegisFuse {
                 &file_attr(&attr),
                 Generation(attr.generation),
                 FileHandle(attr.ino.0),
-                FopenFlags::empty(),
+                OPEN_FLAGS,
             ),
             Err(err) => reply.error(errno(&err)),
         }

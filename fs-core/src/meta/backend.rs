@@ -33,7 +33,25 @@ impl RegionCopy {
 #[derive(Debug)]
 pub struct MirroredRegionBackend {
     copies: Vec<RegionCopy>,
-    len: Mutex<u64>,
+    len: Arc<Mutex<u64>>,
+}
+
+/// A view of how much of the metadata region the database file spans (its high-water mark;
+/// redb reuses free pages inside it).
+#[derive(Debug, Clone)]
+pub struct RegionUsage {
+    len: Arc<Mutex<u64>>,
+    capacity: u64,
+}
+
+impl RegionUsage {
+    pub fn used(&self) -> u64 {
+        *self.len.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
 }
 
 fn encode_header(len: u64) -> Vec<u8> {
@@ -72,7 +90,7 @@ impl MirroredRegionBackend {
         }
         Ok(Self {
             copies,
-            len: Mutex::new(0),
+            len: Arc::new(Mutex::new(0)),
         })
     }
 
@@ -102,8 +120,21 @@ impl MirroredRegionBackend {
         }
         Ok(Self {
             copies,
-            len: Mutex::new(len),
+            len: Arc::new(Mutex::new(len)),
         })
+    }
+
+    /// A handle that reports the region's use after redb owns the backend.
+    pub fn usage(&self) -> RegionUsage {
+        RegionUsage {
+            len: Arc::clone(&self.len),
+            capacity: self
+                .copies
+                .iter()
+                .map(RegionCopy::capacity)
+                .min()
+                .unwrap_or(0),
+        }
     }
 
     fn write_all_copies(&self, offset: u64, data: &[u8]) -> io::Result<()> {
