@@ -482,7 +482,7 @@ fn full_metadata_region_is_enospc_and_the_pool_reopens_intact() {
             Ok(_) => created += 1,
             Err(err) => break err,
         }
-        if created % 1000 == 0 {
+        if created.is_multiple_of(1000) {
             fs.fsync().unwrap();
         }
         assert!(created < 100_000, "the metadata region never filled");
