@@ -18,7 +18,8 @@ pub fn run_dir() -> PathBuf {
 }
 
 /// One member of a pool as the API reports it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MemberStatus {
     pub index: u16,
     pub tier: String,
@@ -34,7 +35,8 @@ pub struct MemberStatus {
 }
 
 /// Capacity of one tier.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TierUsage {
     pub tier: String,
     pub data_bytes: u64,
@@ -42,8 +44,10 @@ pub struct TierUsage {
     pub free_bytes: u64,
 }
 
-/// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /v1/status`. Fields missing from an older or newer serving process read as defaults,
+/// so a CLI upgraded while a pool stays mounted still finds it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     pub label: String,
     pub pool_uuid: String,

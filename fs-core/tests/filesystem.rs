@@ -466,7 +466,7 @@ fn format_refuses_bad_input_and_open_rejects_foreign_devices() {
 fn full_metadata_region_is_enospc_and_the_pool_reopens_intact() {
     let pool = TestPool::new(64, 64);
     let fs = pool.open();
-    let body = pattern(9, 2000);
+    let body = pattern(9, 500);
     let mut created = 0u32;
     let err = loop {
         let name = format!("small-{created:06}");

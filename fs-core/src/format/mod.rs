@@ -241,12 +241,12 @@ impl Superblock {
 }
 
 /// Size of the metadata region for a pool whose members hold `total_bytes`, given the smallest
-/// member that holds a copy: 1/32 of the pool (inodes, directories, block maps and files of up
-/// to 2 KiB live there), between 16 MiB and 64 GiB, at most a quarter of that member, sector
-/// aligned.
+/// member that holds a copy: 1/16 of the pool, between 16 MiB and 64 GiB, at most a quarter of
+/// that member, sector aligned. redb grows its file by doubling, so between half and all of the
+/// region is usable: at least 1/32 of the pool, about ext4's share for inodes.
 pub fn metadata_region_len(total_bytes: u64, smallest_holder: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
-    let len = (total_bytes / 32)
+    let len = (total_bytes / 16)
         .clamp(16 * MIB, 64 * 1024 * MIB)
         .min(smallest_holder / 4);
     len - len % SECTOR_SIZE

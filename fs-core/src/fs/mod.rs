@@ -46,8 +46,9 @@ use tx::Tx;
 
 /// Largest file size: 2^62 bytes would overflow nothing, but keep a round 8 EiB / 2 margin.
 pub const MAX_FILE_SIZE: u64 = 1 << 60;
-/// Files up to this size keep their bytes in metadata until they grow past it.
-pub const INLINE_MAX: u64 = 2048;
+/// Files up to this size keep their bytes in metadata until they grow past it. Kept small:
+/// the metadata region is sized at format, and larger files cost only one 4 KiB sector.
+pub const INLINE_MAX: u64 = 512;
 pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_LINKS: u32 = 65_000;
 
