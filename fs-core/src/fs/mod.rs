@@ -19,6 +19,7 @@
 //! The verbs live in submodules: [`namespace`] (create, link, unlink, rename, readdir, …),
 //! [`data`] (read, write, truncate, fallocate, lseek) and [`xattr`].
 
+mod cache;
 mod data;
 mod namespace;
 mod tx;
@@ -76,6 +77,8 @@ fn is_storage_full(err: &FsError) -> bool {
 pub struct FsConfig {
     pub commit_interval: Duration,
     pub dirty_limit: u64,
+    /// Bytes of verified block contents kept in memory.
+    pub cache_bytes: u64,
 }
 
 impl Default for FsConfig {
@@ -83,6 +86,7 @@ impl Default for FsConfig {
         Self {
             commit_interval: Duration::from_secs(5),
             dirty_limit: 256 * 1024 * 1024,
+            cache_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -226,6 +230,7 @@ pub struct Filesystem {
     free_gate: RwLock<()>,
     counters: Vec<DeviceCounters>,
     checksum_errors: AtomicU64,
+    cache: cache::BlockCache,
 }
 
 impl Filesystem {
@@ -301,6 +306,7 @@ impl Filesystem {
             free_gate: RwLock::new(()),
             counters,
             checksum_errors: AtomicU64::new(0),
+            cache: cache::BlockCache::new(config.cache_bytes, block_size),
         });
         fs.reclaim_orphans()?;
         fs.commit()?;
@@ -526,32 +532,38 @@ impl Filesystem {
         }
     }
 
-    /// Reads a block's stored bytes and verifies its checksum.
-    fn read_block(&self, id: u64, record: &BlockRecord) -> FsResult<Vec<u8>> {
+    /// A block's stored bytes, from the cache or read and verified.
+    fn read_block(&self, id: u64, record: &BlockRecord) -> FsResult<Arc<Vec<u8>>> {
         let mut blocks = self.read_blocks(&[(id, *record)])?;
-        Ok(blocks.pop().unwrap_or_default())
+        blocks
+            .pop()
+            .ok_or_else(|| FsError::Corrupt(format!("block {id} could not be read")))
     }
 
-    /// Reads several blocks, submitting each device's reads as one batch, and verifies every
-    /// checksum. Returns the stored bytes in the order asked.
-    fn read_blocks(&self, blocks: &[(u64, BlockRecord)]) -> FsResult<Vec<Vec<u8>>> {
-        let mut buffers: Vec<Vec<u8>> = blocks
+    /// The stored bytes of several blocks, in the order asked. Blocks not in the cache are read
+    /// with one batch per device and their checksums verified before they are cached.
+    fn read_blocks(&self, blocks: &[(u64, BlockRecord)]) -> FsResult<Vec<Arc<Vec<u8>>>> {
+        let mut found: Vec<Option<Arc<Vec<u8>>>> =
+            blocks.iter().map(|(id, _)| self.cache.get(*id)).collect();
+        let missing: Vec<usize> = (0..blocks.len()).filter(|&i| found[i].is_none()).collect();
+        let mut buffers: Vec<Vec<u8>> = missing
             .iter()
-            .map(|(_, record)| {
-                vec![0u8; usize::try_from(record.sectors() * SECTOR_SIZE).unwrap_or(usize::MAX)]
+            .map(|&i| {
+                let sectors = blocks[i].1.sectors();
+                vec![0u8; usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX)]
             })
             .collect();
-        let mut devices: Vec<DeviceIndex> = blocks.iter().map(|(_, r)| r.device).collect();
+        let mut devices: Vec<DeviceIndex> = missing.iter().map(|&i| blocks[i].1.device).collect();
         devices.sort_unstable();
         devices.dedup();
         for index in devices {
             let device = self.device(index)?;
-            let mut ops: Vec<ReadOp<'_>> = blocks
+            let mut ops: Vec<ReadOp<'_>> = missing
                 .iter()
                 .zip(buffers.iter_mut())
-                .filter(|((_, record), _)| record.device == index)
-                .map(|((_, record), buf)| ReadOp {
-                    offset: record.sector * SECTOR_SIZE,
+                .filter(|(&i, _)| blocks[i].1.device == index)
+                .map(|(&i, buf)| ReadOp {
+                    offset: blocks[i].1.sector * SECTOR_SIZE,
                     buf: buf.as_mut_slice(),
                 })
                 .collect();
@@ -560,9 +572,10 @@ impl Filesystem {
                 self.count_read(index, op.buf.len());
             }
         }
-        for ((id, record), buf) in blocks.iter().zip(buffers.iter_mut()) {
+        for (&i, mut buf) in missing.iter().zip(buffers) {
+            let (id, record) = blocks[i];
             buf.truncate(record.stored_len as usize);
-            if crate::codec::checksum64(buf) != record.checksum {
+            if crate::codec::checksum64(&buf) != record.checksum {
                 self.checksum_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     block = id,
@@ -571,13 +584,16 @@ impl Filesystem {
                     "checksum mismatch: the block is damaged; returning EIO"
                 );
                 return Err(FsError::Checksum {
-                    block: *id,
+                    block: id,
                     device: record.device.0,
                     sector: record.sector,
                 });
             }
+            let content = Arc::new(buf);
+            self.cache.insert(id, Arc::clone(&content));
+            found[i] = Some(content);
         }
-        Ok(buffers)
+        Ok(found.into_iter().flatten().collect())
     }
 }
 

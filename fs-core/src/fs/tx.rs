@@ -1,6 +1,7 @@
 //! `Tx`: one operation's view of the open transaction group, with the record-level helpers
 //! every verb shares (inodes, directory entries, the block table, allocation and frees).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use redb::{ReadableTable, WriteTransaction};
@@ -148,7 +149,7 @@ impl Tx<'_> {
             None => Ok(Vec::new()),
             Some(id) => {
                 let record = self.block_record(id)?;
-                self.fs.read_block(id, &record)
+                Ok(self.fs.read_block(id, &record)?.as_ref().clone())
             }
         }
     }
@@ -165,6 +166,7 @@ impl Tx<'_> {
             return Ok(0);
         }
         table.remove(id)?;
+        self.fs.cache.remove(id);
         self.book
             .pending_free
             .push((record.device, record.sector, record.sectors()));
@@ -215,6 +217,7 @@ impl Tx<'_> {
             };
             let id = self.book.next_block;
             self.book.next_block += 1;
+            self.fs.cache.insert(id, Arc::new(buf[..len].to_vec()));
             self.txn
                 .open_table(BLOCKS)?
                 .insert(id, record.encode().as_slice())?;

@@ -69,6 +69,7 @@ impl TestPool {
             FsConfig {
                 commit_interval: std::time::Duration::from_secs(3600),
                 dirty_limit: u64::MAX,
+                cache_bytes: 8 * MIB,
             },
         )
     }
