@@ -185,7 +185,11 @@ fn status_and_info_report_members_tiers_and_usage() {
     let sb = Sandbox::new();
     let (fast, slow) = sb.format("1G", "2G");
     let mnt = sb.mount(&fast, &slow);
-    fs::write(mnt.path("data"), pattern(2, 8 << 20)).unwrap();
+    let mut data = fs::File::create(mnt.path("data")).unwrap();
+    data.write_all(&pattern(2, 8 << 20)).unwrap();
+    // Usage counts blocks on the devices: written at the latest by the commit fsync makes.
+    data.sync_all().unwrap();
+    drop(data);
     let status: serde_json::Value =
         serde_json::from_str(&sb.ok(&["status", mnt.mountpoint.to_str().unwrap(), "--json"]))
             .unwrap();

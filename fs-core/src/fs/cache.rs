@@ -35,7 +35,9 @@ impl std::fmt::Debug for BlockCache {
 impl BlockCache {
     /// A cache holding at most `bytes` of block contents (assuming blocks of `block_size`).
     pub fn new(bytes: u64, block_size: u64) -> Self {
-        let items = usize::try_from(bytes / block_size.max(1)).unwrap_or(usize::MAX).max(16);
+        let items = usize::try_from(bytes / block_size.max(1))
+            .unwrap_or(usize::MAX)
+            .max(16);
         Self {
             entries: Cache::with_weighter(items, bytes.max(1), ByteWeight),
         }

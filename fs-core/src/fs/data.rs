@@ -44,7 +44,7 @@ impl Tx<'_> {
             return Ok(());
         };
         if !content.is_empty() {
-            if let Err(err) = self.store_blocks(inode, vec![(0, content.clone())]) {
+            if let Err(err) = self.stage_blocks(inode, vec![(0, content.clone())]) {
                 inode.inline = Some(content);
                 return Err(err);
             }
@@ -101,7 +101,7 @@ impl Tx<'_> {
             content[lo..hi].copy_from_slice(src);
             blocks.push((index, content));
         }
-        if let Err(err) = self.store_blocks(inode, blocks) {
+        if let Err(err) = self.stage_blocks(inode, blocks) {
             inode.inline = inline;
             return Err(err);
         }
@@ -134,7 +134,7 @@ impl Tx<'_> {
                 let mut content = self.read_file_block(inode.id, index)?;
                 if content.len() > to_usize(tail) {
                     content.truncate(to_usize(tail));
-                    self.store_blocks(inode, vec![(index, content)])?;
+                    self.stage_blocks(inode, vec![(index, content)])?;
                 }
             }
             let released = self.unmap_from(inode.id, size.div_ceil(bs))?;
@@ -181,7 +181,7 @@ impl Tx<'_> {
             }
         }
         if !partial.is_empty() {
-            self.store_blocks(inode, partial)?;
+            self.stage_blocks(inode, partial)?;
         }
         if first_whole < end_whole {
             let released = self.unmap_range(inode.id, first_whole..end_whole)?;
@@ -222,8 +222,33 @@ impl Filesystem {
                 out[..stop - start].copy_from_slice(&inline[start..stop]);
                 return Ok(out);
             }
+            let blocks = offset / bs..(end - 1) / bs + 1;
+            let staged = tx.staged_indices(ino, blocks.clone());
+            for &index in &staged {
+                let block_start = index * bs;
+                let lo = offset.max(block_start);
+                let hi = end.min(block_start + bs);
+                let content = tx
+                    .book
+                    .staged
+                    .get(&(ino.0, index))
+                    .map_or(&[][..], Vec::as_slice);
+                let in_block = to_usize(lo - block_start);
+                let available = content
+                    .len()
+                    .saturating_sub(in_block)
+                    .min(to_usize(hi - lo));
+                if available > 0 {
+                    let at = to_usize(lo - offset);
+                    out[at..at + available]
+                        .copy_from_slice(&content[in_block..in_block + available]);
+                }
+            }
             let mut plan: ReadPlan = Vec::new();
-            for (index, id) in tx.mapped_blocks(ino, offset / bs..(end - 1) / bs + 1)? {
+            for (index, id) in tx.mapped_blocks(ino, blocks)? {
+                if staged.contains(&index) {
+                    continue;
+                }
                 let record = tx.block_record(id)?;
                 let block_start = index * bs;
                 let lo = offset.max(block_start);
@@ -298,7 +323,7 @@ impl Filesystem {
                 tx.zero_range(&mut inode, offset, end)?;
             } else {
                 let needed = end.saturating_sub(inode.size);
-                let free = tx.book.alloc.free_sectors() * crate::format::SECTOR_SIZE;
+                let free = tx.book.free_sectors() * crate::format::SECTOR_SIZE;
                 if needed > free {
                     return Err(FsError::NoSpace);
                 }
@@ -329,15 +354,22 @@ impl Filesystem {
             }
             let bs = tx.fs.block_size;
             let last = (inode.size - 1) / bs + 1;
-            let mapped = tx.mapped_blocks(ino, offset / bs..last)?;
+            let mut mapped: Vec<u64> = tx
+                .mapped_blocks(ino, offset / bs..last)?
+                .into_iter()
+                .map(|(index, _)| index)
+                .chain(tx.staged_indices(ino, offset / bs..last))
+                .collect();
+            mapped.sort_unstable();
+            mapped.dedup();
             match whence {
                 Whence::Data => mapped
                     .first()
-                    .map(|(index, _)| (index * bs).max(offset))
+                    .map(|index| (index * bs).max(offset))
                     .ok_or(FsError::NoSuchOffset),
                 Whence::Hole => {
                     let mut expected = offset / bs;
-                    for (index, _) in &mapped {
+                    for index in &mapped {
                         if *index != expected {
                             break;
                         }

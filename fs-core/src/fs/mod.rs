@@ -25,7 +25,7 @@ mod namespace;
 mod tx;
 mod xattr;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -52,6 +52,9 @@ pub const MAX_FILE_SIZE: u64 = 1 << 60;
 pub const INLINE_MAX: u64 = 512;
 pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_LINKS: u32 = 65_000;
+
+/// Staged block contents are written out once they pass this many bytes.
+const STAGED_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// A transaction group commits early after this many metadata changes, which bounds its
 /// memory and the metadata space it can hold unreclaimed (redb reuses pages freed in a
@@ -197,8 +200,23 @@ struct Book {
     dirty_records: u64,
     dirty_since: Option<Instant>,
     open_counts: HashMap<u64, u32>,
+    /// Staged block contents by (inode, block index): written to the devices in one batch at
+    /// the next flush, so many small writes to a block cost one block write.
+    staged: BTreeMap<(u64, u64), Vec<u8>>,
+    staged_bytes: u64,
+    /// Sectors reserved for staged blocks, so a staged write never meets ENOSPC at flush.
+    reserved_sectors: u64,
     commits: u64,
     last_commit: Option<Instant>,
+}
+
+impl Book {
+    /// Free sectors not promised to staged blocks.
+    fn free_sectors(&self) -> u64 {
+        self.alloc
+            .free_sectors()
+            .saturating_sub(self.reserved_sectors)
+    }
 }
 
 struct State {
@@ -299,6 +317,9 @@ impl Filesystem {
                     dirty_records: 0,
                     dirty_since: None,
                     open_counts: HashMap::new(),
+                    staged: BTreeMap::new(),
+                    staged_bytes: 0,
+                    reserved_sectors: 0,
                     commits: 0,
                     last_commit: None,
                 },
@@ -361,6 +382,23 @@ impl Filesystem {
             state.txn = None;
             return result.map_err(metadata_failure);
         }
+        if state.book.staged_bytes >= STAGED_LIMIT {
+            let mut tx = Tx {
+                fs: self,
+                txn,
+                book: &mut state.book,
+            };
+            match tx.flush_staged() {
+                Ok(()) => {}
+                Err(err @ FsError::Meta(_)) => {
+                    state.txn = None;
+                    return Err(metadata_failure(err));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "writing staged blocks failed; will retry")
+                }
+            }
+        }
         let over_limit = state.book.dirty_bytes >= self.config.dirty_limit
             || state.book.dirty_records >= MAX_DIRTY_RECORDS;
         if over_limit {
@@ -376,6 +414,24 @@ impl Filesystem {
     }
 
     fn commit_locked(&self, state: &mut State) -> FsResult<()> {
+        let Some(txn) = state.txn.as_ref() else {
+            return Err(FsError::Poisoned);
+        };
+        // Staged data goes to the devices first; ENOSPC here (a fragmented, nearly full pool)
+        // keeps it staged and fails this commit without losing anything.
+        let flushed = Tx {
+            fs: self,
+            txn,
+            book: &mut state.book,
+        }
+        .flush_staged();
+        if let Err(err) = flushed {
+            if matches!(err, FsError::Meta(_)) {
+                state.txn = None;
+                return Err(metadata_failure(err));
+            }
+            return Err(err);
+        }
         let Some(txn) = state.txn.take() else {
             return Err(FsError::Poisoned);
         };
@@ -445,7 +501,7 @@ impl Filesystem {
         let state = self.lock_state();
         SpaceUsage {
             total_sectors: state.book.alloc.total_sectors(),
-            free_sectors: state.book.alloc.free_sectors(),
+            free_sectors: state.book.free_sectors(),
         }
     }
 

@@ -96,12 +96,12 @@ impl Filesystem {
                 b".." => dir.parent,
                 _ => tx.dirent(parent, name)?.ok_or(FsError::NotFound)?.child,
             };
-            Ok(tx.inode(child)?.attr())
+            tx.attr(&tx.inode(child)?)
         })
     }
 
     pub fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
-        self.with_tx(|tx| Ok(tx.inode(ino)?.attr()))
+        self.with_tx(|tx| tx.attr(&tx.inode(ino)?))
     }
 
     pub fn setattr(&self, ino: InodeId, changes: &SetAttr) -> FsResult<Attr> {
@@ -136,7 +136,7 @@ impl Filesystem {
             }
             inode.ctime = changes.ctime.unwrap_or(now);
             tx.put_inode(&inode)?;
-            Ok(inode.attr())
+            tx.attr(&inode)
         })
     }
 
@@ -213,7 +213,7 @@ impl Filesystem {
             dir.mtime = now;
             dir.ctime = now;
             tx.put_inode(&dir)?;
-            Ok(inode.attr())
+            tx.attr(&inode)
         })
     }
 
@@ -252,7 +252,7 @@ impl Filesystem {
             dir.mtime = now;
             dir.ctime = now;
             tx.put_inode(&dir)?;
-            Ok(inode.attr())
+            tx.attr(&inode)
         })
     }
 
@@ -443,7 +443,7 @@ impl Filesystem {
         self.with_tx(|tx| {
             let inode = tx.inode(ino)?;
             *tx.book.open_counts.entry(ino.0).or_insert(0) += 1;
-            Ok(inode.attr())
+            tx.attr(&inode)
         })
     }
 

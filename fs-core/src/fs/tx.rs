@@ -145,6 +145,9 @@ impl Tx<'_> {
 
     /// Reads the content of logical block `index` of `ino` (empty for a hole).
     pub fn read_file_block(&self, ino: InodeId, index: u64) -> FsResult<Vec<u8>> {
+        if let Some(content) = self.book.staged.get(&(ino.0, index)) {
+            return Ok(content.clone());
+        }
         match self.block_of(ino, index)? {
             None => Ok(Vec::new()),
             Some(id) => {
@@ -257,6 +260,108 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// The attributes `stat` reports: space of staged blocks not yet on a device counts as
+    /// allocated already, so tools that judge sparseness by `st_blocks` see the data.
+    pub fn attr(&self, inode: &Inode) -> FsResult<super::Attr> {
+        let mut attr = inode.attr();
+        for index in self.staged_indices(inode.id, 0..u64::MAX) {
+            if self.block_of(inode.id, index)?.is_none() {
+                let len = self
+                    .book
+                    .staged
+                    .get(&(inode.id.0, index))
+                    .map_or(0, Vec::len);
+                attr.blocks += (len as u64).div_ceil(SECTOR_SIZE) * (SECTOR_SIZE / 512);
+            }
+        }
+        Ok(attr)
+    }
+
+    /// Sectors reserved for one staged block.
+    fn sectors_per_block(&self) -> u64 {
+        self.fs.block_size.div_ceil(SECTOR_SIZE)
+    }
+
+    /// Indices of staged blocks of `ino` within `range`.
+    pub fn staged_indices(&self, ino: InodeId, range: std::ops::Range<u64>) -> Vec<u64> {
+        if range.is_empty() {
+            return Vec::new();
+        }
+        self.book
+            .staged
+            .range((ino.0, range.start)..(ino.0, range.end))
+            .map(|((_, index), _)| *index)
+            .collect()
+    }
+
+    /// Stages new contents for logical blocks of `inode`. They stay in memory until the next
+    /// flush (commit, fsync, or the staging buffer filling up), so many small writes to one
+    /// block cost one block write. Space for every newly staged block is reserved now, so a
+    /// staged write does not meet ENOSPC later.
+    pub fn stage_blocks(&mut self, inode: &Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
+        let fresh = blocks
+            .iter()
+            .filter(|(index, _)| !self.book.staged.contains_key(&(inode.id.0, *index)))
+            .count() as u64;
+        let needed = fresh * self.sectors_per_block();
+        if self.book.free_sectors() < needed {
+            return Err(FsError::NoSpace);
+        }
+        self.mark_dirty();
+        self.book.reserved_sectors += needed;
+        for (index, content) in blocks {
+            self.book.staged_bytes += content.len() as u64;
+            if let Some(old) = self.book.staged.insert((inode.id.0, index), content) {
+                self.book.staged_bytes -= old.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets staged blocks of `ino` within `range` (truncated, punched or deleted).
+    fn unstage_range(&mut self, ino: InodeId, range: std::ops::Range<u64>) {
+        for index in self.staged_indices(ino, range) {
+            if let Some(content) = self.book.staged.remove(&(ino.0, index)) {
+                self.book.staged_bytes -= content.len() as u64;
+                self.book.reserved_sectors -= self.sectors_per_block();
+            }
+        }
+    }
+
+    /// Writes every staged block to fresh sectors and maps it, one device batch per file.
+    /// A file whose blocks cannot be placed (ENOSPC on a fragmented pool) stays staged.
+    pub fn flush_staged(&mut self) -> FsResult<()> {
+        let inodes: Vec<u64> = {
+            let mut inodes: Vec<u64> = self.book.staged.keys().map(|(ino, _)| *ino).collect();
+            inodes.dedup();
+            inodes
+        };
+        for ino in inodes {
+            let keys: Vec<(u64, u64)> = self
+                .book
+                .staged
+                .range((ino, 0)..=(ino, u64::MAX))
+                .map(|(key, _)| *key)
+                .collect();
+            let mut inode = match self.inode(InodeId(ino)) {
+                Ok(inode) => inode,
+                Err(FsError::NotFound) => {
+                    self.unstage_range(InodeId(ino), 0..u64::MAX);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let blocks: Vec<(u64, Vec<u8>)> = keys
+                .iter()
+                .filter_map(|key| self.book.staged.get(key).map(|c| (key.1, c.clone())))
+                .collect();
+            self.store_blocks(&mut inode, blocks)?;
+            self.unstage_range(InodeId(ino), 0..u64::MAX);
+            self.put_inode(&inode)?;
+        }
+        Ok(())
+    }
+
     /// Unmaps blocks `[from, ..)` of `ino`; returns bytes of space released.
     pub fn unmap_from(&mut self, ino: InodeId, from: u64) -> FsResult<u64> {
         self.unmap_range(ino, from..u64::MAX)
@@ -264,6 +369,7 @@ impl Tx<'_> {
 
     /// Unmaps the blocks of `ino` with index in `range`; returns bytes of space released.
     pub fn unmap_range(&mut self, ino: InodeId, range: std::ops::Range<u64>) -> FsResult<u64> {
+        self.unstage_range(ino, range.clone());
         let victims = self.mapped_blocks(ino, range)?;
         if victims.is_empty() {
             return Ok(0);
