@@ -383,23 +383,26 @@ impl Tx<'_> {
         Ok(released)
     }
 
+    /// Names of the extended attributes of `ino`, in order.
+    pub fn xattr_names(&self, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
+        let table = self.txn.open_table(XATTRS)?;
+        let mut names = Vec::new();
+        for entry in table.range((ino.0, &[][..])..)? {
+            let (key, _) = entry?;
+            let (owner, name) = key.value();
+            if owner != ino.0 {
+                break;
+            }
+            names.push(name.to_vec());
+        }
+        Ok(names)
+    }
+
     /// Deletes an inode with everything it owns.
     pub fn free_inode(&mut self, ino: InodeId) -> FsResult<()> {
         self.mark_dirty();
         self.unmap_from(ino, 0)?;
-        let names: Vec<Vec<u8>> = {
-            let table = self.txn.open_table(XATTRS)?;
-            let mut names = Vec::new();
-            for entry in table.range((ino.0, &[][..])..)? {
-                let (key, _) = entry?;
-                let (owner, name) = key.value();
-                if owner != ino.0 {
-                    break;
-                }
-                names.push(name.to_vec());
-            }
-            names
-        };
+        let names = self.xattr_names(ino)?;
         {
             let mut table = self.txn.open_table(XATTRS)?;
             for name in names {

@@ -53,15 +53,9 @@ impl Filesystem {
     pub fn listxattr(&self, ino: InodeId) -> FsResult<Vec<u8>> {
         self.with_tx(|tx| {
             tx.inode(ino)?;
-            let table = tx.txn.open_table(XATTRS)?;
             let mut out = Vec::new();
-            for entry in table.range((ino.0, &[][..])..)? {
-                let (key, _) = entry?;
-                let (owner, name) = key.value();
-                if owner != ino.0 {
-                    break;
-                }
-                out.extend_from_slice(name);
+            for name in tx.xattr_names(ino)? {
+                out.extend_from_slice(&name);
                 out.push(0);
             }
             Ok(out)

@@ -191,6 +191,13 @@ fn reply_entry(reply: ReplyEntry, result: Result<Attr, FsError>) {
     }
 }
 
+fn reply_data(reply: ReplyData, result: Result<Vec<u8>, FsError>) {
+    match result {
+        Ok(data) => reply.data(&data),
+        Err(err) => reply.error(errno(&err)),
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, result: Result<(), FsError>) {
     match result {
         Ok(()) => reply.ok(),
@@ -295,10 +302,7 @@ impl fuser::Filesystem for AegisFuse {
     }
 
     fn readlink(&self, _req: &Request, inode: INodeNo, reply: ReplyData) {
-        match self.call(|fs| fs.readlink(ino(inode))) {
-            Ok(target) => reply.data(&target),
-            Err(err) => reply.error(errno(&err)),
-        }
+        reply_data(reply, self.call(|fs| fs.readlink(ino(inode))));
     }
 
     fn mknod(
@@ -430,10 +434,7 @@ impl fuser::Filesystem for AegisFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.call(|fs| fs.read(ino(inode), offset, size)) {
-            Ok(data) => reply.data(&data),
-            Err(err) => reply.error(errno(&err)),
-        }
+        reply_data(reply, self.call(|fs| fs.read(ino(inode), offset, size)));
     }
 
     fn write(
