@@ -89,9 +89,24 @@ impl Default for FsConfig {
         Self {
             commit_interval: Duration::from_secs(5),
             dirty_limit: 256 * 1024 * 1024,
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: default_cache_bytes(),
         }
     }
+}
+
+/// The block cache's default size: an eighth of the machine's memory, 64 MiB to 4 GiB (ZFS's
+/// ARC takes up to half; this leaves the kernel's page cache most of it).
+fn default_cache_bytes() -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(2048 * MIB);
+    (total / 8).clamp(64 * MIB, 4096 * MIB)
 }
 
 /// The identity a request runs as.
