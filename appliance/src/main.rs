@@ -268,8 +268,41 @@ fn mount_detached(devices: &[PathBuf], mountpoint: &Path, no_uring: bool) -> any
     bail!("mount failed:\n{reason}");
 }
 
+/// Removes the mount left behind by a serving process that died: the kernel answers every
+/// access to it with ENOTCONN until it is unmounted.
+fn remove_stale_mount(target: &str) -> anyhow::Result<bool> {
+    let path = std::path::absolute(target)?;
+    let stale =
+        std::fs::metadata(&path).is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
+    if !stale || !serve::is_mountpoint(&path) {
+        return Ok(false);
+    }
+    let result = Command::new("umount")
+        .arg("-l")
+        .arg(&path)
+        .status()
+        .context("cannot run umount")?;
+    if !result.success() {
+        bail!("cannot remove the stale mount at {}", path.display());
+    }
+    println!(
+        "the serving process of {} had exited; removed its stale mount. The pool holds everything \
+         up to its last commit: mount it again.",
+        path.display()
+    );
+    Ok(true)
+}
+
 fn umount_cmd(target: &str) -> anyhow::Result<()> {
-    let (_, status) = api::find_pool(target)?;
+    let (_, status) = match api::find_pool(target) {
+        Ok(found) => found,
+        Err(err) => {
+            if remove_stale_mount(target)? {
+                return Ok(());
+            }
+            return Err(err);
+        }
+    };
     let result = Command::new("umount")
         .arg(&status.mountpoint)
         .status()

@@ -339,3 +339,41 @@ fn unlinked_open_file_stays_readable_and_sigterm_unmounts_cleanly() {
     assert_eq!(fs::read(mnt.path("after")).unwrap(), b"durable");
     mnt.unmount();
 }
+
+#[test]
+fn killed_serving_process_loses_nothing_fsynced() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "512M");
+    let mnt = sb.mount(&fast, &slow);
+    let kept = pattern(4, 5 << 20);
+    let mut file = fs::File::create(mnt.path("kept")).unwrap();
+    file.write_all(&kept).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    fs::write(mnt.path("maybe"), b"not synced").unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serving process survived SIGKILL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The dead mount answers ENOTCONN; `aegis umount` clears it.
+    let err = fs::metadata(mnt.path("kept")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(107), "{err}");
+    let out = sb.ok(&["umount", mnt.mountpoint.to_str().unwrap()]);
+    assert!(out.contains("stale mount"), "{out}");
+    assert!(!is_mounted(&mnt.mountpoint));
+    drop(mnt);
+    let mnt = sb.mount(&fast, &slow);
+    assert_eq!(fs::read(mnt.path("kept")).unwrap(), kept);
+    mnt.unmount();
+}

@@ -518,3 +518,27 @@ fn full_metadata_region_is_enospc_and_the_pool_reopens_intact() {
 fn libc_enospc() -> i32 {
     28
 }
+
+#[test]
+fn small_writes_to_one_block_cost_one_block_write() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let f = create_file(&fs, ROOT, "f");
+    let data = pattern(10, 128 * 1024);
+    for chunk in 0..32 {
+        let at = chunk * 4096;
+        fs.write(f, at as u64, &data[at..at + 4096]).unwrap();
+    }
+    // Staged: readable, counted in st_blocks, not yet on a device.
+    assert_eq!(read_all(&fs, f), data);
+    assert_eq!(fs.getattr(f).unwrap().blocks, 256);
+    assert_eq!(fs.status().members[0].write_ops, 0);
+    fs.fsync().unwrap();
+    assert_eq!(
+        fs.status().members[0].write_ops,
+        1,
+        "32 writes were not coalesced"
+    );
+    assert_eq!(fs.getattr(f).unwrap().blocks, 256);
+    assert_eq!(read_all(&fs, f), data);
+}
