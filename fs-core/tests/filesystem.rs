@@ -542,3 +542,55 @@ fn small_writes_to_one_block_cost_one_block_write() {
     assert_eq!(fs.getattr(f).unwrap().blocks, 256);
     assert_eq!(read_all(&fs, f), data);
 }
+
+#[test]
+fn failed_flush_poisons_until_remount_and_keeps_the_last_commit() {
+    use fs_core::device::FaultPlan;
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let f = create_file(&fs, ROOT, "f");
+    fs.write(f, 0, &pattern(11, 300_000)).unwrap();
+    fs.fsync().unwrap();
+    fs.write(f, 0, &pattern(12, 300_000)).unwrap();
+    pool.fast.set_plan(FaultPlan {
+        fail_every_flush: true,
+        ..FaultPlan::default()
+    });
+    assert!(fs.fsync().is_err(), "a failed device flush must fail fsync");
+    // No silent retry: everything after a failed flush fails until the pool is remounted.
+    assert!(matches!(fs.write(f, 0, b"x"), Err(FsError::Poisoned)));
+    assert!(matches!(fs.fsync(), Err(FsError::Poisoned)));
+    pool.fast.set_plan(FaultPlan::default());
+    pool.crash(fs, CutMode::DropAll);
+    let fs = pool.open();
+    let f = fs.lookup(ROOT, b"f").unwrap().ino;
+    assert_eq!(read_all(&fs, f), pattern(11, 300_000));
+}
+
+#[test]
+fn device_read_errors_are_eio_and_leave_the_pool_usable() {
+    use fs_core::device::FaultPlan;
+    let pool = TestPool::new(64, 128);
+    {
+        let fs = pool.open();
+        let f = create_file(&fs, ROOT, "f");
+        fs.write(f, 0, &pattern(13, 256 * 1024)).unwrap();
+        fs.shutdown().unwrap();
+    }
+    let fs = pool.open();
+    let f = fs.lookup(ROOT, b"f").unwrap().ino;
+    let sb = fs_core::pool::read_superblock(pool.fast.as_ref()).unwrap();
+    pool.fast.set_plan(FaultPlan {
+        read_error_ranges: vec![sb.data_start..sb.data_end],
+        ..FaultPlan::default()
+    });
+    let err = fs.read(f, 0, 4096).unwrap_err();
+    assert_eq!(err.errno(), 5, "{err}");
+    pool.fast.set_plan(FaultPlan::default());
+    assert_eq!(
+        fs.read(f, 0, 4096).unwrap(),
+        &pattern(13, 256 * 1024)[..4096]
+    );
+    create_file(&fs, ROOT, "still-writable");
+    fs.fsync().unwrap();
+}

@@ -308,6 +308,23 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4200)) {
+            let _ = Superblock::decode(&bytes);
+        }
+
+        #[test]
+        fn decoding_damaged_superblocks_never_panics(at in 0usize..SUPERBLOCK_SIZE, value: u8) {
+            let mut raw = sample().encode();
+            raw[at] = value;
+            // Re-seal so the damage reaches the field checks behind the checksum.
+            let checksum = checksum64(&raw[..CHECKSUM_OFFSET]);
+            raw[CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
+            let _ = Superblock::decode(&raw);
+        }
+    }
+
     #[test]
     fn rejects_foreign_data() {
         assert_eq!(
