@@ -581,7 +581,7 @@ fn device_read_errors_are_eio_and_leave_the_pool_usable() {
     let f = fs.lookup(ROOT, b"f").unwrap().ino;
     let sb = fs_core::pool::read_superblock(pool.fast.as_ref()).unwrap();
     pool.fast.set_plan(FaultPlan {
-        read_error_ranges: vec![sb.data_start..sb.data_end],
+        read_error_ranges: std::iter::once(sb.data_start..sb.data_end).collect(),
         ..FaultPlan::default()
     });
     let err = fs.read(f, 0, 4096).unwrap_err();
