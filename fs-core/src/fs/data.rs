@@ -83,11 +83,17 @@ impl Tx<'_> {
                 blocks.push((0, content.clone()));
             }
         }
+        // Blocks already staged are patched in place once nothing can fail any more.
+        let mut patches = Vec::new();
         for index in first..=last {
             let block_start = index * bs;
             let lo = to_usize(offset.max(block_start) - block_start);
             let hi = to_usize(end.min(block_start + bs) - block_start);
             let src = &data[to_usize(block_start + lo as u64 - offset)..][..hi - lo];
+            if self.book.staged.contains_key(&(inode.id.0, index)) {
+                patches.push((index, lo, src));
+                continue;
+            }
             let mut content = if lo == 0 && hi == to_usize(bs) {
                 Vec::new()
             } else if index == 0 && inline.is_some() {
@@ -104,6 +110,9 @@ impl Tx<'_> {
         if let Err(err) = self.stage_blocks(inode, blocks) {
             inode.inline = inline;
             return Err(err);
+        }
+        for (index, lo, src) in patches {
+            self.patch_staged(inode.id, index, lo, src);
         }
         inode.size = inode.size.max(end);
         Ok(())

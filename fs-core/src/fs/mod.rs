@@ -5,7 +5,8 @@
 //! under the state lock, so operations see each other's changes at once; [`Filesystem::commit`]
 //! makes the group durable (data devices flushed first, then the metadata commit) and opens the
 //! next. Commits happen every `commit_interval` (a background thread), on fsync, on unmount and
-//! when more than `dirty_limit` bytes of data were written since the last commit.
+//! when more than `dirty_limit` bytes of data or 64 Ki record changes accumulated. Written data
+//! is staged in memory per block (see `tx::stage_blocks`) and written at the next flush.
 //!
 //! Invariants:
 //! - data blocks are written to freshly allocated sectors (never over a live block) and are
@@ -45,7 +46,7 @@ pub use data::Whence;
 pub use namespace::{DirEntry, NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use tx::Tx;
 
-/// Largest file size: 2^62 bytes would overflow nothing, but keep a round 8 EiB / 2 margin.
+/// Largest file size (1 EiB): far past any device, and far from overflowing offset arithmetic.
 pub const MAX_FILE_SIZE: u64 = 1 << 60;
 /// Files up to this size keep their bytes in metadata until they grow past it. Kept small:
 /// the metadata region is sized at format, and larger files cost only one 4 KiB sector.

@@ -318,6 +318,19 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Overwrites part of a staged block in place, growing its content as needed.
+    pub fn patch_staged(&mut self, ino: InodeId, index: u64, at: usize, data: &[u8]) {
+        self.mark_dirty();
+        if let Some(content) = self.book.staged.get_mut(&(ino.0, index)) {
+            let end = at + data.len();
+            if content.len() < end {
+                self.book.staged_bytes += (end - content.len()) as u64;
+                content.resize(end, 0);
+            }
+            content[at..end].copy_from_slice(data);
+        }
+    }
+
     /// Forgets staged blocks of `ino` within `range` (truncated, punched or deleted).
     fn unstage_range(&mut self, ino: InodeId, range: std::ops::Range<u64>) {
         for index in self.staged_indices(ino, range) {
