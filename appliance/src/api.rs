@@ -137,15 +137,25 @@ pub fn live_pools() -> Vec<(PathBuf, Status)> {
 /// Finds the live pool mounted at `target` (a path) or labelled `target`.
 pub fn find_pool(target: &str) -> anyhow::Result<(PathBuf, Status)> {
     let wanted = std::fs::canonicalize(target).ok();
-    let pools = live_pools();
-    let found = pools.into_iter().find(|(_, status)| {
-        status.label == target
-            || status.pool_uuid == target
-            || wanted
-                .as_deref()
-                .is_some_and(|w| Path::new(&status.mountpoint) == w)
-    });
-    found.with_context(|| {
+    let mut found: Vec<(PathBuf, Status)> = live_pools()
+        .into_iter()
+        .filter(|(_, status)| {
+            status.label == target
+                || status.pool_uuid == target
+                || wanted
+                    .as_deref()
+                    .is_some_and(|w| Path::new(&status.mountpoint) == w)
+        })
+        .collect();
+    if found.len() > 1 {
+        let mountpoints: Vec<&str> = found.iter().map(|(_, s)| s.mountpoint.as_str()).collect();
+        bail!(
+            "'{target}' names {} mounted pools ({}): give a mountpoint or pool UUID",
+            found.len(),
+            mountpoints.join(", ")
+        );
+    }
+    found.pop().with_context(|| {
         format!(
             "no mounted AegisFS pool at or labelled '{target}' (looked for control sockets in {})",
             run_dir().display()

@@ -377,3 +377,40 @@ fn killed_serving_process_loses_nothing_fsynced() {
     assert_eq!(fs::read(mnt.path("kept")).unwrap(), kept);
     mnt.unmount();
 }
+
+#[test]
+fn an_ambiguous_label_is_refused_and_mountpoints_still_work() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let first = sb.mount(&fast, &slow);
+    let fast2 = sb.path("fast2.img").display().to_string();
+    let slow2 = sb.path("slow2.img").display().to_string();
+    sb.ok(&[
+        "format",
+        "--fast",
+        &fast2,
+        "--fast-size",
+        "256M",
+        "--slow",
+        &slow2,
+        "--slow-size",
+        "256M",
+        "--label",
+        "tank",
+    ]);
+    let second_mnt = sb.path("mnt2");
+    fs::create_dir_all(&second_mnt).unwrap();
+    sb.ok(&["mount", &fast2, &slow2, second_mnt.to_str().unwrap()]);
+    let second = MountGuard {
+        sandbox: &sb,
+        mountpoint: second_mnt,
+    };
+    let err = sb.fails(&["status", "tank"]);
+    assert!(err.contains("names 2 mounted pools"), "{err}");
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", second.mountpoint.to_str().unwrap(), "--json"]))
+            .unwrap();
+    assert_eq!(status["mountpoint"], second.mountpoint.to_str().unwrap());
+    second.unmount();
+    first.unmount();
+}
