@@ -285,11 +285,6 @@ fn remove_stale_mount(target: &str) -> anyhow::Result<bool> {
     if !result.success() {
         bail!("cannot remove the stale mount at {}", path.display());
     }
-    println!(
-        "the serving process of {} had exited; removed its stale mount. The pool holds everything \
-         up to its last commit: mount it again.",
-        path.display()
-    );
     Ok(true)
 }
 
@@ -298,6 +293,10 @@ fn umount_cmd(target: &str) -> anyhow::Result<()> {
         Ok(found) => found,
         Err(err) => {
             if remove_stale_mount(target)? {
+                println!(
+                    "the serving process of {target} had exited; removed its stale mount. The \
+                     pool holds everything up to its last commit: mount it again."
+                );
                 return Ok(());
             }
             return Err(err);
@@ -521,6 +520,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             announce_ready,
         } => {
             let mountpoint = paths.pop().context("no mountpoint given")?;
+            if remove_stale_mount(&mountpoint.to_string_lossy())? {
+                tracing::warn!(
+                    mountpoint = %mountpoint.display(),
+                    "removed the stale mount of a serving process that had exited"
+                );
+            }
             if foreground {
                 serve::serve(&paths, &mountpoint, announce_ready, backend(no_uring))
             } else {

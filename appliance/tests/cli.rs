@@ -379,6 +379,31 @@ fn killed_serving_process_loses_nothing_fsynced() {
 }
 
 #[test]
+fn mount_over_the_dead_mount_of_a_killed_serving_process() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let mnt = sb.mount(&fast, &slow);
+    let mut file = fs::File::create(mnt.path("kept")).unwrap();
+    file.write_all(b"fsynced").unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // No manual cleanup: mounting again replaces the dead mount.
+    sb.ok(&["mount", &fast, &slow, mnt.mountpoint.to_str().unwrap()]);
+    assert_eq!(fs::read(mnt.path("kept")).unwrap(), b"fsynced");
+    mnt.unmount();
+}
+
+#[test]
 fn an_ambiguous_label_is_refused_and_mountpoints_still_work() {
     let sb = Sandbox::new();
     let (fast, slow) = sb.format("256M", "256M");
