@@ -263,9 +263,19 @@ fn mount_detached(devices: &[PathBuf], mountpoint: &Path, no_uring: bool) -> any
     }
     let _ = child.wait();
     let output = std::fs::read_to_string(&log).unwrap_or_default();
-    let tail: Vec<&str> = output.lines().rev().take(5).collect();
-    let reason = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-    bail!("mount failed:\n{reason}");
+    // The serving process ends with its error as "aegis: …"; anything else is context.
+    let reason = match output
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("aegis: "))
+    {
+        Some(line) => line.trim_start_matches("aegis: ").to_owned(),
+        None => {
+            let tail: Vec<&str> = output.lines().rev().take(5).collect();
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        }
+    };
+    bail!("mount failed: {reason} (log: {})", log.display());
 }
 
 /// Removes the mount left behind by a serving process that died: the kernel answers every

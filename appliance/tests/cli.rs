@@ -439,3 +439,61 @@ fn an_ambiguous_label_is_refused_and_mountpoints_still_work() {
     second.unmount();
     first.unmount();
 }
+
+#[test]
+fn damaged_images_are_refused_with_a_clear_message() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    fs::write(guard.path("kept"), b"before the damage").unwrap();
+    guard.unmount();
+    let mnt = sb.path("mnt");
+    let mnt = mnt.to_str().unwrap();
+    let damaged = |name: &str, from: &str, edit: &dyn Fn(&mut fs::File)| -> String {
+        let path = sb.path(name);
+        fs::copy(from, &path).unwrap();
+        edit(&mut fs::OpenOptions::new().write(true).open(&path).unwrap());
+        path.display().to_string()
+    };
+    let zeroed = damaged("zeroed.img", &fast, &|f| {
+        f.set_len(0).and_then(|()| f.set_len(256 << 20)).unwrap()
+    });
+    let truncated = damaged("truncated.img", &fast, &|f| f.set_len(100 << 20).unwrap());
+    let garbage = damaged("garbage.img", &fast, &|f| {
+        f.write_all(&pattern(7, 1 << 20)).unwrap();
+    });
+    let meta = |name: &str, from: &str| {
+        damaged(name, from, &|f| {
+            f.seek(SeekFrom::Start(16 << 10)).unwrap();
+            f.write_all(&pattern(5, 64 << 10)).unwrap();
+        })
+    };
+    let (bad_fast, bad_slow) = (meta("meta-fast.img", &fast), meta("meta-slow.img", &slow));
+    for (devices, expected) in [
+        (vec![zeroed.as_str(), slow.as_str()], "bad magic"),
+        (vec![truncated.as_str(), slow.as_str()], "truncated"),
+        (vec![bad_fast.as_str(), bad_slow.as_str()], "metadata"),
+    ] {
+        let mut args = vec!["mount"];
+        args.extend(&devices);
+        args.push(mnt);
+        let err = sb.fails(&args);
+        assert!(
+            err.contains("cannot open the pool") && err.contains(expected),
+            "{devices:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!is_mounted(Path::new(mnt)));
+    }
+    // Garbage over the start of the fast member (primary superblock, metadata header and the
+    // first of its database pages): the superblock copy at the end and the slow member's
+    // metadata copy bring the pool back, and the damaged copy is rewritten from the good one.
+    let garbage_slow = damaged("garbage-slow.img", &slow, &|_| {});
+    let guard = sb.mount(&garbage, &garbage_slow);
+    assert_eq!(fs::read(guard.path("kept")).unwrap(), b"before the damage");
+    guard.unmount();
+    // The intact pool still mounts.
+    let guard = sb.mount(&fast, &slow);
+    assert_eq!(fs::read(guard.path("kept")).unwrap(), b"before the damage");
+    guard.unmount();
+}

@@ -116,3 +116,22 @@ from_redb!(
     redb::CommitError,
     redb::DatabaseError
 );
+
+/// Runs `op`, turning a panic inside it (redb asserts on some kinds of damaged pages) into
+/// [`FsError::Corrupt`] naming `what`, so a damaged pool is refused with a message instead of
+/// taking the process down.
+pub(crate) fn contain_panics<T>(what: &str, op: impl FnOnce() -> FsResult<T>) -> FsResult<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(op)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(FsError::Corrupt(format!(
+                "{what} failed an internal consistency check ({detail}); the metadata is damaged"
+            )))
+        }
+    }
+}

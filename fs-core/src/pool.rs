@@ -382,13 +382,16 @@ pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>)
     let backend = MirroredRegionBackend::open(copies)
         .map_err(|e| pool_err(format!("cannot open the metadata region: {e}")))?;
     let meta_usage = backend.usage();
-    let db = Database::builder().create_with_backend(backend)?;
-    // A pool whose metadata was never initialised has no tables.
-    let read = db.begin_read()?;
-    if read.open_table(INODES).is_err() {
-        return Err(pool_err("the metadata database holds no filesystem"));
-    }
-    drop(read);
+    let db = crate::error::contain_panics("opening the metadata database", || {
+        let db = Database::builder().create_with_backend(backend)?;
+        // A pool whose metadata was never initialised has no tables.
+        let read = db.begin_read()?;
+        if read.open_table(INODES).is_err() {
+            return Err(pool_err("the metadata database holds no filesystem"));
+        }
+        drop(read);
+        Ok(db)
+    })?;
     Ok(Pool {
         members,
         db,

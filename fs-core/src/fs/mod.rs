@@ -271,6 +271,10 @@ impl Filesystem {
     /// Opens the filesystem on a pool: rebuilds the allocator from the block table and
     /// reclaims inodes that were unlinked while open when the pool was last used.
     pub fn new(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
+        crate::error::contain_panics("loading the metadata", || Self::load(pool, config))
+    }
+
+    fn load(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
         let devices: Vec<Arc<dyn BlockDevice>> =
             pool.members.iter().map(|m| Arc::clone(&m.device)).collect();
         let mut alloc = Allocator::new(

@@ -76,6 +76,24 @@ fn decode_header(header: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(field))
 }
 
+/// Copies the header and `len` database bytes of `from` over `to`, then flushes `to`.
+fn restore_copy(from: &RegionCopy, to: &RegionCopy, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; ZERO_CHUNK];
+    let total = HEADER_LEN + len;
+    let mut at = 0;
+    while at < total {
+        let chunk = usize::try_from(total - at).map_or(ZERO_CHUNK, |n| n.min(ZERO_CHUNK));
+        from.device
+            .read_at(from.offset + at, &mut buf[..chunk])
+            .map_err(to_io)?;
+        to.device
+            .write_at(to.offset + at, &buf[..chunk])
+            .map_err(to_io)?;
+        at += chunk as u64;
+    }
+    to.device.flush().map_err(to_io)
+}
+
 fn to_io(err: crate::device::DeviceError) -> io::Error {
     io::Error::other(err)
 }
@@ -94,29 +112,40 @@ impl MirroredRegionBackend {
         })
     }
 
-    /// Opens existing regions, taking the length from the first copy with a valid header.
+    /// Opens existing regions. The length comes from the first copy with a valid header; a
+    /// copy whose header is unreadable or damaged is rewritten from that copy before use, so
+    /// the copies agree again.
     pub fn open(copies: Vec<RegionCopy>) -> io::Result<Self> {
         let mut header = vec![0u8; HEADER_LEN as usize];
-        let mut found = None;
-        for copy in &copies {
-            if copy.device.read_at(copy.offset, &mut header).is_ok() {
-                if let Some(len) = decode_header(&header) {
-                    found = Some(len);
-                    break;
-                }
-            }
-        }
-        let len = found.ok_or_else(|| {
-            io::Error::new(
+        let lengths: Vec<Option<u64>> = copies
+            .iter()
+            .map(|copy| {
+                copy.device.read_at(copy.offset, &mut header).ok()?;
+                decode_header(&header)
+            })
+            .collect();
+        let Some(good) = lengths.iter().position(Option::is_some) else {
+            return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "no metadata region header is readable on any copy",
-            )
-        })?;
+            ));
+        };
+        let len = lengths[good].unwrap_or(0);
         if copies.iter().any(|copy| len > copy.capacity()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "metadata length exceeds its region",
             ));
+        }
+        for (copy, found) in copies.iter().zip(&lengths) {
+            if found.is_none() {
+                tracing::warn!(
+                    device = copy.device.name(),
+                    source = copies[good].device.name(),
+                    "metadata copy is damaged; restoring it from the other copy"
+                );
+                restore_copy(&copies[good], copy, len)?;
+            }
         }
         Ok(Self {
             copies,
