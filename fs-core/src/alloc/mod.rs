@@ -199,6 +199,14 @@ impl Allocator {
         self.device_mut(device)?.release(sector, count)
     }
 
+    /// Starts the next allocations from the lowest free sectors again (after a commit has
+    /// returned freed sectors), keeping data compact instead of marching across the device.
+    pub fn rewind(&mut self) {
+        for device in &mut self.devices {
+            device.cursor = 0;
+        }
+    }
+
     /// Claims `count` sectors, fast tier first, then slow.
     pub fn allocate(&mut self, count: u64) -> Option<(DeviceIndex, Tier, u64)> {
         for tier in [Tier::Fast, Tier::Slow] {

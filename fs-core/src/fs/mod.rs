@@ -487,6 +487,7 @@ impl Filesystem {
                     tracing::error!(error = %err, "freeing sectors failed");
                 }
             }
+            book.alloc.rewind();
         }
         book.dirty = false;
         book.dirty_bytes = 0;
