@@ -85,6 +85,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Check an unmounted pool's consistency (read-only). Exit status as e2fsck: 0 clean,
+    /// 4 errors found (not corrected: repair is not built yet), 8 the check could not run.
+    Fsck {
+        /// Every member device of the pool.
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+        /// Also read every data block and verify its checksum.
+        #[arg(long)]
+        verify_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a mounted pool's members, tiers, usage and I/O counters.
     Status {
         /// Mountpoint or pool label.
@@ -497,7 +509,67 @@ fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// e2fsck's exit statuses.
+const FSCK_CLEAN: u8 = 0;
+const FSCK_ERRORS_LEFT: u8 = 4;
+const FSCK_OPERATIONAL_ERROR: u8 = 8;
+
+fn fsck_cmd(devices: &[PathBuf], verify_data: bool, json: bool) -> anyhow::Result<u8> {
+    let pool = fs_core::pool::open_paths(devices, Backend::Auto).context("cannot open the pool")?;
+    let report = fs_core::fsck::check(&pool, verify_data)?;
+    let status = if report.is_clean() {
+        FSCK_CLEAN
+    } else {
+        FSCK_ERRORS_LEFT
+    };
+    if json {
+        let findings: Vec<serde_json::Value> = report
+            .findings
+            .iter()
+            .map(|f| serde_json::json!({"check": f.check, "message": f.message, "path": f.path}))
+            .collect();
+        let value = serde_json::json!({
+            "clean": report.is_clean(),
+            "exit_code": status,
+            "inodes": report.inodes,
+            "directories": report.directories,
+            "blocks": report.blocks,
+            "blocks_verified": report.blocks_verified,
+            "findings": findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(status);
+    }
+    println!(
+        "checked {} inodes ({} directories), {} blocks{}",
+        report.inodes,
+        report.directories,
+        report.blocks,
+        if verify_data {
+            format!(", {} blocks' data verified", report.blocks_verified)
+        } else {
+            String::new()
+        }
+    );
+    for finding in &report.findings {
+        match &finding.path {
+            Some(path) => println!("{}: {}: {}", finding.check, path, finding.message),
+            None => println!("{}: {}", finding.check, finding.message),
+        }
+    }
+    if report.is_clean() {
+        println!("clean");
+    } else {
+        println!(
+            "{} problem(s) found; none corrected (repair is not built yet)",
+            report.findings.len()
+        );
+    }
+    Ok(status)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     match cli.command {
         Cmd::Format {
             fast,
@@ -514,14 +586,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 block_size: u32::try_from(block_size).context("block size too large")?,
                 force,
             };
-            format_cmd(
+            done(format_cmd(
                 &fast,
                 fast_size,
                 &slow,
                 slow_size,
                 &options,
                 backend(no_uring),
-            )
+            ))
         }
         Cmd::Mount {
             mut paths,
@@ -536,15 +608,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "removed the stale mount of a serving process that had exited"
                 );
             }
-            if foreground {
+            done(if foreground {
                 serve::serve(&paths, &mountpoint, announce_ready, backend(no_uring))
             } else {
                 mount_detached(&paths, &mountpoint, no_uring)
-            }
+            })
         }
-        Cmd::Umount { target } => umount_cmd(&target),
-        Cmd::Info { devices, json } => info_cmd(&devices, json, Backend::Auto),
-        Cmd::Status { target, json } => status_cmd(&target, json),
+        Cmd::Umount { target } => done(umount_cmd(&target)),
+        Cmd::Info { devices, json } => done(info_cmd(&devices, json, Backend::Auto)),
+        Cmd::Status { target, json } => done(status_cmd(&target, json)),
+        Cmd::Fsck {
+            devices,
+            verify_data,
+            json,
+        } => {
+            let status = fsck_cmd(&devices, verify_data, json).unwrap_or_else(|err| {
+                eprintln!("aegis: {err:#}");
+                FSCK_OPERATIONAL_ERROR
+            });
+            Ok(ExitCode::from(status))
+        }
     }
 }
 
@@ -558,7 +641,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("aegis: {err:#}");
             ExitCode::FAILURE

@@ -497,3 +497,46 @@ fn damaged_images_are_refused_with_a_clear_message() {
     assert_eq!(fs::read(guard.path("kept")).unwrap(), b"before the damage");
     guard.unmount();
 }
+
+#[test]
+fn fsck_reports_clean_damaged_and_in_use_with_e2fsck_exit_codes() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    fs::write(guard.path("data"), pattern(8, 1 << 20)).unwrap();
+    let busy = sb.aegis(&["fsck", &fast, &slow]);
+    assert_eq!(busy.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
+    guard.unmount();
+
+    let clean = sb.aegis(&["fsck", &fast, &slow, "--verify-data"]);
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("clean"));
+
+    // Flip a byte of the first data block on the fast member.
+    let info: serde_json::Value = serde_json::from_str(&sb.ok(&["info", &fast, "--json"])).unwrap();
+    let data_start = info["superblock"]["data_area"]["start"].as_u64().unwrap();
+    let mut image = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fast)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    image.seek(SeekFrom::Start(data_start + 5)).unwrap();
+    image.read_exact(&mut byte).unwrap();
+    image.seek(SeekFrom::Start(data_start + 5)).unwrap();
+    image.write_all(&[byte[0] ^ 0xff]).unwrap();
+    drop(image);
+    let damaged = sb.aegis(&["fsck", &fast, &slow, "--verify-data", "--json"]);
+    assert_eq!(damaged.status.code(), Some(4));
+    let report: serde_json::Value = serde_json::from_slice(&damaged.stdout).unwrap();
+    assert_eq!(report["clean"], false);
+    assert_eq!(report["findings"][0]["check"], "checksum");
+    let missing = sb.aegis(&["fsck", &fast]);
+    assert_eq!(missing.status.code(), Some(8));
+}

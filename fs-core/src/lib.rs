@@ -9,6 +9,7 @@
 //! - [`pool`]: format and open a pool: members, superblocks, metadata, allocator.
 //! - [`fs`]: namespace and data operations (the POSIX semantics), transaction groups.
 //! - [`fuse`]: the thin adapter from `fuser` requests to [`fs`] calls.
+//! - [`fsck`]: the read-only consistency check of a pool.
 //!
 //! fs-core knows nothing of daemons, schedules or terminals.
 
@@ -18,6 +19,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod fsck;
 pub mod fuse;
 pub mod meta;
 pub mod pool;

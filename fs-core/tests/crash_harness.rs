@@ -1,6 +1,7 @@
 //! Crash harness: random namespace and data workloads against fs-core with a model of the
 //! expected tree, power cuts at random points (dropping, keeping a prefix of, or tearing the
-//! unflushed writes), remount, and a full comparison with the model as of the last commit.
+//! unflushed writes), then `fsck` (with data checksums; must be clean), remount, and a full
+//! comparison with the model as of the last commit.
 //!
 //! `AEGIS_CRASH_POINTS` sets how many crash points to run (default 1,000; a soak might use
 //! 100,000); `AEGIS_CRASH_SEED` replays one workload. Every failure prints its seed.
@@ -395,6 +396,12 @@ fn workload(seed: u64, crash_points: u64) -> u64 {
         };
         pool.crash(fs, mode);
         crashes += 1;
+        let report = fs_core::fsck::check(&pool.pool().unwrap(), true).unwrap();
+        assert!(
+            report.is_clean(),
+            "seed {seed}, crash {crashes} ({mode:?}): fsck: {:?}",
+            report.findings
+        );
         fs = pool.open();
         check(
             &fs,

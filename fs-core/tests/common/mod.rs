@@ -51,8 +51,9 @@ impl TestPool {
         self.try_open().expect("open filesystem")
     }
 
-    pub fn try_open(&self) -> fs_core::FsResult<Arc<Filesystem>> {
-        let pool = open_devices(vec![
+    /// Opens the pool alone (for fsck), without loading the filesystem.
+    pub fn pool(&self) -> fs_core::FsResult<fs_core::pool::Pool> {
+        open_devices(vec![
             (
                 self.fast.clone() as Arc<dyn BlockDevice>,
                 PathBuf::from("fast"),
@@ -63,7 +64,11 @@ impl TestPool {
                 PathBuf::from("slow"),
                 None,
             ),
-        ])?;
+        ])
+    }
+
+    pub fn try_open(&self) -> fs_core::FsResult<Arc<Filesystem>> {
+        let pool = self.pool()?;
         Filesystem::new(
             pool,
             FsConfig {
