@@ -127,6 +127,25 @@ impl Drop for MountGuard<'_> {
     }
 }
 
+/// Sends `signal` to the serving process of pool `label` and waits for it to exit.
+fn signal_serving_process(sb: &Sandbox, label: &str, signal: &str) {
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", label, "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serving process survived {signal}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -320,19 +339,8 @@ fn unlinked_open_file_stays_readable_and_sigterm_unmounts_cleanly() {
     assert_eq!(back, data);
     drop(open);
 
-    let status: serde_json::Value =
-        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
-    let pid = status["pid"].as_u64().unwrap();
     fs::write(mnt.path("after"), b"durable").unwrap();
-    Command::new("kill").arg(pid.to_string()).status().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serving process ignored SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    signal_serving_process(&sb, "tank", "-TERM");
     assert!(!is_mounted(&mnt.mountpoint));
     drop(mnt);
     let mnt = sb.mount(&fast, &slow);
@@ -351,21 +359,7 @@ fn killed_serving_process_loses_nothing_fsynced() {
     file.sync_all().unwrap();
     drop(file);
     fs::write(mnt.path("maybe"), b"not synced").unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
-    let pid = status["pid"].as_u64().unwrap();
-    Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serving process survived SIGKILL"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    signal_serving_process(&sb, "tank", "-KILL");
     // The dead mount answers ENOTCONN; `aegis umount` clears it.
     let err = fs::metadata(mnt.path("kept")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(107), "{err}");
@@ -387,16 +381,7 @@ fn mount_over_the_dead_mount_of_a_killed_serving_process() {
     file.write_all(b"fsynced").unwrap();
     file.sync_all().unwrap();
     drop(file);
-    let status: serde_json::Value =
-        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
-    let pid = status["pid"].as_u64().unwrap();
-    Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    signal_serving_process(&sb, "tank", "-KILL");
     // No manual cleanup: mounting again replaces the dead mount.
     sb.ok(&["mount", &fast, &slow, mnt.mountpoint.to_str().unwrap()]);
     assert_eq!(fs::read(mnt.path("kept")).unwrap(), b"fsynced");

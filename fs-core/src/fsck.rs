@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::alloc::{Allocator, DeviceSpace};
 use crate::error::{FsError, FsResult};
 use crate::format::{Superblock, SECTOR_SIZE, SUPERBLOCK_SIZE};
 use crate::meta::records::{BlockRecord, FileKind, Inode};
@@ -277,20 +276,7 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
             ),
         }
     }
-    let mut space = Allocator::new(
-        pool.members
-            .iter()
-            .map(|m| {
-                let sb = &m.superblock;
-                DeviceSpace::new(
-                    sb.device_index,
-                    sb.tier,
-                    sb.data_start / SECTOR_SIZE,
-                    (sb.data_end - sb.data_start) / SECTOR_SIZE,
-                )
-            })
-            .collect(),
-    );
+    let mut space = pool.empty_allocator();
     for (id, record) in &records {
         let refs = references.get(id).copied().unwrap_or(0);
         if refs == 0 {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase};
 
+use crate::alloc::{Allocator, DeviceSpace};
 use crate::device::{open_device, Backend, BlockDevice};
 use crate::error::{FsError, FsResult};
 use crate::format::{
@@ -84,6 +85,24 @@ impl Pool {
 
     pub fn block_size(&self) -> u32 {
         self.members[0].superblock.block_size
+    }
+
+    /// An allocator covering every member's data area, with nothing in use yet.
+    pub fn empty_allocator(&self) -> Allocator {
+        Allocator::new(
+            self.members
+                .iter()
+                .map(|m| {
+                    let sb = &m.superblock;
+                    DeviceSpace::new(
+                        sb.device_index,
+                        sb.tier,
+                        sb.data_start / SECTOR_SIZE,
+                        (sb.data_end - sb.data_start) / SECTOR_SIZE,
+                    )
+                })
+                .collect(),
+        )
     }
 
     pub fn member(&self, index: DeviceIndex) -> Option<&Member> {

@@ -277,20 +277,7 @@ impl Filesystem {
     fn load(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
         let devices: Vec<Arc<dyn BlockDevice>> =
             pool.members.iter().map(|m| Arc::clone(&m.device)).collect();
-        let mut alloc = Allocator::new(
-            pool.members
-                .iter()
-                .map(|m| {
-                    let sb = &m.superblock;
-                    DeviceSpace::new(
-                        sb.device_index,
-                        sb.tier,
-                        sb.data_start / SECTOR_SIZE,
-                        (sb.data_end - sb.data_start) / SECTOR_SIZE,
-                    )
-                })
-                .collect(),
-        );
+        let mut alloc = pool.empty_allocator();
         let txn = pool.db.begin_write()?;
         let (next_inode, next_block, next_generation) = {
             let counters = txn.open_table(COUNTERS)?;
