@@ -376,40 +376,44 @@ impl Filesystem {
     fn with_tx<T>(&self, op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>) -> FsResult<T> {
         let mut guard = self.lock_state();
         let state = &mut *guard;
-        let Some(txn) = state.txn.as_ref() else {
-            return Err(FsError::Poisoned);
-        };
-        let mut tx = Tx {
-            fs: self,
-            txn,
-            book: &mut state.book,
-        };
-        let result = op(&mut tx);
-        if let Err(FsError::Meta(_)) = &result {
-            state.txn = None;
-            return result.map_err(metadata_failure);
+        let result = self.run_locked(state, op);
+        if state.txn.is_none() {
+            return result;
         }
         if state.book.staged_bytes >= STAGED_LIMIT {
-            let mut tx = Tx {
-                fs: self,
-                txn,
-                book: &mut state.book,
-            };
-            match tx.flush_staged() {
-                Ok(()) => {}
-                Err(err @ FsError::Meta(_)) => {
-                    state.txn = None;
-                    return Err(metadata_failure(err));
+            if let Err(err) = self.run_locked(state, |tx| tx.flush_staged()) {
+                if state.txn.is_none() {
+                    return Err(err);
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "writing staged blocks failed; will retry")
-                }
+                tracing::warn!(error = %err, "writing staged blocks failed; will retry");
             }
         }
         let over_limit = state.book.dirty_bytes >= self.config.dirty_limit
             || state.book.dirty_records >= MAX_DIRTY_RECORDS;
         if over_limit {
             self.commit_locked(state)?;
+        }
+        result
+    }
+
+    /// Runs `op` on the open transaction group of `state` (locked by the caller); a
+    /// metadata-store error poisons the filesystem.
+    fn run_locked<T>(
+        &self,
+        state: &mut State,
+        op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let Some(txn) = state.txn.as_ref() else {
+            return Err(FsError::Poisoned);
+        };
+        let result = op(&mut Tx {
+            fs: self,
+            txn,
+            book: &mut state.book,
+        });
+        if let Err(FsError::Meta(_)) = &result {
+            state.txn = None;
+            return result.map_err(metadata_failure);
         }
         result
     }
@@ -421,24 +425,9 @@ impl Filesystem {
     }
 
     fn commit_locked(&self, state: &mut State) -> FsResult<()> {
-        let Some(txn) = state.txn.as_ref() else {
-            return Err(FsError::Poisoned);
-        };
         // Staged data goes to the devices first; ENOSPC here (a fragmented, nearly full pool)
         // keeps it staged and fails this commit without losing anything.
-        let flushed = Tx {
-            fs: self,
-            txn,
-            book: &mut state.book,
-        }
-        .flush_staged();
-        if let Err(err) = flushed {
-            if matches!(err, FsError::Meta(_)) {
-                state.txn = None;
-                return Err(metadata_failure(err));
-            }
-            return Err(err);
-        }
+        self.run_locked(state, |tx| tx.flush_staged())?;
         let Some(txn) = state.txn.take() else {
             return Err(FsError::Poisoned);
         };
