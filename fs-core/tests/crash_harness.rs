@@ -13,26 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use common::{pattern, read_all, TestPool};
-use fs_core::device::CutMode;
+use fs_core::device::{CutMode, SplitMix64 as Rng};
 use fs_core::fs::{Caller, Filesystem, NewNode, SetAttr};
 use fs_core::meta::records::FileKind;
 use fs_core::types::InodeId;
-
-/// splitmix64: the workload generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
@@ -228,7 +212,7 @@ fn step(fs: &Filesystem, model: &mut Model, rng: &mut Rng) {
             let (path, id) = &files[rng.below(files.len() as u64) as usize];
             let offset = rng.below(400_000);
             let len = 1 + rng.below(150_000) as usize;
-            let data = pattern(rng.next(), len);
+            let data = pattern(rng.next_u64(), len);
             fs.write(resolve(fs, path), offset, &data).unwrap();
             let content = &mut model.files.get_mut(id).unwrap().content;
             let end = offset as usize + len;
@@ -258,7 +242,7 @@ fn step(fs: &Filesystem, model: &mut Model, rng: &mut Rng) {
         6 if !files.is_empty() => {
             let (path, id) = &files[rng.below(files.len() as u64) as usize];
             let key = format!("user.k{}", rng.below(3)).into_bytes();
-            let value = pattern(rng.next(), rng.below(100) as usize);
+            let value = pattern(rng.next_u64(), rng.below(100) as usize);
             fs.setxattr(resolve(fs, path), &key, &value, 0).unwrap();
             model.files.get_mut(id).unwrap().xattrs.insert(key, value);
         }
@@ -361,7 +345,7 @@ fn fill_and_delete(fs: &Filesystem, rng: &mut Rng) {
         )
         .unwrap()
         .ino;
-    let chunk = pattern(rng.next(), 1 << 20);
+    let chunk = pattern(rng.next_u64(), 1 << 20);
     let mut at = 0;
     while fs.write(ino, at, &chunk).is_ok() {
         at += 1 << 20;
@@ -392,7 +376,9 @@ fn workload(seed: u64, crash_points: u64) -> u64 {
         let mode = match rng.below(3) {
             0 => CutMode::DropAll,
             1 => CutMode::KeepPrefix(rng.below(40) as usize),
-            _ => CutMode::Tear { seed: rng.next() },
+            _ => CutMode::Tear {
+                seed: rng.next_u64(),
+            },
         };
         pool.crash(fs, mode);
         crashes += 1;

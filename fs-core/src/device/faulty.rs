@@ -286,19 +286,21 @@ fn choose_survivors(pending: &[PendingWrite], mode: CutMode) -> CutReport {
         CutMode::KeepPrefix(n) => report.survivors = (0..n.min(pending.len())).collect(),
         CutMode::Tear { seed } => {
             let mut rng = SplitMix64(seed);
-            report.survivors = (0..pending.len()).filter(|_| rng.next() & 1 == 1).collect();
+            report.survivors = (0..pending.len())
+                .filter(|_| rng.next_u64() & 1 == 1)
+                .collect();
             let tearable: Vec<usize> = report
                 .survivors
                 .iter()
                 .copied()
                 .filter(|&index| interior_boundaries(&pending[index].range()).is_some())
                 .collect();
-            if !tearable.is_empty() && rng.next() & 1 == 1 {
+            if !tearable.is_empty() && rng.next_u64() & 1 == 1 {
                 let index = tearable[rng.below(tearable.len() as u64) as usize];
                 let range = pending[index].range();
                 if let Some((first, count)) = interior_boundaries(&range) {
                     let boundary = first + rng.below(count) * TEAR_SECTOR;
-                    let kept = if rng.next() & 1 == 0 {
+                    let kept = if rng.next_u64() & 1 == 0 {
                         range.start..boundary
                     } else {
                         boundary..range.end
@@ -321,11 +323,13 @@ fn interior_boundaries(range: &Range<u64>) -> Option<(u64, u64)> {
     Some((first, (last - first) / TEAR_SECTOR + 1))
 }
 
-/// splitmix64: a tiny deterministic PRNG, plenty for choosing crash outcomes.
-struct SplitMix64(u64);
+/// splitmix64: a tiny deterministic PRNG, plenty for choosing crash outcomes and for the
+/// seeded workloads of crash tests.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -333,9 +337,9 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
-    /// A value in `0..n` (`n > 0`; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+    /// A value in `0..n` (0 when `n` is 0; the modulo bias is irrelevant here).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
     }
 }
 

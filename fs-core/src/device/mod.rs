@@ -18,7 +18,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use faulty::{BitFlip, CutMode, CutReport, FaultPlan, FaultStats, FaultyDevice, TornWrite};
+pub use faulty::{
+    BitFlip, CutMode, CutReport, FaultPlan, FaultStats, FaultyDevice, SplitMix64, TornWrite,
+};
 pub use file::FileDevice;
 pub use mem::MemDevice;
 pub use uring::UringDevice;
