@@ -19,7 +19,7 @@ use crate::format::{
     metadata_region_len, MemberInfo, Superblock, DEFAULT_BLOCK_SIZE, MAX_LABEL_LEN, MAX_MEMBERS,
     SECTOR_SIZE, SUPERBLOCK_SIZE,
 };
-use crate::meta::backend::{MirroredRegionBackend, RegionCopy, RegionUsage};
+use crate::meta::backend::{MirroredRegionBackend, RegionCopy, RegionHandle};
 use crate::meta::records::{FileKind, Inode, Timestamp};
 use crate::meta::{self, COUNTERS, INODES};
 use crate::types::{DeviceIndex, InodeId, Tier};
@@ -71,7 +71,7 @@ pub struct Member {
 pub struct Pool {
     pub members: Vec<Member>,
     pub db: Database,
-    pub meta_usage: RegionUsage,
+    pub metadata: RegionHandle,
 }
 
 impl Pool {
@@ -400,7 +400,7 @@ pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>)
     }
     let backend = MirroredRegionBackend::open(copies)
         .map_err(|e| pool_err(format!("cannot open the metadata region: {e}")))?;
-    let meta_usage = backend.usage();
+    let metadata = backend.handle();
     let db = crate::error::contain_panics("opening the metadata database", || {
         let db = Database::builder().create_with_backend(backend)?;
         // A pool whose metadata was never initialised has no tables.
@@ -414,7 +414,7 @@ pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>)
     Ok(Pool {
         members,
         db,
-        meta_usage,
+        metadata,
     })
 }
 

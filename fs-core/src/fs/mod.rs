@@ -546,8 +546,8 @@ impl Filesystem {
                 .last_commit
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
             checksum_errors: self.checksum_errors.load(Ordering::Relaxed),
-            metadata_used: self.pool.meta_usage.used(),
-            metadata_capacity: self.pool.meta_usage.capacity(),
+            metadata_used: self.pool.metadata.used(),
+            metadata_capacity: self.pool.metadata.capacity(),
         }
     }
 

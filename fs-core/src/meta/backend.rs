@@ -1,19 +1,47 @@
-//! `MirroredRegionBackend`: redb's `StorageBackend` over a reserved region of pool members.
+//! `MirroredRegionBackend`: redb's `StorageBackend` over a reserved region of pool members,
+//! mirrored and checksummed page by page.
 //!
-//! The region of each copy starts with a 4 KiB header holding the logical length of the
-//! database (redb needs a length that survives remounts); the database bytes follow it. Every
-//! write goes to every copy (the fast member's region and the slow member's mirror); reads come
-//! from the first copy that answers.
+//! Each copy of the region is laid out as a 4 KiB header (magic and the logical length of the
+//! database, which redb needs to survive remounts), a checksum table (an XXH3-64 for every
+//! 4 KiB page of the database), then the database bytes. Every write goes to every copy (the
+//! fast member's region and the slow member's mirror); the checksums of the pages it touched are
+//! written to every copy's table at the next `sync_data`, before the flush, so they are durable
+//! together with the commit that needs them.
+//!
+//! Reads come from the first copy that answers and every page is verified against its checksum.
+//! A page that cannot be read or does not match is served from another copy whose page does,
+//! and the bad copy is rewritten with it (self-heal); both are logged and recorded for `fsck`.
+//! A page that no copy holds intact is an I/O error: never wrong metadata. One exception keeps
+//! a crash from making a pool unopenable: when every copy holds the same bytes but the table
+//! disagrees, the table entry is the stale one (the crash fell between a page write and its
+//! table write) and is corrected.
+//!
+//! After a crash the copies' tables may disagree for pages written since the last flush; at
+//! open, such pages are copied from the first copy to the others, so the copies agree again
+//! and every page below the database length has a known checksum.
 
+use std::collections::BTreeSet;
 use std::io;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::codec::checksum64;
-use crate::device::BlockDevice;
+use crate::device::{BlockDevice, DeviceError};
 
-const HEADER_MAGIC: [u8; 8] = *b"AEGISMDB";
+/// Magic of the current region layout (header, checksum table, database).
+const HEADER_MAGIC: [u8; 8] = *b"AEGISMD2";
+/// Magic of the development layout without a checksum table; refused with a clear message.
+const OLD_HEADER_MAGIC: [u8; 8] = *b"AEGISMDB";
 const HEADER_LEN: u64 = 4096;
-const ZERO_CHUNK: usize = 1 << 20;
+/// Granularity of checksums: redb's page size.
+pub const PAGE: u64 = 4096;
+const PAGE_BYTES: usize = PAGE as usize;
+/// Checksums per table block (each block is one page of 8-byte entries).
+const SUMS_PER_BLOCK: u64 = PAGE / 8;
+const COPY_CHUNK: usize = 1 << 20;
+/// A table entry that says nothing (a page never written, or one whose copies' tables disagree).
+const UNKNOWN: u64 = 0;
+/// The damage log keeps at most this many events (counts keep growing).
+const MAX_DAMAGE_EVENTS: usize = 10_000;
 
 /// One copy of the metadata region: `len` bytes at `offset` on `device`.
 #[derive(Debug, Clone)]
@@ -23,35 +51,205 @@ pub struct RegionCopy {
     pub len: u64,
 }
 
-impl RegionCopy {
-    fn capacity(&self) -> u64 {
-        self.len - HEADER_LEN
-    }
-}
-
-/// redb storage on one or more identical regions of pool members.
-#[derive(Debug)]
-pub struct MirroredRegionBackend {
-    copies: Vec<RegionCopy>,
-    len: Arc<Mutex<u64>>,
-}
-
-/// A view of how much of the metadata region the database file spans (its high-water mark;
-/// redb reuses free pages inside it).
-#[derive(Debug, Clone)]
-pub struct RegionUsage {
-    len: Arc<Mutex<u64>>,
+/// Where the checksum table and the database lie inside a region of a given length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    table_len: u64,
     capacity: u64,
 }
 
-impl RegionUsage {
+impl Layout {
+    fn of(region_len: u64) -> Self {
+        let usable = region_len.saturating_sub(HEADER_LEN);
+        let mut pages = usable / (PAGE + 8);
+        loop {
+            let table_len = (pages * 8).div_ceil(PAGE) * PAGE;
+            if table_len + pages * PAGE <= usable || pages == 0 {
+                return Self {
+                    table_len,
+                    capacity: pages * PAGE,
+                };
+            }
+            pages -= 1;
+        }
+    }
+
+    fn data_offset(self) -> u64 {
+        HEADER_LEN + self.table_len
+    }
+}
+
+impl RegionCopy {
+    fn layout(&self) -> Layout {
+        Layout::of(self.len)
+    }
+
+    fn name(&self) -> &str {
+        self.device.name()
+    }
+
+    fn read_data(&self, offset: u64, out: &mut [u8]) -> Result<(), DeviceError> {
+        self.device
+            .read_at(self.offset + self.layout().data_offset() + offset, out)
+    }
+
+    fn write_data(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.device
+            .write_at(self.offset + self.layout().data_offset() + offset, data)
+    }
+
+    fn read_table(&self, pages: u64) -> Result<Vec<u64>, DeviceError> {
+        let mut raw = vec![0u8; usize::try_from(pages.div_ceil(SUMS_PER_BLOCK) * PAGE).unwrap_or(0)];
+        self.device.read_at(self.offset + HEADER_LEN, &mut raw)?;
+        Ok(raw
+            .chunks_exact(8)
+            .take(usize::try_from(pages).unwrap_or(0))
+            .map(|entry| {
+                let mut field = [0u8; 8];
+                field.copy_from_slice(entry);
+                u64::from_le_bytes(field)
+            })
+            .collect())
+    }
+}
+
+/// How reads treat the copies. The default serves the first good copy and heals bad ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPolicy {
+    /// Read and compare every copy of every page read, not only when the first one is bad
+    /// (`fsck` uses this to check both copies of every live page).
+    pub verify_every_copy: bool,
+    /// Rewrite a bad copy of a page from a good one.
+    pub heal: bool,
+}
+
+impl Default for ReadPolicy {
+    fn default() -> Self {
+        Self {
+            verify_every_copy: false,
+            heal: true,
+        }
+    }
+}
+
+/// A metadata page found bad on one copy (or on all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageDamage {
+    /// Page index inside the database.
+    pub page: u64,
+    /// The device whose copy was bad; `None` when no copy was intact.
+    pub device: Option<String>,
+    pub cause: String,
+    /// The bad copy was rewritten from a good one.
+    pub healed: bool,
+}
+
+/// What the backend shares with [`RegionHandle`]s after redb owns it.
+#[derive(Debug)]
+struct Shared {
+    len: Mutex<u64>,
+    capacity: u64,
+    policy: Mutex<ReadPolicy>,
+    damage: Mutex<Vec<PageDamage>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn len(&self) -> u64 {
+        *lock(&self.len)
+    }
+
+    fn record(&self, damage: PageDamage) {
+        match &damage.device {
+            Some(device) => tracing::warn!(
+                page = damage.page,
+                device,
+                cause = damage.cause,
+                healed = damage.healed,
+                "metadata page is bad on one copy; served from the other"
+            ),
+            None => tracing::error!(
+                page = damage.page,
+                cause = damage.cause,
+                "metadata page is bad on every copy"
+            ),
+        }
+        let mut log = lock(&self.damage);
+        if log.len() < MAX_DAMAGE_EVENTS {
+            log.push(damage);
+        }
+    }
+}
+
+/// A handle on the metadata region that stays usable after redb owns the backend: its use
+/// (the database's high-water mark; redb reuses free pages inside it), the read policy, and the
+/// damage found so far.
+#[derive(Debug, Clone)]
+pub struct RegionHandle {
+    shared: Arc<Shared>,
+}
+
+impl RegionHandle {
     pub fn used(&self) -> u64 {
-        *self.len.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.len()
     }
 
     pub fn capacity(&self) -> u64 {
-        self.capacity
+        self.shared.capacity
     }
+
+    pub fn set_policy(&self, policy: ReadPolicy) {
+        *lock(&self.shared.policy) = policy;
+    }
+
+    /// Damaged pages found since the pool was opened (at most 10,000 are kept).
+    pub fn damage(&self) -> Vec<PageDamage> {
+        lock(&self.shared.damage).clone()
+    }
+}
+
+/// Checksums of the database pages, and the table blocks changed since the last sync.
+#[derive(Debug, Default)]
+struct PageSums {
+    sums: Vec<u64>,
+    dirty_blocks: BTreeSet<u64>,
+}
+
+impl PageSums {
+    fn get(&self, page: u64) -> u64 {
+        usize::try_from(page)
+            .ok()
+            .and_then(|i| self.sums.get(i).copied())
+            .unwrap_or(UNKNOWN)
+    }
+
+    fn set(&mut self, page: u64, sum: u64) {
+        let Ok(index) = usize::try_from(page) else {
+            return;
+        };
+        if self.sums.len() <= index {
+            self.sums.resize(index + 1, UNKNOWN);
+        }
+        self.sums[index] = sum;
+        self.dirty_blocks.insert(page / SUMS_PER_BLOCK);
+    }
+
+    /// The table block `block` as stored on disk.
+    fn encode_block(&self, block: u64) -> Vec<u8> {
+        let mut raw = vec![0u8; PAGE_BYTES];
+        for (i, entry) in raw.chunks_exact_mut(8).enumerate() {
+            entry.copy_from_slice(&self.get(block * SUMS_PER_BLOCK + i as u64).to_le_bytes());
+        }
+        raw
+    }
+}
+
+/// The checksum of one page; never [`UNKNOWN`].
+fn page_sum(page: &[u8]) -> u64 {
+    checksum64(page).max(1)
 }
 
 fn encode_header(len: u64) -> Vec<u8> {
@@ -63,26 +261,37 @@ fn encode_header(len: u64) -> Vec<u8> {
     header
 }
 
-fn decode_header(header: &[u8]) -> Option<u64> {
+/// Why a copy's header is unusable.
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderProblem {
+    Damaged,
+    OldLayout,
+}
+
+fn decode_header(header: &[u8]) -> Result<u64, HeaderProblem> {
+    if header[0..8] == OLD_HEADER_MAGIC {
+        return Err(HeaderProblem::OldLayout);
+    }
     if header[0..8] != HEADER_MAGIC {
-        return None;
+        return Err(HeaderProblem::Damaged);
     }
     let mut field = [0u8; 8];
     field.copy_from_slice(&header[16..24]);
     if checksum64(&header[0..16]) != u64::from_le_bytes(field) {
-        return None;
+        return Err(HeaderProblem::Damaged);
     }
     field.copy_from_slice(&header[8..16]);
-    Some(u64::from_le_bytes(field))
+    Ok(u64::from_le_bytes(field))
 }
 
-/// Copies the header and `len` database bytes of `from` over `to`, then flushes `to`.
+/// Copies the header, the checksum table and `len` database bytes of `from` over `to`, then
+/// flushes `to`.
 fn restore_copy(from: &RegionCopy, to: &RegionCopy, len: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; ZERO_CHUNK];
-    let total = HEADER_LEN + len;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let total = from.layout().data_offset() + len;
     let mut at = 0;
     while at < total {
-        let chunk = usize::try_from(total - at).map_or(ZERO_CHUNK, |n| n.min(ZERO_CHUNK));
+        let chunk = usize::try_from(total - at).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
         from.device
             .read_at(from.offset + at, &mut buf[..chunk])
             .map_err(to_io)?;
@@ -94,11 +303,43 @@ fn restore_copy(from: &RegionCopy, to: &RegionCopy, len: u64) -> io::Result<()> 
     to.device.flush().map_err(to_io)
 }
 
-fn to_io(err: crate::device::DeviceError) -> io::Error {
+fn to_io(err: DeviceError) -> io::Error {
     io::Error::other(err)
 }
 
+/// redb storage on one or more identical regions of pool members.
+#[derive(Debug)]
+pub struct MirroredRegionBackend {
+    copies: Vec<RegionCopy>,
+    /// Held across every device access, so a page and its checksum always change together.
+    pages: Mutex<PageSums>,
+    shared: Arc<Shared>,
+}
+
 impl MirroredRegionBackend {
+    fn new(copies: Vec<RegionCopy>, len: u64, pages: PageSums) -> io::Result<Self> {
+        if copies.is_empty() {
+            return Err(io::Error::other("no metadata copies"));
+        }
+        if copies.iter().any(|c| c.layout() != copies[0].layout()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the metadata copies have different sizes",
+            ));
+        }
+        let capacity = copies[0].layout().capacity;
+        Ok(Self {
+            copies,
+            pages: Mutex::new(pages),
+            shared: Arc::new(Shared {
+                len: Mutex::new(len),
+                capacity,
+                policy: Mutex::new(ReadPolicy::default()),
+                damage: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
     /// Initialises empty regions (length 0) on every copy; used by `format`.
     pub fn create(copies: Vec<RegionCopy>) -> io::Result<Self> {
         let header = encode_header(0);
@@ -106,71 +347,284 @@ impl MirroredRegionBackend {
             copy.device.write_at(copy.offset, &header).map_err(to_io)?;
             copy.device.flush().map_err(to_io)?;
         }
-        Ok(Self {
-            copies,
-            len: Arc::new(Mutex::new(0)),
-        })
+        Self::new(copies, 0, PageSums::default())
     }
 
     /// Opens existing regions. The length comes from the first copy with a valid header; a
-    /// copy whose header is unreadable or damaged is rewritten from that copy before use, so
-    /// the copies agree again.
+    /// copy whose header is unreadable or damaged is rewritten from that copy before use, and
+    /// pages whose checksums the copies disagree on are copied from the first copy, so the
+    /// copies agree again.
     pub fn open(copies: Vec<RegionCopy>) -> io::Result<Self> {
         let mut header = vec![0u8; HEADER_LEN as usize];
-        let lengths: Vec<Option<u64>> = copies
+        let lengths: Vec<Result<u64, HeaderProblem>> = copies
             .iter()
             .map(|copy| {
-                copy.device.read_at(copy.offset, &mut header).ok()?;
+                copy.device
+                    .read_at(copy.offset, &mut header)
+                    .map_err(|_| HeaderProblem::Damaged)?;
                 decode_header(&header)
             })
             .collect();
-        let Some(good) = lengths.iter().position(Option::is_some) else {
+        if lengths.contains(&Err(HeaderProblem::OldLayout)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the metadata region uses an earlier development layout without page checksums; \
+                 this version cannot read it (reformat the pool)",
+            ));
+        }
+        let Some(good) = lengths.iter().position(Result::is_ok) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "no metadata region header is readable on any copy",
             ));
         };
-        let len = lengths[good].unwrap_or(0);
-        if copies.iter().any(|copy| len > copy.capacity()) {
+        let len = lengths[good].as_ref().copied().unwrap_or(0);
+        if copies.iter().any(|copy| len > copy.layout().capacity) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "metadata length exceeds its region",
             ));
         }
         for (copy, found) in copies.iter().zip(&lengths) {
-            if found.is_none() {
+            if found.is_err() {
                 tracing::warn!(
-                    device = copy.device.name(),
-                    source = copies[good].device.name(),
+                    device = copy.name(),
+                    source = copies[good].name(),
                     "metadata copy is damaged; restoring it from the other copy"
                 );
                 restore_copy(&copies[good], copy, len)?;
             }
         }
-        Ok(Self {
+        let sums = Self::merge_tables(&copies, len.div_ceil(PAGE))?;
+        let backend = Self::new(
             copies,
-            len: Arc::new(Mutex::new(len)),
-        })
+            len,
+            PageSums {
+                sums,
+                dirty_blocks: BTreeSet::new(),
+            },
+        )?;
+        backend.reconcile()?;
+        Ok(backend)
     }
 
-    /// A handle that reports the region's use after redb owns the backend.
-    pub fn usage(&self) -> RegionUsage {
-        RegionUsage {
-            len: Arc::clone(&self.len),
-            capacity: self
-                .copies
-                .iter()
-                .map(RegionCopy::capacity)
-                .min()
-                .unwrap_or(0),
+    /// The checksum of each page as the copies' tables agree on it ([`UNKNOWN`] where they
+    /// do not). A copy whose table cannot be read has no say.
+    fn merge_tables(copies: &[RegionCopy], pages: u64) -> io::Result<Vec<u64>> {
+        let tables: Vec<Vec<u64>> = copies
+            .iter()
+            .filter_map(|copy| match copy.read_table(pages) {
+                Ok(table) => Some(table),
+                Err(err) => {
+                    tracing::warn!(device = copy.name(), error = %err, "metadata checksum table unreadable");
+                    None
+                }
+            })
+            .collect();
+        let Some(first) = tables.first() else {
+            return Err(io::Error::other(
+                "the metadata checksum table is unreadable on every copy",
+            ));
+        };
+        Ok(first
+            .iter()
+            .enumerate()
+            .map(|(i, &sum)| {
+                if tables.iter().all(|t| t[i] == sum) {
+                    sum
+                } else {
+                    UNKNOWN
+                }
+            })
+            .collect())
+    }
+
+    /// Copies every page without a known checksum from the first copy that reads it to the
+    /// others and records its checksum, then makes that durable.
+    fn reconcile(&self) -> io::Result<()> {
+        let mut pages = self.lock_pages();
+        let count = self.shared.len().div_ceil(PAGE);
+        let unknown: Vec<u64> = (0..count).filter(|&p| pages.get(p) == UNKNOWN).collect();
+        if unknown.is_empty() {
+            return Ok(());
         }
+        tracing::info!(
+            pages = unknown.len(),
+            "metadata copies disagree on pages written just before a crash; copying them from the first copy"
+        );
+        let mut buf = vec![0u8; PAGE_BYTES];
+        for page in unknown {
+            self.read_first_copy(page * PAGE, &mut buf)?;
+            self.write_all_copies(page * PAGE, &buf)?;
+            pages.set(page, page_sum(&buf));
+        }
+        self.sync_locked(&mut pages)
+    }
+
+    /// A handle that reports on the region after redb owns the backend.
+    pub fn handle(&self) -> RegionHandle {
+        RegionHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    fn lock_pages(&self) -> MutexGuard<'_, PageSums> {
+        lock(&self.pages)
     }
 
     fn write_all_copies(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         for copy in &self.copies {
-            copy.device
-                .write_at(copy.offset + HEADER_LEN + offset, data)
-                .map_err(to_io)?;
+            copy.write_data(offset, data).map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Reads from the first copy that answers, without verification; returns its index.
+    fn read_first_copy(&self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
+        let mut last_error = None;
+        for (i, copy) in self.copies.iter().enumerate() {
+            match copy.read_data(offset, out) {
+                Ok(()) => return Ok(i),
+                Err(err) => last_error = Some(err),
+            }
+        }
+        Err(last_error.map_or_else(|| io::Error::other("no metadata copies"), to_io))
+    }
+
+    /// Reads whole pages starting at page `first` into `out` (a multiple of the page size),
+    /// verifying each one and resolving bad ones from the other copies.
+    fn read_pages(&self, pages: &mut PageSums, first: u64, out: &mut [u8]) -> io::Result<()> {
+        let policy = *lock(&self.shared.policy);
+        let primary_ok = self.copies[0].read_data(first * PAGE, out).is_ok();
+        for (i, page_buf) in out.chunks_exact_mut(PAGE_BYTES).enumerate() {
+            let page = first + i as u64;
+            let expected = pages.get(page);
+            let verified = primary_ok && (expected == UNKNOWN || page_sum(page_buf) == expected);
+            if !verified || (policy.verify_every_copy && self.copies.len() > 1) {
+                self.resolve_page(pages, page, page_buf, policy)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads page `page` from every copy, fills `out` with an intact version, and records (and,
+    /// by policy, rewrites) every copy that is not intact.
+    fn resolve_page(
+        &self,
+        pages: &mut PageSums,
+        page: u64,
+        out: &mut [u8],
+        policy: ReadPolicy,
+    ) -> io::Result<()> {
+        let expected = pages.get(page);
+        let versions: Vec<Result<Vec<u8>, DeviceError>> = self
+            .copies
+            .iter()
+            .map(|copy| {
+                let mut buf = vec![0u8; PAGE_BYTES];
+                copy.read_data(page * PAGE, &mut buf).map(|()| buf)
+            })
+            .collect();
+        let intact = |data: &[u8]| expected == UNKNOWN || page_sum(data) == expected;
+        let good = versions
+            .iter()
+            .find_map(|v| v.as_ref().ok().filter(|d| intact(d)))
+            .cloned();
+        let Some(good) = good else {
+            return self.resolve_unverifiable(pages, page, out, &versions);
+        };
+        for (copy, version) in self.copies.iter().zip(&versions) {
+            let cause = match version {
+                Err(err) => format!("read failed: {err}"),
+                Ok(data) if !intact(data) => "checksum mismatch".to_owned(),
+                Ok(data) if *data != good => "differs from the other copy".to_owned(),
+                Ok(_) => continue,
+            };
+            let healed = policy.heal
+                && copy
+                    .write_data(page * PAGE, &good)
+                    .and_then(|()| copy.device.flush())
+                    .is_ok();
+            self.shared.record(PageDamage {
+                page,
+                device: Some(copy.name().to_owned()),
+                cause,
+                healed,
+            });
+        }
+        out.copy_from_slice(&good);
+        Ok(())
+    }
+
+    /// No copy of `page` matches its checksum. When every copy holds the same bytes the table
+    /// entry is stale (a crash between the page write and the table write) and is corrected;
+    /// so is the database header page, which redb writes in place and verifies itself.
+    /// Anything else is an I/O error.
+    fn resolve_unverifiable(
+        &self,
+        pages: &mut PageSums,
+        page: u64,
+        out: &mut [u8],
+        versions: &[Result<Vec<u8>, DeviceError>],
+    ) -> io::Result<()> {
+        let readable: Vec<&Vec<u8>> = versions.iter().filter_map(|v| v.as_ref().ok()).collect();
+        let all_agree = readable.len() == versions.len() && readable.iter().all(|d| *d == readable[0]);
+        match readable.first() {
+            Some(first) if all_agree || page == 0 => {
+                tracing::info!(page, "metadata page checksum entry was stale; corrected");
+                out.copy_from_slice(first);
+                pages.set(page, page_sum(first));
+                Ok(())
+            }
+            _ => {
+                let cause = if readable.is_empty() {
+                    "unreadable on every copy"
+                } else {
+                    "fails its checksum on every copy"
+                };
+                self.shared.record(PageDamage {
+                    page,
+                    device: None,
+                    cause: cause.to_owned(),
+                    healed: false,
+                });
+                Err(io::Error::other(format!("metadata page {page} {cause}")))
+            }
+        }
+    }
+
+    /// Writes `data` at `offset` to every copy and records the checksums of the pages it
+    /// covers; pages it covers only in part are read (verified), patched and written whole.
+    fn write_locked(&self, pages: &mut PageSums, offset: u64, data: &[u8]) -> io::Result<()> {
+        let first = offset / PAGE;
+        let end = (offset + data.len() as u64).div_ceil(PAGE);
+        if offset % PAGE == 0 && data.len() as u64 % PAGE == 0 {
+            self.write_all_copies(offset, data)?;
+            for (i, page_buf) in data.chunks_exact(PAGE_BYTES).enumerate() {
+                pages.set(first + i as u64, page_sum(page_buf));
+            }
+            return Ok(());
+        }
+        let mut buf = vec![0u8; usize::try_from((end - first) * PAGE).map_err(io::Error::other)?];
+        self.read_pages(pages, first, &mut buf)?;
+        let at = usize::try_from(offset - first * PAGE).map_err(io::Error::other)?;
+        buf[at..at + data.len()].copy_from_slice(data);
+        self.write_locked(pages, first * PAGE, &buf)
+    }
+
+    /// Writes the changed checksum table blocks to every copy, then flushes every copy.
+    fn sync_locked(&self, pages: &mut PageSums) -> io::Result<()> {
+        for &block in &pages.dirty_blocks {
+            let raw = pages.encode_block(block);
+            for copy in &self.copies {
+                copy.device
+                    .write_at(copy.offset + HEADER_LEN + block * PAGE, &raw)
+                    .map_err(to_io)?;
+            }
+        }
+        pages.dirty_blocks.clear();
+        for copy in &self.copies {
+            copy.device.flush().map_err(to_io)?;
         }
         Ok(())
     }
@@ -178,44 +632,44 @@ impl MirroredRegionBackend {
 
 impl redb::StorageBackend for MirroredRegionBackend {
     fn len(&self) -> Result<u64, io::Error> {
-        Ok(*self.len.lock().unwrap_or_else(PoisonError::into_inner))
+        Ok(self.shared.len())
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        let len = self.len()?;
-        if offset + out.len() as u64 > len {
+        if offset + out.len() as u64 > self.shared.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "read past the end of the metadata",
             ));
         }
-        let mut last_error = None;
-        for copy in &self.copies {
-            match copy.device.read_at(copy.offset + HEADER_LEN + offset, out) {
-                Ok(()) => return Ok(()),
-                Err(err) => {
-                    tracing::error!(device = copy.device.name(), error = %err, "metadata read failed, trying the mirror");
-                    last_error = Some(err);
-                }
-            }
+        let mut pages = self.lock_pages();
+        let first = offset / PAGE;
+        if offset % PAGE == 0 && out.len() as u64 % PAGE == 0 {
+            return self.read_pages(&mut pages, first, out);
         }
-        Err(last_error.map_or_else(|| io::Error::other("no metadata copies"), to_io))
+        let end = (offset + out.len() as u64).div_ceil(PAGE);
+        let mut buf = vec![0u8; usize::try_from((end - first) * PAGE).map_err(io::Error::other)?];
+        self.read_pages(&mut pages, first, &mut buf)?;
+        let at = usize::try_from(offset - first * PAGE).map_err(io::Error::other)?;
+        out.copy_from_slice(&buf[at..at + out.len()]);
+        Ok(())
     }
 
     fn set_len(&self, new_len: u64) -> Result<(), io::Error> {
-        let mut len = self.len.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.copies.iter().any(|copy| new_len > copy.capacity()) {
+        let mut pages = self.lock_pages();
+        let mut len = lock(&self.shared.len);
+        if new_len > self.shared.capacity {
             return Err(io::Error::new(
                 io::ErrorKind::StorageFull,
                 "the metadata region is full",
             ));
         }
         if new_len > *len {
-            let zeros = vec![0u8; ZERO_CHUNK];
+            let zeros = vec![0u8; COPY_CHUNK];
             let mut at = *len;
             while at < new_len {
-                let chunk = usize::try_from(new_len - at).map_or(ZERO_CHUNK, |n| n.min(ZERO_CHUNK));
-                self.write_all_copies(at, &zeros[..chunk])?;
+                let chunk = usize::try_from(new_len - at).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
+                self.write_locked(&mut pages, at, &zeros[..chunk])?;
                 at += chunk as u64;
             }
         }
@@ -228,20 +682,219 @@ impl redb::StorageBackend for MirroredRegionBackend {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
-        for copy in &self.copies {
-            copy.device.flush().map_err(to_io)?;
-        }
-        Ok(())
+        let mut pages = self.lock_pages();
+        self.sync_locked(&mut pages)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
-        let len = self.len()?;
-        if offset + data.len() as u64 > len {
+        if offset + data.len() as u64 > self.shared.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "write past the end of the metadata",
             ));
         }
-        self.write_all_copies(offset, data)
+        let mut pages = self.lock_pages();
+        self.write_locked(&mut pages, offset, data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::StorageBackend;
+
+    use super::*;
+    use crate::device::{CutMode, FaultPlan, FaultyDevice, MemDevice};
+
+    const REGION: u64 = 4 << 20;
+
+    struct Fixture {
+        fast: Arc<FaultyDevice>,
+        slow: Arc<FaultyDevice>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let fast = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new("fast", REGION * 2))));
+            let slow = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new("slow", REGION * 2))));
+            Self { fast, slow }
+        }
+
+        fn copies(&self) -> Vec<RegionCopy> {
+            [&self.fast, &self.slow]
+                .into_iter()
+                .map(|d| RegionCopy {
+                    device: Arc::clone(d) as Arc<dyn BlockDevice>,
+                    offset: REGION,
+                    len: REGION,
+                })
+                .collect()
+        }
+
+        /// Device offset of database byte `offset`.
+        fn data_at(&self, offset: u64) -> u64 {
+            REGION + Layout::of(REGION).data_offset() + offset
+        }
+
+        /// A backend holding three pages of distinct bytes, synced.
+        fn written(&self) -> (MirroredRegionBackend, Vec<u8>) {
+            let backend = MirroredRegionBackend::create(self.copies()).unwrap();
+            let data: Vec<u8> = (0..3 * PAGE_BYTES).map(|i| (i % 251) as u8).collect();
+            backend.set_len(data.len() as u64).unwrap();
+            backend.write(0, &data).unwrap();
+            backend.sync_data().unwrap();
+            (backend, data)
+        }
+
+        fn page_on(&self, device: &FaultyDevice, page: u64) -> Vec<u8> {
+            let mut buf = vec![0u8; PAGE_BYTES];
+            device.read_at(self.data_at(page * PAGE), &mut buf).unwrap();
+            buf
+        }
+    }
+
+    fn read(backend: &MirroredRegionBackend, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        backend.read(offset, &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn layout_fits_header_table_and_pages_in_the_region() {
+        for region in [HEADER_LEN, 8192, 16 << 20, (16 << 20) + 12_345, 64 << 30] {
+            let layout = Layout::of(region);
+            assert!(HEADER_LEN + layout.table_len + layout.capacity <= region, "{region}");
+            assert!(layout.table_len / 8 >= layout.capacity / PAGE, "{region}");
+            assert_eq!(layout.capacity % PAGE, 0);
+        }
+        assert!(Layout::of(16 << 20).capacity > (16 << 20) * 99 / 100);
+    }
+
+    #[test]
+    fn pages_survive_reopen_with_their_checksums() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        backend.write(100, b"unaligned").unwrap();
+        backend.sync_data().unwrap();
+        drop(backend);
+        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        let mut expected = data;
+        expected[100..109].copy_from_slice(b"unaligned");
+        assert_eq!(read(&backend, 0, expected.len()).unwrap(), expected);
+        assert_eq!(read(&backend, 99, 11).unwrap(), expected[99..110]);
+        assert!(backend.handle().damage().is_empty());
+    }
+
+    #[test]
+    fn a_flipped_bit_on_the_first_copy_is_served_from_the_mirror_and_healed() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        fx.fast.corrupt(fx.data_at(PAGE + 17), 3).unwrap();
+        assert_eq!(read(&backend, 0, data.len()).unwrap(), data);
+        let damage = backend.handle().damage();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].page, 1);
+        assert_eq!(damage[0].device.as_deref(), Some("faulty:fast"));
+        assert!(damage[0].healed);
+        assert_eq!(fx.page_on(&fx.fast, 1), data[PAGE_BYTES..2 * PAGE_BYTES]);
+    }
+
+    #[test]
+    fn a_read_error_on_the_first_copy_is_served_from_the_mirror() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        let at = fx.data_at(2 * PAGE);
+        fx.fast.set_plan(FaultPlan {
+            read_error_ranges: vec![at..at + 1],
+            ..FaultPlan::default()
+        });
+        assert_eq!(read(&backend, 0, data.len()).unwrap(), data);
+        let damage = backend.handle().damage();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].page, 2);
+        assert!(damage[0].cause.starts_with("read failed"), "{damage:?}");
+    }
+
+    #[test]
+    fn a_page_damaged_on_every_copy_is_an_error_not_wrong_data() {
+        let fx = Fixture::new();
+        let (backend, _) = fx.written();
+        fx.fast.corrupt(fx.data_at(PAGE + 1), 0).unwrap();
+        fx.slow.corrupt(fx.data_at(PAGE + 2), 0).unwrap();
+        let err = read(&backend, PAGE, PAGE_BYTES).unwrap_err();
+        assert!(err.to_string().contains("page 1"), "{err}");
+        assert_eq!(backend.handle().damage()[0].device, None);
+        // The other pages still read.
+        read(&backend, 0, PAGE_BYTES).unwrap();
+    }
+
+    #[test]
+    fn verifying_every_copy_finds_damage_on_the_mirror_without_healing_it() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        fx.slow.corrupt(fx.data_at(5), 1).unwrap();
+        backend.handle().set_policy(ReadPolicy {
+            verify_every_copy: true,
+            heal: false,
+        });
+        assert_eq!(read(&backend, 0, data.len()).unwrap(), data);
+        let damage = backend.handle().damage();
+        assert_eq!(damage.len(), 1, "{damage:?}");
+        assert_eq!(damage[0].device.as_deref(), Some("faulty:slow"));
+        assert!(!damage[0].healed);
+        assert_ne!(fx.page_on(&fx.slow, 0), data[..PAGE_BYTES]);
+    }
+
+    #[test]
+    fn a_stale_checksum_entry_with_identical_copies_is_corrected() {
+        let fx = Fixture::new();
+        let (backend, _) = fx.written();
+        drop(backend);
+        // Both copies get new bytes for page 2, the tables do not (a crash between the two).
+        let new_page = vec![7u8; PAGE_BYTES];
+        for device in [&fx.fast, &fx.slow] {
+            device.write_at(fx.data_at(2 * PAGE), &new_page).unwrap();
+        }
+        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        assert_eq!(read(&backend, 2 * PAGE, PAGE_BYTES).unwrap(), new_page);
+        assert!(backend.handle().damage().is_empty());
+    }
+
+    #[test]
+    fn tables_that_disagree_after_a_crash_are_reconciled_at_open() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        // Page 1 is rewritten, but only the fast copy's data and table reach the disk.
+        let new_page = vec![9u8; PAGE_BYTES];
+        backend.write(PAGE, &new_page).unwrap();
+        fx.slow.set_plan(FaultPlan {
+            fail_every_flush: true,
+            ..FaultPlan::default()
+        });
+        drop(backend.sync_data());
+        drop(backend);
+        fx.slow.power_cut(CutMode::DropAll).unwrap();
+        fx.slow.revive();
+        fx.slow.set_plan(FaultPlan::default());
+        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        assert_eq!(read(&backend, PAGE, PAGE_BYTES).unwrap(), new_page);
+        assert_eq!(fx.page_on(&fx.slow, 1), new_page);
+        assert_eq!(read(&backend, 0, PAGE_BYTES).unwrap(), data[..PAGE_BYTES]);
+        backend.handle().set_policy(ReadPolicy {
+            verify_every_copy: true,
+            heal: false,
+        });
+        read(&backend, 0, 3 * PAGE_BYTES).unwrap();
+        assert!(backend.handle().damage().is_empty());
+    }
+
+    #[test]
+    fn the_old_layout_is_refused_by_name() {
+        let fx = Fixture::new();
+        let mut header = encode_header(0);
+        header[0..8].copy_from_slice(&OLD_HEADER_MAGIC);
+        for device in [&fx.fast, &fx.slow] {
+            device.write_at(REGION, &header).unwrap();
+        }
+        let err = MirroredRegionBackend::open(fx.copies()).unwrap_err();
+        assert!(err.to_string().contains("earlier development layout"), "{err}");
     }
 }
