@@ -1,23 +1,43 @@
-//! `fsck`: a read-only consistency check of a pool's metadata (and, on request, of every data
-//! block's checksum). It reads through one redb read transaction, so it sees the last commit.
+//! `fsck`: a consistency check of a pool's metadata (and, on request, of every data block's
+//! checksum), and the repair of what is safe to repair. It reads through one redb read
+//! transaction, so it sees the last commit.
 //!
 //! Invariants checked: members' superblocks agree with each other and with their copies at the
-//! end of the device; every directory entry names a live inode of the kind it records and has
-//! its readdir index; every inode is reachable from the root (no cycles, no strays) unless it
-//! is an orphan awaiting reclaim; nlink counts; every mapped block exists; every block's
-//! refcount equals its references; no block is unreferenced (leaked); no two blocks share a
-//! sector; blocks lie inside their member's data area; per-inode space accounting.
+//! end of the device; both metadata copies hold every live page intact (every page the check
+//! reads is read from every copy and verified against its checksum, and redb verifies its own
+//! page tree); every directory entry names a live inode of the kind it records and has its
+//! readdir index; every inode is reachable from the root (no cycles, no strays) unless it is an
+//! orphan awaiting reclaim; nlink counts; every mapped block exists; every block's refcount
+//! equals its references; no block is unreferenced (leaked); no two blocks share a sector;
+//! blocks lie inside their member's data area; per-inode space accounting; extended attributes
+//! belong to live inodes; the id counters lie above every id in use.
+//!
+//! [`repair`] fixes, in one metadata transaction per pass: damaged metadata pages (rewritten
+//! from the intact copy), leaked blocks (freed), refcounts, nlink counts, space accounting,
+//! stale directory entries and readdir index entries, stray xattrs and orphan-list entries,
+//! counters, and inodes no entry names (linked into `/lost+found` as `#<inode>`). It repeats
+//! until a pass finds nothing more it can fix. What it cannot fix safely (a mapped block that
+//! does not exist, a data checksum mismatch, disagreeing superblocks, a directory cycle) stays
+//! reported.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use crate::error::{FsError, FsResult};
 use crate::format::{Superblock, SECTOR_SIZE, SUPERBLOCK_SIZE};
-use crate::meta::records::{BlockRecord, FileKind, Inode};
-use crate::meta::{BLOCKS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS};
+use crate::meta::backend::ReadPolicy;
+use crate::meta::records::{BlockRecord, FileKind, Inode, Timestamp};
+use crate::meta::{
+    self, BLOCKS, COUNTERS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS, XATTRS,
+};
 use crate::pool::Pool;
 use crate::types::InodeId;
+
+/// Where `repair` links inodes that no directory entry names.
+pub const LOST_AND_FOUND: &str = "lost+found";
+/// `repair` stops after this many passes even if each one still finds something to fix.
+const MAX_REPAIR_PASSES: usize = 4;
 
 /// One inconsistency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,9 +47,11 @@ pub struct Finding {
     pub message: String,
     /// The affected path, when one is known.
     pub path: Option<String>,
+    /// `repair` (or, for a metadata page, the read that found it) fixed it.
+    pub fixed: bool,
 }
 
-/// What `check` found and what it looked at.
+/// What `check` or `repair` found and what it looked at.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub findings: Vec<Finding>,
@@ -44,24 +66,177 @@ impl Report {
         self.findings.is_empty()
     }
 
-    fn add(&mut self, check: &'static str, message: String, path: Option<String>) {
-        self.findings.push(Finding {
-            check,
-            message,
-            path,
-        });
+    /// Findings left as they were found.
+    pub fn uncorrected(&self) -> usize {
+        self.findings.iter().filter(|f| !f.fixed).count()
     }
 }
 
-/// Checks the pool's last committed state. With `verify_data`, reads every block and verifies
-/// its checksum.
-pub fn check(pool: &Pool, verify_data: bool) -> FsResult<Report> {
-    crate::error::contain_panics("checking the metadata", || run(pool, verify_data))
+/// A change `repair` makes for one finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fix {
+    SetCounter(&'static str, u64),
+    DeleteBlock(u64),
+    SetRefcount(u64, u32),
+    SetNlink(u64, u32),
+    SetAllocated(u64, u64),
+    RemoveDirent { parent: u64, name: Vec<u8> },
+    SetDirentKind { parent: u64, name: Vec<u8> },
+    IndexDirent { parent: u64, name: Vec<u8> },
+    RemoveCookie { parent: u64, cookie: u64 },
+    RemoveXattrs(u64),
+    RemoveOrphanEntry(u64),
+    /// Link an inode that no entry names into `/lost+found`.
+    Adopt(u64),
+    /// Rewrite both superblock slots of a member from the superblock the pool opened with.
+    RewriteSuperblock(usize),
 }
 
-fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
-    let mut report = Report::default();
-    check_superblocks(pool, &mut report)?;
+/// One pass over the metadata: the findings, and the fix for each one that has one.
+#[derive(Default)]
+struct Scan {
+    report: Report,
+    fixes: Vec<Option<Fix>>,
+}
+
+impl Scan {
+    fn add(&mut self, check: &'static str, message: String, path: Option<String>) {
+        self.add_fixable(check, message, path, None);
+    }
+
+    fn add_fixable(
+        &mut self,
+        check: &'static str,
+        message: String,
+        path: Option<String>,
+        fix: Option<Fix>,
+    ) {
+        self.report.findings.push(Finding {
+            check,
+            message,
+            path,
+            fixed: false,
+        });
+        self.fixes.push(fix);
+    }
+}
+
+/// Checks the pool's last committed state without changing it; every live metadata page is
+/// read from every copy. With `verify_data`, reads every block and verifies its checksum.
+pub fn check(pool: &mut Pool, verify_data: bool) -> FsResult<Report> {
+    pool.metadata.set_policy(ReadPolicy {
+        verify_every_copy: true,
+        heal: false,
+    });
+    let damage_seen = pool.metadata.damage().len();
+    let result = crate::error::contain_panics("checking the metadata", || {
+        scan(pool, verify_data, damage_seen)
+    });
+    pool.metadata.set_policy(ReadPolicy::default());
+    Ok(result?.report)
+}
+
+/// Checks the pool and fixes what is safe to fix (see the module docs), pass after pass, then
+/// checks once more. The report lists every finding, fixed or not; a finding still present
+/// after the last pass is reported unfixed.
+pub fn repair(pool: &mut Pool, verify_data: bool) -> FsResult<Report> {
+    pool.metadata.set_policy(ReadPolicy {
+        verify_every_copy: true,
+        heal: true,
+    });
+    let result = crate::error::contain_panics("repairing the metadata", || {
+        repair_passes(pool, verify_data)
+    });
+    pool.metadata.set_policy(ReadPolicy::default());
+    result
+}
+
+fn repair_passes(pool: &mut Pool, verify_data: bool) -> FsResult<Report> {
+    let same = |a: &Finding, b: &Finding| a.check == b.check && a.message == b.message;
+    let mut report: Option<Report> = None;
+    let mut damage_seen = pool.metadata.damage().len();
+    for _ in 0..MAX_REPAIR_PASSES {
+        let pass = scan(pool, verify_data, damage_seen)?;
+        damage_seen = pool.metadata.damage().len();
+        let fixes: Vec<Fix> = pass.fixes.into_iter().flatten().collect();
+        // Pages healed while this pass read them count as work done.
+        let healed_pages = pass.report.findings.iter().any(|f| f.fixed);
+        if !fixes.is_empty() {
+            apply(pool, &fixes)?;
+        }
+        match &mut report {
+            None => report = Some(pass.report),
+            Some(report) => {
+                for finding in pass.report.findings {
+                    if !report.findings.iter().any(|f| same(f, &finding)) {
+                        report.findings.push(finding);
+                    }
+                }
+            }
+        }
+        if fixes.is_empty() && !healed_pages {
+            break;
+        }
+    }
+    let mut report = report.unwrap_or_default();
+    // A finding is fixed when the final state no longer shows it (fixing one, such as a
+    // leaked block, can clear others); what the final state still shows is not.
+    let last = scan(pool, verify_data, damage_seen)?.report;
+    for finding in &mut report.findings {
+        finding.fixed = !last.findings.iter().any(|f| same(f, finding));
+    }
+    for finding in last.findings {
+        if !report.findings.iter().any(|f| same(f, &finding)) {
+            report.findings.push(finding);
+        }
+    }
+    Ok(report)
+}
+
+fn scan(pool: &mut Pool, verify_data: bool, damage_seen: usize) -> FsResult<Scan> {
+    let mut scan = Scan::default();
+    check_superblocks(pool, &mut scan)?;
+    // redb reads and verifies its whole page tree (each page read from every copy).
+    match pool.db.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => scan.report.findings.push(Finding {
+            check: "metadata-tree",
+            message: "the metadata database repaired its own page tree".to_owned(),
+            path: None,
+            fixed: true,
+        }),
+        Err(err) => scan.add(
+            "metadata-tree",
+            format!("the metadata database fails its own check: {err}"),
+            None,
+        ),
+    }
+    check_tables(pool, verify_data, &mut scan)?;
+    for damage in pool.metadata.damage().into_iter().skip(damage_seen) {
+        scan.report.findings.push(Finding {
+            check: "metadata-copy",
+            message: match &damage.device {
+                Some(device) => format!(
+                    "metadata page {} on {device}: {}{}",
+                    damage.page,
+                    damage.cause,
+                    if damage.healed {
+                        "; rewritten from the other copy"
+                    } else {
+                        ""
+                    }
+                ),
+                None => format!("metadata page {}: {}", damage.page, damage.cause),
+            },
+            path: None,
+            fixed: damage.healed,
+        });
+        scan.fixes.push(None);
+    }
+    Ok(scan)
+}
+
+fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()> {
     let txn = pool.db.begin_read()?;
 
     let mut inodes: HashMap<u64, Inode> = HashMap::new();
@@ -71,19 +246,19 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
             Ok(inode) if inode.id.0 == key.value() => {
                 inodes.insert(key.value(), inode);
             }
-            Ok(inode) => report.add(
+            Ok(inode) => scan.add(
                 "inode-record",
                 format!("inode {} is stored under key {}", inode.id.0, key.value()),
                 None,
             ),
-            Err(err) => report.add(
+            Err(err) => scan.add(
                 "inode-record",
                 format!("inode {}: {err}", key.value()),
                 None,
             ),
         }
     }
-    report.inodes = inodes.len() as u64;
+    scan.report.inodes = inodes.len() as u64;
     let orphans: HashSet<u64> = txn
         .open_table(ORPHANS)?
         .iter()?
@@ -101,42 +276,75 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
         let (parent, name) = key.value();
         let (child, cookie, kind) = value.value();
         let name_text = String::from_utf8_lossy(name).into_owned();
+        let remove = || {
+            Some(Fix::RemoveDirent {
+                parent,
+                name: name.to_vec(),
+            })
+        };
         match inodes.get(&parent) {
             Some(dir) if dir.kind == FileKind::Directory => {}
-            Some(_) => report.add(
-                "dirent",
-                format!("entry '{name_text}' lives in non-directory inode {parent}"),
-                None,
-            ),
-            None => report.add(
-                "dirent",
-                format!("entry '{name_text}' lives in missing inode {parent}"),
-                None,
-            ),
+            Some(_) => {
+                scan.add_fixable(
+                    "dirent",
+                    format!("entry '{name_text}' lives in non-directory inode {parent}"),
+                    None,
+                    remove(),
+                );
+                continue;
+            }
+            None => {
+                scan.add_fixable(
+                    "dirent",
+                    format!("entry '{name_text}' lives in missing inode {parent}"),
+                    None,
+                    remove(),
+                );
+                continue;
+            }
         }
         match inodes.get(&child) {
-            None => report.add("dirent", format!("entry '{name_text}' in inode {parent} names missing inode {child}"), None),
-            Some(inode) if FileKind::from_byte(kind) != Some(inode.kind) => report.add(
-                "dirent",
-                format!("entry '{name_text}' in inode {parent} records the wrong kind for inode {child}"),
-                None,
-            ),
+            None => {
+                scan.add_fixable(
+                    "dirent",
+                    format!("entry '{name_text}' in inode {parent} names missing inode {child}"),
+                    None,
+                    remove(),
+                );
+                continue;
+            }
             Some(inode) => {
+                if FileKind::from_byte(kind) != Some(inode.kind) {
+                    scan.add_fixable(
+                        "dirent",
+                        format!("entry '{name_text}' in inode {parent} records the wrong kind for inode {child}"),
+                        None,
+                        Some(Fix::SetDirentKind { parent, name: name.to_vec() }),
+                    );
+                }
                 *links.entry(child).or_default() += 1;
                 if inode.kind == FileKind::Directory {
                     *subdirs.entry(parent).or_default() += 1;
                     if dir_parent.insert(child, parent).is_some() {
-                        report.add("dirent", format!("directory inode {child} has several names"), None);
+                        scan.add(
+                            "dirent",
+                            format!("directory inode {child} has several names"),
+                            None,
+                        );
                     }
                 }
             }
         }
         let indexed = cookies.get((parent, cookie))?.map(|v| v.value().to_vec());
         if indexed.as_deref() != Some(name) {
-            report.add(
+            scan.add_fixable(
                 "dirent",
                 format!("entry '{name_text}' in inode {parent} is missing from the readdir index"),
                 None,
+                Some(Fix::IndexDirent {
+                    parent,
+                    name: name.to_vec(),
+                }),
             );
         }
         entries
@@ -147,12 +355,16 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
     let dirents = txn.open_table(DIRENTS)?;
     for entry in cookies.iter()? {
         let (key, name) = entry?;
-        let (parent, _) = key.value();
-        if dirents.get((parent, name.value()))?.is_none() {
-            report.add(
+        let (parent, cookie) = key.value();
+        let points_back = dirents
+            .get((parent, name.value()))?
+            .is_some_and(|v| v.value().1 == cookie);
+        if !points_back {
+            scan.add_fixable(
                 "dirent",
                 format!("readdir index of inode {parent} names a missing entry"),
                 None,
+                Some(Fix::RemoveCookie { parent, cookie }),
             );
         }
     }
@@ -183,45 +395,68 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
 
     for (ino, inode) in &inodes {
         let path = path_of(*ino);
+        let linked = links.get(ino).copied().unwrap_or(0);
+        let named = linked > 0;
         if path.is_none() && !orphans.contains(ino) {
-            report.add(
+            // An inode no entry names is linked into /lost+found; one named only from
+            // unreachable directories becomes reachable when they are.
+            scan.add_fixable(
                 "unreachable",
                 format!("inode {ino} is not reachable from the root"),
                 None,
+                (!named && *ino != InodeId::ROOT.0).then_some(Fix::Adopt(*ino)),
             );
+            if !named {
+                continue;
+            }
         }
-        let linked = links.get(ino).copied().unwrap_or(0);
         if inode.kind == FileKind::Directory {
-            report.directories += 1;
+            scan.report.directories += 1;
             let expected = 2 + subdirs.get(ino).copied().unwrap_or(0);
             if inode.nlink != expected {
-                report.add(
+                scan.add_fixable(
                     "nlink",
                     format!("directory has nlink {} but {expected} links", inode.nlink),
                     path.clone(),
+                    Some(Fix::SetNlink(*ino, expected)),
                 );
             }
             if *ino != InodeId::ROOT.0 && dir_parent.get(ino) != Some(&inode.parent.0) {
-                report.add(
+                scan.add(
                     "parent",
                     "directory's '..' is not the directory holding it".to_owned(),
                     path.clone(),
                 );
             }
         } else if inode.nlink != linked && !(orphans.contains(ino) && inode.nlink == 0) {
-            report.add(
+            scan.add_fixable(
                 "nlink",
                 format!("nlink is {} but {linked} entries name it", inode.nlink),
                 path.clone(),
+                Some(Fix::SetNlink(*ino, linked)),
             );
         }
     }
     for ino in &orphans {
         if !inodes.contains_key(ino) {
-            report.add(
+            scan.add_fixable(
                 "orphan",
                 format!("orphan list names missing inode {ino}"),
                 None,
+                Some(Fix::RemoveOrphanEntry(*ino)),
+            );
+        }
+    }
+    let mut stray_xattrs = HashSet::new();
+    for entry in txn.open_table(XATTRS)?.iter()? {
+        let (key, _) = entry?;
+        let ino = key.value().0;
+        if !inodes.contains_key(&ino) && stray_xattrs.insert(ino) {
+            scan.add_fixable(
+                "xattr",
+                format!("extended attributes belong to missing inode {ino}"),
+                None,
+                Some(Fix::RemoveXattrs(ino)),
             );
         }
     }
@@ -237,10 +472,10 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
             Ok(record) => {
                 records.insert(id.value(), record);
             }
-            Err(err) => report.add("block-record", format!("block {}: {err}", id.value()), None),
+            Err(err) => scan.add("block-record", format!("block {}: {err}", id.value()), None),
         }
     }
-    report.blocks = records.len() as u64;
+    scan.report.blocks = records.len() as u64;
     for entry in txn.open_table(FILE_BLOCKS)?.iter()? {
         let (key, id) = entry?;
         let (ino, index) = key.value();
@@ -249,19 +484,19 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
         match inodes.get(&ino) {
             Some(inode) if inode.kind == FileKind::Regular => {
                 if inode.inline.is_some() {
-                    report.add(
+                    scan.add(
                         "block-map",
                         format!("inline file maps block {index}"),
                         path_of(ino),
                     );
                 }
             }
-            Some(_) => report.add(
+            Some(_) => scan.add(
                 "block-map",
                 format!("non-file inode {ino} maps blocks"),
                 path_of(ino),
             ),
-            None => report.add(
+            None => scan.add(
                 "block-map",
                 format!("missing inode {ino} maps block {index}"),
                 None,
@@ -269,7 +504,7 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
         }
         match records.get(&id) {
             Some(record) => *allocated.entry(ino).or_default() += record.sectors() * SECTOR_SIZE,
-            None => report.add(
+            None => scan.add(
                 "block-map",
                 format!("block {index} points to missing block {id}"),
                 path_of(ino),
@@ -280,38 +515,65 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
     for (id, record) in &records {
         let refs = references.get(id).copied().unwrap_or(0);
         if refs == 0 {
-            report.add(
+            scan.add_fixable(
                 "leaked-block",
                 format!("block {id} is allocated but no file uses it"),
                 None,
+                Some(Fix::DeleteBlock(*id)),
             );
-        } else if refs != record.refcount {
-            report.add(
+            continue;
+        }
+        if refs != record.refcount {
+            scan.add_fixable(
                 "refcount",
                 format!(
                     "block {id} has refcount {} but {refs} references",
                     record.refcount
                 ),
                 None,
+                Some(Fix::SetRefcount(*id, refs)),
             );
         }
         if let Err(err) = space.mark_used(record.device, record.sector, record.sectors()) {
-            report.add("placement", format!("block {id}: {err}"), None);
+            scan.add("placement", format!("block {id}: {err}"), None);
         }
     }
     for (ino, inode) in &inodes {
         let expected = allocated.get(ino).copied().unwrap_or(0);
         if inode.kind == FileKind::Regular && inode.allocated != expected {
-            report.add(
+            scan.add_fixable(
                 "accounting",
                 format!(
                     "records {} bytes allocated, blocks take {expected}",
                     inode.allocated
                 ),
                 path_of(*ino),
+                Some(Fix::SetAllocated(*ino, expected)),
             );
         }
     }
+
+    let counters = txn.open_table(COUNTERS)?;
+    let max_generation = inodes.values().map(|i| i.generation).max().unwrap_or(0);
+    for (name, above) in [
+        (meta::NEXT_INODE, inodes.keys().max().copied().unwrap_or(0)),
+        (meta::NEXT_BLOCK, records.keys().max().copied().unwrap_or(0)),
+        (meta::NEXT_GENERATION, max_generation),
+    ] {
+        let value = counters.get(name)?.map(|v| v.value());
+        if value.is_none_or(|v| v <= above) {
+            scan.add_fixable(
+                "counter",
+                format!(
+                    "counter {name} is {} but ids up to {above} are in use",
+                    value.map_or_else(|| "missing".to_owned(), |v| v.to_string())
+                ),
+                None,
+                Some(Fix::SetCounter(name, above + 1)),
+            );
+        }
+    }
+
     if verify_data {
         for (id, record) in &records {
             let Some(member) = pool.member(record.device) else {
@@ -323,7 +585,7 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
                 Ok(()) => {
                     buf.truncate(record.stored_len as usize);
                     if crate::codec::checksum64(&buf) != record.checksum {
-                        report.add(
+                        scan.add(
                             "checksum",
                             format!(
                                 "block {id} on device {} sector {} does not match its checksum",
@@ -333,24 +595,228 @@ fn run(pool: &Pool, verify_data: bool) -> FsResult<Report> {
                         );
                     }
                 }
-                Err(err) => report.add("data-read", format!("block {id}: {err}"), None),
+                Err(err) => scan.add("data-read", format!("block {id}: {err}"), None),
             }
-            report.blocks_verified += 1;
+            scan.report.blocks_verified += 1;
         }
     }
-    Ok(report)
+    Ok(())
 }
 
-fn check_superblocks(pool: &Pool, report: &mut Report) -> FsResult<()> {
+/// Applies one pass's fixes in one transaction (counters first, adoptions last, so the inodes
+/// and entries they create take fresh ids).
+fn apply(pool: &Pool, fixes: &[Fix]) -> FsResult<()> {
+    for fix in fixes {
+        if let Fix::RewriteSuperblock(index) = fix {
+            let member = &pool.members[*index];
+            let encoded = member.superblock.encode();
+            member.device.write_at(0, &encoded)?;
+            member
+                .device
+                .write_at(Superblock::backup_offset(member.superblock.device_size), &encoded)?;
+            member.device.flush()?;
+        }
+    }
+    let txn = pool.db.begin_write()?;
+    let mut ordered: Vec<&Fix> = fixes.iter().collect();
+    ordered.sort_by_key(|fix| match fix {
+        Fix::SetCounter(..) => 0,
+        Fix::Adopt(_) => 2,
+        _ => 1,
+    });
+    let mut lost_and_found = None;
+    for fix in ordered {
+        apply_one(&txn, fix, &mut lost_and_found)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn load_inode(txn: &WriteTransaction, ino: u64) -> FsResult<Inode> {
+    let raw = txn
+        .open_table(INODES)?
+        .get(ino)?
+        .map(|v| v.value().to_vec())
+        .ok_or(FsError::NotFound)?;
+    Inode::decode(&raw).map_err(|e| FsError::Corrupt(e.to_string()))
+}
+
+fn store_inode(txn: &WriteTransaction, inode: &Inode) -> FsResult<()> {
+    txn.open_table(INODES)?
+        .insert(inode.id.0, inode.encode().as_slice())?;
+    Ok(())
+}
+
+/// Adds `name → child` to `dir` under a fresh readdir cookie.
+fn add_entry(txn: &WriteTransaction, dir: &mut Inode, name: &[u8], child: &Inode) -> FsResult<()> {
+    let cookie = dir.next_cookie;
+    dir.next_cookie += 1;
+    txn.open_table(DIRENTS)?
+        .insert((dir.id.0, name), (child.id.0, cookie, child.kind.to_byte()))?;
+    txn.open_table(DIR_COOKIES)?
+        .insert((dir.id.0, cookie), name)?;
+    Ok(())
+}
+
+fn next_counter(txn: &WriteTransaction, name: &str) -> FsResult<u64> {
+    let mut counters = txn.open_table(COUNTERS)?;
+    let value = counters.get(name)?.map_or(1, |v| v.value());
+    counters.insert(name, value + 1)?;
+    Ok(value)
+}
+
+/// `/lost+found`, created (0700, owned by root) when missing.
+fn lost_and_found(txn: &WriteTransaction) -> FsResult<Inode> {
+    let name = LOST_AND_FOUND.as_bytes();
+    let existing = txn
+        .open_table(DIRENTS)?
+        .get((InodeId::ROOT.0, name))?
+        .map(|v| v.value().0);
+    if let Some(ino) = existing {
+        let inode = load_inode(txn, ino)?;
+        if inode.kind != FileKind::Directory {
+            return Err(FsError::Corrupt(format!(
+                "/{LOST_AND_FOUND} exists and is not a directory"
+            )));
+        }
+        return Ok(inode);
+    }
+    let mut root = load_inode(txn, InodeId::ROOT.0)?;
+    let now = Timestamp::now();
+    let dir = Inode {
+        id: InodeId(next_counter(txn, meta::NEXT_INODE)?),
+        kind: FileKind::Directory,
+        perm: 0o700,
+        uid: 0,
+        gid: 0,
+        nlink: 2,
+        rdev: 0,
+        size: 0,
+        generation: next_counter(txn, meta::NEXT_GENERATION)?,
+        allocated: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        parent: InodeId::ROOT,
+        next_cookie: 3,
+        inline: None,
+    };
+    add_entry(txn, &mut root, name, &dir)?;
+    root.nlink += 1;
+    root.mtime = now;
+    root.ctime = now;
+    store_inode(txn, &root)?;
+    store_inode(txn, &dir)?;
+    Ok(dir)
+}
+
+fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsResult<()> {
+    match fix {
+        Fix::SetCounter(name, value) => {
+            txn.open_table(COUNTERS)?.insert(*name, *value)?;
+        }
+        Fix::DeleteBlock(id) => {
+            txn.open_table(BLOCKS)?.remove(*id)?;
+        }
+        Fix::SetRefcount(id, refcount) => {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            let raw = blocks.get(*id)?.map(|v| v.value().to_vec());
+            if let Some(raw) = raw {
+                let mut record =
+                    BlockRecord::decode(&raw).map_err(|e| FsError::Corrupt(e.to_string()))?;
+                record.refcount = *refcount;
+                blocks.insert(*id, record.encode().as_slice())?;
+            }
+        }
+        Fix::SetNlink(ino, nlink) => {
+            let mut inode = load_inode(txn, *ino)?;
+            inode.nlink = *nlink;
+            store_inode(txn, &inode)?;
+        }
+        Fix::SetAllocated(ino, bytes) => {
+            let mut inode = load_inode(txn, *ino)?;
+            inode.allocated = *bytes;
+            store_inode(txn, &inode)?;
+        }
+        Fix::RemoveDirent { parent, name } => {
+            let removed = txn
+                .open_table(DIRENTS)?
+                .remove((*parent, name.as_slice()))?
+                .map(|v| v.value().1);
+            if let Some(cookie) = removed {
+                txn.open_table(DIR_COOKIES)?.remove((*parent, cookie))?;
+            }
+        }
+        Fix::SetDirentKind { parent, name } => {
+            let mut dirents = txn.open_table(DIRENTS)?;
+            let entry = dirents.get((*parent, name.as_slice()))?.map(|v| v.value());
+            if let Some((child, cookie, _)) = entry {
+                let kind = load_inode(txn, child)?.kind.to_byte();
+                dirents.insert((*parent, name.as_slice()), (child, cookie, kind))?;
+            }
+        }
+        Fix::IndexDirent { parent, name } => {
+            let entry = txn
+                .open_table(DIRENTS)?
+                .get((*parent, name.as_slice()))?
+                .map(|v| v.value());
+            if let Some((child, old_cookie, _)) = entry {
+                let cookies = txn.open_table(DIR_COOKIES)?;
+                let old = cookies.get((*parent, old_cookie))?.map(|v| v.value().to_vec());
+                if old.as_deref() == Some(name.as_slice()) {
+                    return Ok(());
+                }
+                drop(cookies);
+                let mut dir = load_inode(txn, *parent)?;
+                let child = load_inode(txn, child)?;
+                add_entry(txn, &mut dir, name, &child)?;
+                store_inode(txn, &dir)?;
+            }
+        }
+        Fix::RemoveCookie { parent, cookie } => {
+            txn.open_table(DIR_COOKIES)?.remove((*parent, *cookie))?;
+        }
+        Fix::RemoveXattrs(ino) => {
+            txn.open_table(XATTRS)?
+                .retain_in((*ino, &[][..])..(*ino + 1, &[][..]), |_, _| false)?;
+        }
+        Fix::RemoveOrphanEntry(ino) => {
+            txn.open_table(ORPHANS)?.remove(*ino)?;
+        }
+        Fix::RewriteSuperblock(_) => {}
+        Fix::Adopt(ino) => {
+            let mut dir = match lost.take() {
+                Some(dir) => dir,
+                None => lost_and_found(txn)?,
+            };
+            let mut inode = load_inode(txn, *ino)?;
+            let name = format!("#{ino}");
+            add_entry(txn, &mut dir, name.as_bytes(), &inode)?;
+            if inode.kind == FileKind::Directory {
+                inode.parent = dir.id;
+                dir.nlink += 1;
+            } else {
+                inode.nlink = 1;
+            }
+            store_inode(txn, &inode)?;
+            store_inode(txn, &dir)?;
+            *lost = Some(dir);
+        }
+    }
+    Ok(())
+}
+
+fn check_superblocks(pool: &Pool, scan: &mut Scan) -> FsResult<()> {
     let first = &pool.members[0].superblock;
-    for member in &pool.members {
+    for (index, member) in pool.members.iter().enumerate() {
         let sb = &member.superblock;
         let name = member.device.name().to_owned();
         if sb.members != first.members
             || sb.block_size != first.block_size
             || sb.label != first.label
         {
-            report.add(
+            scan.add(
                 "superblock",
                 format!("{name}: superblock disagrees with the other members"),
                 None,
@@ -367,15 +833,17 @@ fn check_superblocks(pool: &Pool, report: &mut Report) -> FsResult<()> {
                 .map_err(FsError::from)?;
             match Superblock::decode(&buf) {
                 Ok(copy) if &copy == sb => {}
-                Ok(_) => report.add(
+                Ok(_) => scan.add_fixable(
                     "superblock",
                     format!("{name}: {which} superblock differs"),
                     None,
+                    Some(Fix::RewriteSuperblock(index)),
                 ),
-                Err(err) => report.add(
+                Err(err) => scan.add_fixable(
                     "superblock",
                     format!("{name}: {which} superblock: {err}"),
                     None,
+                    Some(Fix::RewriteSuperblock(index)),
                 ),
             }
         }

@@ -382,7 +382,7 @@ fn workload(seed: u64, crash_points: u64) -> u64 {
         };
         pool.crash(fs, mode);
         crashes += 1;
-        let report = fs_core::fsck::check(&pool.pool().unwrap(), true).unwrap();
+        let report = fs_core::fsck::check(&mut pool.pool().unwrap(), true).unwrap();
         assert!(
             report.is_clean(),
             "seed {seed}, crash {crashes} ({mode:?}): fsck: {:?}",

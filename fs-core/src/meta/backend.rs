@@ -79,6 +79,12 @@ impl Layout {
     }
 }
 
+/// Where the database bytes start inside a region of `region_len` bytes (for tools and tests
+/// that address metadata pages on a device).
+pub fn database_offset(region_len: u64) -> u64 {
+    Layout::of(region_len).data_offset()
+}
+
 impl RegionCopy {
     fn layout(&self) -> Layout {
         Layout::of(self.len)
