@@ -3,6 +3,7 @@
 //!
 //! Endpoints:
 //! - `GET /v1/status` → [`Status`]
+//! - `GET /v1/fsck` → [`FsckReport`]: a read-only check of the mounted pool's metadata
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -63,6 +64,57 @@ pub struct Status {
     pub checksum_errors: u64,
     pub metadata_used_bytes: u64,
     pub metadata_capacity_bytes: u64,
+}
+
+/// One inconsistency `fsck` found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FsckFinding {
+    pub check: String,
+    pub message: String,
+    pub path: Option<String>,
+    pub fixed: bool,
+}
+
+/// An `fsck` report, from the CLI (unmounted pool) or the serving process (mounted pool).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FsckReport {
+    pub clean: bool,
+    /// Checked from the serving process of a mounted pool.
+    pub online: bool,
+    pub inodes: u64,
+    pub directories: u64,
+    pub blocks: u64,
+    pub blocks_verified: u64,
+    pub findings: Vec<FsckFinding>,
+}
+
+impl FsckReport {
+    pub fn new(report: &fs_core::fsck::Report, online: bool) -> Self {
+        Self {
+            clean: report.is_clean(),
+            online,
+            inodes: report.inodes,
+            directories: report.directories,
+            blocks: report.blocks,
+            blocks_verified: report.blocks_verified,
+            findings: report
+                .findings
+                .iter()
+                .map(|f| FsckFinding {
+                    check: f.check.to_owned(),
+                    message: f.message.clone(),
+                    path: f.path.clone(),
+                    fixed: f.fixed,
+                })
+                .collect(),
+        }
+    }
+
+    pub fn uncorrected(&self) -> usize {
+        self.findings.iter().filter(|f| !f.fixed).count()
+    }
 }
 
 /// An error body.

@@ -85,13 +85,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check an unmounted pool's consistency (read-only). Exit status as e2fsck: 0 clean,
-    /// 4 errors found (not corrected: repair is not built yet), 8 the check could not run.
+    /// Check a pool's consistency, and with --repair fix what is safe to fix. A mounted pool
+    /// is checked read-only by its serving process; --repair needs it unmounted. Exit status
+    /// as e2fsck: 0 clean, 1 errors found and all fixed, 4 errors left uncorrected, 8 the
+    /// check could not run.
     Fsck {
         /// Every member device of the pool.
         #[arg(required = true)]
         devices: Vec<PathBuf>,
-        /// Also read every data block and verify its checksum.
+        /// Fix what is safe to fix: leaked blocks, counts, stale entries, damaged metadata
+        /// copies and superblock copies; unnamed inodes go to /lost+found.
+        #[arg(long)]
+        repair: bool,
+        /// Also read every data block and verify its checksum (unmounted pools only).
         #[arg(long)]
         verify_data: bool,
         #[arg(long)]
@@ -511,32 +517,66 @@ fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
 
 /// e2fsck's exit statuses.
 const FSCK_CLEAN: u8 = 0;
+const FSCK_ERRORS_FIXED: u8 = 1;
 const FSCK_ERRORS_LEFT: u8 = 4;
 const FSCK_OPERATIONAL_ERROR: u8 = 8;
 
-fn fsck_cmd(devices: &[PathBuf], verify_data: bool, json: bool) -> anyhow::Result<u8> {
-    let pool = fs_core::pool::open_paths(devices, Backend::Auto).context("cannot open the pool")?;
-    let report = fs_core::fsck::check(&pool, verify_data)?;
-    let status = if report.is_clean() {
+/// The control socket of the process serving the pool `devices[0]` belongs to, if it is mounted.
+fn serving_socket(devices: &[PathBuf]) -> Option<(PathBuf, api::Status)> {
+    let sb = fs_core::pool::inspect_path(&devices[0]).ok()?;
+    let uuid = uuid::Uuid::from_bytes(sb.pool_uuid).to_string();
+    api::live_pools()
+        .into_iter()
+        .find(|(_, status)| status.pool_uuid == uuid)
+}
+
+fn fsck_cmd(
+    devices: &[PathBuf],
+    repair: bool,
+    verify_data: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let report = match serving_socket(devices) {
+        Some((_, status)) if repair => bail!(
+            "pool '{}' is mounted at {}: unmount it before --repair (without --repair, fsck checks a mounted pool read-only)",
+            status.label,
+            status.mountpoint
+        ),
+        Some((_, status)) if verify_data => bail!(
+            "pool '{}' is mounted at {}: --verify-data reads every block and needs the pool unmounted",
+            status.label,
+            status.mountpoint
+        ),
+        Some((socket, status)) => {
+            if !json {
+                println!(
+                    "pool '{}' is mounted at {}: checking its last commit read-only, online",
+                    status.label, status.mountpoint
+                );
+            }
+            api::get::<api::FsckReport>(&socket, "/v1/fsck")?
+        }
+        None => {
+            let mut pool = fs_core::pool::open_paths(devices, Backend::Auto)
+                .context("cannot open the pool")?;
+            let report = if repair {
+                fs_core::fsck::repair(&mut pool, verify_data)?
+            } else {
+                fs_core::fsck::check(&mut pool, verify_data)?
+            };
+            api::FsckReport::new(&report, false)
+        }
+    };
+    let status = if report.clean {
         FSCK_CLEAN
+    } else if report.uncorrected() == 0 {
+        FSCK_ERRORS_FIXED
     } else {
         FSCK_ERRORS_LEFT
     };
     if json {
-        let findings: Vec<serde_json::Value> = report
-            .findings
-            .iter()
-            .map(|f| serde_json::json!({"check": f.check, "message": f.message, "path": f.path}))
-            .collect();
-        let value = serde_json::json!({
-            "clean": report.is_clean(),
-            "exit_code": status,
-            "inodes": report.inodes,
-            "directories": report.directories,
-            "blocks": report.blocks,
-            "blocks_verified": report.blocks_verified,
-            "findings": findings,
-        });
+        let mut value = serde_json::to_value(&report)?;
+        value["exit_code"] = status.into();
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(status);
     }
@@ -552,18 +592,23 @@ fn fsck_cmd(devices: &[PathBuf], verify_data: bool, json: bool) -> anyhow::Resul
         }
     );
     for finding in &report.findings {
+        let fixed = if finding.fixed { " [fixed]" } else { "" };
         match &finding.path {
-            Some(path) => println!("{}: {}: {}", finding.check, path, finding.message),
-            None => println!("{}: {}", finding.check, finding.message),
+            Some(path) => println!("{}: {}: {}{fixed}", finding.check, path, finding.message),
+            None => println!("{}: {}{fixed}", finding.check, finding.message),
         }
     }
-    if report.is_clean() {
-        println!("clean");
-    } else {
-        println!(
-            "{} problem(s) found; none corrected (repair is not built yet)",
-            report.findings.len()
-        );
+    let left = report.uncorrected();
+    let fixed = report.findings.len() - left;
+    match (report.clean, fixed, left) {
+        (true, _, _) => println!("clean"),
+        (false, _, 0) => println!("{fixed} problem(s) found and fixed"),
+        (false, _, _) if repair => {
+            println!("{fixed} problem(s) fixed, {left} left uncorrected");
+        }
+        (false, _, _) => println!(
+            "{left} problem(s) found; none corrected (run with --repair to fix what is safe to fix)"
+        ),
     }
     Ok(status)
 }
@@ -619,10 +664,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status { target, json } => done(status_cmd(&target, json)),
         Cmd::Fsck {
             devices,
+            repair,
             verify_data,
             json,
         } => {
-            let status = fsck_cmd(&devices, verify_data, json).unwrap_or_else(|err| {
+            let status = fsck_cmd(&devices, repair, verify_data, json).unwrap_or_else(|err| {
                 eprintln!("aegis: {err:#}");
                 FSCK_OPERATIONAL_ERROR
             });

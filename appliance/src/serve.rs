@@ -14,7 +14,7 @@ use fs_core::fs::{Filesystem, FsConfig, FsStatus};
 use fs_core::fuse::MountConfig;
 use fs_core::types::Tier;
 
-use crate::api::{self, ApiError, MemberStatus, Status, TierUsage};
+use crate::api::{self, ApiError, FsckReport, MemberStatus, Status, TierUsage};
 
 /// Whether `path` is currently a mountpoint (per /proc/self/mounts).
 pub fn is_mountpoint(path: &Path) -> bool {
@@ -94,7 +94,22 @@ fn serve_api(server: &tiny_http::Server, fs: &Filesystem, mountpoint: &str, star
             (tiny_http::Method::Get, "/v1/status") => {
                 json_response(200, &api_status(&fs.status(), mountpoint, started))
             }
-            (_, "/v1/status") => json_response(
+            (tiny_http::Method::Get, "/v1/fsck") => {
+                // Commit first, so the check covers everything written so far.
+                match fs
+                    .fsync()
+                    .and_then(|()| fs_core::fsck::check_mounted(fs.pool()))
+                {
+                    Ok(report) => json_response(200, &FsckReport::new(&report, true)),
+                    Err(err) => json_response(
+                        500,
+                        &ApiError {
+                            error: format!("the check could not run: {err}"),
+                        },
+                    ),
+                }
+            }
+            (_, "/v1/status" | "/v1/fsck") => json_response(
                 405,
                 &ApiError {
                     error: "method not allowed".into(),

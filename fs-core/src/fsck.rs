@@ -80,10 +80,22 @@ enum Fix {
     SetRefcount(u64, u32),
     SetNlink(u64, u32),
     SetAllocated(u64, u64),
-    RemoveDirent { parent: u64, name: Vec<u8> },
-    SetDirentKind { parent: u64, name: Vec<u8> },
-    IndexDirent { parent: u64, name: Vec<u8> },
-    RemoveCookie { parent: u64, cookie: u64 },
+    RemoveDirent {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    SetDirentKind {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    IndexDirent {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    RemoveCookie {
+        parent: u64,
+        cookie: u64,
+    },
     RemoveXattrs(u64),
     RemoveOrphanEntry(u64),
     /// Link an inode that no entry names into `/lost+found`.
@@ -131,6 +143,27 @@ pub fn check(pool: &mut Pool, verify_data: bool) -> FsResult<Report> {
     let damage_seen = pool.metadata.damage().len();
     let result = crate::error::contain_panics("checking the metadata", || {
         scan(pool, verify_data, damage_seen)
+    });
+    pool.metadata.set_policy(ReadPolicy::default());
+    Ok(result?.report)
+}
+
+/// Checks a pool that is in use (mounted) from its serving process, read-only: the metadata as
+/// of the last commit, through a read transaction beside the live one. Live metadata pages are
+/// read from every copy; damage is healed as on every read of a mounted pool (and reported as
+/// fixed). redb's own page-tree check and data verification need the pool unmounted.
+pub fn check_mounted(pool: &Pool) -> FsResult<Report> {
+    pool.metadata.set_policy(ReadPolicy {
+        verify_every_copy: true,
+        heal: true,
+    });
+    let damage_seen = pool.metadata.damage().len();
+    let result = crate::error::contain_panics("checking the metadata", || {
+        let mut scan = Scan::default();
+        check_superblocks(pool, &mut scan)?;
+        check_tables(pool, false, &mut scan)?;
+        record_page_damage(pool, damage_seen, &mut scan);
+        Ok(scan)
     });
     pool.metadata.set_policy(ReadPolicy::default());
     Ok(result?.report)
@@ -212,7 +245,18 @@ fn scan(pool: &mut Pool, verify_data: bool, damage_seen: usize) -> FsResult<Scan
         ),
     }
     check_tables(pool, verify_data, &mut scan)?;
+    record_page_damage(pool, damage_seen, &mut scan);
+    Ok(scan)
+}
+
+/// Adds the metadata pages found bad since the damage log held `damage_seen` events (each
+/// page and copy once, however often it was read).
+fn record_page_damage(pool: &Pool, damage_seen: usize, scan: &mut Scan) {
+    let mut seen = HashSet::new();
     for damage in pool.metadata.damage().into_iter().skip(damage_seen) {
+        if !seen.insert((damage.page, damage.device.clone())) {
+            continue;
+        }
         scan.report.findings.push(Finding {
             check: "metadata-copy",
             message: match &damage.device {
@@ -233,7 +277,6 @@ fn scan(pool: &mut Pool, verify_data: bool, damage_seen: usize) -> FsResult<Scan
         });
         scan.fixes.push(None);
     }
-    Ok(scan)
 }
 
 fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()> {
@@ -611,9 +654,10 @@ fn apply(pool: &Pool, fixes: &[Fix]) -> FsResult<()> {
             let member = &pool.members[*index];
             let encoded = member.superblock.encode();
             member.device.write_at(0, &encoded)?;
-            member
-                .device
-                .write_at(Superblock::backup_offset(member.superblock.device_size), &encoded)?;
+            member.device.write_at(
+                Superblock::backup_offset(member.superblock.device_size),
+                &encoded,
+            )?;
             member.device.flush()?;
         }
     }
@@ -763,7 +807,9 @@ fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsR
                 .map(|v| v.value());
             if let Some((child, old_cookie, _)) = entry {
                 let cookies = txn.open_table(DIR_COOKIES)?;
-                let old = cookies.get((*parent, old_cookie))?.map(|v| v.value().to_vec());
+                let old = cookies
+                    .get((*parent, old_cookie))?
+                    .map(|v| v.value().to_vec());
                 if old.as_deref() == Some(name.as_slice()) {
                     return Ok(());
                 }

@@ -87,7 +87,10 @@ fn finds_wrong_nlink_with_its_path() {
         "{finding:?}"
     );
     let report = repair_until_clean(&pool);
-    assert!(report.findings.iter().all(|f| f.check == "nlink" && f.fixed));
+    assert!(report
+        .findings
+        .iter()
+        .all(|f| f.check == "nlink" && f.fixed));
     let fs = pool.open();
     assert_eq!(fs.getattr(file).unwrap().nlink, 2);
 }
@@ -221,7 +224,11 @@ fn damage_on_the_first_copy_of_the_metadata_is_served_from_the_mirror() {
     fs.shutdown().unwrap();
     drop(fs);
     let report = fs_core::fsck::check(&mut pool.pool().unwrap(), true).unwrap();
-    assert!(report.is_clean(), "reads healed the first copy: {:?}", report.findings);
+    assert!(
+        report.is_clean(),
+        "reads healed the first copy: {:?}",
+        report.findings
+    );
 }
 
 #[test]

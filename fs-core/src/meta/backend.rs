@@ -105,7 +105,8 @@ impl RegionCopy {
     }
 
     fn read_table(&self, pages: u64) -> Result<Vec<u64>, DeviceError> {
-        let mut raw = vec![0u8; usize::try_from(pages.div_ceil(SUMS_PER_BLOCK) * PAGE).unwrap_or(0)];
+        let mut raw =
+            vec![0u8; usize::try_from(pages.div_ceil(SUMS_PER_BLOCK) * PAGE).unwrap_or(0)];
         self.device.read_at(self.offset + HEADER_LEN, &mut raw)?;
         Ok(raw
             .chunks_exact(8)
@@ -251,6 +252,19 @@ impl PageSums {
         }
         raw
     }
+}
+
+/// The whole pages covering `len` bytes at `offset`: the first page, the span's length in bytes,
+/// and where `offset` lies inside it; `None` when the range is already whole pages.
+fn page_span(offset: u64, len: usize) -> io::Result<Option<(u64, usize, usize)>> {
+    if offset.is_multiple_of(PAGE) && (len as u64).is_multiple_of(PAGE) {
+        return Ok(None);
+    }
+    let first = offset / PAGE;
+    let end = (offset + len as u64).div_ceil(PAGE);
+    let span = usize::try_from((end - first) * PAGE).map_err(io::Error::other)?;
+    let at = usize::try_from(offset - first * PAGE).map_err(io::Error::other)?;
+    Ok(Some((first, span, at)))
 }
 
 /// The checksum of one page; never [`UNKNOWN`].
@@ -574,7 +588,8 @@ impl MirroredRegionBackend {
         versions: &[Result<Vec<u8>, DeviceError>],
     ) -> io::Result<()> {
         let readable: Vec<&Vec<u8>> = versions.iter().filter_map(|v| v.as_ref().ok()).collect();
-        let all_agree = readable.len() == versions.len() && readable.iter().all(|d| *d == readable[0]);
+        let all_agree =
+            readable.len() == versions.len() && readable.iter().all(|d| *d == readable[0]);
         match readable.first() {
             Some(first) if all_agree || page == 0 => {
                 tracing::info!(page, "metadata page checksum entry was stale; corrected");
@@ -602,18 +617,15 @@ impl MirroredRegionBackend {
     /// Writes `data` at `offset` to every copy and records the checksums of the pages it
     /// covers; pages it covers only in part are read (verified), patched and written whole.
     fn write_locked(&self, pages: &mut PageSums, offset: u64, data: &[u8]) -> io::Result<()> {
-        let first = offset / PAGE;
-        let end = (offset + data.len() as u64).div_ceil(PAGE);
-        if offset % PAGE == 0 && data.len() as u64 % PAGE == 0 {
+        let Some((first, span, at)) = page_span(offset, data.len())? else {
             self.write_all_copies(offset, data)?;
             for (i, page_buf) in data.chunks_exact(PAGE_BYTES).enumerate() {
-                pages.set(first + i as u64, page_sum(page_buf));
+                pages.set(offset / PAGE + i as u64, page_sum(page_buf));
             }
             return Ok(());
-        }
-        let mut buf = vec![0u8; usize::try_from((end - first) * PAGE).map_err(io::Error::other)?];
+        };
+        let mut buf = vec![0u8; span];
         self.read_pages(pages, first, &mut buf)?;
-        let at = usize::try_from(offset - first * PAGE).map_err(io::Error::other)?;
         buf[at..at + data.len()].copy_from_slice(data);
         self.write_locked(pages, first * PAGE, &buf)
     }
@@ -649,14 +661,11 @@ impl redb::StorageBackend for MirroredRegionBackend {
             ));
         }
         let mut pages = self.lock_pages();
-        let first = offset / PAGE;
-        if offset % PAGE == 0 && out.len() as u64 % PAGE == 0 {
-            return self.read_pages(&mut pages, first, out);
-        }
-        let end = (offset + out.len() as u64).div_ceil(PAGE);
-        let mut buf = vec![0u8; usize::try_from((end - first) * PAGE).map_err(io::Error::other)?];
+        let Some((first, span, at)) = page_span(offset, out.len())? else {
+            return self.read_pages(&mut pages, offset / PAGE, out);
+        };
+        let mut buf = vec![0u8; span];
         self.read_pages(&mut pages, first, &mut buf)?;
-        let at = usize::try_from(offset - first * PAGE).map_err(io::Error::other)?;
         out.copy_from_slice(&buf[at..at + out.len()]);
         Ok(())
     }
@@ -720,8 +729,14 @@ mod tests {
 
     impl Fixture {
         fn new() -> Self {
-            let fast = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new("fast", REGION * 2))));
-            let slow = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new("slow", REGION * 2))));
+            let fast = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new(
+                "fast",
+                REGION * 2,
+            ))));
+            let slow = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new(
+                "slow",
+                REGION * 2,
+            ))));
             Self { fast, slow }
         }
 
@@ -767,7 +782,10 @@ mod tests {
     fn layout_fits_header_table_and_pages_in_the_region() {
         for region in [HEADER_LEN, 8192, 16 << 20, (16 << 20) + 12_345, 64 << 30] {
             let layout = Layout::of(region);
-            assert!(HEADER_LEN + layout.table_len + layout.capacity <= region, "{region}");
+            assert!(
+                HEADER_LEN + layout.table_len + layout.capacity <= region,
+                "{region}"
+            );
             assert!(layout.table_len / 8 >= layout.capacity / PAGE, "{region}");
             assert_eq!(layout.capacity % PAGE, 0);
         }
@@ -809,7 +827,7 @@ mod tests {
         let (backend, data) = fx.written();
         let at = fx.data_at(2 * PAGE);
         fx.fast.set_plan(FaultPlan {
-            read_error_ranges: vec![at..at + 1],
+            read_error_ranges: std::iter::once(at..at + 1).collect(),
             ..FaultPlan::default()
         });
         assert_eq!(read(&backend, 0, data.len()).unwrap(), data);
@@ -901,6 +919,9 @@ mod tests {
             device.write_at(REGION, &header).unwrap();
         }
         let err = MirroredRegionBackend::open(fx.copies()).unwrap_err();
-        assert!(err.to_string().contains("earlier development layout"), "{err}");
+        assert!(
+            err.to_string().contains("earlier development layout"),
+            "{err}"
+        );
     }
 }
