@@ -14,7 +14,8 @@
 //! A page that no copy holds intact is an I/O error: never wrong metadata. One exception keeps
 //! a crash from making a pool unopenable: when every copy holds the same bytes but the table
 //! disagrees, the table entry is the stale one (the crash fell between a page write and its
-//! table write) and is corrected.
+//! table write) and is corrected; page 0, redb's header, which redb writes in place and
+//! verifies itself, is taken from the first readable copy in that case.
 //!
 //! After a crash the copies' tables may disagree for pages written since the last flush; at
 //! open, such pages are copied from the first copy to the others, so the copies agree again
