@@ -352,6 +352,22 @@ fn corrupted_block_reads_as_eio_never_wrong_data() {
 }
 
 #[test]
+fn many_small_files_between_commits_fit_where_their_sectors_fit() {
+    // 64 + 96 MiB with 128 KiB blocks: 2,000 staged 1 KiB files reserve 250 MiB of whole
+    // blocks but take 8 MiB of sectors once written.
+    let pool = TestPool::new(64, 96);
+    let fs = pool.open();
+    for i in 0..2000 {
+        let f = create_file(&fs, ROOT, &format!("small{i}"));
+        fs.write(f, 0, &pattern(i, 1024))
+            .unwrap_or_else(|e| panic!("file {i}: {e}"));
+    }
+    fs.fsync().unwrap();
+    let f = fs.lookup(ROOT, b"small1999").unwrap().ino;
+    assert_eq!(read_all(&fs, f), pattern(1999, 1024));
+}
+
+#[test]
 fn fills_fast_then_slow_then_enospc() {
     let pool = TestPool::new(64, 96);
     let fs = pool.open();

@@ -304,6 +304,11 @@ impl Tx<'_> {
             .filter(|(index, _)| !self.book.staged.contains_key(&(inode.id.0, *index)))
             .count() as u64;
         let needed = fresh * self.sectors_per_block();
+        if self.book.free_sectors() < needed && !self.book.staged.is_empty() {
+            // Reservations count whole blocks; writing out what is staged turns them into
+            // the sectors the contents really take (a 1 KiB file's block takes 4 KiB).
+            self.flush_staged()?;
+        }
         if self.book.free_sectors() < needed {
             return Err(FsError::NoSpace);
         }
