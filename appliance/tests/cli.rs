@@ -2,161 +2,15 @@
 //! serving process and its control socket. Every mount is undone by a guard, even on failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-const AEGIS: &str = env!("CARGO_BIN_EXE_aegis");
-
-/// A scratch directory with its own control-socket directory.
-struct Sandbox {
-    dir: tempfile::TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn aegis(&self, args: &[&str]) -> Output {
-        Command::new(AEGIS)
-            .args(args)
-            .env("AEGIS_RUN_DIR", self.path("run"))
-            .output()
-            .expect("run aegis")
-    }
-
-    /// Runs `aegis`, asserting success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.aegis(args);
-        assert!(
-            out.status.success(),
-            "aegis {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs `aegis`, asserting failure; returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let out = self.aegis(args);
-        assert!(
-            !out.status.success(),
-            "aegis {args:?} unexpectedly succeeded"
-        );
-        String::from_utf8(out.stderr).unwrap()
-    }
-
-    fn format(&self, fast_size: &str, slow_size: &str) -> (String, String) {
-        let fast = self.path("fast.img").display().to_string();
-        let slow = self.path("slow.img").display().to_string();
-        self.ok(&[
-            "format",
-            "--fast",
-            &fast,
-            "--fast-size",
-            fast_size,
-            "--slow",
-            &slow,
-            "--slow-size",
-            slow_size,
-            "--label",
-            "tank",
-        ]);
-        (fast, slow)
-    }
-
-    fn mount(&self, fast: &str, slow: &str) -> MountGuard<'_> {
-        let mnt = self.path("mnt");
-        fs::create_dir_all(&mnt).unwrap();
-        self.ok(&["mount", fast, slow, mnt.to_str().unwrap()]);
-        MountGuard {
-            sandbox: self,
-            mountpoint: mnt,
-        }
-    }
-}
-
-fn is_mounted(path: &Path) -> bool {
-    fs::read_to_string("/proc/self/mounts")
-        .unwrap()
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some(path.to_str().unwrap()))
-}
-
-/// Unmounts on drop, even when the test failed half-way.
-struct MountGuard<'a> {
-    sandbox: &'a Sandbox,
-    mountpoint: PathBuf,
-}
-
-impl MountGuard<'_> {
-    fn path(&self, name: &str) -> PathBuf {
-        self.mountpoint.join(name)
-    }
-
-    fn unmount(self) {
-        self.sandbox
-            .ok(&["umount", self.mountpoint.to_str().unwrap()]);
-        assert!(!is_mounted(&self.mountpoint));
-    }
-}
-
-impl Drop for MountGuard<'_> {
-    fn drop(&mut self) {
-        if is_mounted(&self.mountpoint) {
-            let _ = self
-                .sandbox
-                .aegis(&["umount", self.mountpoint.to_str().unwrap()]);
-        }
-        if is_mounted(&self.mountpoint) {
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
-    }
-}
-
-/// Sends `signal` to the serving process of pool `label` and waits for it to exit.
-fn signal_serving_process(sb: &Sandbox, label: &str, signal: &str) {
-    let status: serde_json::Value =
-        serde_json::from_str(&sb.ok(&["status", label, "--json"])).unwrap();
-    let pid = status["pid"].as_u64().unwrap();
-    Command::new("kill")
-        .args([signal, &pid.to_string()])
-        .status()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serving process survived {signal}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
+use common::{is_mounted, pattern, signal_serving_process, Sandbox};
 
 #[test]
 fn format_mount_write_remount_read() {
@@ -383,7 +237,7 @@ fn mount_over_the_dead_mount_of_a_killed_serving_process() {
     drop(file);
     signal_serving_process(&sb, "tank", "-KILL");
     // No manual cleanup: mounting again replaces the dead mount.
-    sb.ok(&["mount", &fast, &slow, mnt.mountpoint.to_str().unwrap()]);
+    mnt.mount_over_dead(&fast, &slow);
     assert_eq!(fs::read(mnt.path("kept")).unwrap(), b"fsynced");
     mnt.unmount();
 }
@@ -408,13 +262,7 @@ fn an_ambiguous_label_is_refused_and_mountpoints_still_work() {
         "--label",
         "tank",
     ]);
-    let second_mnt = sb.path("mnt2");
-    fs::create_dir_all(&second_mnt).unwrap();
-    sb.ok(&["mount", &fast2, &slow2, second_mnt.to_str().unwrap()]);
-    let second = MountGuard {
-        sandbox: &sb,
-        mountpoint: second_mnt,
-    };
+    let second = sb.mount_at(&fast2, &slow2, "mnt2");
     let err = sb.fails(&["status", "tank"]);
     assert!(err.contains("names 2 mounted pools"), "{err}");
     let status: serde_json::Value =

@@ -1,0 +1,182 @@
+//! Shared helpers of the end-to-end tests: a sandbox that runs the built `aegis` binary, a
+//! guard that undoes every mount even when a test fails, and test data.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const AEGIS: &str = env!("CARGO_BIN_EXE_aegis");
+
+/// A scratch directory with its own control-socket directory.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn aegis(&self, args: &[&str]) -> Output {
+        Command::new(AEGIS)
+            .args(args)
+            .env("AEGIS_RUN_DIR", self.path("run"))
+            .output()
+            .expect("run aegis")
+    }
+
+    /// Runs `aegis`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.aegis(args);
+        assert!(
+            out.status.success(),
+            "aegis {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `aegis`, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.aegis(args);
+        assert!(
+            !out.status.success(),
+            "aegis {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    pub fn format(&self, fast_size: &str, slow_size: &str) -> (String, String) {
+        let fast = self.path("fast.img").display().to_string();
+        let slow = self.path("slow.img").display().to_string();
+        self.ok(&[
+            "format",
+            "--fast",
+            &fast,
+            "--fast-size",
+            fast_size,
+            "--slow",
+            &slow,
+            "--slow-size",
+            slow_size,
+            "--label",
+            "tank",
+        ]);
+        (fast, slow)
+    }
+
+    /// Mounts the pool at `mnt` in the sandbox.
+    pub fn mount(&self, fast: &str, slow: &str) -> MountGuard<'_> {
+        self.mount_at(fast, slow, "mnt")
+    }
+
+    /// Mounts the pool at the sandbox directory `name`, creating it.
+    pub fn mount_at(&self, fast: &str, slow: &str, name: &str) -> MountGuard<'_> {
+        let mnt = self.path(name);
+        fs::create_dir_all(&mnt).unwrap();
+        self.ok(&["mount", fast, slow, mnt.to_str().unwrap()]);
+        MountGuard {
+            sandbox: self,
+            mountpoint: mnt,
+        }
+    }
+}
+
+/// How many mounts sit on `path` (stacked mounts count once each).
+pub fn mount_count(path: &Path) -> usize {
+    fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(path.to_str().unwrap()))
+        .count()
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    mount_count(path) > 0
+}
+
+/// Unmounts on drop, even when the test failed half-way.
+pub struct MountGuard<'a> {
+    sandbox: &'a Sandbox,
+    pub mountpoint: PathBuf,
+}
+
+impl MountGuard<'_> {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.mountpoint.join(name)
+    }
+
+    /// Mounts the pool again over this mountpoint, whose serving process died: `aegis mount`
+    /// itself must replace the dead mount.
+    pub fn mount_over_dead(&self, fast: &str, slow: &str) {
+        self.sandbox
+            .ok(&["mount", fast, slow, self.mountpoint.to_str().unwrap()]);
+    }
+
+    pub fn unmount(self) {
+        self.sandbox
+            .ok(&["umount", self.mountpoint.to_str().unwrap()]);
+        assert!(!is_mounted(&self.mountpoint));
+    }
+}
+
+impl Drop for MountGuard<'_> {
+    fn drop(&mut self) {
+        if is_mounted(&self.mountpoint) {
+            let _ = self
+                .sandbox
+                .aegis(&["umount", self.mountpoint.to_str().unwrap()]);
+        }
+        // Whatever is left, dead mounts stacked under a live one included.
+        for _ in 0..8 {
+            if !is_mounted(&self.mountpoint) {
+                break;
+            }
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+/// Sends `signal` to the serving process of pool `label` and waits for it to exit.
+pub fn signal_serving_process(sb: &Sandbox, label: &str, signal: &str) {
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", label, "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "serving process survived {signal}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Deterministic test data.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
