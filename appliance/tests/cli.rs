@@ -337,9 +337,22 @@ fn fsck_reports_clean_damaged_and_in_use_with_e2fsck_exit_codes() {
     let (fast, slow) = sb.format("256M", "256M");
     let guard = sb.mount(&fast, &slow);
     fs::write(guard.path("data"), pattern(8, 1 << 20)).unwrap();
-    let busy = sb.aegis(&["fsck", &fast, &slow]);
+    // A mounted pool is checked online, read-only; repairing it is refused.
+    let online = sb.aegis(&["fsck", &fast, &slow, "--json"]);
+    assert_eq!(online.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&online.stdout).unwrap();
+    assert_eq!(report["online"], true);
+    assert_eq!(
+        report["blocks"], 8,
+        "the check covers what was just written"
+    );
+    let busy = sb.aegis(&["fsck", "--repair", &fast, &slow]);
     assert_eq!(busy.status.code(), Some(8));
-    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("unmount it before --repair"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
     guard.unmount();
 
     let clean = sb.aegis(&["fsck", &fast, &slow, "--verify-data"]);
@@ -370,6 +383,58 @@ fn fsck_reports_clean_damaged_and_in_use_with_e2fsck_exit_codes() {
     let report: serde_json::Value = serde_json::from_slice(&damaged.stdout).unwrap();
     assert_eq!(report["clean"], false);
     assert_eq!(report["findings"][0]["check"], "checksum");
+    // A damaged data block cannot be repaired without a second copy.
+    let repair = sb.aegis(&["fsck", "--repair", &fast, &slow, "--verify-data"]);
+    assert_eq!(repair.status.code(), Some(4));
     let missing = sb.aegis(&["fsck", &fast]);
     assert_eq!(missing.status.code(), Some(8));
+}
+
+#[test]
+fn fsck_repair_rewrites_a_damaged_metadata_copy() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    for i in 0..200 {
+        fs::write(guard.path(&format!("f{i}")), pattern(i, 100)).unwrap();
+    }
+    guard.unmount();
+    // Flip one byte in each of the first 64 pages of the slow member's metadata database.
+    let info: serde_json::Value = serde_json::from_str(&sb.ok(&["info", &slow, "--json"])).unwrap();
+    let region = &info["superblock"]["metadata_region"];
+    let (offset, length) = (
+        region["offset"].as_u64().unwrap(),
+        region["length"].as_u64().unwrap(),
+    );
+    let database = offset + fs_core::meta::backend::database_offset(length);
+    let mut image = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slow)
+        .unwrap();
+    for page in 0..64 {
+        let at = database + page * 4096 + 300;
+        let mut byte = [0u8; 1];
+        image.seek(SeekFrom::Start(at)).unwrap();
+        image.read_exact(&mut byte).unwrap();
+        image.seek(SeekFrom::Start(at)).unwrap();
+        image.write_all(&[byte[0] ^ 0x40]).unwrap();
+    }
+    drop(image);
+    let found = sb.aegis(&["fsck", &fast, &slow]);
+    assert_eq!(found.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&found.stdout).contains("metadata-copy"));
+    let repaired = sb.aegis(&["fsck", "--repair", &fast, &slow]);
+    assert_eq!(
+        repaired.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&repaired.stdout)
+    );
+    assert!(String::from_utf8_lossy(&repaired.stdout).contains("[fixed]"));
+    let clean = sb.aegis(&["fsck", &fast, &slow]);
+    assert_eq!(clean.status.code(), Some(0));
+    let guard = sb.mount(&fast, &slow);
+    assert_eq!(fs::read(guard.path("f199")).unwrap(), pattern(199, 100));
+    guard.unmount();
 }
