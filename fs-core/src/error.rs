@@ -54,8 +54,13 @@ pub enum FsError {
     },
     #[error("metadata is corrupt: {0}")]
     Corrupt(String),
-    #[error("the pool stopped accepting writes after an I/O failure; remount it")]
-    Poisoned,
+    /// The pool went read-only after a failure (logged when it happened): modifications and
+    /// fsync are refused until the pool is remounted; reads see the last commit.
+    #[error("the pool is read-only after an earlier failure (see the log); remount it")]
+    ReadOnly,
+    /// The filesystem cannot serve even reads after an earlier failure (see the log).
+    #[error("the filesystem stopped after an earlier failure (see the log); remount the pool")]
+    Failed,
     #[error("device I/O failed")]
     Device(#[from] DeviceError),
     #[error("metadata store failed")]
@@ -87,9 +92,10 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::AttrTooBig => libc::E2BIG,
             FsError::NoSuchOffset => libc::ENXIO,
+            FsError::ReadOnly => libc::EROFS,
             FsError::Checksum { .. }
             | FsError::Corrupt(_)
-            | FsError::Poisoned
+            | FsError::Failed
             | FsError::Device(_)
             | FsError::Meta(_)
             | FsError::Refused { .. }

@@ -511,7 +511,7 @@ fn full_metadata_region_is_enospc_and_the_pool_reopens_intact() {
     assert_eq!(err.errno(), libc_enospc());
     assert!(matches!(
         fs.unlink(ROOT, b"small-000000"),
-        Err(FsError::Poisoned)
+        Err(FsError::ReadOnly)
     ));
     drop(fs);
     let fs = pool.open();
@@ -560,7 +560,7 @@ fn small_writes_to_one_block_cost_one_block_write() {
 }
 
 #[test]
-fn failed_flush_poisons_until_remount_and_keeps_the_last_commit() {
+fn failed_flush_makes_the_pool_read_only_and_keeps_the_last_commit() {
     use fs_core::device::FaultPlan;
     let pool = TestPool::new(64, 128);
     let fs = pool.open();
@@ -574,8 +574,8 @@ fn failed_flush_poisons_until_remount_and_keeps_the_last_commit() {
     });
     assert!(fs.fsync().is_err(), "a failed device flush must fail fsync");
     // No silent retry: everything after a failed flush fails until the pool is remounted.
-    assert!(matches!(fs.write(f, 0, b"x"), Err(FsError::Poisoned)));
-    assert!(matches!(fs.fsync(), Err(FsError::Poisoned)));
+    assert!(matches!(fs.write(f, 0, b"x"), Err(FsError::ReadOnly)));
+    assert!(matches!(fs.fsync(), Err(FsError::ReadOnly)));
     pool.fast.set_plan(FaultPlan::default());
     pool.crash(fs, CutMode::DropAll);
     let fs = pool.open();

@@ -207,21 +207,11 @@ impl Filesystem {
     /// Reads up to `size` bytes at `offset` (fewer at end of file).
     pub fn read(&self, ino: InodeId, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let bs = self.block_size;
-        let (mut out, plan, _gate) = {
-            let mut guard = self.lock_state();
-            let state = &mut *guard;
-            let Some(txn) = state.txn.as_ref() else {
-                return Err(FsError::Poisoned);
-            };
-            let tx = Tx {
-                fs: self,
-                txn,
-                book: &mut state.book,
-            };
+        let (mut out, plan, _gate) = self.view(|tx| {
             let inode = tx.inode(ino)?;
             regular(&inode)?;
             if offset >= inode.size {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), Vec::new(), None));
             }
             let end = inode.size.min(offset + u64::from(size));
             let mut out = vec![0u8; to_usize(end - offset)];
@@ -229,7 +219,7 @@ impl Filesystem {
                 let start = to_usize(offset).min(inline.len());
                 let stop = to_usize(end).min(inline.len());
                 out[..stop - start].copy_from_slice(&inline[start..stop]);
-                return Ok(out);
+                return Ok((out, Vec::new(), None));
             }
             let blocks = offset / bs..(end - 1) / bs + 1;
             let staged = tx.staged_indices(ino, blocks.clone());
@@ -275,8 +265,8 @@ impl Filesystem {
                 .free_gate
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            (out, plan, gate)
-        };
+            Ok((out, plan, Some(gate)))
+        })?;
         let wanted: Vec<(u64, BlockRecord)> = plan.iter().map(|p| (p.3, p.4)).collect();
         let contents = self.read_blocks(&wanted)?;
         for ((at, in_block, len, _, _), content) in plan.into_iter().zip(contents) {
@@ -349,7 +339,7 @@ impl Filesystem {
 
     /// `lseek` with `SEEK_DATA` or `SEEK_HOLE`.
     pub fn seek(&self, ino: InodeId, offset: u64, whence: Whence) -> FsResult<u64> {
-        self.with_tx(|tx| {
+        self.view(|tx| {
             let inode = tx.inode(ino)?;
             regular(&inode)?;
             if offset >= inode.size {

@@ -14,8 +14,19 @@
 //! - sectors freed in a transaction group return to the allocator only after that group is
 //!   durable, and only while no reader is still reading them (the free gate);
 //! - an operation checks everything that can fail for a logical reason before it changes
-//!   anything, so a failed call leaves the namespace as it was. A metadata-store failure
-//!   poisons the filesystem: every later call fails until the pool is remounted.
+//!   anything, so a failed call leaves the namespace as it was.
+//!
+//! Failures: a device read error fails only the call that met it (EIO). A failed write or
+//! flush of a device, or any metadata-store error, makes the pool read-only until it is
+//! remounted. The call that met it fails with EIO (ENOSPC for a full metadata region) and the
+//! cause is logged once, at error level. The open transaction group is dropped with everything
+//! staged in it, as a crash would drop it: nothing from it is ever committed, so no block whose
+//! write failed (or whose device lost it in a failed flush) is referenced, and nothing it freed
+//! is reused. Writes are not retried: a device that failed a flush may have dropped earlier
+//! writes it had acknowledged, and a retried flush could then succeed without them. From then
+//! on every modification, fsync and unmount fails with EROFS ([`FsError::ReadOnly`]) while
+//! lookups, reads, readdir and xattr reads are served from the last commit as the devices hold
+//! it (see `view.rs`).
 //!
 //! The verbs live in submodules: [`namespace`] (create, link, unlink, rename, readdir, …),
 //! [`data`] (read, write, truncate, fallocate, lseek) and [`xattr`].
@@ -24,6 +35,7 @@ mod cache;
 mod data;
 mod namespace;
 mod tx;
+mod view;
 mod xattr;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,16 +73,6 @@ const STAGED_LIMIT: u64 = 64 * 1024 * 1024;
 /// memory and the metadata space it can hold unreclaimed (redb reuses pages freed in a
 /// transaction only after it commits).
 const MAX_DIRTY_RECORDS: u64 = 65_536;
-
-/// Logs an error that poisoned the filesystem; a full metadata region becomes `MetadataFull`.
-fn metadata_failure(err: FsError) -> FsError {
-    if is_storage_full(&err) {
-        tracing::error!("the metadata region is full; the pool is now read-only until remounted");
-        return FsError::MetadataFull;
-    }
-    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "metadata store or commit failed; the pool is now read-only until remounted");
-    err
-}
 
 fn is_storage_full(err: &FsError) -> bool {
     matches!(err, FsError::Meta(redb::Error::Io(io)) if io.kind() == std::io::ErrorKind::StorageFull)
@@ -236,15 +238,33 @@ impl Book {
 }
 
 struct State {
-    /// `None` once poisoned.
+    /// The open transaction group; `None` once the pool is read-only.
     txn: Option<WriteTransaction>,
+    /// While read-only: the last commit, which reads are served from (`None` if it could not
+    /// be read back).
+    view: Option<view::View>,
     book: Book,
+}
+
+impl State {
+    /// A `Tx` for a verb that changes nothing: on the open group, or on the last commit once
+    /// the pool is read-only.
+    fn reader<'s>(&'s mut self, fs: &'s Filesystem) -> FsResult<Tx<'s>> {
+        let State { txn, view, book } = self;
+        let txn = match (txn.as_ref(), view.as_ref()) {
+            (Some(txn), _) => txn,
+            (None, Some(view)) => view.txn(),
+            (None, None) => return Err(FsError::Failed),
+        };
+        Ok(Tx { fs, txn, book })
+    }
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("poisoned", &self.txn.is_none())
+            .field("read_only", &self.txn.is_none())
+            .field("view", &self.view)
             .field("book", &self.book)
             .finish()
     }
@@ -313,6 +333,7 @@ impl Filesystem {
             config,
             state: Mutex::new(State {
                 txn: Some(txn),
+                view: None,
                 book: Book {
                     alloc,
                     pending_free: Vec::new(),
@@ -352,8 +373,11 @@ impl Filesystem {
                 std::thread::sleep(tick);
                 let Some(fs) = weak.upgrade() else { return };
                 if fs.commit_due() {
+                    // A failure that made the pool read-only was logged as it did.
                     if let Err(err) = fs.commit() {
-                        tracing::error!(error = %err, "periodic commit failed");
+                        if !fs.is_read_only() {
+                            tracing::error!(error = %err, "periodic commit failed");
+                        }
                     }
                 }
             })
@@ -372,16 +396,37 @@ impl Filesystem {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `op` in the open transaction group. A metadata-store error poisons the filesystem.
+    /// Runs a verb that may change something in the open transaction group; once the pool is
+    /// read-only it fails with [`FsError::ReadOnly`] without running.
     fn with_tx<T>(&self, op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>) -> FsResult<T> {
         let mut guard = self.lock_state();
+        self.modify_locked(&mut guard, op)
+    }
+
+    /// Runs a verb that changes nothing: in the open transaction group, or on the last commit
+    /// once the pool is read-only.
+    fn view<T>(&self, op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>) -> FsResult<T> {
+        let mut guard = self.lock_state();
         let state = &mut *guard;
+        if state.txn.is_some() {
+            return self.run_locked(state, op);
+        }
+        op(&mut state.reader(self)?)
+    }
+
+    /// `with_tx` on a `state` the caller has locked: runs `op`, then writes staged blocks out
+    /// or commits when their limits are passed.
+    fn modify_locked<T>(
+        &self,
+        state: &mut State,
+        op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>,
+    ) -> FsResult<T> {
         let result = self.run_locked(state, op);
         if state.txn.is_none() {
             return result;
         }
         if state.book.staged_bytes >= STAGED_LIMIT {
-            if let Err(err) = self.run_locked(state, |tx| tx.flush_staged()) {
+            if let Err(err) = self.flush_locked(state) {
                 if state.txn.is_none() {
                     return Err(err);
                 }
@@ -397,25 +442,77 @@ impl Filesystem {
     }
 
     /// Runs `op` on the open transaction group of `state` (locked by the caller); a
-    /// metadata-store error poisons the filesystem.
+    /// metadata-store error makes the pool read-only.
     fn run_locked<T>(
         &self,
         state: &mut State,
         op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>,
     ) -> FsResult<T> {
         let Some(txn) = state.txn.as_ref() else {
-            return Err(FsError::Poisoned);
+            return Err(FsError::ReadOnly);
         };
         let result = op(&mut Tx {
             fs: self,
             txn,
             book: &mut state.book,
         });
-        if let Err(FsError::Meta(_)) = &result {
-            state.txn = None;
-            return result.map_err(metadata_failure);
+        match result {
+            Err(err @ FsError::Meta(_)) => Err(self.fail(state, err)),
+            other => other,
         }
-        result
+    }
+
+    /// Writes the staged blocks out. ENOSPC (a fragmented, nearly full pool) keeps them staged
+    /// and the pool writable; a device error makes the pool read-only.
+    fn flush_locked(&self, state: &mut State) -> FsResult<()> {
+        match self.run_locked(state, |tx| tx.flush_staged()) {
+            Err(err @ FsError::Device(_)) => Err(self.fail(state, err)),
+            other => other,
+        }
+    }
+
+    /// Makes the pool read-only after `err`, which is logged here, once: the open transaction
+    /// group is dropped with everything staged in it, and reads are served from the last commit
+    /// as the devices hold it. Returns the error for the operation that met it (a full metadata
+    /// region becomes [`FsError::MetadataFull`]).
+    fn fail(&self, state: &mut State, err: FsError) -> FsError {
+        let err = if is_storage_full(&err) {
+            FsError::MetadataFull
+        } else {
+            err
+        };
+        tracing::error!(
+            error = %err,
+            cause = ?std::error::Error::source(&err),
+            "the pool is now read-only until remounted; uncommitted changes are dropped"
+        );
+        self.enter_read_only(state);
+        err
+    }
+
+    fn enter_read_only(&self, state: &mut State) {
+        state.txn = None;
+        let book = &mut state.book;
+        book.staged.clear();
+        book.staged_bytes = 0;
+        book.reserved_sectors = 0;
+        // Sectors freed in the lost group stay in use: the last commit still points at them.
+        book.pending_free.clear();
+        book.dirty = false;
+        book.dirty_bytes = 0;
+        book.dirty_records = 0;
+        book.dirty_since = None;
+        state.view = match view::View::open(&self.pool) {
+            Ok(view) => Some(view),
+            Err(err) => {
+                tracing::error!(
+                    error = %err,
+                    cause = ?std::error::Error::source(&err),
+                    "the last commit cannot be read back; reads fail until the pool is remounted"
+                );
+                None
+            }
+        };
     }
 
     /// Makes everything done so far durable.
@@ -425,17 +522,16 @@ impl Filesystem {
     }
 
     fn commit_locked(&self, state: &mut State) -> FsResult<()> {
-        // Staged data goes to the devices first; ENOSPC here (a fragmented, nearly full pool)
-        // keeps it staged and fails this commit without losing anything.
-        self.run_locked(state, |tx| tx.flush_staged())?;
-        let Some(txn) = state.txn.take() else {
-            return Err(FsError::Poisoned);
-        };
-        let book = &mut state.book;
-        if !book.dirty {
-            state.txn = Some(txn);
+        // Staged data goes to the devices first; ENOSPC here keeps it staged and fails this
+        // commit without losing anything.
+        self.flush_locked(state)?;
+        if !state.book.dirty {
             return Ok(());
         }
+        let Some(txn) = state.txn.take() else {
+            return Err(FsError::ReadOnly);
+        };
+        let book = &mut state.book;
         let result = (|| -> FsResult<()> {
             {
                 let mut counters = txn.open_table(COUNTERS)?;
@@ -451,8 +547,9 @@ impl Filesystem {
             Ok(())
         })();
         if let Err(err) = result {
-            return Err(metadata_failure(err));
+            return Err(self.fail(state, err));
         }
+        let book = &mut state.book;
         {
             let _exclusive = self
                 .free_gate
@@ -471,7 +568,13 @@ impl Filesystem {
         book.dirty_since = None;
         book.commits += 1;
         book.last_commit = Some(Instant::now());
-        state.txn = Some(self.pool.db.begin_write()?);
+        match self.pool.db.begin_write() {
+            Ok(txn) => state.txn = Some(txn),
+            // The commit is durable; only what comes after it is refused.
+            Err(err) => {
+                self.fail(state, err.into());
+            }
+        }
         Ok(())
     }
 
@@ -551,9 +654,22 @@ impl Filesystem {
         }
     }
 
-    /// Stops accepting changes until the pool is remounted (after an internal error).
-    pub fn poison(&self) {
-        self.lock_state().txn = None;
+    /// Makes the pool read-only until it is remounted (after an internal error, `cause`),
+    /// logging why; does nothing if it already is.
+    pub fn set_read_only(&self, cause: &str) {
+        let mut state = self.lock_state();
+        if state.txn.is_some() {
+            tracing::error!(
+                cause,
+                "the pool is now read-only until remounted; uncommitted changes are dropped"
+            );
+            self.enter_read_only(&mut state);
+        }
+    }
+
+    /// Whether the pool went read-only after a failure.
+    pub fn is_read_only(&self) -> bool {
+        self.lock_state().txn.is_none()
     }
 
     pub fn pool(&self) -> &Pool {

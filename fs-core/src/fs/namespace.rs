@@ -89,7 +89,7 @@ impl Filesystem {
         if name.len() > MAX_NAME_LEN {
             return Err(FsError::NameTooLong);
         }
-        self.with_tx(|tx| {
+        self.view(|tx| {
             let dir = tx.directory(parent)?;
             let child = match name {
                 b"." => dir.id,
@@ -101,7 +101,7 @@ impl Filesystem {
     }
 
     pub fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
-        self.with_tx(|tx| tx.attr(&tx.inode(ino)?))
+        self.view(|tx| tx.attr(&tx.inode(ino)?))
     }
 
     pub fn setattr(&self, ino: InodeId, changes: &SetAttr) -> FsResult<Attr> {
@@ -218,7 +218,7 @@ impl Filesystem {
     }
 
     pub fn readlink(&self, ino: InodeId) -> FsResult<Vec<u8>> {
-        self.with_tx(|tx| {
+        self.view(|tx| {
             let inode = tx.inode(ino)?;
             if inode.kind != FileKind::Symlink {
                 return Err(FsError::Invalid("not a symbolic link"));
@@ -390,7 +390,7 @@ impl Filesystem {
     /// Lists a directory from `offset` (0 to start, else a cookie returned earlier), at most
     /// `limit` entries, starting with `.` and `..`.
     pub fn readdir(&self, ino: InodeId, offset: u64, limit: usize) -> FsResult<Vec<DirEntry>> {
-        self.with_tx(|tx| {
+        self.view(|tx| {
             let dir = tx.directory(ino)?;
             let mut out = Vec::new();
             if offset < 1 {
@@ -440,28 +440,33 @@ impl Filesystem {
 
     /// Notes that `ino` was opened; unlinked inodes stay until the matching release.
     pub fn open(&self, ino: InodeId) -> FsResult<Attr> {
-        self.with_tx(|tx| {
+        self.view(|tx| {
             let inode = tx.inode(ino)?;
             *tx.book.open_counts.entry(ino.0).or_insert(0) += 1;
             tx.attr(&inode)
         })
     }
 
+    /// Notes that `ino` was closed; an unlinked inode is freed at its last close (or, while
+    /// the pool is read-only, left to the next mount's orphan reclaim).
     pub fn release(&self, ino: InodeId) -> FsResult<()> {
-        self.with_tx(|tx| {
-            let Some(count) = tx.book.open_counts.get_mut(&ino.0) else {
-                return Ok(());
-            };
-            *count -= 1;
-            if *count > 0 {
-                return Ok(());
-            }
-            tx.book.open_counts.remove(&ino.0);
-            match tx.inode(ino) {
-                Ok(inode) if inode.nlink == 0 => tx.free_inode(ino),
-                Ok(_) | Err(FsError::NotFound) => Ok(()),
-                Err(err) => Err(err),
-            }
+        let mut guard = self.lock_state();
+        let state = &mut *guard;
+        let Some(count) = state.book.open_counts.get_mut(&ino.0) else {
+            return Ok(());
+        };
+        *count -= 1;
+        if *count > 0 {
+            return Ok(());
+        }
+        state.book.open_counts.remove(&ino.0);
+        if state.txn.is_none() {
+            return Ok(());
+        }
+        self.modify_locked(state, |tx| match tx.inode(ino) {
+            Ok(inode) if inode.nlink == 0 => tx.free_inode(ino),
+            Ok(_) | Err(FsError::NotFound) => Ok(()),
+            Err(err) => Err(err),
         })
     }
 }

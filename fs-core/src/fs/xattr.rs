@@ -15,7 +15,7 @@ const MAX_XATTR_VALUE: usize = 64 * 1024;
 
 impl Filesystem {
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> FsResult<Vec<u8>> {
-        self.with_tx(|tx| {
+        self.view(|tx| {
             tx.inode(ino)?;
             let table = tx.txn.open_table(XATTRS)?;
             let value = table.get((ino.0, name))?.ok_or(FsError::NoAttr)?;
@@ -51,7 +51,7 @@ impl Filesystem {
 
     /// Attribute names, each followed by a NUL byte.
     pub fn listxattr(&self, ino: InodeId) -> FsResult<Vec<u8>> {
-        self.with_tx(|tx| {
+        self.view(|tx| {
             tx.inode(ino)?;
             let mut out = Vec::new();
             for name in tx.xattr_names(ino)? {

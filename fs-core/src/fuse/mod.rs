@@ -215,16 +215,17 @@ fn reply_xattr(reply: ReplyXattr, size: u32, result: Result<Vec<u8>, FsError>) {
 }
 
 impl AegisFuse {
-    /// Runs one filesystem call. A panic is a bug: it is logged, the filesystem stops taking
-    /// changes (its state may be half-updated) and the request fails with EIO, but the mount
-    /// keeps serving reads instead of vanishing under its users.
+    /// Runs one filesystem call. A panic is a bug: the request fails with EIO and the pool
+    /// goes read-only (its open transaction group may be half-updated), logged as any failure
+    /// is, but the mount keeps serving reads of the last commit instead of vanishing under its
+    /// users.
     fn call<T>(&self, op: impl FnOnce(&Filesystem) -> Result<T, FsError>) -> Result<T, FsError> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&self.fs))) {
             Ok(result) => result,
             Err(_) => {
-                tracing::error!("internal error while serving a request; the pool is now read-only until remounted");
-                self.fs.poison();
-                Err(FsError::Poisoned)
+                self.fs
+                    .set_read_only("internal error (a panic) while serving a request");
+                Err(FsError::Failed)
             }
         }
     }
