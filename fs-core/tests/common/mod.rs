@@ -1,8 +1,10 @@
 //! Shared helpers: in-memory pools behind fault-injecting devices.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fs_core::device::{BlockDevice, FaultyDevice, MemDevice};
 use fs_core::fs::{Caller, Filesystem, FsConfig, NewNode};
@@ -79,6 +81,39 @@ impl TestPool {
         )
     }
 
+    /// The fast member (`true`) or the slow one.
+    pub fn member(&self, fast: bool) -> &Arc<FaultyDevice> {
+        if fast {
+            &self.fast
+        } else {
+            &self.slow
+        }
+    }
+
+    /// Byte range of the data area of a member.
+    pub fn data_area(&self, fast: bool) -> Range<u64> {
+        let sb = fs_core::pool::read_superblock(self.member(fast).as_ref()).unwrap();
+        sb.data_start..sb.data_end
+    }
+
+    /// Byte range of the metadata region of a member.
+    pub fn metadata_region(&self, fast: bool) -> Range<u64> {
+        let sb = fs_core::pool::read_superblock(self.member(fast).as_ref()).unwrap();
+        sb.meta_offset..sb.meta_offset + sb.meta_len
+    }
+
+    /// Clears every fault plan.
+    pub fn clear_faults(&self) {
+        self.fast.set_plan(fs_core::device::FaultPlan::default());
+        self.slow.set_plan(fs_core::device::FaultPlan::default());
+    }
+
+    /// Runs `fsck` with data checksums and fails on any finding.
+    pub fn assert_fsck_clean(&self, context: &str) {
+        let report = fs_core::fsck::check(&mut self.pool().unwrap(), true).unwrap();
+        assert!(report.is_clean(), "{context}: fsck: {:?}", report.findings);
+    }
+
     /// Simulates losing power under a live filesystem: unflushed writes are dropped (or torn)
     /// on both members, the filesystem dies (its I/O fails from the cut on), the machine comes
     /// back.
@@ -136,4 +171,114 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
             (state >> 24) as u8
         })
         .collect()
+}
+
+/// Everything `stat`, `read`, `readlink` and the xattr calls show of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: FileKind,
+    pub perm: u32,
+    pub nlink: u32,
+    pub size: u64,
+    /// A file's bytes or a symlink's target.
+    pub content: Vec<u8>,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// The whole tree by path ("" is the root), read through the filesystem's verbs.
+pub fn tree(fs: &Filesystem) -> BTreeMap<String, Node> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![(String::new(), InodeId::ROOT)];
+    while let Some((path, dir)) = dirs.pop() {
+        out.insert(path.clone(), node(fs, dir));
+        let mut cookie = 0;
+        loop {
+            let entries = fs.readdir(dir, cookie, 64).unwrap();
+            let Some(last) = entries.last() else { break };
+            cookie = last.cookie;
+            for entry in entries {
+                if entry.name == b"." || entry.name == b".." {
+                    continue;
+                }
+                let child = format!("{path}/{}", String::from_utf8_lossy(&entry.name));
+                assert_eq!(
+                    fs.lookup(dir, &entry.name).unwrap().ino,
+                    entry.ino,
+                    "{child}"
+                );
+                if entry.kind == FileKind::Directory {
+                    dirs.push((child, entry.ino));
+                } else {
+                    out.insert(child, node(fs, entry.ino));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn node(fs: &Filesystem, ino: InodeId) -> Node {
+    let attr = fs.getattr(ino).unwrap();
+    let content = match attr.kind {
+        FileKind::Regular => read_all(fs, ino),
+        FileKind::Symlink => fs.readlink(ino).unwrap(),
+        _ => Vec::new(),
+    };
+    let names = fs.listxattr(ino).unwrap();
+    let xattrs = names
+        .split(|&b| b == 0)
+        .filter(|name| !name.is_empty())
+        .map(|name| (name.to_vec(), fs.getxattr(ino, name).unwrap()))
+        .collect();
+    Node {
+        kind: attr.kind,
+        perm: attr.perm,
+        nlink: attr.nlink,
+        size: attr.size,
+        content,
+        xattrs,
+    }
+}
+
+/// Fails with the paths that differ (not the whole trees, which hold file contents).
+pub fn assert_same_tree(
+    actual: &BTreeMap<String, Node>,
+    expected: &BTreeMap<String, Node>,
+    context: &str,
+) {
+    let differing: Vec<&String> = actual
+        .keys()
+        .chain(expected.keys())
+        .filter(|path| actual.get(*path) != expected.get(*path))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{context}: these paths differ: {differing:?}"
+    );
+}
+
+/// Runs `f` with every tracing event of this thread written, without colours, to a buffer;
+/// returns `f`'s result and the log.
+pub fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let result = tracing::subscriber::with_default(subscriber, f);
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (result, log)
 }
