@@ -63,6 +63,9 @@ pub enum FsError {
     Failed,
     #[error("device I/O failed")]
     Device(#[from] DeviceError),
+    /// A write or flush that data or metadata depends on failed; the pool is read-only.
+    #[error("writing to a device failed")]
+    DeviceWrite(#[source] DeviceError),
     #[error("metadata store failed")]
     Meta(#[source] redb::Error),
     #[error("{path}: {reason}")]
@@ -97,6 +100,7 @@ impl FsError {
             | FsError::Corrupt(_)
             | FsError::Failed
             | FsError::Device(_)
+            | FsError::DeviceWrite(_)
             | FsError::Meta(_)
             | FsError::Refused { .. }
             | FsError::Pool(_) => libc::EIO,

@@ -168,7 +168,7 @@ fn data_write_eio_on_the_fast_tier_fails_fsync_and_makes_the_pool_read_only() {
         assert_read_only(&fs, &committed);
         err
     });
-    assert!(matches!(err, FsError::Device(_)), "{err}");
+    assert!(matches!(err, FsError::DeviceWrite(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     assert_logged_once(&log, "faulty:fast");
     remount_and_check(&pool, fs, false, &committed);
@@ -201,10 +201,45 @@ fn data_write_eio_on_the_slow_tier_fails_the_write_that_meets_it() {
         assert_read_only(&fs, &committed);
         err
     });
-    assert!(matches!(err, FsError::Device(_)), "{err}");
+    assert!(matches!(err, FsError::DeviceWrite(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     assert_logged_once(&log, "faulty:slow");
     remount_and_check(&pool, fs, true, &committed);
+}
+
+#[test]
+fn data_write_eio_in_a_flush_a_write_forces_fails_that_write() {
+    // Small staged files reserve whole 128 KiB blocks; once the reservations run out, the next
+    // write writes the staged blocks out first to free them, and meets the fault.
+    let pool = TestPool::new(64, 96);
+    let fs = pool.open();
+    let committed = commit_a_tree(&fs);
+    pool.fast.set_plan(write_errors(pool.data_area(true)));
+    let file = NewNode::new(FileKind::Regular, 0o644);
+    let (err, log) = capture_logs(|| {
+        let mut created = 0;
+        let err = loop {
+            let name = format!("small-{created}");
+            let attr = fs
+                .create_node(ROOT, name.as_bytes(), &file, Caller::ROOT)
+                .unwrap();
+            if let Err(err) = fs.write(attr.ino, 0, &pattern(created, 1024)) {
+                break err;
+            }
+            created += 1;
+            assert!(created < 2000, "no write met the fault");
+        };
+        assert!(
+            created > 500,
+            "failed before the reservations ran out: {err}"
+        );
+        assert_read_only(&fs, &committed);
+        err
+    });
+    assert!(matches!(err, FsError::DeviceWrite(_)), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_logged_once(&log, "faulty:fast");
+    remount_and_check(&pool, fs, false, &committed);
 }
 
 /// A commit whose metadata writes fail on one member of the mirror.
@@ -251,7 +286,7 @@ fn flush_error(fast: bool) {
         assert_read_only(&fs, &committed);
         err
     });
-    assert!(matches!(err, FsError::Device(_)), "{err}");
+    assert!(matches!(err, FsError::DeviceWrite(_)), "{err}");
     assert_eq!(err.errno(), libc::EIO);
     assert_logged_once(&log, if fast { "faulty:fast" } else { "faulty:slow" });
     remount_and_check(&pool, fs, !fast, &committed);

@@ -426,7 +426,7 @@ impl Filesystem {
             return result;
         }
         if state.book.staged_bytes >= STAGED_LIMIT {
-            if let Err(err) = self.flush_locked(state) {
+            if let Err(err) = self.run_locked(state, |tx| tx.flush_staged()) {
                 if state.txn.is_none() {
                     return Err(err);
                 }
@@ -442,7 +442,7 @@ impl Filesystem {
     }
 
     /// Runs `op` on the open transaction group of `state` (locked by the caller); a
-    /// metadata-store error makes the pool read-only.
+    /// metadata-store error or a failed device write makes the pool read-only.
     fn run_locked<T>(
         &self,
         state: &mut State,
@@ -457,16 +457,7 @@ impl Filesystem {
             book: &mut state.book,
         });
         match result {
-            Err(err @ FsError::Meta(_)) => Err(self.fail(state, err)),
-            other => other,
-        }
-    }
-
-    /// Writes the staged blocks out. ENOSPC (a fragmented, nearly full pool) keeps them staged
-    /// and the pool writable; a device error makes the pool read-only.
-    fn flush_locked(&self, state: &mut State) -> FsResult<()> {
-        match self.run_locked(state, |tx| tx.flush_staged()) {
-            Err(err @ FsError::Device(_)) => Err(self.fail(state, err)),
+            Err(err @ (FsError::Meta(_) | FsError::DeviceWrite(_))) => Err(self.fail(state, err)),
             other => other,
         }
     }
@@ -524,7 +515,7 @@ impl Filesystem {
     fn commit_locked(&self, state: &mut State) -> FsResult<()> {
         // Staged data goes to the devices first; ENOSPC here keeps it staged and fails this
         // commit without losing anything.
-        self.flush_locked(state)?;
+        self.run_locked(state, |tx| tx.flush_staged())?;
         if !state.book.dirty {
             return Ok(());
         }
@@ -541,7 +532,7 @@ impl Filesystem {
             }
             // Data first: the metadata about to be committed points at these blocks.
             for device in &self.devices {
-                device.flush()?;
+                device.flush().map_err(FsError::DeviceWrite)?;
             }
             txn.commit()?;
             Ok(())

@@ -252,7 +252,10 @@ impl Tx<'_> {
             }
         }
         for (index, ops) in by_device {
-            self.fs.device(index)?.write_batch(&ops)?;
+            self.fs
+                .device(index)?
+                .write_batch(&ops)
+                .map_err(FsError::DeviceWrite)?;
             for op in &ops {
                 self.fs.count_write(index, op.data.len());
             }

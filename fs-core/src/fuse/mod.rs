@@ -126,7 +126,11 @@ pub fn set_readahead(mountpoint: &Path, kib: u32) -> std::io::Result<()> {
 
 fn errno(err: &FsError) -> Errno {
     match err {
-        FsError::Device(_) | FsError::Meta(_) | FsError::Checksum { .. } | FsError::Corrupt(_) => {
+        FsError::Device(_)
+        | FsError::DeviceWrite(_)
+        | FsError::Meta(_)
+        | FsError::Checksum { .. }
+        | FsError::Corrupt(_) => {
             tracing::error!(error = %err, cause = ?std::error::Error::source(err), "I/O error");
         }
         _ => {}
