@@ -245,7 +245,8 @@ fn validate_options(options: &FormatOptions) -> FsResult<()> {
     Ok(())
 }
 
-fn meta_copies<'a>(
+/// The metadata region copies on `devices` (with their superblocks), fast copy first.
+pub(crate) fn meta_copies<'a>(
     devices: impl Iterator<Item = &'a Arc<dyn BlockDevice>>,
     superblocks: &[Superblock],
 ) -> Vec<RegionCopy> {

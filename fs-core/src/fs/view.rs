@@ -15,7 +15,7 @@ use redb::{Database, WriteTransaction};
 
 use crate::device::{check_range, BlockDevice, DeviceError};
 use crate::error::{FsError, FsResult};
-use crate::meta::backend::{MirroredRegionBackend, RegionCopy};
+use crate::meta::backend::MirroredRegionBackend;
 use crate::pool::Pool;
 
 /// Granularity of a shadow device's copies of written bytes.
@@ -118,26 +118,13 @@ pub(super) struct View {
 impl View {
     /// Opens the metadata of `pool` anew, as the devices hold it.
     pub fn open(pool: &Pool) -> FsResult<Self> {
-        let mut copies: Vec<(crate::types::Tier, RegionCopy)> = pool
+        let shadows: Vec<Arc<dyn BlockDevice>> = pool
             .members
             .iter()
-            .filter(|m| m.superblock.meta_len > 0)
-            .map(|m| {
-                let shadow: Arc<dyn BlockDevice> =
-                    Arc::new(ShadowDevice::new(Arc::clone(&m.device)));
-                (
-                    m.superblock.tier,
-                    RegionCopy {
-                        device: shadow,
-                        offset: m.superblock.meta_offset,
-                        len: m.superblock.meta_len,
-                    },
-                )
-            })
+            .map(|m| Arc::new(ShadowDevice::new(Arc::clone(&m.device))) as Arc<dyn BlockDevice>)
             .collect();
-        // The fast copy is read first, as when the pool is opened.
-        copies.sort_by_key(|(tier, _)| *tier);
-        let copies = copies.into_iter().map(|(_, copy)| copy).collect();
+        let superblocks: Vec<_> = pool.members.iter().map(|m| m.superblock.clone()).collect();
+        let copies = crate::pool::meta_copies(shadows.iter(), &superblocks);
         let backend = MirroredRegionBackend::open(copies)
             .map_err(|e| FsError::Pool(format!("cannot read the metadata region back: {e}")))?;
         crate::error::contain_panics("reading the metadata back", || {
