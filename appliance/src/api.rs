@@ -62,6 +62,8 @@ pub struct Status {
     pub commits: u64,
     pub last_commit_ms_ago: Option<u64>,
     pub checksum_errors: u64,
+    /// Why the pool went read-only after a device or metadata failure; `None` while writable.
+    pub read_only_cause: Option<String>,
     pub metadata_used_bytes: u64,
     pub metadata_capacity_bytes: u64,
 }

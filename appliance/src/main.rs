@@ -481,6 +481,12 @@ fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
         status.uptime_secs,
         socket.display()
     );
+    match &status.read_only_cause {
+        Some(cause) => println!(
+            "state     READ-ONLY after a failure: {cause} (writes get EROFS; fix the device, then unmount and mount again)"
+        ),
+        None => println!("state     online"),
+    }
     println!("members");
     for m in &status.members {
         println!(

@@ -70,6 +70,7 @@ pub fn api_status(fs: &FsStatus, mountpoint: &str, started: Instant) -> Status {
         commits: fs.commits,
         last_commit_ms_ago: fs.last_commit_ms_ago,
         checksum_errors: fs.checksum_errors,
+        read_only_cause: fs.read_only_cause.clone(),
         metadata_used_bytes: fs.metadata_used,
         metadata_capacity_bytes: fs.metadata_capacity,
     }

@@ -68,6 +68,8 @@ fn change_the_tree(fs: &Filesystem) -> BTreeMap<String, Node> {
 /// unmount fails with EROFS and changes nothing.
 fn assert_read_only(fs: &Filesystem, committed: &BTreeMap<String, Node>) {
     assert!(fs.is_read_only());
+    let cause = fs.status().read_only_cause.expect("status names the cause");
+    assert!(!cause.is_empty());
     assert_same_tree(&tree(fs), committed, "reads while read-only");
     let small = fs.lookup(ROOT, b"small").unwrap().ino;
     let dir = fs.lookup(ROOT, b"dir").unwrap().ino;

@@ -192,6 +192,8 @@ pub struct FsStatus {
     /// Bytes of the metadata region the database spans, and the region's capacity.
     pub metadata_used: u64,
     pub metadata_capacity: u64,
+    /// Why the pool went read-only after a failure (`None` while it is writable).
+    pub read_only_cause: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -243,6 +245,8 @@ struct State {
     /// While read-only: the last commit, which reads are served from (`None` if it could not
     /// be read back).
     view: Option<view::View>,
+    /// Why the pool went read-only.
+    read_only_cause: Option<String>,
     book: Book,
 }
 
@@ -250,7 +254,9 @@ impl State {
     /// A `Tx` for a verb that changes nothing: on the open group, or on the last commit once
     /// the pool is read-only.
     fn reader<'s>(&'s mut self, fs: &'s Filesystem) -> FsResult<Tx<'s>> {
-        let State { txn, view, book } = self;
+        let State {
+            txn, view, book, ..
+        } = self;
         let txn = match (txn.as_ref(), view.as_ref()) {
             (Some(txn), _) => txn,
             (None, Some(view)) => view.txn(),
@@ -334,6 +340,7 @@ impl Filesystem {
             state: Mutex::new(State {
                 txn: Some(txn),
                 view: None,
+                read_only_cause: None,
                 book: Book {
                     alloc,
                     pending_free: Vec::new(),
@@ -477,12 +484,13 @@ impl Filesystem {
             cause = ?std::error::Error::source(&err),
             "the pool is now read-only until remounted; uncommitted changes are dropped"
         );
-        self.enter_read_only(state);
+        self.enter_read_only(state, err.to_string());
         err
     }
 
-    fn enter_read_only(&self, state: &mut State) {
+    fn enter_read_only(&self, state: &mut State, cause: String) {
         state.txn = None;
+        state.read_only_cause = Some(cause);
         let book = &mut state.book;
         book.staged.clear();
         book.staged_bytes = 0;
@@ -642,6 +650,7 @@ impl Filesystem {
             checksum_errors: self.checksum_errors.load(Ordering::Relaxed),
             metadata_used: self.pool.metadata.used(),
             metadata_capacity: self.pool.metadata.capacity(),
+            read_only_cause: state.read_only_cause.clone(),
         }
     }
 
@@ -654,7 +663,7 @@ impl Filesystem {
                 cause,
                 "the pool is now read-only until remounted; uncommitted changes are dropped"
             );
-            self.enter_read_only(&mut state);
+            self.enter_read_only(&mut state, cause.to_owned());
         }
     }
 
