@@ -4,6 +4,13 @@
 //! Endpoints:
 //! - `GET /v1/status` → [`Status`]
 //! - `GET /v1/fsck` → [`FsckReport`]: a read-only check of the mounted pool's metadata
+//! - `GET /v1/properties?path=P` → [`PropertyValue`]s of `P` (a path inside the pool, from its
+//!   root, percent-encoded)
+//! - `PUT /v1/properties` with [`SetProperties`] → the [`PropertyValue`]s after the change
+//! - `POST /v1/errors/clear` → [`Status`] with every member's error counters reset
+//!
+//! Errors are [`ApiError`] bodies: 400 for a bad request, 404 for a missing path, 409 when
+//! the pool is read-only, 500 otherwise.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -33,6 +40,12 @@ pub struct MemberStatus {
     pub bytes_written: u64,
     pub read_ops: u64,
     pub write_ops: u64,
+    /// Error counters, kept across mounts until `aegis status --clear-errors`.
+    pub read_errors: u64,
+    pub write_errors: u64,
+    pub checksum_errors: u64,
+    /// Damaged copies rewritten from a good copy.
+    pub repaired: u64,
 }
 
 /// Capacity of one tier.
@@ -119,6 +132,24 @@ impl FsckReport {
     }
 }
 
+/// A property's value on a path, and where it comes from (`local`: set on the path or copied
+/// from its directory when it was created; `pool`: the pool default; `default`: built in).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PropertyValue {
+    pub name: String,
+    pub value: String,
+    pub source: String,
+}
+
+/// `PUT /v1/properties`: set `properties` (`name=value`) on `path` (from the pool's root).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SetProperties {
+    pub path: String,
+    pub properties: Vec<String>,
+}
+
 /// An error body.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
@@ -163,12 +194,47 @@ pub fn request(
 
 /// `GET` a JSON resource.
 pub fn get<T: for<'de> Deserialize<'de>>(socket: &Path, path: &str) -> anyhow::Result<T> {
-    let (code, body) = request(socket, "GET", path, None)?;
+    call(socket, "GET", path, None::<&()>)
+}
+
+/// Sends `body` (as JSON, if any) with `method` and decodes the JSON answer; an error status
+/// becomes an error carrying the server's message.
+pub fn call<T: for<'de> Deserialize<'de>, B: Serialize>(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&B>,
+) -> anyhow::Result<T> {
+    let body = body.map(serde_json::to_string).transpose()?;
+    let (code, answer) = request(socket, method, path, body.as_deref())?;
     if code != 200 {
-        let message = serde_json::from_str::<ApiError>(&body).map_or(body, |e| e.error);
-        bail!("{path}: HTTP {code}: {message}");
+        let message = serde_json::from_str::<ApiError>(&answer).map_or(answer, |e| e.error);
+        bail!("{message}");
     }
-    serde_json::from_str(&body).with_context(|| format!("{path}: malformed JSON"))
+    serde_json::from_str(&answer).with_context(|| format!("{path}: malformed JSON"))
+}
+
+/// Finds the live pool whose mount holds `path`; returns its socket, its status and `path`
+/// from the pool's root (`/` for the mountpoint itself).
+pub fn pool_for_path(path: &Path) -> anyhow::Result<(PathBuf, Status, String)> {
+    let full = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let (socket, status) = live_pools()
+        .into_iter()
+        .filter(|(_, status)| full.starts_with(&status.mountpoint))
+        .max_by_key(|(_, status)| status.mountpoint.len())
+        .with_context(|| {
+            format!(
+                "{} is not inside a mounted AegisFS pool (looked for control sockets in {})",
+                full.display(),
+                run_dir().display()
+            )
+        })?;
+    let inside = full
+        .strip_prefix(&status.mountpoint)
+        .context("path outside its mount")?;
+    let inside = format!("/{}", inside.display());
+    Ok((socket, status, inside))
 }
 
 /// Every live pool's status, by asking each control socket in the run directory.

@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use fs_core::device::Backend;
 use fs_core::format::Superblock;
+use fs_core::fs::props::Property;
 use fs_core::pool::{FormatOptions, MemberSpec};
 use fs_core::types::Tier;
 
@@ -50,6 +51,10 @@ enum Cmd {
         /// Logical block size (power of two, 4K to 1M).
         #[arg(long, value_parser = parse_size, default_value = "128K")]
         block_size: u64,
+        /// Copies of every data block by default: 1, or 2 (the second on the other device).
+        /// Directories can override it with `aegis set DIR copies=N`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        copies: u8,
         /// Overwrite an existing filesystem or pool.
         #[arg(long)]
         force: bool,
@@ -103,10 +108,30 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Show a mounted pool's members, tiers, usage and I/O counters.
+    /// Show a mounted pool's members, tiers, usage, I/O and error counters.
     Status {
         /// Mountpoint or pool label.
         target: String,
+        /// Reset every member's read, write, checksum and repair counters first.
+        #[arg(long)]
+        clear_errors: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set properties on a file or directory of a mounted pool; what is created in a
+    /// directory afterwards inherits them. Properties: copies=1|2.
+    Set {
+        /// A file or directory inside the mount.
+        path: PathBuf,
+        /// name=value, e.g. copies=2.
+        #[arg(required = true)]
+        properties: Vec<String>,
+    },
+    /// Show the properties of a file or directory of a mounted pool, and where each value
+    /// comes from (local, pool default, built-in default).
+    Get {
+        /// A file or directory inside the mount.
+        path: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -459,8 +484,47 @@ fn print_usage(status: &api::Status) {
     }
 }
 
-fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
+fn set_cmd(path: &Path, properties: &[String]) -> anyhow::Result<()> {
+    let (socket, _, inside) = api::pool_for_path(path)?;
+    let request = api::SetProperties {
+        path: inside,
+        properties: properties.to_vec(),
+    };
+    let values: Vec<api::PropertyValue> =
+        api::call(&socket, "PUT", "/v1/properties", Some(&request))
+            .with_context(|| format!("cannot set properties on {}", path.display()))?;
+    print_properties(&values);
+    Ok(())
+}
+
+fn get_cmd(path: &Path, json: bool) -> anyhow::Result<()> {
+    let (socket, _, inside) = api::pool_for_path(path)?;
+    let query = percent_encoding::utf8_percent_encode(&inside, percent_encoding::NON_ALPHANUMERIC);
+    let values: Vec<api::PropertyValue> =
+        api::get(&socket, &format!("/v1/properties?path={query}"))
+            .with_context(|| format!("cannot read the properties of {}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&values)?);
+    } else {
+        print_properties(&values);
+    }
+    Ok(())
+}
+
+fn print_properties(values: &[api::PropertyValue]) {
+    println!("{:<10} {:<8} source", "property", "value");
+    for value in values {
+        println!("{:<10} {:<8} {}", value.name, value.value, value.source);
+    }
+}
+
+fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()> {
     let (socket, status) = api::find_pool(target)?;
+    let status: api::Status = if clear_errors {
+        api::call(&socket, "POST", "/v1/errors/clear", None::<&()>)?
+    } else {
+        status
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -501,6 +565,10 @@ fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
             m.write_ops,
             m.path
         );
+        println!(
+            "     errors: read {}  write {}  checksum {}  repaired {}",
+            m.read_errors, m.write_errors, m.checksum_errors, m.repaired
+        );
     }
     print_usage(&status);
     println!("inodes    {}", status.inodes);
@@ -517,7 +585,6 @@ fn status_cmd(target: &str, json: bool) -> anyhow::Result<()> {
             |ms| format!("{:.1} s ago", ms as f64 / 1000.0)
         )
     );
-    println!("checksum errors {}", status.checksum_errors);
     Ok(())
 }
 
@@ -629,6 +696,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             slow_size,
             label,
             block_size,
+            copies,
             force,
             no_uring,
         } => {
@@ -636,6 +704,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 label,
                 block_size: u32::try_from(block_size).context("block size too large")?,
                 force,
+                properties: vec![Property::Copies(copies)],
             };
             done(format_cmd(
                 &fast,
@@ -667,7 +736,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Umount { target } => done(umount_cmd(&target)),
         Cmd::Info { devices, json } => done(info_cmd(&devices, json, Backend::Auto)),
-        Cmd::Status { target, json } => done(status_cmd(&target, json)),
+        Cmd::Status {
+            target,
+            clear_errors,
+            json,
+        } => done(status_cmd(&target, clear_errors, json)),
+        Cmd::Set { path, properties } => done(set_cmd(&path, &properties)),
+        Cmd::Get { path, json } => done(get_cmd(&path, json)),
         Cmd::Fsck {
             devices,
             repair,

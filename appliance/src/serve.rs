@@ -10,11 +10,16 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use fs_core::device::Backend;
+use fs_core::fs::props::{Property, Source};
 use fs_core::fs::{Filesystem, FsConfig, FsStatus};
 use fs_core::fuse::MountConfig;
+use fs_core::types::InodeId;
 use fs_core::types::Tier;
+use fs_core::FsError;
 
-use crate::api::{self, ApiError, FsckReport, MemberStatus, Status, TierUsage};
+use crate::api::{
+    self, ApiError, FsckReport, MemberStatus, PropertyValue, SetProperties, Status, TierUsage,
+};
 
 /// Whether `path` is currently a mountpoint (per /proc/self/mounts).
 pub fn is_mountpoint(path: &Path) -> bool {
@@ -42,6 +47,10 @@ pub fn api_status(fs: &FsStatus, mountpoint: &str, started: Instant) -> Status {
             bytes_written: m.bytes_written,
             read_ops: m.read_ops,
             write_ops: m.write_ops,
+            read_errors: m.errors.read,
+            write_errors: m.errors.write,
+            checksum_errors: m.errors.checksum,
+            repaired: m.errors.repaired,
         })
         .collect();
     let tiers = [Tier::Fast, Tier::Slow]
@@ -89,44 +98,136 @@ fn json_response<T: serde::Serialize>(
 }
 
 fn serve_api(server: &tiny_http::Server, fs: &Filesystem, mountpoint: &str, started: Instant) {
-    for request in server.incoming_requests() {
-        let url = request.url().to_owned();
-        let response = match (request.method(), url.as_str()) {
-            (tiny_http::Method::Get, "/v1/status") => {
-                json_response(200, &api_status(&fs.status(), mountpoint, started))
-            }
-            (tiny_http::Method::Get, "/v1/fsck") => {
-                // Commit first, so the check covers everything written so far.
-                match fs
-                    .fsync()
-                    .and_then(|()| fs_core::fsck::check_mounted(fs.pool()))
-                {
-                    Ok(report) => json_response(200, &FsckReport::new(&report, true)),
-                    Err(err) => json_response(
-                        500,
-                        &ApiError {
-                            error: format!("the check could not run: {err}"),
-                        },
-                    ),
-                }
-            }
-            (_, "/v1/status" | "/v1/fsck") => json_response(
-                405,
-                &ApiError {
-                    error: "method not allowed".into(),
-                },
-            ),
-            _ => json_response(
-                404,
-                &ApiError {
-                    error: format!("no such endpoint: {url}"),
-                },
-            ),
-        };
+    for mut request in server.incoming_requests() {
+        let response = route(&mut request, fs, mountpoint, started)
+            .unwrap_or_else(|(code, error)| json_response(code, &ApiError { error }));
         if let Err(err) = request.respond(response) {
             tracing::warn!(error = %err, "control API response failed");
         }
     }
+}
+
+type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
+/// An API answer, or its error status and message.
+type Reply = Result<Response, (u16, String)>;
+
+/// The HTTP status for a filesystem error, and its message.
+fn fs_error(err: &FsError) -> (u16, String) {
+    let code = match err {
+        FsError::NotFound => 404,
+        FsError::BadProperty(_) | FsError::Invalid(_) | FsError::NotDir => 400,
+        FsError::ReadOnly => 409,
+        _ => 500,
+    };
+    (code, err.to_string())
+}
+
+fn route(
+    request: &mut tiny_http::Request,
+    fs: &Filesystem,
+    mountpoint: &str,
+    started: Instant,
+) -> Reply {
+    use tiny_http::Method::{Get, Post, Put};
+    let url = request.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    match (request.method(), path) {
+        (Get, "/v1/status") => Ok(json_response(
+            200,
+            &api_status(&fs.status(), mountpoint, started),
+        )),
+        (Get, "/v1/fsck") => {
+            // Commit first, so the check covers everything written so far.
+            let report = fs
+                .fsync()
+                .and_then(|()| fs_core::fsck::check_mounted(fs.pool()))
+                .map_err(|err| (500, format!("the check could not run: {err}")))?;
+            Ok(json_response(200, &FsckReport::new(&report, true)))
+        }
+        (Get, "/v1/properties") => {
+            let target = query_param(query, "path")
+                .ok_or((400, "the path query parameter is missing".to_owned()))?;
+            let ino = resolve(fs, &target)?;
+            Ok(json_response(200, &property_values(fs, ino)?))
+        }
+        (Put, "/v1/properties") => {
+            let mut body = String::new();
+            std::io::Read::read_to_string(request.as_reader(), &mut body)
+                .map_err(|e| (400, format!("cannot read the request body: {e}")))?;
+            let wanted: SetProperties = serde_json::from_str(&body)
+                .map_err(|e| (400, format!("malformed request body: {e}")))?;
+            let properties = wanted
+                .properties
+                .iter()
+                .map(|text| Property::parse(text))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fs_error(&e))?;
+            let ino = resolve(fs, &wanted.path)?;
+            for property in properties {
+                fs.set_property(ino, property).map_err(|e| fs_error(&e))?;
+            }
+            Ok(json_response(200, &property_values(fs, ino)?))
+        }
+        (Post, "/v1/errors/clear") => {
+            fs.clear_errors().map_err(|e| fs_error(&e))?;
+            Ok(json_response(
+                200,
+                &api_status(&fs.status(), mountpoint, started),
+            ))
+        }
+        (_, "/v1/status" | "/v1/fsck" | "/v1/properties" | "/v1/errors/clear") => {
+            Err((405, "method not allowed".to_owned()))
+        }
+        _ => Err((404, format!("no such endpoint: {path}"))),
+    }
+}
+
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| {
+            percent_encoding::percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
+/// The inode at `path`, from the pool's root.
+fn resolve(fs: &Filesystem, path: &str) -> Result<InodeId, (u16, String)> {
+    let mut ino = InodeId::ROOT;
+    for component in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if component == ".." {
+            return Err((400, format!("{path}: '..' is not allowed")));
+        }
+        ino = fs
+            .lookup(ino, component.as_bytes())
+            .map_err(|e| match e {
+                FsError::NotFound => (404, format!("{path}: no such file or directory")),
+                other => fs_error(&other),
+            })?
+            .ino;
+    }
+    Ok(ino)
+}
+
+fn property_values(fs: &Filesystem, ino: InodeId) -> Result<Vec<PropertyValue>, (u16, String)> {
+    Ok(fs
+        .properties(ino)
+        .map_err(|e| fs_error(&e))?
+        .into_iter()
+        .map(|(property, source)| PropertyValue {
+            name: property.name().to_owned(),
+            value: property.value(),
+            source: match source {
+                Source::Local => "local",
+                Source::Pool => "pool",
+                Source::Builtin => "default",
+            }
+            .to_owned(),
+        })
+        .collect())
 }
 
 /// Binds the control socket, replacing a stale one left by a crashed process.

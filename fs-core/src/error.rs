@@ -22,6 +22,8 @@ pub enum FsError {
     NotEmpty,
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    #[error("{0}")]
+    BadProperty(String),
     #[error("file name too long")]
     NameTooLong,
     #[error("no space left on the pool")]
@@ -83,7 +85,7 @@ impl FsError {
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
             FsError::NotEmpty => libc::ENOTEMPTY,
-            FsError::Invalid(_) => libc::EINVAL,
+            FsError::Invalid(_) | FsError::BadProperty(_) => libc::EINVAL,
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NoSpace | FsError::MetadataFull => libc::ENOSPC,
             FsError::Access => libc::EACCES,

@@ -10,15 +10,17 @@
 //! orphan awaiting reclaim; nlink counts; every mapped block exists; every block's refcount
 //! equals its references; no block is unreferenced (leaked); no two blocks share a sector;
 //! blocks lie inside their member's data area; per-inode space accounting; extended attributes
-//! belong to live inodes; the id counters lie above every id in use.
+//! and properties belong to live inodes; the two copies of a `copies=2` block lie on two
+//! devices; the id counters lie above every id in use.
 //!
 //! [`repair`] fixes, in one metadata transaction per pass: damaged metadata pages (rewritten
 //! from the intact copy), leaked blocks (freed), refcounts, nlink counts, space accounting,
-//! stale directory entries and readdir index entries, stray xattrs and orphan-list entries,
+//! damaged copies of `copies=2` blocks (rewritten from the intact copy), stale directory
+//! entries and readdir index entries, stray xattrs, properties and orphan-list entries,
 //! counters, and inodes no entry names (linked into `/lost+found` as `#<inode>`). It repeats
 //! until a pass finds nothing more it can fix. What it cannot fix safely (a mapped block that
-//! does not exist, a data checksum mismatch, disagreeing superblocks, a directory cycle) stays
-//! reported.
+//! does not exist, a block with no intact copy, disagreeing superblocks, a directory cycle)
+//! stays reported.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
@@ -27,9 +29,9 @@ use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use crate::error::{FsError, FsResult};
 use crate::format::{Superblock, SECTOR_SIZE, SUPERBLOCK_SIZE};
 use crate::meta::backend::ReadPolicy;
-use crate::meta::records::{BlockRecord, FileKind, Inode, Timestamp};
+use crate::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
 use crate::meta::{
-    self, BLOCKS, COUNTERS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS, XATTRS,
+    self, BLOCKS, COUNTERS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS, PROPERTIES, XATTRS,
 };
 use crate::pool::Pool;
 use crate::types::InodeId;
@@ -97,11 +99,18 @@ enum Fix {
         cookie: u64,
     },
     RemoveXattrs(u64),
+    RemoveProperties(u64),
     RemoveOrphanEntry(u64),
     /// Link an inode that no entry names into `/lost+found`.
     Adopt(u64),
     /// Rewrite both superblock slots of a member from the superblock the pool opened with.
     RewriteSuperblock(usize),
+    /// Rewrite a damaged copy of a block from its intact copy.
+    RewriteCopy {
+        id: u64,
+        from: Location,
+        to: Location,
+    },
 }
 
 /// One pass over the metadata: the findings, and the fix for each one that has one.
@@ -504,8 +513,27 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
         }
     }
 
+    let mut stray_properties = HashSet::new();
+    for entry in txn.open_table(PROPERTIES)?.iter()? {
+        let (key, _) = entry?;
+        let ino = key.value().0;
+        if ino != crate::fs::props::POOL
+            && !inodes.contains_key(&ino)
+            && stray_properties.insert(ino)
+        {
+            scan.add_fixable(
+                "property",
+                format!("properties belong to missing inode {ino}"),
+                None,
+                Some(Fix::RemoveProperties(ino)),
+            );
+        }
+    }
+
     // Blocks: references, refcounts, placement, accounting.
     let mut references: HashMap<u64, u32> = HashMap::new();
+    // A file using each block, to name it in reports.
+    let mut owner: HashMap<u64, u64> = HashMap::new();
     let mut allocated: HashMap<u64, u64> = HashMap::new();
     let blocks = txn.open_table(BLOCKS)?;
     let mut records: BTreeMap<u64, BlockRecord> = BTreeMap::new();
@@ -524,6 +552,7 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
         let (ino, index) = key.value();
         let id = id.value();
         *references.entry(id).or_default() += 1;
+        owner.entry(id).or_insert(ino);
         match inodes.get(&ino) {
             Some(inode) if inode.kind == FileKind::Regular => {
                 if inode.inline.is_some() {
@@ -546,7 +575,7 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
             ),
         }
         match records.get(&id) {
-            Some(record) => *allocated.entry(ino).or_default() += record.sectors() * SECTOR_SIZE,
+            Some(record) => *allocated.entry(ino).or_default() += record.allocated_bytes(),
             None => scan.add(
                 "block-map",
                 format!("block {index} points to missing block {id}"),
@@ -577,8 +606,17 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
                 Some(Fix::SetRefcount(*id, refs)),
             );
         }
-        if let Err(err) = space.mark_used(record.device, record.sector, record.sectors()) {
-            scan.add("placement", format!("block {id}: {err}"), None);
+        for location in record.locations() {
+            if let Err(err) = space.mark_used(location.device, location.sector, record.sectors()) {
+                scan.add("placement", format!("block {id}: {err}"), None);
+            }
+        }
+        if record.mirror.is_some_and(|m| m.device == record.device) {
+            scan.add(
+                "placement",
+                format!("block {id} has both copies on device {}", record.device.0),
+                None,
+            );
         }
     }
     for (ino, inode) in &inodes {
@@ -619,26 +657,38 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
 
     if verify_data {
         for (id, record) in &records {
-            let Some(member) = pool.member(record.device) else {
-                continue;
-            };
-            let mut buf =
-                vec![0u8; usize::try_from(record.sectors() * SECTOR_SIZE).unwrap_or(usize::MAX)];
-            match member.device.read_at(record.sector * SECTOR_SIZE, &mut buf) {
-                Ok(()) => {
-                    buf.truncate(record.stored_len as usize);
-                    if crate::codec::checksum64(&buf) != record.checksum {
-                        scan.add(
-                            "checksum",
-                            format!(
-                                "block {id} on device {} sector {} does not match its checksum",
-                                record.device.0, record.sector
-                            ),
-                            None,
-                        );
+            let path = owner.get(id).and_then(|ino| path_of(*ino));
+            let mut bad = Vec::new();
+            let mut good = None;
+            for location in record.locations() {
+                match read_copy(pool, record, location) {
+                    Ok(content) if crate::codec::checksum64(&content) == record.checksum => {
+                        good.get_or_insert(location);
                     }
+                    Ok(_) => bad.push((location, "does not match its checksum".to_owned())),
+                    Err(err) => bad.push((location, format!("cannot be read: {err}"))),
                 }
-                Err(err) => scan.add("data-read", format!("block {id}: {err}"), None),
+            }
+            for (location, problem) in bad {
+                scan.add_fixable(
+                    "checksum",
+                    format!(
+                        "block {id}: the copy on device {} sector {} {problem}{}",
+                        location.device.0,
+                        location.sector,
+                        if good.is_some() {
+                            "; the other copy is intact"
+                        } else {
+                            ""
+                        }
+                    ),
+                    path.clone(),
+                    good.map(|from| Fix::RewriteCopy {
+                        id: *id,
+                        from,
+                        to: location,
+                    }),
+                );
             }
             scan.report.blocks_verified += 1;
         }
@@ -646,19 +696,58 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
     Ok(())
 }
 
+/// Copies block `id` from its intact copy at `from` over its damaged copy at `to`.
+fn rewrite_copy(pool: &Pool, id: u64, from: Location, to: Location) -> FsResult<()> {
+    let txn = pool.db.begin_read()?;
+    let raw = txn
+        .open_table(BLOCKS)?
+        .get(id)?
+        .map(|v| v.value().to_vec())
+        .ok_or_else(|| FsError::Corrupt(format!("block {id} vanished during repair")))?;
+    let record = BlockRecord::decode(&raw).map_err(|e| FsError::Corrupt(e.to_string()))?;
+    let mut content = read_copy(pool, &record, from)?;
+    if crate::codec::checksum64(&content) != record.checksum {
+        return Err(FsError::Corrupt(format!(
+            "block {id}: the copy to repair from is damaged too"
+        )));
+    }
+    content.resize(record.padded_len(), 0);
+    let member = pool
+        .member(to.device)
+        .ok_or_else(|| FsError::Corrupt(format!("block on unknown device {}", to.device.0)))?;
+    member.device.write_at(to.sector * SECTOR_SIZE, &content)?;
+    member.device.flush()?;
+    Ok(())
+}
+
+/// One copy of a block's stored bytes.
+fn read_copy(pool: &Pool, record: &BlockRecord, at: Location) -> FsResult<Vec<u8>> {
+    let member = pool
+        .member(at.device)
+        .ok_or_else(|| FsError::Corrupt(format!("block on unknown device {}", at.device.0)))?;
+    let mut buf = vec![0u8; record.padded_len()];
+    member.device.read_at(at.sector * SECTOR_SIZE, &mut buf)?;
+    buf.truncate(record.stored_len as usize);
+    Ok(buf)
+}
+
 /// Applies one pass's fixes in one transaction (counters first, adoptions last, so the inodes
 /// and entries they create take fresh ids).
 fn apply(pool: &Pool, fixes: &[Fix]) -> FsResult<()> {
     for fix in fixes {
-        if let Fix::RewriteSuperblock(index) = fix {
-            let member = &pool.members[*index];
-            let encoded = member.superblock.encode();
-            member.device.write_at(0, &encoded)?;
-            member.device.write_at(
-                Superblock::backup_offset(member.superblock.device_size),
-                &encoded,
-            )?;
-            member.device.flush()?;
+        match fix {
+            Fix::RewriteSuperblock(index) => {
+                let member = &pool.members[*index];
+                let encoded = member.superblock.encode();
+                member.device.write_at(0, &encoded)?;
+                member.device.write_at(
+                    Superblock::backup_offset(member.superblock.device_size),
+                    &encoded,
+                )?;
+                member.device.flush()?;
+            }
+            Fix::RewriteCopy { id, from, to } => rewrite_copy(pool, *id, *from, *to)?,
+            _ => {}
         }
     }
     let txn = pool.db.begin_write()?;
@@ -827,10 +916,14 @@ fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsR
             txn.open_table(XATTRS)?
                 .retain_in((*ino, &[][..])..(*ino + 1, &[][..]), |_, _| false)?;
         }
+        Fix::RemoveProperties(ino) => {
+            txn.open_table(PROPERTIES)?
+                .retain_in((*ino, "")..(*ino + 1, ""), |_, _| false)?;
+        }
         Fix::RemoveOrphanEntry(ino) => {
             txn.open_table(ORPHANS)?.remove(*ino)?;
         }
-        Fix::RewriteSuperblock(_) => {}
+        Fix::RewriteSuperblock(_) | Fix::RewriteCopy { .. } => {}
         Fix::Adopt(ino) => {
             let mut dir = match lost.take() {
                 Some(dir) => dir,

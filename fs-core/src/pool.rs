@@ -34,6 +34,8 @@ pub struct FormatOptions {
     pub block_size: u32,
     /// Overwrite an existing filesystem or pool signature.
     pub force: bool,
+    /// The pool's default properties (`copies=2`, …), inherited by everything created.
+    pub properties: Vec<crate::fs::props::Property>,
 }
 
 impl Default for FormatOptions {
@@ -42,6 +44,7 @@ impl Default for FormatOptions {
             label: String::new(),
             block_size: DEFAULT_BLOCK_SIZE,
             force: false,
+            properties: Vec::new(),
         }
     }
 }
@@ -215,7 +218,7 @@ pub fn format_devices(
     let backend = MirroredRegionBackend::create(copies)
         .map_err(|e| pool_err(format!("cannot initialise the metadata region: {e}")))?;
     let db = Database::builder().create_with_backend(backend)?;
-    initialise_namespace(&db)?;
+    initialise_namespace(&db, options)?;
     drop(db);
 
     for ((device, _), sb) in devices.iter().zip(&superblocks) {
@@ -269,7 +272,7 @@ pub(crate) fn meta_copies<'a>(
     copies.into_iter().map(|(_, copy)| copy).collect()
 }
 
-fn initialise_namespace(db: &Database) -> FsResult<()> {
+fn initialise_namespace(db: &Database, options: &FormatOptions) -> FsResult<()> {
     let txn = db.begin_write()?;
     {
         let now = Timestamp::now();
@@ -305,6 +308,13 @@ fn initialise_namespace(db: &Database) -> FsResult<()> {
         txn.open_table(meta::BLOCKS)?;
         txn.open_table(meta::XATTRS)?;
         txn.open_table(meta::ORPHANS)?;
+        let mut properties = txn.open_table(meta::PROPERTIES)?;
+        for property in &options.properties {
+            properties.insert(
+                (crate::fs::props::POOL, property.name()),
+                property.value().as_str(),
+            )?;
+        }
     }
     txn.commit()?;
     Ok(())

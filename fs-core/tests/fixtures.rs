@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use fs_core::format::{MemberInfo, Superblock, SuperblockError};
-use fs_core::meta::records::{BlockRecord, FileKind, Inode, Timestamp};
+use fs_core::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
 use fs_core::types::{DeviceIndex, InodeId, Tier};
 
 fn fixture(name: &str) -> PathBuf {
@@ -72,7 +72,7 @@ fn superblock_v1_is_frozen() {
 }
 
 #[test]
-fn inode_and_block_records_v1_are_frozen() {
+fn inode_and_block_records_are_frozen() {
     let inode = Inode {
         id: InodeId(7),
         kind: FileKind::Regular,
@@ -116,10 +116,24 @@ fn inode_and_block_records_v1_are_frozen() {
         checksum: 0x0123_4567_89ab_cdef,
         flags: 0,
         refcount: 1,
+        mirror: None,
     };
     check_fixture("block-v1.bin", &block.encode());
     assert_eq!(
         BlockRecord::decode(&std::fs::read(fixture("block-v1.bin")).unwrap()).unwrap(),
         block
+    );
+    let mirrored = BlockRecord {
+        refcount: 2,
+        mirror: Some(Location {
+            device: DeviceIndex(0),
+            sector: 9_000,
+        }),
+        ..block
+    };
+    check_fixture("block-v2.bin", &mirrored.encode());
+    assert_eq!(
+        BlockRecord::decode(&std::fs::read(fixture("block-v2.bin")).unwrap()).unwrap(),
+        mirrored
     );
 }

@@ -219,6 +219,25 @@ impl Allocator {
         None
     }
 
+    /// Claims `count` sectors for the second copy of a block whose first copy is on
+    /// `primary`: on another device, of the other tier first.
+    pub fn allocate_mirror(
+        &mut self,
+        count: u64,
+        primary: DeviceIndex,
+    ) -> Option<(DeviceIndex, u64)> {
+        let primary_tier = self.devices.iter().find(|d| d.index == primary)?.tier;
+        let mut candidates: Vec<&mut DeviceSpace> = self
+            .devices
+            .iter_mut()
+            .filter(|d| d.index != primary)
+            .collect();
+        candidates.sort_by_key(|d| d.tier == primary_tier);
+        candidates
+            .into_iter()
+            .find_map(|d| d.allocate(count).map(|sector| (d.index, sector)))
+    }
+
     pub fn total_sectors(&self) -> u64 {
         self.devices.iter().map(DeviceSpace::total_sectors).sum()
     }
@@ -245,6 +264,29 @@ mod tests {
         alloc.release(DeviceIndex(0), 10, 32).unwrap();
         assert_eq!(alloc.allocate(32), Some((DeviceIndex(0), Tier::Fast, 10)));
         assert_eq!(alloc.allocate(200), None);
+    }
+
+    #[test]
+    fn mirrors_go_to_another_device_of_the_other_tier_first() {
+        let mut alloc = Allocator::new(vec![
+            DeviceSpace::new(DeviceIndex(0), Tier::Fast, 10, 64),
+            DeviceSpace::new(DeviceIndex(1), Tier::Fast, 10, 64),
+            DeviceSpace::new(DeviceIndex(2), Tier::Slow, 100, 32),
+        ]);
+        assert_eq!(
+            alloc.allocate_mirror(32, DeviceIndex(0)),
+            Some((DeviceIndex(2), 100))
+        );
+        assert_eq!(
+            alloc.allocate_mirror(32, DeviceIndex(0)),
+            Some((DeviceIndex(1), 10))
+        );
+        assert_eq!(
+            alloc.allocate_mirror(32, DeviceIndex(2)),
+            Some((DeviceIndex(0), 10))
+        );
+        assert_eq!(alloc.allocate_mirror(64, DeviceIndex(1)), None);
+        assert_eq!(alloc.allocate_mirror(1, DeviceIndex(9)), None);
     }
 
     #[test]

@@ -34,6 +34,7 @@
 mod cache;
 mod data;
 mod namespace;
+pub mod props;
 mod tx;
 mod view;
 mod xattr;
@@ -49,8 +50,8 @@ use crate::alloc::{Allocator, DeviceSpace};
 use crate::device::{BlockDevice, ReadOp};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
-use crate::meta::records::{BlockRecord, FileKind, Inode, Timestamp};
-use crate::meta::{self, BLOCKS, COUNTERS, ORPHANS};
+use crate::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
+use crate::meta::{self, BLOCKS, COUNTERS, DEVICE_ERRORS, ORPHANS};
 use crate::pool::Pool;
 use crate::types::{DeviceIndex, InodeId, Tier};
 
@@ -176,6 +177,8 @@ pub struct MemberStatus {
     pub bytes_written: u64,
     pub read_ops: u64,
     pub write_ops: u64,
+    /// Error counters, kept across mounts until cleared.
+    pub errors: ErrorCounts,
 }
 
 /// A snapshot of the filesystem's state for status reports.
@@ -202,6 +205,50 @@ struct DeviceCounters {
     bytes_written: AtomicU64,
     read_ops: AtomicU64,
     write_ops: AtomicU64,
+    /// Error counts, persisted at each commit (see [`ErrorCounts`]).
+    errors: [AtomicU64; 4],
+}
+
+/// The kinds of device error counted per member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    Read = 0,
+    Write = 1,
+    Checksum = 2,
+    /// Damaged copies rewritten from a good one.
+    Repaired = 3,
+}
+
+/// A member's error counters, kept across mounts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ErrorCounts {
+    pub read: u64,
+    pub write: u64,
+    pub checksum: u64,
+    pub repaired: u64,
+}
+
+impl DeviceCounters {
+    fn error_counts(&self) -> ErrorCounts {
+        let get = |kind: ErrorKind| self.errors[kind as usize].load(Ordering::Relaxed);
+        ErrorCounts {
+            read: get(ErrorKind::Read),
+            write: get(ErrorKind::Write),
+            checksum: get(ErrorKind::Checksum),
+            repaired: get(ErrorKind::Repaired),
+        }
+    }
+
+    fn set_error_counts(&self, counts: ErrorCounts) {
+        for (kind, value) in [
+            (ErrorKind::Read, counts.read),
+            (ErrorKind::Write, counts.write),
+            (ErrorKind::Checksum, counts.checksum),
+            (ErrorKind::Repaired, counts.repaired),
+        ] {
+            self.errors[kind as usize].store(value, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Mutable bookkeeping beside the open transaction.
@@ -228,6 +275,8 @@ struct Book {
     reserved_sectors: u64,
     commits: u64,
     last_commit: Option<Instant>,
+    /// The error counters as the last commit stored them.
+    persisted_errors: Vec<ErrorCounts>,
 }
 
 impl Book {
@@ -289,7 +338,6 @@ pub struct Filesystem {
     /// return to the allocator only under it exclusively.
     free_gate: RwLock<()>,
     counters: Vec<DeviceCounters>,
-    checksum_errors: AtomicU64,
     cache: cache::BlockCache,
 }
 
@@ -325,12 +373,30 @@ impl Filesystem {
                 let (id, raw) = entry?;
                 let record = BlockRecord::decode(raw.value())
                     .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
-                alloc
-                    .mark_used(record.device, record.sector, record.sectors())
-                    .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
+                for location in record.locations() {
+                    alloc
+                        .mark_used(location.device, location.sector, record.sectors())
+                        .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
+                }
             }
         }
-        let counters = devices.iter().map(|_| DeviceCounters::default()).collect();
+        let counters: Vec<DeviceCounters> =
+            devices.iter().map(|_| DeviceCounters::default()).collect();
+        let mut persisted_errors = vec![ErrorCounts::default(); devices.len()];
+        for entry in txn.open_table(DEVICE_ERRORS)?.iter()? {
+            let (device, counts) = entry?;
+            let device = usize::from(device.value());
+            let (read, write, checksum, repaired) = counts.value();
+            if let (Some(c), Some(p)) = (counters.get(device), persisted_errors.get_mut(device)) {
+                *p = ErrorCounts {
+                    read,
+                    write,
+                    checksum,
+                    repaired,
+                };
+                c.set_error_counts(*p);
+            }
+        }
         let block_size = u64::from(pool.block_size());
         let fs = Arc::new(Filesystem {
             pool,
@@ -357,11 +423,11 @@ impl Filesystem {
                     reserved_sectors: 0,
                     commits: 0,
                     last_commit: None,
+                    persisted_errors,
                 },
             }),
             free_gate: RwLock::new(()),
             counters,
-            checksum_errors: AtomicU64::new(0),
             cache: cache::BlockCache::new(config.cache_bytes, block_size),
         });
         fs.reclaim_orphans()?;
@@ -524,7 +590,13 @@ impl Filesystem {
         // Staged data goes to the devices first; ENOSPC here keeps it staged and fails this
         // commit without losing anything.
         self.run_locked(state, |tx| tx.flush_staged())?;
-        if !state.book.dirty {
+        let errors: Vec<ErrorCounts> = self
+            .counters
+            .iter()
+            .map(DeviceCounters::error_counts)
+            .collect();
+        let errors_changed = errors != state.book.persisted_errors;
+        if !state.book.dirty && !errors_changed {
             return Ok(());
         }
         let Some(txn) = state.txn.take() else {
@@ -537,6 +609,12 @@ impl Filesystem {
                 counters.insert(meta::NEXT_INODE, book.next_inode)?;
                 counters.insert(meta::NEXT_BLOCK, book.next_block)?;
                 counters.insert(meta::NEXT_GENERATION, book.next_generation)?;
+            }
+            if errors_changed {
+                let mut table = txn.open_table(DEVICE_ERRORS)?;
+                for (device, c) in (0u16..).zip(&errors) {
+                    table.insert(device, (c.read, c.write, c.checksum, c.repaired))?;
+                }
             }
             // Data first: the metadata about to be committed points at these blocks.
             for device in &self.devices {
@@ -565,6 +643,7 @@ impl Filesystem {
         book.dirty_bytes = 0;
         book.dirty_records = 0;
         book.dirty_since = None;
+        book.persisted_errors = errors;
         book.commits += 1;
         book.last_commit = Some(Instant::now());
         match self.pool.db.begin_write() {
@@ -633,6 +712,7 @@ impl Filesystem {
                     bytes_written: counters.bytes_written.load(Ordering::Relaxed),
                     read_ops: counters.read_ops.load(Ordering::Relaxed),
                     write_ops: counters.write_ops.load(Ordering::Relaxed),
+                    errors: counters.error_counts(),
                 }
             })
             .collect();
@@ -647,11 +727,23 @@ impl Filesystem {
                 .book
                 .last_commit
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
-            checksum_errors: self.checksum_errors.load(Ordering::Relaxed),
+            checksum_errors: self
+                .counters
+                .iter()
+                .map(|c| c.error_counts().checksum)
+                .sum(),
             metadata_used: self.pool.metadata.used(),
             metadata_capacity: self.pool.metadata.capacity(),
             read_only_cause: state.read_only_cause.clone(),
         }
+    }
+
+    /// Resets every member's error counters (and makes that durable).
+    pub fn clear_errors(&self) -> FsResult<()> {
+        for counters in &self.counters {
+            counters.set_error_counts(ErrorCounts::default());
+        }
+        self.commit()
     }
 
     /// Makes the pool read-only until it is remounted (after an internal error, `cause`),
@@ -694,6 +786,12 @@ impl Filesystem {
         }
     }
 
+    fn count_error(&self, index: DeviceIndex, kind: ErrorKind) {
+        if let Some(c) = self.counters.get(usize::from(index.0)) {
+            c.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn count_write(&self, index: DeviceIndex, bytes: usize) {
         if let Some(c) = self.counters.get(usize::from(index.0)) {
             c.write_ops.fetch_add(1, Ordering::Relaxed);
@@ -710,18 +808,18 @@ impl Filesystem {
     }
 
     /// The stored bytes of several blocks, in the order asked. Blocks not in the cache are read
-    /// with one batch per device and their checksums verified before they are cached.
+    /// with one batch per device and verified before they are cached; a block whose first copy
+    /// fails (I/O error or checksum) is read from its second copy, which is then written over
+    /// the bad one (self-heal). Without an intact copy the read fails: never wrong data.
     fn read_blocks(&self, blocks: &[(u64, BlockRecord)]) -> FsResult<Vec<Arc<Vec<u8>>>> {
         let mut found: Vec<Option<Arc<Vec<u8>>>> =
             blocks.iter().map(|(id, _)| self.cache.get(*id)).collect();
         let missing: Vec<usize> = (0..blocks.len()).filter(|&i| found[i].is_none()).collect();
         let mut buffers: Vec<Vec<u8>> = missing
             .iter()
-            .map(|&i| {
-                let sectors = blocks[i].1.sectors();
-                vec![0u8; usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX)]
-            })
+            .map(|&i| vec![0u8; blocks[i].1.padded_len()])
             .collect();
+        let mut batch_failed: Vec<DeviceIndex> = Vec::new();
         let mut devices: Vec<DeviceIndex> = missing.iter().map(|&i| blocks[i].1.device).collect();
         devices.sort_unstable();
         devices.dedup();
@@ -736,33 +834,116 @@ impl Filesystem {
                     buf: buf.as_mut_slice(),
                 })
                 .collect();
-            device.read_batch(&mut ops)?;
-            for op in &ops {
-                self.count_read(index, op.buf.len());
+            match device.read_batch(&mut ops) {
+                Ok(()) => {
+                    for op in &ops {
+                        self.count_read(index, op.buf.len());
+                    }
+                }
+                // Each block of the batch is retried alone below, so one bad sector costs
+                // only the blocks it holds.
+                Err(err) => {
+                    tracing::warn!(device = index.0, error = %err, "batched block read failed; reading the blocks one by one");
+                    batch_failed.push(index);
+                }
             }
         }
         for (&i, mut buf) in missing.iter().zip(buffers) {
             let (id, record) = blocks[i];
-            buf.truncate(record.stored_len as usize);
-            if crate::codec::checksum64(&buf) != record.checksum {
-                self.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    block = id,
-                    device = record.device.0,
-                    sector = record.sector,
-                    "checksum mismatch: the block is damaged; returning EIO"
-                );
-                return Err(FsError::Checksum {
-                    block: id,
-                    device: record.device.0,
-                    sector: record.sector,
-                });
-            }
-            let content = Arc::new(buf);
+            let primary = if batch_failed.contains(&record.device) {
+                self.read_copy(id, &record, record.primary())
+            } else {
+                self.verify_copy(id, &record, record.primary(), &mut buf)
+                    .map(|()| buf)
+            };
+            let content = match primary {
+                Ok(content) => content,
+                Err(err) => self.recover_block(id, &record, err)?,
+            };
+            let content = Arc::new(content);
             self.cache.insert(id, Arc::clone(&content));
             found[i] = Some(content);
         }
         Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Reads one copy of a block and verifies it; returns its stored bytes.
+    fn read_copy(&self, id: u64, record: &BlockRecord, at: Location) -> FsResult<Vec<u8>> {
+        let mut buf = vec![0u8; record.padded_len()];
+        let read = self
+            .device(at.device)?
+            .read_at(at.sector * SECTOR_SIZE, &mut buf);
+        if let Err(err) = read {
+            self.count_error(at.device, ErrorKind::Read);
+            return Err(FsError::Device(err));
+        }
+        self.count_read(at.device, buf.len());
+        self.verify_copy(id, record, at, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Checks the copy of block `id` read from `at` into `buf` (trimmed to the stored bytes).
+    fn verify_copy(
+        &self,
+        id: u64,
+        record: &BlockRecord,
+        at: Location,
+        buf: &mut Vec<u8>,
+    ) -> FsResult<()> {
+        buf.truncate(record.stored_len as usize);
+        if crate::codec::checksum64(buf) == record.checksum {
+            return Ok(());
+        }
+        self.count_error(at.device, ErrorKind::Checksum);
+        tracing::error!(
+            block = id,
+            device = at.device.0,
+            sector = at.sector,
+            "checksum mismatch: this copy of the block is damaged"
+        );
+        Err(FsError::Checksum {
+            block: id,
+            device: at.device.0,
+            sector: at.sector,
+        })
+    }
+
+    /// The first copy of block `id` failed with `err`: serves the second copy, if it is intact,
+    /// and rewrites the first one with it.
+    fn recover_block(&self, id: u64, record: &BlockRecord, err: FsError) -> FsResult<Vec<u8>> {
+        let Some(mirror) = record.mirror else {
+            return Err(err);
+        };
+        let content = self.read_copy(id, record, mirror).map_err(|_| err)?;
+        let mut padded = content.clone();
+        padded.resize(record.padded_len(), 0);
+        let primary = record.primary();
+        let healed = self.device(primary.device).and_then(|d| {
+            d.write_at(primary.sector * SECTOR_SIZE, &padded)
+                .map_err(FsError::Device)
+        });
+        match healed {
+            Ok(()) => {
+                self.count_write(primary.device, padded.len());
+                self.count_error(primary.device, ErrorKind::Repaired);
+                tracing::warn!(
+                    block = id,
+                    device = primary.device.0,
+                    from = mirror.device.0,
+                    "block served from its second copy and rewritten on the damaged one"
+                );
+            }
+            Err(heal_err) => {
+                self.count_error(primary.device, ErrorKind::Write);
+                tracing::error!(
+                    block = id,
+                    device = primary.device.0,
+                    error = %heal_err,
+                    "block served from its second copy; rewriting the damaged copy failed"
+                );
+            }
+        }
+        Ok(content)
     }
 }
 

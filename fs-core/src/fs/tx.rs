@@ -9,9 +9,20 @@ use redb::{ReadableTable, WriteTransaction};
 use super::{Book, Filesystem};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
-use crate::meta::records::{BlockRecord, FileKind, Inode};
+use crate::meta::records::{BlockRecord, FileKind, Inode, Location};
 use crate::meta::{BLOCKS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS, XATTRS};
 use crate::types::{DeviceIndex, InodeId};
+
+/// A block written to fresh sectors, not yet mapped.
+struct Placed {
+    index: u64,
+    primary: Location,
+    mirror: Option<Location>,
+    /// The content padded to whole sectors.
+    buf: Vec<u8>,
+    /// The content's length.
+    len: usize,
+}
 
 pub(super) struct Tx<'a> {
     pub fs: &'a Filesystem,
@@ -170,53 +181,61 @@ impl Tx<'_> {
         }
         table.remove(id)?;
         self.fs.cache.remove(id);
-        self.book
-            .pending_free
-            .push((record.device, record.sector, record.sectors()));
-        Ok(record.sectors() * SECTOR_SIZE)
+        for location in record.locations() {
+            self.book
+                .pending_free
+                .push((location.device, location.sector, record.sectors()));
+        }
+        Ok(record.allocated_bytes())
     }
 
-    /// Writes new contents for logical blocks of `inode` to fresh sectors and maps them,
-    /// releasing the blocks they replace. All space is claimed and all data written before the
-    /// first metadata change, so ENOSPC or a device error leaves the file as it was.
+    /// Writes new contents for logical blocks of `inode` to fresh sectors (two copies on two
+    /// devices when its `copies` property is 2) and maps them, releasing the blocks they
+    /// replace. All space is claimed and all data written before the first metadata change, so
+    /// ENOSPC or a device error leaves the file as it was.
     pub fn store_blocks(&mut self, inode: &mut Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
-        let mut placed: Vec<(u64, DeviceIndex, u64, Vec<u8>, usize)> =
-            Vec::with_capacity(blocks.len());
+        let mirrored = self.copies(inode.id)? >= 2;
+        let mut placed: Vec<Placed> = Vec::with_capacity(blocks.len());
         for (index, mut content) in blocks {
             let len = content.len();
             let sectors = (len as u64).div_ceil(SECTOR_SIZE).max(1);
-            let Some((device, _tier, sector)) = self.book.alloc.allocate(sectors) else {
-                for (_, device, sector, buf, _) in &placed {
-                    let count = buf.len() as u64 / SECTOR_SIZE;
-                    let _ = self.book.alloc.release(*device, *sector, count);
-                }
+            let Some(placement) = self.place(sectors, mirrored) else {
+                self.release_placed(&placed);
                 return Err(FsError::NoSpace);
             };
             content.resize(
                 usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX),
                 0,
             );
-            placed.push((index, device, sector, content, len));
+            placed.push(Placed {
+                index,
+                primary: placement.0,
+                mirror: placement.1,
+                buf: content,
+                len,
+            });
         }
-        let write_result = self.write_placed(&placed);
-        if let Err(err) = write_result {
-            for (_, device, sector, buf, _) in &placed {
-                let _ = self
-                    .book
-                    .alloc
-                    .release(*device, *sector, buf.len() as u64 / SECTOR_SIZE);
-            }
+        if let Err(err) = self.write_placed(&placed) {
+            self.release_placed(&placed);
             return Err(err);
         }
         self.mark_dirty();
-        for (index, device, sector, buf, len) in placed {
+        for Placed {
+            index,
+            primary,
+            mirror,
+            buf,
+            len,
+        } in placed
+        {
             let record = BlockRecord {
-                device,
-                sector,
+                device: primary.device,
+                sector: primary.sector,
                 stored_len: u32::try_from(len).unwrap_or(u32::MAX),
                 checksum: crate::codec::checksum64(&buf[..len]),
                 flags: 0,
                 refcount: 1,
+                mirror,
             };
             let id = self.book.next_block;
             self.book.next_block += 1;
@@ -229,7 +248,7 @@ impl Tx<'_> {
                 .open_table(FILE_BLOCKS)?
                 .insert((inode.id.0, index), id)?
                 .map(|v| v.value());
-            inode.allocated += record.sectors() * SECTOR_SIZE;
+            inode.allocated += record.allocated_bytes();
             if let Some(old) = old {
                 let released = self.unref_block(old)?;
                 inode.allocated = inode.allocated.saturating_sub(released);
@@ -239,16 +258,48 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn write_placed(&self, placed: &[(u64, DeviceIndex, u64, Vec<u8>, usize)]) -> FsResult<()> {
+    /// Claims `sectors` for a block, and as many again on another device when `mirrored`;
+    /// `None` (nothing claimed) when there is no room.
+    fn place(&mut self, sectors: u64, mirrored: bool) -> Option<(Location, Option<Location>)> {
+        let (device, _tier, sector) = self.book.alloc.allocate(sectors)?;
+        let primary = Location { device, sector };
+        if !mirrored {
+            return Some((primary, None));
+        }
+        match self.book.alloc.allocate_mirror(sectors, device) {
+            Some((device, sector)) => Some((primary, Some(Location { device, sector }))),
+            None => {
+                let _ = self.book.alloc.release(device, sector, sectors);
+                None
+            }
+        }
+    }
+
+    /// Returns the sectors of blocks that were placed but will not be mapped.
+    fn release_placed(&mut self, placed: &[Placed]) {
+        for block in placed {
+            let count = block.buf.len() as u64 / SECTOR_SIZE;
+            for location in std::iter::once(block.primary).chain(block.mirror) {
+                let _ = self
+                    .book
+                    .alloc
+                    .release(location.device, location.sector, count);
+            }
+        }
+    }
+
+    fn write_placed(&self, placed: &[Placed]) -> FsResult<()> {
         let mut by_device: Vec<(DeviceIndex, Vec<crate::device::WriteOp<'_>>)> = Vec::new();
-        for (_, device, sector, buf, _) in placed {
-            let op = crate::device::WriteOp {
-                offset: sector * SECTOR_SIZE,
-                data: buf,
-            };
-            match by_device.iter_mut().find(|(d, _)| d == device) {
-                Some((_, ops)) => ops.push(op),
-                None => by_device.push((*device, vec![op])),
+        for block in placed {
+            for location in std::iter::once(block.primary).chain(block.mirror) {
+                let op = crate::device::WriteOp {
+                    offset: location.sector * SECTOR_SIZE,
+                    data: &block.buf,
+                };
+                match by_device.iter_mut().find(|(d, _)| *d == location.device) {
+                    Some((_, ops)) => ops.push(op),
+                    None => by_device.push((location.device, vec![op])),
+                }
             }
         }
         for (index, ops) in by_device {
@@ -430,6 +481,7 @@ impl Tx<'_> {
                 table.remove((ino.0, name.as_slice()))?;
             }
         }
+        self.remove_properties(ino)?;
         self.txn.open_table(INODES)?.remove(ino.0)?;
         self.txn.open_table(ORPHANS)?.remove(ino.0)?;
         Ok(())

@@ -24,6 +24,11 @@ pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
 pub const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Per-member error counters (read, write, checksum, repaired), kept across mounts.
+pub const DEVICE_ERRORS: TableDefinition<u16, (u64, u64, u64, u64)> =
+    TableDefinition::new("device_errors");
+/// Properties (`copies`, …) by (inode, name); inode 0 holds the pool's defaults.
+pub const PROPERTIES: TableDefinition<(u64, &str), &str> = TableDefinition::new("properties");
 
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";

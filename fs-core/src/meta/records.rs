@@ -6,7 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::types::{DeviceIndex, InodeId};
 
 const INODE_RECORD_VERSION: u8 = 1;
+/// Block records without a second copy are written as version 1, mirrored ones as version 2.
 const BLOCK_RECORD_VERSION: u8 = 1;
+const MIRRORED_BLOCK_RECORD_VERSION: u8 = 2;
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -280,6 +282,14 @@ impl Inode {
     }
 }
 
+/// Where one copy of a block lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub device: DeviceIndex,
+    /// First sector (4 KiB units from the start of the device).
+    pub sector: u64,
+}
+
 /// A block-table entry: where a block's bytes are and how to verify them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRecord {
@@ -293,44 +303,87 @@ pub struct BlockRecord {
     pub flags: u32,
     /// Number of file-map entries pointing at this block.
     pub refcount: u32,
+    /// The second copy (same bytes, on another device), for `copies=2` data.
+    pub mirror: Option<Location>,
 }
 
 impl BlockRecord {
+    /// Encoded length of a record without a mirror (version 1).
     pub const ENCODED_LEN: usize = 31;
+    /// Encoded length of a record with a mirror (version 2).
+    pub const MIRRORED_ENCODED_LEN: usize = Self::ENCODED_LEN + 10;
 
-    pub fn encode(&self) -> [u8; Self::ENCODED_LEN] {
-        let mut w = Writer(Vec::with_capacity(Self::ENCODED_LEN));
-        w.u8(BLOCK_RECORD_VERSION)
-            .u16(self.device.0)
-            .u64(self.sector)
-            .u32(self.stored_len)
-            .u64(self.checksum)
-            .u32(self.flags)
-            .u32(self.refcount);
-        let mut out = [0u8; Self::ENCODED_LEN];
-        out.copy_from_slice(&w.0);
-        out
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(Self::MIRRORED_ENCODED_LEN));
+        w.u8(if self.mirror.is_some() {
+            MIRRORED_BLOCK_RECORD_VERSION
+        } else {
+            BLOCK_RECORD_VERSION
+        })
+        .u16(self.device.0)
+        .u64(self.sector)
+        .u32(self.stored_len)
+        .u64(self.checksum)
+        .u32(self.flags)
+        .u32(self.refcount);
+        if let Some(mirror) = self.mirror {
+            w.u16(mirror.device.0).u64(mirror.sector);
+        }
+        w.0
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        if bytes.len() != Self::ENCODED_LEN {
-            return Err(RecordError("block"));
-        }
         let mut r = Reader {
             bytes,
             what: "block",
         };
-        if r.u8()? != BLOCK_RECORD_VERSION {
-            return Err(RecordError("block"));
-        }
-        Ok(BlockRecord {
+        let mirrored = match r.u8()? {
+            BLOCK_RECORD_VERSION => false,
+            MIRRORED_BLOCK_RECORD_VERSION => true,
+            _ => return Err(RecordError("block")),
+        };
+        let mut record = BlockRecord {
             device: DeviceIndex(r.u16()?),
             sector: r.u64()?,
             stored_len: r.u32()?,
             checksum: r.u64()?,
             flags: r.u32()?,
             refcount: r.u32()?,
-        })
+            mirror: None,
+        };
+        if mirrored {
+            record.mirror = Some(Location {
+                device: DeviceIndex(r.u16()?),
+                sector: r.u64()?,
+            });
+        }
+        if !r.bytes.is_empty() {
+            return Err(RecordError("block"));
+        }
+        Ok(record)
+    }
+
+    /// The primary copy's location.
+    pub fn primary(&self) -> Location {
+        Location {
+            device: self.device,
+            sector: self.sector,
+        }
+    }
+
+    /// Bytes of one copy on the device: the stored bytes padded to whole sectors.
+    pub fn padded_len(&self) -> usize {
+        usize::try_from(self.sectors() * crate::format::SECTOR_SIZE).unwrap_or(usize::MAX)
+    }
+
+    /// Data-area bytes the block takes, all copies counted.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.sectors() * crate::format::SECTOR_SIZE * self.locations().count() as u64
+    }
+
+    /// Every copy's location, primary first.
+    pub fn locations(&self) -> impl Iterator<Item = Location> {
+        std::iter::once(self.primary()).chain(self.mirror)
     }
 
     /// Sectors the stored bytes occupy.
@@ -383,9 +436,25 @@ mod tests {
             checksum: 0xdead_beef,
             flags: 0,
             refcount: 2,
+            mirror: None,
         };
+        assert_eq!(record.encode().len(), BlockRecord::ENCODED_LEN);
         assert_eq!(BlockRecord::decode(&record.encode()), Ok(record));
         assert_eq!(record.sectors(), 32);
+        let mirrored = BlockRecord {
+            mirror: Some(Location {
+                device: DeviceIndex(1),
+                sector: 77,
+            }),
+            ..record
+        };
+        let encoded = mirrored.encode();
+        assert_eq!(encoded.len(), BlockRecord::MIRRORED_ENCODED_LEN);
+        assert_eq!(BlockRecord::decode(&encoded), Ok(mirrored));
+        assert!(BlockRecord::decode(&encoded[..encoded.len() - 1]).is_err());
+        let mut trailing = record.encode();
+        trailing.push(0);
+        assert!(BlockRecord::decode(&trailing).is_err());
     }
 
     #[test]

@@ -26,6 +26,18 @@ impl TestPool {
     }
 
     pub fn with_block_size(fast_mib: u64, slow_mib: u64, block_size: u32) -> Self {
+        Self::with_options(
+            fast_mib,
+            slow_mib,
+            &FormatOptions {
+                label: "test".into(),
+                block_size,
+                ..FormatOptions::default()
+            },
+        )
+    }
+
+    pub fn with_options(fast_mib: u64, slow_mib: u64, options: &FormatOptions) -> Self {
         let fast = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new(
             "fast",
             fast_mib * MIB,
@@ -36,15 +48,7 @@ impl TestPool {
         ))));
         let devices: Vec<(Arc<dyn BlockDevice>, Tier)> =
             vec![(fast.clone(), Tier::Fast), (slow.clone(), Tier::Slow)];
-        format_devices(
-            &devices,
-            &FormatOptions {
-                label: "test".into(),
-                block_size,
-                force: false,
-            },
-        )
-        .expect("format");
+        format_devices(&devices, options).expect("format");
         Self { fast, slow }
     }
 

@@ -1,0 +1,166 @@
+//! Properties: settings kept per file or directory, with the pool's defaults on inode 0.
+//! A new file or directory copies the properties of the directory it is created in, so a
+//! setting on a directory applies to everything created below it afterwards (like ZFS's
+//! `copies`, it governs data written from then on). Where neither the inode nor an ancestor
+//! at creation set a property, the pool default applies.
+
+use redb::ReadableTable;
+
+use super::tx::Tx;
+use super::Filesystem;
+use crate::error::{FsError, FsResult};
+use crate::meta::PROPERTIES;
+use crate::types::InodeId;
+
+/// The pseudo-inode holding the pool's defaults.
+pub const POOL: u64 = 0;
+
+/// A property and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Property {
+    /// Copies of each data block: 1, or 2 (the second on another device).
+    Copies(u8),
+}
+
+impl Property {
+    /// Every property's name.
+    pub const NAMES: &'static [&'static str] = &["copies"];
+
+    /// Parses `name=value`.
+    pub fn parse(text: &str) -> FsResult<Self> {
+        let (name, value) = text
+            .split_once('=')
+            .ok_or_else(|| FsError::BadProperty(format!("'{text}' is not name=value")))?;
+        Self::from_parts(name.trim(), value.trim())
+    }
+
+    pub fn from_parts(name: &str, value: &str) -> FsResult<Self> {
+        match name {
+            "copies" => match value {
+                "1" => Ok(Self::Copies(1)),
+                "2" => Ok(Self::Copies(2)),
+                _ => Err(FsError::BadProperty(format!(
+                    "copies must be 1 or 2, not '{value}'"
+                ))),
+            },
+            _ => Err(FsError::BadProperty(format!(
+                "unknown property '{name}' (known: {})",
+                Self::NAMES.join(", ")
+            ))),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Copies(_) => "copies",
+        }
+    }
+
+    pub fn value(&self) -> String {
+        match self {
+            Self::Copies(n) => n.to_string(),
+        }
+    }
+
+    /// The value that applies where nothing is set.
+    fn builtin_default(name: &str) -> Option<Self> {
+        match name {
+            "copies" => Some(Self::Copies(1)),
+            _ => None,
+        }
+    }
+}
+
+/// Where a property's effective value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Set on this file or directory (directly, or copied from its directory at creation).
+    Local,
+    /// The pool's default (set at format).
+    Pool,
+    /// Nothing set anywhere.
+    Builtin,
+}
+
+impl Tx<'_> {
+    /// The stored value of `name` on `ino` (the pool for [`POOL`]).
+    fn stored_property(&self, ino: u64, name: &str) -> FsResult<Option<Property>> {
+        let table = self.txn.open_table(PROPERTIES)?;
+        let value = table.get((ino, name))?.map(|v| v.value().to_owned());
+        value
+            .map(|v| {
+                Property::from_parts(name, &v)
+                    .map_err(|e| FsError::Corrupt(format!("property of inode {ino}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// The value of `name` that applies to `ino`, and where it comes from.
+    pub fn property(&self, ino: InodeId, name: &str) -> FsResult<(Property, Source)> {
+        if let Some(value) = self.stored_property(ino.0, name)? {
+            return Ok((value, Source::Local));
+        }
+        if let Some(value) = self.stored_property(POOL, name)? {
+            return Ok((value, Source::Pool));
+        }
+        let builtin = Property::builtin_default(name)
+            .ok_or_else(|| FsError::BadProperty(format!("unknown property '{name}'")))?;
+        Ok((builtin, Source::Builtin))
+    }
+
+    /// Copies of each data block `ino` gets.
+    pub fn copies(&self, ino: InodeId) -> FsResult<u8> {
+        match self.property(ino, "copies")?.0 {
+            Property::Copies(n) => Ok(n),
+        }
+    }
+
+    /// Gives `child` the properties set on `parent`.
+    pub fn inherit_properties(&mut self, parent: InodeId, child: InodeId) -> FsResult<()> {
+        let mut table = self.txn.open_table(PROPERTIES)?;
+        let inherited: Vec<(String, String)> = table
+            .range((parent.0, "")..(parent.0 + 1, ""))?
+            .map(|entry| {
+                entry.map(|(key, value)| (key.value().1.to_owned(), value.value().to_owned()))
+            })
+            .collect::<Result<_, _>>()?;
+        for (name, value) in inherited {
+            table.insert((child.0, name.as_str()), value.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the properties of a deleted inode.
+    pub fn remove_properties(&mut self, ino: InodeId) -> FsResult<()> {
+        self.txn
+            .open_table(PROPERTIES)?
+            .retain_in((ino.0, "")..(ino.0 + 1, ""), |_, _| false)?;
+        Ok(())
+    }
+}
+
+impl Filesystem {
+    /// Sets a property on a file or directory (what is created in a directory afterwards
+    /// inherits it).
+    pub fn set_property(&self, ino: InodeId, property: Property) -> FsResult<()> {
+        self.with_tx(|tx| {
+            tx.inode(ino)?;
+            tx.mark_dirty();
+            tx.txn
+                .open_table(PROPERTIES)?
+                .insert((ino.0, property.name()), property.value().as_str())?;
+            Ok(())
+        })
+    }
+
+    /// Every property's effective value on `ino`, and where it comes from.
+    pub fn properties(&self, ino: InodeId) -> FsResult<Vec<(Property, Source)>> {
+        self.view(|tx| {
+            tx.inode(ino)?;
+            Property::NAMES
+                .iter()
+                .map(|name| tx.property(ino, name))
+                .collect()
+        })
+    }
+}
