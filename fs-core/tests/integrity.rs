@@ -1,0 +1,256 @@
+//! Data integrity: `copies=2` blocks are served from the intact copy and healed when one copy
+//! is damaged or unreadable; without an intact copy a read fails (never wrong data); the
+//! `copies` property is inherited; error counters survive remounts; fsck repairs a damaged copy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{create_file, mkdir, pattern, read_all, TestPool, MIB};
+use fs_core::device::{FaultPlan, FaultyDevice};
+use fs_core::fs::props::{Property, Source};
+use fs_core::fs::ErrorCounts;
+use fs_core::meta::records::{BlockRecord, Location};
+use fs_core::meta::{BLOCKS, FILE_BLOCKS};
+use fs_core::pool::FormatOptions;
+use fs_core::types::{DeviceIndex, InodeId};
+use fs_core::FsError;
+use redb::ReadableDatabase;
+
+const ROOT: InodeId = InodeId::ROOT;
+const SECTOR: u64 = 4096;
+
+fn pool_with_copies(copies: u8) -> TestPool {
+    TestPool::with_options(
+        64,
+        64,
+        &FormatOptions {
+            label: "integrity".into(),
+            properties: vec![Property::Copies(copies)],
+            ..FormatOptions::default()
+        },
+    )
+}
+
+/// The block records of a file, by block index, as last committed.
+fn records(pool: &TestPool, ino: InodeId) -> Vec<BlockRecord> {
+    let p = pool.pool().unwrap();
+    let txn = p.db.begin_read().unwrap();
+    let map = txn.open_table(FILE_BLOCKS).unwrap();
+    let blocks = txn.open_table(BLOCKS).unwrap();
+    map.range((ino.0, 0)..(ino.0 + 1, 0))
+        .unwrap()
+        .map(|entry| {
+            let id = entry.unwrap().1.value();
+            BlockRecord::decode(blocks.get(id).unwrap().unwrap().value()).unwrap()
+        })
+        .collect()
+}
+
+fn device<'a>(pool: &'a TestPool, index: DeviceIndex) -> &'a FaultyDevice {
+    pool.member(index.0 == 0)
+}
+
+/// Flips a byte in the copy of a block at `at`.
+fn damage(pool: &TestPool, at: Location) {
+    device(pool, at.device)
+        .corrupt(at.sector * SECTOR + 100, 3)
+        .unwrap();
+}
+
+fn errors(fs: &fs_core::fs::Filesystem, index: usize) -> ErrorCounts {
+    fs.status().members[index].errors
+}
+
+/// A committed 1 MiB file (8 blocks of 128 KiB) on a fresh pool.
+fn written(copies: u8) -> (TestPool, InodeId, Vec<u8>) {
+    let pool = pool_with_copies(copies);
+    let fs = pool.open();
+    let file = create_file(&fs, ROOT, "data");
+    let content = pattern(5, MIB as usize);
+    fs.write(file, 0, &content).unwrap();
+    fs.shutdown().unwrap();
+    (pool, file, content)
+}
+
+#[test]
+fn copies_2_puts_a_second_copy_of_every_block_on_the_other_device() {
+    let (pool, file, _) = written(2);
+    let records = records(&pool, file);
+    assert_eq!(records.len(), 8);
+    for record in &records {
+        let mirror = record.mirror.expect("mirrored");
+        assert_ne!(mirror.device, record.device);
+    }
+    let fs = pool.open();
+    // Both copies count as allocated space, as with ZFS's copies.
+    assert_eq!(fs.getattr(file).unwrap().blocks * 512, 2 * MIB);
+    pool.assert_fsck_clean("copies=2 pool");
+}
+
+#[test]
+fn a_damaged_first_copy_is_served_from_the_second_and_rewritten() {
+    let (pool, file, content) = written(2);
+    let records = records(&pool, file);
+    for record in &records {
+        damage(&pool, record.primary());
+    }
+    let fs = pool.open();
+    assert_eq!(read_all(&fs, file), content);
+    let primary = usize::from(records[0].device.0);
+    assert_eq!(errors(&fs, primary).checksum, 8);
+    assert_eq!(errors(&fs, primary).repaired, 8);
+    fs.shutdown().unwrap();
+    drop(fs);
+    // Healed on the device: a full check finds nothing, and the counters were kept.
+    pool.assert_fsck_clean("after self-heal");
+    let fs = pool.open();
+    assert_eq!(errors(&fs, primary).repaired, 8);
+    fs.clear_errors().unwrap();
+    drop(fs);
+    let fs = pool.open();
+    assert_eq!(errors(&fs, primary), ErrorCounts::default());
+}
+
+#[test]
+fn an_unreadable_first_copy_is_served_from_the_second() {
+    let (pool, file, content) = written(2);
+    let records = records(&pool, file);
+    let primary = records[3].primary();
+    let at = primary.sector * SECTOR;
+    device(&pool, primary.device).set_plan(FaultPlan {
+        read_error_ranges: std::iter::once(at..at + 1).collect(),
+        ..FaultPlan::default()
+    });
+    let fs = pool.open();
+    assert_eq!(read_all(&fs, file), content);
+    assert_eq!(errors(&fs, usize::from(primary.device.0)).read, 1);
+}
+
+#[test]
+fn a_block_damaged_on_both_copies_is_an_error_and_the_rest_still_reads() {
+    let (pool, file, content) = written(2);
+    let records = records(&pool, file);
+    for at in records[2].locations() {
+        damage(&pool, at);
+    }
+    let fs = pool.open();
+    let block = 128 * 1024;
+    let err = fs.read(file, 2 * block, 4096).unwrap_err();
+    assert!(matches!(err, FsError::Checksum { .. }), "{err}");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(
+        fs.read(file, 3 * block, 4096).unwrap(),
+        content[3 * block as usize..3 * block as usize + 4096]
+    );
+}
+
+#[test]
+fn with_one_copy_a_damaged_block_is_an_error() {
+    let (pool, file, _) = written(1);
+    let records = records(&pool, file);
+    assert!(records.iter().all(|r| r.mirror.is_none()));
+    damage(&pool, records[0].primary());
+    let fs = pool.open();
+    assert_eq!(fs.read(file, 0, 4096).unwrap_err().errno(), libc::EIO);
+    assert_eq!(errors(&fs, usize::from(records[0].device.0)).checksum, 1);
+    assert_eq!(errors(&fs, usize::from(records[0].device.0)).repaired, 0);
+}
+
+#[test]
+fn a_directory_property_is_inherited_by_what_is_created_in_it_afterwards() {
+    let pool = pool_with_copies(1);
+    let fs = pool.open();
+    let dir = mkdir(&fs, ROOT, "photos");
+    let before = create_file(&fs, dir, "before");
+    fs.set_property(dir, Property::Copies(2)).unwrap();
+    let after = create_file(&fs, dir, "after");
+    let sub = mkdir(&fs, dir, "sub");
+    let nested = create_file(&fs, sub, "nested");
+    for ino in [before, after, nested] {
+        fs.write(ino, 0, &pattern(ino.0, 200_000)).unwrap();
+    }
+    assert_eq!(
+        fs.properties(dir).unwrap(),
+        [(Property::Copies(2), Source::Local)]
+    );
+    assert_eq!(
+        fs.properties(before).unwrap(),
+        [(Property::Copies(1), Source::Pool)]
+    );
+    assert_eq!(
+        fs.properties(nested).unwrap(),
+        [(Property::Copies(2), Source::Local)]
+    );
+    fs.shutdown().unwrap();
+    drop(fs);
+    assert!(records(&pool, before).iter().all(|r| r.mirror.is_none()));
+    for ino in [after, nested] {
+        let records = records(&pool, ino);
+        assert_eq!(records.len(), 2);
+        assert!(records.iter().all(|r| r.mirror.is_some()));
+    }
+    // Deleting a file drops its properties with it.
+    let fs = pool.open();
+    fs.unlink(sub, b"nested").unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    pool.assert_fsck_clean("after unlinking a file with properties");
+}
+
+#[test]
+fn bad_properties_are_refused_by_name() {
+    for (text, expected) in [
+        ("copies=3", "copies must be 1 or 2"),
+        ("colour=red", "unknown property 'colour'"),
+        ("copies", "not name=value"),
+    ] {
+        let err = Property::parse(text).unwrap_err();
+        assert!(err.to_string().contains(expected), "{text}: {err}");
+        assert_eq!(err.errno(), libc::EINVAL);
+    }
+}
+
+#[test]
+fn fsck_repair_rewrites_a_damaged_copy_from_the_intact_one() {
+    let (pool, file, content) = written(2);
+    let records = records(&pool, file);
+    damage(&pool, records[1].mirror.unwrap());
+    let report = fs_core::fsck::check(&mut pool.pool().unwrap(), true).unwrap();
+    let finding = &report.findings[0];
+    assert_eq!(finding.check, "checksum");
+    assert_eq!(finding.path.as_deref(), Some("/data"));
+    assert!(finding.message.contains("the other copy is intact"));
+    let repaired = fs_core::fsck::repair(&mut pool.pool().unwrap(), true).unwrap();
+    assert_eq!(repaired.uncorrected(), 0, "{:?}", repaired.findings);
+    pool.assert_fsck_clean("after repair");
+    // The repaired copy alone holds the data: damage the other one and read.
+    damage(&pool, records[1].primary());
+    let fs = pool.open();
+    assert_eq!(read_all(&fs, file), content);
+}
+
+#[test]
+fn a_mirrored_write_needs_room_on_both_devices() {
+    let pool = pool_with_copies(2);
+    let fs = pool.open();
+    let file = create_file(&fs, ROOT, "big");
+    let chunk = pattern(9, MIB as usize);
+    let mut written = 0;
+    let err = loop {
+        match fs.write(file, written, &chunk).and_then(|_| fs.fsync()) {
+            Ok(()) => written += MIB,
+            Err(err) => break err,
+        }
+        assert!(written < 200 * MIB, "never ran out of space");
+    };
+    assert!(matches!(err, FsError::NoSpace), "{err}");
+    // Both members hold about as much: every block has one copy on each.
+    let status = fs.status();
+    let used: Vec<u64> = status
+        .members
+        .iter()
+        .map(|m| m.data_bytes - m.free_bytes)
+        .collect();
+    assert!(written > 16 * MIB);
+    assert!(used[0].abs_diff(used[1]) <= 2 * MIB, "{used:?}");
+}
