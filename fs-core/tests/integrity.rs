@@ -46,7 +46,7 @@ fn records(pool: &TestPool, ino: InodeId) -> Vec<BlockRecord> {
         .collect()
 }
 
-fn device<'a>(pool: &'a TestPool, index: DeviceIndex) -> &'a FaultyDevice {
+fn device(pool: &TestPool, index: DeviceIndex) -> &FaultyDevice {
     pool.member(index.0 == 0)
 }
 
