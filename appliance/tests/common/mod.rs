@@ -56,9 +56,19 @@ impl Sandbox {
     }
 
     pub fn format(&self, fast_size: &str, slow_size: &str) -> (String, String) {
+        self.format_with(fast_size, slow_size, &[])
+    }
+
+    /// Formats `fast.img` and `slow.img` as pool `tank`, with `extra` format options.
+    pub fn format_with(
+        &self,
+        fast_size: &str,
+        slow_size: &str,
+        extra: &[&str],
+    ) -> (String, String) {
         let fast = self.path("fast.img").display().to_string();
         let slow = self.path("slow.img").display().to_string();
-        self.ok(&[
+        let mut args = vec![
             "format",
             "--fast",
             &fast,
@@ -70,7 +80,9 @@ impl Sandbox {
             slow_size,
             "--label",
             "tank",
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
         (fast, slow)
     }
 
