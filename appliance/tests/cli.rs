@@ -24,6 +24,9 @@ fn format_mount_write_remount_read() {
         fs::create_dir(mnt.path("docs")).unwrap();
         fs::write(mnt.path("docs/small.txt"), b"hello aegis\n").unwrap();
         fs::write(mnt.path("big.bin"), &big).unwrap();
+        // Rewritten through O_TRUNC: the server truncates in OPEN (atomic_o_trunc).
+        fs::write(mnt.path("rewritten"), pattern(9, 300_000)).unwrap();
+        fs::write(mnt.path("rewritten"), b"short").unwrap();
         let mut sparse = fs::File::create(mnt.path("sparse")).unwrap();
         sparse.seek(SeekFrom::Start(5 << 30)).unwrap();
         sparse.write_all(b"tail").unwrap();
@@ -37,6 +40,12 @@ fn format_mount_write_remount_read() {
         b"hello aegis\n"
     );
     assert_eq!(fs::read(mnt.path("big.bin")).unwrap(), big);
+    let rewritten = fs::read(mnt.path("rewritten")).unwrap();
+    assert!(
+        rewritten == b"short",
+        "O_TRUNC undone: {} bytes",
+        rewritten.len()
+    );
     let sparse = fs::metadata(mnt.path("sparse")).unwrap();
     assert_eq!(sparse.len(), (5 << 30) + 4);
     assert!(sparse.blocks() * 512 <= 256 * 1024);

@@ -247,6 +247,28 @@ fn truncate_discards_data_beyond_the_end() {
 }
 
 #[test]
+fn open_with_truncate_empties_the_file_durably() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let f = create_file(&fs, ROOT, "f");
+    fs.write(f, 0, &pattern(6, 300_000)).unwrap();
+    let written = fs.getattr(f).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let opened = fs.open(f, true).unwrap();
+    assert_eq!((opened.size, opened.blocks), (0, 0));
+    assert!(opened.mtime > written.mtime && opened.ctime > written.ctime);
+    fs.write(f, 0, b"short").unwrap();
+    fs.release(f).unwrap();
+    fs.shutdown().unwrap();
+    drop(fs);
+    let fs = pool.open();
+    assert_eq!(read_all(&fs, f), b"short");
+    // Without O_TRUNC an open leaves the content alone.
+    fs.open(f, false).unwrap();
+    assert_eq!(read_all(&fs, f), b"short");
+}
+
+#[test]
 fn punch_hole_and_zero_range() {
     let pool = TestPool::with_block_size(64, 128, 16 * 1024);
     let fs = pool.open();
@@ -406,7 +428,7 @@ fn unlinked_open_file_lives_until_release_or_remount() {
     let fs = pool.open();
     let f = create_file(&fs, ROOT, "f");
     fs.write(f, 0, &pattern(8, 1_000_000)).unwrap();
-    fs.open(f).unwrap();
+    fs.open(f, false).unwrap();
     fs.unlink(ROOT, b"f").unwrap();
     assert_eq!(fs.getattr(f).unwrap().nlink, 0);
     assert_eq!(read_all(&fs, f), pattern(8, 1_000_000));
@@ -421,7 +443,7 @@ fn unlinked_open_file_lives_until_release_or_remount() {
     // And the normal path: release frees it.
     let g = create_file(&fs, ROOT, "g");
     fs.write(g, 0, b"x").unwrap();
-    fs.open(g).unwrap();
+    fs.open(g, false).unwrap();
     fs.unlink(ROOT, b"g").unwrap();
     fs.release(g).unwrap();
     assert!(matches!(fs.getattr(g), Err(FsError::NotFound)));

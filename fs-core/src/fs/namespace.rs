@@ -440,12 +440,27 @@ impl Filesystem {
     }
 
     /// Notes that `ino` was opened; unlinked inodes stay until the matching release.
-    pub fn open(&self, ino: InodeId) -> FsResult<Attr> {
-        self.view(|tx| {
-            let inode = tx.inode(ino)?;
+    /// `truncate` is `O_TRUNC`, which the kernel leaves to the open itself
+    /// (`FUSE_ATOMIC_O_TRUNC`): a regular file is emptied in the same transaction, so such an
+    /// open is a change (EROFS once the pool is read-only).
+    pub fn open(&self, ino: InodeId, truncate: bool) -> FsResult<Attr> {
+        let open = |tx: &mut Tx<'_>| {
+            let mut inode = tx.inode(ino)?;
+            if truncate && inode.kind == FileKind::Regular {
+                tx.truncate(&mut inode, 0)?;
+                let now = Timestamp::now();
+                inode.mtime = now;
+                inode.ctime = now;
+                tx.put_inode(&inode)?;
+            }
             *tx.book.open_counts.entry(ino.0).or_insert(0) += 1;
             tx.attr(&inode)
-        })
+        };
+        if truncate {
+            self.with_tx(open)
+        } else {
+            self.view(open)
+        }
     }
 
     /// Notes that `ino` was closed; an unlinked inode is freed at its last close (or, while

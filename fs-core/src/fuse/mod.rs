@@ -421,8 +421,9 @@ impl fuser::Filesystem for AegisFuse {
         );
     }
 
-    fn open(&self, _req: &Request, inode: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.call(|fs| fs.open(ino(inode))) {
+    fn open(&self, _req: &Request, inode: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        match self.call(|fs| fs.open(ino(inode), truncate)) {
             Ok(_) => reply.opened(FileHandle(inode.0), OPEN_FLAGS),
             Err(err) => reply.error(errno(&err)),
         }
@@ -641,7 +642,7 @@ impl fuser::Filesystem for AegisFuse {
         let node = NewNode::new(FileKind::Regular, mode & !umask);
         let result = self.call(|fs| {
             let attr = fs.create_node(ino(parent), name.as_bytes(), &node, caller(req))?;
-            fs.open(attr.ino)
+            fs.open(attr.ino, false)
         });
         match result {
             Ok(attr) => reply.created(
