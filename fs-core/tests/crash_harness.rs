@@ -3,6 +3,13 @@
 //! unflushed writes), then `fsck` (with data checksums; must be clean), remount, and a full
 //! comparison with the model as of the last commit.
 //!
+//! The durability points are fsync, fdatasync and fsync of a directory, each through the call
+//! the FUSE adapter makes for it: all three are one commit of the whole transaction group
+//! ([`Filesystem::fsync`]), so the model checks that each makes the whole tree durable.
+//! syncfs(2) and sync(2) have no operation: the kernel never forwards them to a FUSE server
+//! (`FUSE_SYNCFS` goes to virtiofs only), so on a mount they make nothing durable before the
+//! next periodic commit (see [`Durability`]).
+//!
 //! `AEGIS_CRASH_POINTS` sets how many crash points to run (default 1,000; a soak might use
 //! 100,000); `AEGIS_CRASH_SEED` replays one workload. Every failure prints its seed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,6 +24,7 @@ use fs_core::device::{CutMode, SplitMix64 as Rng};
 use fs_core::fs::{Caller, Filesystem, NewNode, SetAttr};
 use fs_core::meta::records::FileKind;
 use fs_core::types::InodeId;
+use fs_core::FsResult;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
@@ -171,6 +179,30 @@ fn check(fs: &Filesystem, model: &Model, context: &str) {
                     "{context}: xattrs of {path}"
                 );
             }
+        }
+    }
+}
+
+/// A durability request of an application, served as the FUSE adapter serves it: fsync(2)
+/// and fdatasync(2) arrive as `FUSE_FSYNC` without and with the datasync flag, fsync(2) of a
+/// directory as `FUSE_FSYNCDIR`, and the adapter answers each with [`Filesystem::fsync`].
+/// syncfs(2) and sync(2) reach the server only as the write-back of the kernel's cached pages
+/// (every write here already reaches fs-core), so they are no request of their own.
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    Fsync,
+    Fdatasync,
+    Fsyncdir,
+}
+
+impl Durability {
+    fn random(rng: &mut Rng) -> Self {
+        [Self::Fsync, Self::Fdatasync, Self::Fsyncdir][rng.below(3) as usize]
+    }
+
+    fn request(self, fs: &Filesystem) -> FsResult<()> {
+        match self {
+            Self::Fsync | Self::Fdatasync | Self::Fsyncdir => fs.fsync(),
         }
     }
 }
@@ -361,13 +393,16 @@ fn workload(seed: u64, crash_points: u64) -> u64 {
     let mut fs: Arc<Filesystem> = pool.open();
     let mut live = Model::default();
     let mut committed = Model::default();
+    let mut durable_through = None;
     let mut crashes = 0;
     while crashes < crash_points {
         for _ in 0..(1 + rng.below(25)) {
             step(&fs, &mut live, &mut rng);
             if rng.below(8) == 0 {
-                fs.fsync().unwrap();
+                let request = Durability::random(&mut rng);
+                request.request(&fs).unwrap();
                 committed = live.clone();
+                durable_through = Some(request);
             }
         }
         if seed.is_multiple_of(4) && crashes == 2 {
@@ -392,7 +427,9 @@ fn workload(seed: u64, crash_points: u64) -> u64 {
         check(
             &fs,
             &committed,
-            &format!("seed {seed}, crash {crashes} ({mode:?})"),
+            &format!(
+                "seed {seed}, crash {crashes} ({mode:?}), last durable through {durable_through:?}"
+            ),
         );
         live = committed.clone();
     }
