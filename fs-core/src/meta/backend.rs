@@ -152,7 +152,7 @@ pub struct PageDamage {
     pub healed: bool,
 }
 
-/// What the backend shares with [`RegionHandle`]s after redb owns it.
+/// The region's length, policy and damage log.
 #[derive(Debug)]
 struct Shared {
     len: Mutex<u64>,
@@ -197,25 +197,25 @@ impl Shared {
 /// damage found so far.
 #[derive(Debug, Clone)]
 pub struct RegionHandle {
-    shared: Arc<Shared>,
+    region: Arc<Region>,
 }
 
 impl RegionHandle {
     pub fn used(&self) -> u64 {
-        self.shared.len()
+        self.region.shared.len()
     }
 
     pub fn capacity(&self) -> u64 {
-        self.shared.capacity
+        self.region.shared.capacity
     }
 
     pub fn set_policy(&self, policy: ReadPolicy) {
-        *lock(&self.shared.policy) = policy;
+        *lock(&self.region.shared.policy) = policy;
     }
 
     /// Damaged pages found since the pool was opened (at most 10,000 are kept).
     pub fn damage(&self) -> Vec<PageDamage> {
-        lock(&self.shared.damage).clone()
+        lock(&self.region.shared.damage).clone()
     }
 }
 
@@ -328,16 +328,16 @@ fn to_io(err: DeviceError) -> io::Error {
     io::Error::other(err)
 }
 
-/// redb storage on one or more identical regions of pool members.
+/// One or more identical copies of the metadata region, with their page checksums.
 #[derive(Debug)]
-pub struct MirroredRegionBackend {
+struct Region {
     copies: Vec<RegionCopy>,
     /// Held across every device access, so a page and its checksum always change together.
     pages: Mutex<PageSums>,
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
-impl MirroredRegionBackend {
+impl Region {
     fn new(copies: Vec<RegionCopy>, len: u64, pages: PageSums) -> io::Result<Self> {
         if copies.is_empty() {
             return Err(io::Error::other("no metadata copies"));
@@ -352,12 +352,12 @@ impl MirroredRegionBackend {
         Ok(Self {
             copies,
             pages: Mutex::new(pages),
-            shared: Arc::new(Shared {
+            shared: Shared {
                 len: Mutex::new(len),
                 capacity,
                 policy: Mutex::new(ReadPolicy::default()),
                 damage: Mutex::new(Vec::new()),
-            }),
+            },
         })
     }
 
@@ -480,13 +480,6 @@ impl MirroredRegionBackend {
             pages.set(page, page_sum(&buf));
         }
         self.sync_locked(&mut pages)
-    }
-
-    /// A handle that reports on the region after redb owns the backend.
-    pub fn handle(&self) -> RegionHandle {
-        RegionHandle {
-            shared: Arc::clone(&self.shared),
-        }
     }
 
     fn lock_pages(&self) -> MutexGuard<'_, PageSums> {
@@ -649,12 +642,12 @@ impl MirroredRegionBackend {
     }
 }
 
-impl redb::StorageBackend for MirroredRegionBackend {
-    fn len(&self) -> Result<u64, io::Error> {
+impl Region {
+    fn db_len(&self) -> Result<u64, io::Error> {
         Ok(self.shared.len())
     }
 
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+    fn db_read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
         if offset + out.len() as u64 > self.shared.len() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -671,7 +664,7 @@ impl redb::StorageBackend for MirroredRegionBackend {
         Ok(())
     }
 
-    fn set_len(&self, new_len: u64) -> Result<(), io::Error> {
+    fn db_set_len(&self, new_len: u64) -> Result<(), io::Error> {
         let mut pages = self.lock_pages();
         let mut len = lock(&self.shared.len);
         if new_len > self.shared.capacity {
@@ -697,12 +690,12 @@ impl redb::StorageBackend for MirroredRegionBackend {
         Ok(())
     }
 
-    fn sync_data(&self) -> Result<(), io::Error> {
+    fn db_sync(&self) -> Result<(), io::Error> {
         let mut pages = self.lock_pages();
         self.sync_locked(&mut pages)
     }
 
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+    fn db_write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
         if offset + data.len() as u64 > self.shared.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -711,6 +704,51 @@ impl redb::StorageBackend for MirroredRegionBackend {
         }
         let mut pages = self.lock_pages();
         self.write_locked(&mut pages, offset, data)
+    }
+}
+
+/// redb storage on the metadata region: mirrored, checksummed pages (see the module docs).
+#[derive(Debug)]
+pub struct MirroredRegionBackend(Arc<Region>);
+
+impl MirroredRegionBackend {
+    /// Initialises empty regions (length 0) on every copy; used by `format`.
+    pub fn create(copies: Vec<RegionCopy>) -> io::Result<Self> {
+        Region::create(copies).map(|region| Self(Arc::new(region)))
+    }
+
+    /// Opens existing regions (see [`Region::open`]).
+    pub fn open(copies: Vec<RegionCopy>) -> io::Result<Self> {
+        Region::open(copies).map(|region| Self(Arc::new(region)))
+    }
+
+    /// A handle on the region that stays usable after redb owns the backend.
+    pub fn handle(&self) -> RegionHandle {
+        RegionHandle {
+            region: Arc::clone(&self.0),
+        }
+    }
+}
+
+impl redb::StorageBackend for MirroredRegionBackend {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.0.db_len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.0.db_read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.0.db_set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.0.db_sync()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.0.db_write(offset, data)
     }
 }
 
