@@ -152,6 +152,25 @@ pub struct PageDamage {
     pub healed: bool,
 }
 
+/// What resolving one page found.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageOutcome {
+    bad_copies: u64,
+    healed: u64,
+}
+
+/// What scrubbing a range of metadata pages found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PageScrub {
+    pub checked: u64,
+    /// Copies that failed to read or to match their checksum.
+    pub bad_copies: u64,
+    /// Bad copies rewritten from a good one.
+    pub healed: u64,
+    /// Pages intact on no copy.
+    pub unrecoverable: u64,
+}
+
 /// The region's length, policy and damage log.
 #[derive(Debug)]
 struct Shared {
@@ -217,6 +236,16 @@ impl RegionHandle {
     pub fn damage(&self) -> Vec<PageDamage> {
         lock(&self.region.shared.damage).clone()
     }
+
+    /// Pages of the database (rounded up).
+    pub fn pages(&self) -> u64 {
+        self.used().div_ceil(PAGE)
+    }
+
+    /// Verifies every copy of metadata pages `range` and heals bad copies (for scrub).
+    pub fn scrub_pages(&self, range: std::ops::Range<u64>) -> PageScrub {
+        self.region.scrub_pages(range)
+    }
 }
 
 /// Checksums of the database pages, and the table blocks changed since the last sync.
@@ -273,12 +302,15 @@ fn page_sum(page: &[u8]) -> u64 {
     checksum64(page).max(1)
 }
 
-fn encode_header(len: u64) -> Vec<u8> {
+/// The header of a copy: the database length, and whether the region is open (a region
+/// still open at the next open was not closed cleanly).
+fn encode_header(len: u64, open: bool) -> Vec<u8> {
     let mut header = vec![0u8; HEADER_LEN as usize];
     header[0..8].copy_from_slice(&HEADER_MAGIC);
     header[8..16].copy_from_slice(&len.to_le_bytes());
-    let checksum = checksum64(&header[0..16]);
-    header[16..24].copy_from_slice(&checksum.to_le_bytes());
+    header[16..24].copy_from_slice(&u64::from(open).to_le_bytes());
+    let checksum = checksum64(&header[0..24]);
+    header[24..32].copy_from_slice(&checksum.to_le_bytes());
     header
 }
 
@@ -289,20 +321,23 @@ enum HeaderProblem {
     OldLayout,
 }
 
-fn decode_header(header: &[u8]) -> Result<u64, HeaderProblem> {
+/// A decoded header: the database length and the open flag.
+fn decode_header(header: &[u8]) -> Result<(u64, bool), HeaderProblem> {
     if header[0..8] == OLD_HEADER_MAGIC {
         return Err(HeaderProblem::OldLayout);
     }
     if header[0..8] != HEADER_MAGIC {
         return Err(HeaderProblem::Damaged);
     }
-    let mut field = [0u8; 8];
-    field.copy_from_slice(&header[16..24]);
-    if checksum64(&header[0..16]) != u64::from_le_bytes(field) {
+    let field = |range: std::ops::Range<usize>| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&header[range]);
+        u64::from_le_bytes(bytes)
+    };
+    if checksum64(&header[0..24]) != field(24..32) {
         return Err(HeaderProblem::Damaged);
     }
-    field.copy_from_slice(&header[8..16]);
-    Ok(u64::from_le_bytes(field))
+    Ok((field(8..16), field(16..24) & 1 == 1))
 }
 
 /// Copies the header, the checksum table and `len` database bytes of `from` over `to`, then
@@ -363,7 +398,7 @@ impl Region {
 
     /// Initialises empty regions (length 0) on every copy; used by `format`.
     pub fn create(copies: Vec<RegionCopy>) -> io::Result<Self> {
-        let header = encode_header(0);
+        let header = encode_header(0, true);
         for copy in &copies {
             copy.device.write_at(copy.offset, &header).map_err(to_io)?;
             copy.device.flush().map_err(to_io)?;
@@ -377,7 +412,7 @@ impl Region {
     /// copies agree again.
     pub fn open(copies: Vec<RegionCopy>) -> io::Result<Self> {
         let mut header = vec![0u8; HEADER_LEN as usize];
-        let lengths: Vec<Result<u64, HeaderProblem>> = copies
+        let headers: Vec<Result<(u64, bool), HeaderProblem>> = copies
             .iter()
             .map(|copy| {
                 copy.device
@@ -386,27 +421,28 @@ impl Region {
                 decode_header(&header)
             })
             .collect();
-        if lengths.contains(&Err(HeaderProblem::OldLayout)) {
+        if headers.contains(&Err(HeaderProblem::OldLayout)) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "the metadata region uses an earlier development layout without page checksums; \
                  this version cannot read it (reformat the pool)",
             ));
         }
-        let Some(good) = lengths.iter().position(Result::is_ok) else {
+        let Some(good) = headers.iter().position(Result::is_ok) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "no metadata region header is readable on any copy",
             ));
         };
-        let len = lengths[good].as_ref().copied().unwrap_or(0);
+        let (len, _) = headers[good].as_ref().copied().unwrap_or((0, false));
+        let unclean = headers.iter().any(|h| !matches!(h, Ok((_, false))));
         if copies.iter().any(|copy| len > copy.layout().capacity) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "metadata length exceeds its region",
             ));
         }
-        for (copy, found) in copies.iter().zip(&lengths) {
+        for (copy, found) in copies.iter().zip(&headers) {
             if found.is_err() {
                 tracing::warn!(
                     device = copy.name(),
@@ -425,7 +461,7 @@ impl Region {
                 dirty_blocks: BTreeSet::new(),
             },
         )?;
-        backend.reconcile()?;
+        backend.reconcile(unclean)?;
         Ok(backend)
     }
 
@@ -460,26 +496,106 @@ impl Region {
             .collect())
     }
 
-    /// Copies every page without a known checksum from the first copy that reads it to the
-    /// others and records its checksum, then makes that durable.
-    fn reconcile(&self) -> io::Result<()> {
+    /// Makes the copies agree and every page's checksum known, then marks the region open.
+    /// After an unclean close (or when the tables disagree) every page is compared across the
+    /// copies: pages written since the last flush may differ (none of them live), and each
+    /// such page is settled on the copy that matches its checksum, else on the first copy.
+    fn reconcile(&self, unclean: bool) -> io::Result<()> {
         let mut pages = self.lock_pages();
         let count = self.shared.len().div_ceil(PAGE);
-        let unknown: Vec<u64> = (0..count).filter(|&p| pages.get(p) == UNKNOWN).collect();
-        if unknown.is_empty() {
-            return Ok(());
+        if unclean || (0..count).any(|p| pages.get(p) == UNKNOWN) {
+            let mut settled = 0;
+            for page in 0..count {
+                settled += usize::from(self.settle_page(&mut pages, page)?);
+            }
+            if settled > 0 {
+                tracing::info!(
+                    pages = settled,
+                    "metadata pages written just before an unclean shutdown differed between the copies; settled"
+                );
+            }
         }
-        tracing::info!(
-            pages = unknown.len(),
-            "metadata copies disagree on pages written just before a crash; copying them from the first copy"
-        );
+        self.sync_locked(&mut pages)?;
+        self.write_headers(self.shared.len(), true)
+    }
+
+    /// Makes every copy of `page` hold the same bytes, with a known checksum; whether any
+    /// copy had to change.
+    fn settle_page(&self, pages: &mut PageSums, page: u64) -> io::Result<bool> {
+        let expected = pages.get(page);
+        let versions = self.read_versions(page);
+        let winner = versions
+            .iter()
+            .flatten()
+            .find(|d| expected != UNKNOWN && page_sum(d) == expected)
+            .or_else(|| versions.iter().flatten().next())
+            .cloned();
+        let Some(winner) = winner else {
+            return Ok(false);
+        };
+        let mut changed = false;
+        for (copy, version) in self.copies.iter().zip(&versions) {
+            if version.as_ref().ok() != Some(&winner) {
+                copy.write_data(page * PAGE, &winner).map_err(to_io)?;
+                changed = true;
+            }
+        }
+        if page_sum(&winner) != expected {
+            pages.set(page, page_sum(&winner));
+        }
+        Ok(changed)
+    }
+
+    /// Page `page` as each copy holds it.
+    fn read_versions(&self, page: u64) -> Vec<Result<Vec<u8>, DeviceError>> {
+        self.copies
+            .iter()
+            .map(|copy| {
+                let mut buf = vec![0u8; PAGE_BYTES];
+                copy.read_data(page * PAGE, &mut buf).map(|()| buf)
+            })
+            .collect()
+    }
+
+    /// Writes every copy's header and flushes.
+    fn write_headers(&self, len: u64, open: bool) -> io::Result<()> {
+        let header = encode_header(len, open);
+        for copy in &self.copies {
+            copy.device.write_at(copy.offset, &header).map_err(to_io)?;
+            copy.device.flush().map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    /// Verifies every copy of pages `range` (clipped to the database) and rewrites bad copies
+    /// from a good one, as a read that verifies every copy would.
+    fn scrub_pages(&self, range: std::ops::Range<u64>) -> PageScrub {
+        let mut pages = self.lock_pages();
+        let end = range.end.min(self.shared.len().div_ceil(PAGE));
+        let mut result = PageScrub::default();
+        let policy = ReadPolicy {
+            verify_every_copy: true,
+            heal: true,
+        };
         let mut buf = vec![0u8; PAGE_BYTES];
-        for page in unknown {
-            self.read_first_copy(page * PAGE, &mut buf)?;
-            self.write_all_copies(page * PAGE, &buf)?;
-            pages.set(page, page_sum(&buf));
+        for page in range.start..end {
+            result.checked += 1;
+            match self.resolve_page(&mut pages, page, &mut buf, policy) {
+                Ok(outcome) => {
+                    result.bad_copies += outcome.bad_copies;
+                    result.healed += outcome.healed;
+                }
+                Err(_) => result.unrecoverable += 1,
+            }
         }
-        self.sync_locked(&mut pages)
+        result
+    }
+
+    /// Clean close: the table is written, every copy flushed and marked closed.
+    fn close(&self) -> io::Result<()> {
+        let mut pages = self.lock_pages();
+        self.sync_locked(&mut pages)?;
+        self.write_headers(self.shared.len(), false)
     }
 
     fn lock_pages(&self) -> MutexGuard<'_, PageSums> {
@@ -491,18 +607,6 @@ impl Region {
             copy.write_data(offset, data).map_err(to_io)?;
         }
         Ok(())
-    }
-
-    /// Reads from the first copy that answers, without verification; returns its index.
-    fn read_first_copy(&self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
-        let mut last_error = None;
-        for (i, copy) in self.copies.iter().enumerate() {
-            match copy.read_data(offset, out) {
-                Ok(()) => return Ok(i),
-                Err(err) => last_error = Some(err),
-            }
-        }
-        Err(last_error.map_or_else(|| io::Error::other("no metadata copies"), to_io))
     }
 
     /// Reads whole pages starting at page `first` into `out` (a multiple of the page size),
@@ -529,24 +633,19 @@ impl Region {
         page: u64,
         out: &mut [u8],
         policy: ReadPolicy,
-    ) -> io::Result<()> {
+    ) -> io::Result<PageOutcome> {
         let expected = pages.get(page);
-        let versions: Vec<Result<Vec<u8>, DeviceError>> = self
-            .copies
-            .iter()
-            .map(|copy| {
-                let mut buf = vec![0u8; PAGE_BYTES];
-                copy.read_data(page * PAGE, &mut buf).map(|()| buf)
-            })
-            .collect();
+        let versions = self.read_versions(page);
         let intact = |data: &[u8]| expected == UNKNOWN || page_sum(data) == expected;
         let good = versions
             .iter()
             .find_map(|v| v.as_ref().ok().filter(|d| intact(d)))
             .cloned();
         let Some(good) = good else {
-            return self.resolve_unverifiable(pages, page, out, &versions);
+            self.resolve_unverifiable(pages, page, out, &versions)?;
+            return Ok(PageOutcome::default());
         };
+        let mut outcome = PageOutcome::default();
         for (copy, version) in self.copies.iter().zip(&versions) {
             let cause = match version {
                 Err(err) => format!("read failed: {err}"),
@@ -559,6 +658,8 @@ impl Region {
                     .write_data(page * PAGE, &good)
                     .and_then(|()| copy.device.flush())
                     .is_ok();
+            outcome.bad_copies += 1;
+            outcome.healed += u64::from(healed);
             self.shared.record(PageDamage {
                 page,
                 device: Some(copy.name().to_owned()),
@@ -567,7 +668,7 @@ impl Region {
             });
         }
         out.copy_from_slice(&good);
-        Ok(())
+        Ok(outcome)
     }
 
     /// No copy of `page` matches its checksum. When every copy holds the same bytes the table
@@ -682,7 +783,7 @@ impl Region {
                 at += chunk as u64;
             }
         }
-        let header = encode_header(new_len);
+        let header = encode_header(new_len, true);
         for copy in &self.copies {
             copy.device.write_at(copy.offset, &header).map_err(to_io)?;
         }
@@ -749,6 +850,10 @@ impl redb::StorageBackend for MirroredRegionBackend {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
         self.0.db_write(offset, data)
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        self.0.close()
     }
 }
 
@@ -950,9 +1055,49 @@ mod tests {
     }
 
     #[test]
+    fn an_unclean_close_settles_pages_that_differ_between_the_copies() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        // A write the slow copy never got, its table entry not written anywhere (a crash
+        // before the sync): the fast copy's page no longer matches the recorded checksum.
+        let stray = vec![3u8; PAGE_BYTES];
+        fx.fast.write_at(fx.data_at(2 * PAGE), &stray).unwrap();
+        drop(backend);
+        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        // Settled on the copy that matches the checksum, so the last synced state wins.
+        assert_eq!(fx.page_on(&fx.fast, 2), data[2 * PAGE_BYTES..]);
+        assert!(backend.handle().damage().is_empty());
+        let scrub = backend.handle().scrub_pages(0..u64::MAX);
+        assert_eq!(scrub.checked, 3);
+        assert_eq!(scrub.bad_copies, 0);
+    }
+
+    #[test]
+    fn scrubbing_pages_heals_every_bad_copy_and_counts_what_it_cannot() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        fx.slow.corrupt(fx.data_at(10), 0).unwrap();
+        fx.fast.corrupt(fx.data_at(PAGE + 10), 0).unwrap();
+        fx.fast.corrupt(fx.data_at(2 * PAGE + 10), 0).unwrap();
+        fx.slow.corrupt(fx.data_at(2 * PAGE + 20), 0).unwrap();
+        let scrub = backend.handle().scrub_pages(0..u64::MAX);
+        assert_eq!(
+            scrub,
+            PageScrub {
+                checked: 3,
+                bad_copies: 2,
+                healed: 2,
+                unrecoverable: 1
+            }
+        );
+        assert_eq!(fx.page_on(&fx.slow, 0), data[..PAGE_BYTES]);
+        assert_eq!(fx.page_on(&fx.fast, 1), data[PAGE_BYTES..2 * PAGE_BYTES]);
+    }
+
+    #[test]
     fn the_old_layout_is_refused_by_name() {
         let fx = Fixture::new();
-        let mut header = encode_header(0);
+        let mut header = encode_header(0, false);
         header[0..8].copy_from_slice(&OLD_HEADER_MAGIC);
         for device in [&fx.fast, &fx.slow] {
             device.write_at(REGION, &header).unwrap();
