@@ -24,6 +24,8 @@ pub enum FsError {
     Invalid(&'static str),
     #[error("{0}")]
     BadProperty(String),
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("file name too long")]
     NameTooLong,
     #[error("no space left on the pool")]
@@ -86,6 +88,7 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Invalid(_) | FsError::BadProperty(_) => libc::EINVAL,
+            FsError::Busy(_) => libc::EBUSY,
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NoSpace | FsError::MetadataFull => libc::ENOSPC,
             FsError::Access => libc::EACCES,

@@ -6,8 +6,12 @@
 mod common;
 
 use common::{create_file, mkdir, pattern, read_all, TestPool, MIB};
-use fs_core::device::{FaultPlan, FaultyDevice};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use fs_core::device::{BlockDevice, FaultPlan, FaultyDevice};
 use fs_core::fs::props::{Property, Source};
+use fs_core::fs::scrub::{ScrubPhase, ScrubState, Scrubber};
 use fs_core::fs::ErrorCounts;
 use fs_core::meta::records::{BlockRecord, Location};
 use fs_core::meta::{BLOCKS, FILE_BLOCKS};
@@ -253,4 +257,197 @@ fn a_mirrored_write_needs_room_on_both_devices() {
         .collect();
     assert!(written > 16 * MIB);
     assert!(used[0].abs_diff(used[1]) <= 2 * MIB, "{used:?}");
+}
+
+/// Runs a scrub to its end on `fs`, step by step.
+fn scrub_to_end(fs: &fs_core::fs::Filesystem) -> ScrubState {
+    let mut state = fs.scrub_begin().unwrap();
+    while state.phase.is_running() {
+        fs.scrub_step(&mut state).unwrap();
+    }
+    state
+}
+
+/// Every block copy (file, location) of the files `names` in the root.
+fn copies_of(pool: &TestPool, files: &[(InodeId, &str)]) -> Vec<(String, Location, u64)> {
+    let mut out = Vec::new();
+    for (ino, name) in files {
+        for record in records(pool, *ino) {
+            for at in record.locations() {
+                // Only the stored bytes count: the padding to a whole sector is not checked.
+                out.push(((*name).to_owned(), at, u64::from(record.stored_len)));
+            }
+        }
+    }
+    out
+}
+
+/// Writes random bytes at `count` random offsets of the data area of `fast` (or slow); returns
+/// the copies (of `copies`) that now differ.
+fn damage_randomly(
+    pool: &TestPool,
+    fast: bool,
+    count: usize,
+    seed: u64,
+    copies: &[(String, Location, u64)],
+) -> BTreeSet<(String, Location)> {
+    let area = pool.data_area(fast);
+    let used_end = copies
+        .iter()
+        .filter(|(_, at, _)| (at.device.0 == 0) == fast)
+        .map(|(_, at, len)| at.sector * SECTOR + len)
+        .max()
+        .unwrap();
+    let mut rng = fs_core::device::SplitMix64(seed);
+    let mut damaged = BTreeSet::new();
+    for _ in 0..count {
+        let offset = area.start + rng.below(used_end - area.start);
+        let device = pool.member(fast);
+        let mut byte = [0u8; 1];
+        device.read_at(offset, &mut byte).unwrap();
+        device.write_at(offset, &[byte[0] ^ 0xa5]).unwrap();
+        for (name, at, len) in copies {
+            let range = at.sector * SECTOR..at.sector * SECTOR + len;
+            if (at.device.0 == 0) == fast && range.contains(&offset) {
+                damaged.insert((name.clone(), *at));
+            }
+        }
+    }
+    device_flush(pool, fast);
+    damaged
+}
+
+fn device_flush(pool: &TestPool, fast: bool) {
+    pool.member(fast).flush().unwrap();
+}
+
+/// Ten files of different sizes, committed.
+fn populated(copies: u8) -> (TestPool, Vec<(InodeId, String)>, Vec<Vec<u8>>) {
+    let pool = pool_with_copies(copies);
+    let fs = pool.open();
+    let mut files = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..10u64 {
+        let name = format!("file{i}");
+        let ino = create_file(&fs, ROOT, &name);
+        let content = pattern(i + 100, 150_000 * (i as usize + 1));
+        fs.write(ino, 0, &content).unwrap();
+        files.push((ino, name));
+        contents.push(content);
+    }
+    fs.shutdown().unwrap();
+    (pool, files, contents)
+}
+
+#[test]
+fn scrub_with_two_copies_finds_and_repairs_random_damage_on_a_device_and_a_metadata_copy() {
+    let (pool, files, contents) = populated(2);
+    let named: Vec<(InodeId, &str)> = files.iter().map(|(i, n)| (*i, n.as_str())).collect();
+    let copies = copies_of(&pool, &named);
+    let damaged = damage_randomly(&pool, true, 40, 7, &copies);
+    assert!(damaged.len() >= 20, "{}", damaged.len());
+    // And one bit in each of the first pages of the slow metadata copy.
+    let region = pool.metadata_region(false);
+    let sb = fs_core::pool::read_superblock(pool.slow.as_ref()).unwrap();
+    let database = region.start + fs_core::meta::backend::database_offset(sb.meta_len);
+    for page in 0..8 {
+        pool.slow.corrupt(database + page * 4096 + 64, 1).unwrap();
+    }
+    let fs = pool.open();
+    let state = scrub_to_end(&fs);
+    assert_eq!(state.phase, ScrubPhase::Finished);
+    assert_eq!(state.blocks_checked, state.blocks_total);
+    assert_eq!(state.unrecoverable, 0);
+    assert_eq!(state.errors_found, state.repaired);
+    // Every damaged data copy, and the damaged metadata pages redb had not rewritten since.
+    let data = damaged.len() as u64;
+    assert!(
+        (data + 1..=data + 8).contains(&state.errors_found),
+        "{} found, {data} data copies and 8 metadata pages damaged",
+        state.errors_found,
+    );
+    for ((ino, _), content) in files.iter().zip(&contents) {
+        assert_eq!(&read_all(&fs, *ino), content);
+    }
+    fs.shutdown().unwrap();
+    drop(fs);
+    pool.assert_fsck_clean("after scrub");
+}
+
+#[test]
+fn scrub_with_one_copy_finds_every_damaged_block_and_names_exactly_the_damaged_files() {
+    let (pool, files, _) = populated(1);
+    let named: Vec<(InodeId, &str)> = files.iter().map(|(i, n)| (*i, n.as_str())).collect();
+    let copies = copies_of(&pool, &named);
+    let damaged = damage_randomly(&pool, true, 12, 11, &copies);
+    let fs = pool.open();
+    let state = scrub_to_end(&fs);
+    assert_eq!(state.unrecoverable, damaged.len() as u64);
+    assert_eq!(state.errors_found, damaged.len() as u64);
+    assert_eq!(state.repaired, 0);
+    let reported: BTreeSet<String> = fs
+        .paths_of(&state.damaged_inodes)
+        .unwrap()
+        .into_iter()
+        .map(|(_, path)| path.unwrap())
+        .collect();
+    let expected: BTreeSet<String> = damaged.iter().map(|(name, _)| format!("/{name}")).collect();
+    assert_eq!(reported, expected);
+    for (ino, name) in &files {
+        let whole = fs.read(*ino, 0, 4 << 20);
+        assert_eq!(
+            whole.is_err(),
+            expected.contains(&format!("/{name}")),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_scrub_resumes_after_a_remount_where_it_stopped() {
+    let (pool, _, _) = populated(2);
+    let fs = pool.open();
+    let mut state = fs.scrub_begin().unwrap();
+    assert!(matches!(fs.scrub_begin(), Err(FsError::Busy(_))));
+    fs.scrub_step(&mut state).unwrap();
+    let first = state.blocks_checked;
+    assert!(first > 0 && first < state.blocks_total);
+    fs.shutdown().unwrap();
+    drop(fs);
+    let fs = pool.open();
+    let mut resumed = fs.scrub_state().unwrap().unwrap();
+    assert!(resumed.phase.is_running());
+    assert_eq!(resumed.blocks_checked, first);
+    while resumed.phase.is_running() {
+        fs.scrub_step(&mut resumed).unwrap();
+    }
+    assert_eq!(resumed.blocks_checked, resumed.blocks_total);
+    assert_eq!(resumed.pages_checked, resumed.pages_total);
+}
+
+#[test]
+fn a_scrub_thread_can_be_cancelled_and_throttles_to_its_rate() {
+    let (pool, _, _) = populated(2);
+    let fs = pool.open();
+    let state = fs.scrub_begin().unwrap();
+    // 1 MiB/s: the first batch (8 MiB of copies) alone takes seconds of throttling.
+    let scrubber = Scrubber::start(Arc::clone(&fs), state, Some(MIB)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    scrubber.cancel();
+    let mut state = scrubber.state();
+    assert!(state.phase.is_running());
+    assert!(state.blocks_checked < state.blocks_total, "{state:?}");
+    fs.scrub_cancel(&mut state).unwrap();
+    assert_eq!(
+        fs.scrub_state().unwrap().unwrap().phase,
+        ScrubPhase::Cancelled
+    );
+    // Unthrottled, a new one runs to its end.
+    let scrubber = Scrubber::start(Arc::clone(&fs), fs.scrub_begin().unwrap(), None).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while scrubber.state().phase.is_running() {
+        assert!(std::time::Instant::now() < deadline, "scrub never finished");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(scrubber.state().phase, ScrubPhase::Finished);
 }

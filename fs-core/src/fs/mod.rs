@@ -35,6 +35,7 @@ mod cache;
 mod data;
 mod namespace;
 pub mod props;
+pub mod scrub;
 mod tx;
 mod view;
 mod xattr;
@@ -915,35 +916,42 @@ impl Filesystem {
             return Err(err);
         };
         let content = self.read_copy(id, record, mirror).map_err(|_| err)?;
-        let mut padded = content.clone();
+        self.heal_copy(id, record, &content, record.primary());
+        Ok(content)
+    }
+
+    /// Writes the intact stored bytes `content` of block `id` over its damaged copy at `at`;
+    /// whether that worked (either way it is counted and logged).
+    fn heal_copy(&self, id: u64, record: &BlockRecord, content: &[u8], at: Location) -> bool {
+        let mut padded = content.to_vec();
         padded.resize(record.padded_len(), 0);
-        let primary = record.primary();
-        let healed = self.device(primary.device).and_then(|d| {
-            d.write_at(primary.sector * SECTOR_SIZE, &padded)
+        let written = self.device(at.device).and_then(|d| {
+            d.write_at(at.sector * SECTOR_SIZE, &padded)
                 .map_err(FsError::Device)
         });
-        match healed {
+        match written {
             Ok(()) => {
-                self.count_write(primary.device, padded.len());
-                self.count_error(primary.device, ErrorKind::Repaired);
+                self.count_write(at.device, padded.len());
+                self.count_error(at.device, ErrorKind::Repaired);
                 tracing::warn!(
                     block = id,
-                    device = primary.device.0,
-                    from = mirror.device.0,
-                    "block served from its second copy and rewritten on the damaged one"
+                    device = at.device.0,
+                    sector = at.sector,
+                    "damaged copy of a block rewritten from its intact copy"
                 );
+                true
             }
-            Err(heal_err) => {
-                self.count_error(primary.device, ErrorKind::Write);
+            Err(err) => {
+                self.count_error(at.device, ErrorKind::Write);
                 tracing::error!(
                     block = id,
-                    device = primary.device.0,
-                    error = %heal_err,
-                    "block served from its second copy; rewriting the damaged copy failed"
+                    device = at.device.0,
+                    error = %err,
+                    "rewriting a damaged copy of a block failed"
                 );
+                false
             }
         }
-        Ok(content)
     }
 }
 

@@ -27,6 +27,8 @@ pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters"
 /// Per-member error counters (read, write, checksum, repaired), kept across mounts.
 pub const DEVICE_ERRORS: TableDefinition<u16, (u64, u64, u64, u64)> =
     TableDefinition::new("device_errors");
+/// The scrub's progress (key `scrub`), kept so a scrub resumes after a remount or crash.
+pub const SCRUB: TableDefinition<&str, &[u8]> = TableDefinition::new("scrub");
 /// Properties (`copies`, …) by (inode, name); inode 0 holds the pool's defaults.
 pub const PROPERTIES: TableDefinition<(u64, &str), &str> = TableDefinition::new("properties");
 

@@ -141,22 +141,23 @@ pub struct Inode {
     pub inline: Option<Vec<u8>>,
 }
 
-struct Writer(Vec<u8>);
+/// Little-endian field writer shared by the record encodings.
+pub(crate) struct Writer(pub Vec<u8>);
 
 impl Writer {
-    fn u8(&mut self, v: u8) -> &mut Self {
+    pub fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
         self
     }
-    fn u16(&mut self, v: u16) -> &mut Self {
+    pub fn u16(&mut self, v: u16) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    fn u32(&mut self, v: u32) -> &mut Self {
+    pub fn u32(&mut self, v: u32) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
-    fn u64(&mut self, v: u64) -> &mut Self {
+    pub fn u64(&mut self, v: u64) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
@@ -166,9 +167,10 @@ impl Writer {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    what: &'static str,
+/// Little-endian field reader shared by the record decodings; every read checks the length.
+pub(crate) struct Reader<'a> {
+    pub bytes: &'a [u8],
+    pub what: &'static str,
 }
 
 impl<'a> Reader<'a> {
@@ -185,7 +187,7 @@ impl<'a> Reader<'a> {
         out.copy_from_slice(self.take(N)?);
         Ok(out)
     }
-    fn u8(&mut self) -> Result<u8, RecordError> {
+    pub fn u8(&mut self) -> Result<u8, RecordError> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, RecordError> {
@@ -194,7 +196,7 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, RecordError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
-    fn u64(&mut self) -> Result<u64, RecordError> {
+    pub fn u64(&mut self) -> Result<u64, RecordError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
     fn time(&mut self) -> Result<Timestamp, RecordError> {
@@ -283,7 +285,7 @@ impl Inode {
 }
 
 /// Where one copy of a block lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Location {
     pub device: DeviceIndex,
     /// First sector (4 KiB units from the start of the device).

@@ -1,0 +1,474 @@
+//! Scrub: an online walk over every copy of every data block, then every metadata page,
+//! verifying checksums and rewriting damaged copies from intact ones, while the pool stays in
+//! use.
+//!
+//! The walk goes through the file map in (inode, block index) order in small batches. A batch
+//! is listed under the state lock, then read straight from the devices (never from the block
+//! cache) under the free gate, so none of its sectors can be freed and reused while they are
+//! checked. Progress is a [`ScrubState`] stored in the metadata with every batch, so a scrub
+//! interrupted by an unmount or a crash resumes where the last commit left it. [`Scrubber`]
+//! runs the walk on a thread, throttled to a byte rate, and can be cancelled.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{ReadableTable, ReadableTableMetadata};
+
+use super::Filesystem;
+use crate::error::{FsError, FsResult};
+use crate::meta::records::{BlockRecord, Reader, RecordError, Timestamp, Writer};
+use crate::meta::{BLOCKS, DIRENTS, FILE_BLOCKS, INODES, SCRUB};
+use crate::types::InodeId;
+
+const STATE_KEY: &str = "scrub";
+const STATE_VERSION: u8 = 1;
+/// Blocks checked per batch.
+const BATCH_BLOCKS: usize = 64;
+/// Metadata pages checked per batch.
+const BATCH_PAGES: u64 = 256;
+/// Inodes with unrecoverable damage remembered for the report.
+const MAX_DAMAGED_INODES: usize = 1000;
+
+/// Where a scrub is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ScrubPhase {
+    #[default]
+    Data,
+    Metadata,
+    Finished,
+    Cancelled,
+}
+
+impl ScrubPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Data => "scrubbing data",
+            Self::Metadata => "scrubbing metadata",
+            Self::Finished => "finished",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_running(self) -> bool {
+        matches!(self, Self::Data | Self::Metadata)
+    }
+
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Data => 0,
+            Self::Metadata => 1,
+            Self::Finished => 2,
+            Self::Cancelled => 3,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            0 => Self::Data,
+            1 => Self::Metadata,
+            2 => Self::Finished,
+            3 => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// A scrub's progress and findings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubState {
+    pub phase: ScrubPhase,
+    /// Seconds since the epoch.
+    pub started: i64,
+    pub finished: Option<i64>,
+    /// The next (inode, block index) of the file map to check.
+    pub cursor: (u64, u64),
+    pub next_page: u64,
+    pub blocks_total: u64,
+    pub blocks_checked: u64,
+    pub bytes_checked: u64,
+    pub pages_total: u64,
+    pub pages_checked: u64,
+    /// Copies that failed to read or to match their checksum.
+    pub errors_found: u64,
+    /// Of those, rewritten from an intact copy.
+    pub repaired: u64,
+    /// Blocks and pages with no intact copy.
+    pub unrecoverable: u64,
+    /// Files with unrecoverable blocks (up to 1,000).
+    pub damaged_inodes: BTreeSet<u64>,
+}
+
+impl ScrubState {
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(128));
+        w.u8(STATE_VERSION)
+            .u8(self.phase.to_byte())
+            .u64(self.started.cast_unsigned())
+            .u64(self.finished.map_or(u64::MAX, i64::cast_unsigned))
+            .u64(self.cursor.0)
+            .u64(self.cursor.1)
+            .u64(self.next_page)
+            .u64(self.blocks_total)
+            .u64(self.blocks_checked)
+            .u64(self.bytes_checked)
+            .u64(self.pages_total)
+            .u64(self.pages_checked)
+            .u64(self.errors_found)
+            .u64(self.repaired)
+            .u64(self.unrecoverable)
+            .u64(self.damaged_inodes.len() as u64);
+        for ino in &self.damaged_inodes {
+            w.u64(*ino);
+        }
+        w.0
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = Reader {
+            bytes,
+            what: "scrub state",
+        };
+        if r.u8()? != STATE_VERSION {
+            return Err(RecordError("scrub state"));
+        }
+        let phase = ScrubPhase::from_byte(r.u8()?).ok_or(RecordError("scrub state"))?;
+        let started = r.u64()?.cast_signed();
+        let finished = match r.u64()? {
+            u64::MAX => None,
+            secs => Some(secs.cast_signed()),
+        };
+        let mut state = ScrubState {
+            phase,
+            started,
+            finished,
+            cursor: (r.u64()?, r.u64()?),
+            next_page: r.u64()?,
+            blocks_total: r.u64()?,
+            blocks_checked: r.u64()?,
+            bytes_checked: r.u64()?,
+            pages_total: r.u64()?,
+            pages_checked: r.u64()?,
+            errors_found: r.u64()?,
+            repaired: r.u64()?,
+            unrecoverable: r.u64()?,
+            damaged_inodes: BTreeSet::new(),
+        };
+        let damaged = r.u64()?;
+        if damaged > MAX_DAMAGED_INODES as u64 {
+            return Err(RecordError("scrub state"));
+        }
+        for _ in 0..damaged {
+            state.damaged_inodes.insert(r.u64()?);
+        }
+        if !r.bytes.is_empty() {
+            return Err(RecordError("scrub state"));
+        }
+        Ok(state)
+    }
+
+    /// Share of the work done, 0.0 to 1.0 (blocks and pages weigh the same).
+    pub fn fraction_done(&self) -> f64 {
+        if !self.phase.is_running() {
+            return 1.0;
+        }
+        let total = self.blocks_total.max(self.blocks_checked) + self.pages_total;
+        if total == 0 {
+            return 0.0;
+        }
+        (self.blocks_checked + self.pages_checked) as f64 / total as f64
+    }
+}
+
+/// One batch of the file map: (inode, block index, block id, record).
+type Batch = Vec<(u64, u64, u64, BlockRecord)>;
+
+impl Filesystem {
+    /// The last scrub's state as stored (`None` if the pool was never scrubbed).
+    pub fn scrub_state(&self) -> FsResult<Option<ScrubState>> {
+        self.view(|tx| {
+            let table = tx.txn.open_table(SCRUB)?;
+            let raw = table.get(STATE_KEY)?.map(|v| v.value().to_vec());
+            raw.map(|raw| {
+                ScrubState::decode(&raw).map_err(|e| FsError::Corrupt(format!("scrub: {e}")))
+            })
+            .transpose()
+        })
+    }
+
+    fn store_scrub_state(&self, state: &ScrubState) -> FsResult<()> {
+        self.with_tx(|tx| {
+            tx.mark_dirty();
+            tx.txn
+                .open_table(SCRUB)?
+                .insert(STATE_KEY, state.encode().as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// A new scrub's state, stored; refused while one is running.
+    pub fn scrub_begin(&self) -> FsResult<ScrubState> {
+        if self.scrub_state()?.is_some_and(|s| s.phase.is_running()) {
+            return Err(FsError::Busy("a scrub is already running"));
+        }
+        let blocks_total = self.view(|tx| Ok(tx.txn.open_table(FILE_BLOCKS)?.len()?))?;
+        let state = ScrubState {
+            phase: ScrubPhase::Data,
+            started: Timestamp::now().secs,
+            blocks_total,
+            pages_total: self.pool.metadata.pages(),
+            ..ScrubState::default()
+        };
+        self.store_scrub_state(&state)?;
+        Ok(state)
+    }
+
+    /// Marks the stored scrub cancelled (the runner stops at its next batch).
+    pub fn scrub_cancel(&self, state: &mut ScrubState) -> FsResult<()> {
+        state.phase = ScrubPhase::Cancelled;
+        state.finished = Some(Timestamp::now().secs);
+        self.store_scrub_state(state)
+    }
+
+    /// Checks the next batch and stores the progress; returns the bytes read.
+    pub fn scrub_step(&self, state: &mut ScrubState) -> FsResult<u64> {
+        let bytes = match state.phase {
+            ScrubPhase::Data => self.scrub_data_batch(state)?,
+            ScrubPhase::Metadata => {
+                let start = state.next_page;
+                let found = self.pool.metadata.scrub_pages(start..start + BATCH_PAGES);
+                state.pages_checked += found.checked;
+                state.errors_found += found.bad_copies;
+                state.repaired += found.healed;
+                state.unrecoverable += found.unrecoverable;
+                state.next_page = start + BATCH_PAGES;
+                if found.checked < BATCH_PAGES {
+                    state.phase = ScrubPhase::Finished;
+                    state.finished = Some(Timestamp::now().secs);
+                }
+                found.checked * crate::meta::backend::PAGE * 2
+            }
+            ScrubPhase::Finished | ScrubPhase::Cancelled => return Ok(0),
+        };
+        // A read-only pool cannot store progress; the scrub still checks (and reports).
+        match self.store_scrub_state(state) {
+            Ok(()) | Err(FsError::ReadOnly) => Ok(bytes),
+            Err(err) => Err(err),
+        }
+    }
+
+    fn scrub_data_batch(&self, state: &mut ScrubState) -> FsResult<u64> {
+        let batch: Batch = self.view(|tx| {
+            let map = tx.txn.open_table(FILE_BLOCKS)?;
+            let blocks = tx.txn.open_table(BLOCKS)?;
+            let mut batch = Vec::with_capacity(BATCH_BLOCKS);
+            for entry in map.range(state.cursor..)?.take(BATCH_BLOCKS) {
+                let (key, id) = entry?;
+                let (ino, index) = key.value();
+                let id = id.value();
+                let raw = blocks.get(id)?.ok_or_else(|| {
+                    FsError::Corrupt(format!("block {id} is mapped but not in the block table"))
+                })?;
+                let record = BlockRecord::decode(raw.value())
+                    .map_err(|e| FsError::Corrupt(format!("block {id}: {e}")))?;
+                batch.push((ino, index, id, record));
+            }
+            Ok(batch)
+        })?;
+        let Some(&(last_ino, last_index, _, _)) = batch.last() else {
+            state.phase = ScrubPhase::Metadata;
+            state.pages_total = self.pool.metadata.pages();
+            return Ok(0);
+        };
+        // Sectors listed above stay allocated until the batch is checked.
+        let _gate = self
+            .free_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut bytes = 0;
+        for (ino, _, id, record) in &batch {
+            bytes += (record.padded_len() * record.locations().count()) as u64;
+            let (bad, healed, intact) = self.scrub_block(*id, record);
+            state.errors_found += bad;
+            state.repaired += healed;
+            if !intact {
+                state.unrecoverable += 1;
+                if state.damaged_inodes.len() < MAX_DAMAGED_INODES {
+                    state.damaged_inodes.insert(*ino);
+                }
+            }
+        }
+        state.blocks_checked += batch.len() as u64;
+        state.bytes_checked += bytes;
+        state.cursor = (last_ino, last_index + 1);
+        Ok(bytes)
+    }
+
+    /// Reads every copy of a block, rewriting damaged ones from an intact one: (copies
+    /// damaged, copies rewritten, whether an intact copy exists).
+    fn scrub_block(&self, id: u64, record: &BlockRecord) -> (u64, u64, bool) {
+        let copies: Vec<_> = record
+            .locations()
+            .map(|at| (at, self.read_copy(id, record, at)))
+            .collect();
+        let intact = copies.iter().find_map(|(_, c)| c.as_ref().ok()).cloned();
+        let mut bad = 0;
+        let mut healed = 0;
+        for (at, copy) in &copies {
+            if copy.is_ok() {
+                continue;
+            }
+            bad += 1;
+            if let Some(content) = &intact {
+                healed += u64::from(self.heal_copy(id, record, content, *at));
+            } else {
+                tracing::error!(block = id, "scrub: no intact copy of this block");
+            }
+        }
+        let any_intact = intact.is_some();
+        if let Some(content) = intact.filter(|_| bad > 0) {
+            // Readers see the intact bytes, whatever the cache held.
+            self.cache.insert(id, Arc::new(content));
+        }
+        (bad, healed, any_intact)
+    }
+
+    /// Paths of `inodes` (one name each; `None` for an inode no directory names).
+    pub fn paths_of(&self, inodes: &BTreeSet<u64>) -> FsResult<Vec<(u64, Option<String>)>> {
+        if inodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.view(|tx| {
+            // One pass over the directory entries: each inode's parent and name.
+            let mut named: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
+            for entry in tx.txn.open_table(DIRENTS)?.iter()? {
+                let (key, value) = entry?;
+                let (parent, name) = key.value();
+                named
+                    .entry(value.value().0)
+                    .or_insert_with(|| (parent, name.to_vec()));
+            }
+            let inode_table = tx.txn.open_table(INODES)?;
+            let mut out = Vec::new();
+            for &ino in inodes {
+                let mut parts = Vec::new();
+                let mut at = ino;
+                let mut found = inode_table.get(ino)?.is_some();
+                while found && at != InodeId::ROOT.0 && parts.len() < 4096 {
+                    match named.get(&at) {
+                        Some((parent, name)) => {
+                            parts.push(String::from_utf8_lossy(name).into_owned());
+                            at = *parent;
+                        }
+                        None => found = false,
+                    }
+                }
+                parts.reverse();
+                out.push((ino, found.then(|| format!("/{}", parts.join("/")))));
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// A scrub running on its own thread, throttled, cancellable; its latest state is readable
+/// at any time.
+#[derive(Debug)]
+pub struct Scrubber {
+    state: Arc<RwLock<ScrubState>>,
+    cancel: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Scrubber {
+    /// Runs `state` (new or resumed) to its end, at most `rate` bytes per second if given.
+    pub fn start(fs: Arc<Filesystem>, state: ScrubState, rate: Option<u64>) -> FsResult<Self> {
+        let shared = Arc::new(RwLock::new(state));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let cancel = Arc::clone(&cancel);
+            std::thread::Builder::new()
+                .name("aegis-scrub".into())
+                .spawn(move || run(&fs, &shared, &cancel, rate))
+                .map_err(|_| FsError::Busy("cannot start the scrub thread"))?
+        };
+        Ok(Self {
+            state: shared,
+            cancel,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn state(&self) -> ScrubState {
+        self.state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Asks the scrub to stop after its current batch and waits for it.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Scrubber {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+fn run(fs: &Filesystem, shared: &RwLock<ScrubState>, cancel: &AtomicBool, rate: Option<u64>) {
+    let mut state = shared
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let started = Instant::now();
+    let mut bytes_this_run = 0u64;
+    tracing::info!(phase = state.phase.as_str(), "scrub running");
+    while state.phase.is_running() {
+        if cancel.load(Ordering::Relaxed) {
+            // Stopped by the user or by the unmount: an unmount leaves the stored state
+            // running, so the scrub resumes at the next mount.
+            return;
+        }
+        match fs.scrub_step(&mut state) {
+            Ok(bytes) => bytes_this_run += bytes,
+            Err(err) => {
+                tracing::error!(error = %err, "scrub stopped");
+                return;
+            }
+        }
+        *shared.write().unwrap_or_else(PoisonError::into_inner) = state.clone();
+        if let Some(rate) = rate.filter(|r| *r > 0) {
+            // Foreground I/O keeps priority: sleep until the rate allows the next batch,
+            // waking often enough to notice a cancel.
+            let due = Duration::from_secs_f64(bytes_this_run as f64 / rate as f64);
+            while let Some(wait) = due.checked_sub(started.elapsed()) {
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(wait.min(Duration::from_millis(50)));
+            }
+        }
+    }
+    tracing::info!(
+        checked = state.blocks_checked,
+        pages = state.pages_checked,
+        errors = state.errors_found,
+        repaired = state.repaired,
+        unrecoverable = state.unrecoverable,
+        "scrub finished"
+    );
+}
