@@ -8,6 +8,9 @@
 //!   root, percent-encoded)
 //! - `PUT /v1/properties` with [`SetProperties`] → the [`PropertyValue`]s after the change
 //! - `POST /v1/errors/clear` → [`Status`] with every member's error counters reset
+//! - `POST /v1/scrub/start` with [`ScrubStart`] → [`ScrubStatus`] (409 if one is running)
+//! - `GET /v1/scrub` → [`ScrubStatus`] of the running or last scrub
+//! - `POST /v1/scrub/cancel` → [`ScrubStatus`]
 //!
 //! Errors are [`ApiError`] bodies: 400 for a bad request, 404 for a missing path, 409 when
 //! the pool is read-only, 500 otherwise.
@@ -148,6 +151,42 @@ pub struct PropertyValue {
 pub struct SetProperties {
     pub path: String,
     pub properties: Vec<String>,
+}
+
+/// `POST /v1/scrub/start`: the read rate limit in bytes per second (0 or absent: none).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScrubStart {
+    pub rate_bytes_per_sec: u64,
+}
+
+/// A scrub's progress and findings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScrubStatus {
+    /// `none` (never scrubbed), `scrubbing data`, `scrubbing metadata`, `finished`, `cancelled`.
+    pub state: String,
+    pub running: bool,
+    pub percent: f64,
+    /// Seconds since the epoch.
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+    pub blocks_total: u64,
+    pub blocks_checked: u64,
+    pub bytes_checked: u64,
+    pub metadata_pages_total: u64,
+    pub metadata_pages_checked: u64,
+    /// Bytes per second since the scrub started, and the estimated seconds left.
+    pub rate_bytes_per_sec: u64,
+    pub eta_secs: Option<u64>,
+    pub rate_limit_bytes_per_sec: u64,
+    /// Copies found damaged or unreadable, of those rewritten, and blocks or pages with no
+    /// intact copy.
+    pub errors_found: u64,
+    pub repaired: u64,
+    pub unrecoverable: u64,
+    /// Files with unrecoverable blocks.
+    pub damaged_paths: Vec<String>,
 }
 
 /// An error body.

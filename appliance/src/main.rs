@@ -135,6 +135,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Verify every copy of every data block and metadata page of a mounted pool, online,
+    /// rewriting damaged copies from intact ones. A scrub interrupted by an unmount or a
+    /// crash resumes at the next mount.
+    Scrub {
+        #[command(subcommand)]
+        action: ScrubCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScrubCmd {
+    /// Start a scrub in the background.
+    Start {
+        /// Mountpoint or pool label.
+        target: String,
+        /// Read at most this many bytes per second (e.g. 200M), so foreground I/O keeps
+        /// priority.
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        /// Wait for it to finish, printing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Progress, rate, ETA, what was found and repaired, and the files that could not be.
+    Status {
+        /// Mountpoint or pool label.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the running scrub.
+    Cancel {
+        /// Mountpoint or pool label.
+        target: String,
+    },
 }
 
 /// Parses sizes like `4096`, `512K`, `2G`, `1.5T` (binary units).
@@ -511,6 +546,100 @@ fn get_cmd(path: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
+    match action {
+        ScrubCmd::Start { target, rate, wait } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let request = api::ScrubStart {
+                rate_bytes_per_sec: rate.unwrap_or(0),
+            };
+            let mut status: api::ScrubStatus =
+                api::call(&socket, "POST", "/v1/scrub/start", Some(&request))?;
+            if !wait {
+                println!("scrub started");
+                print_scrub(&status);
+                return Ok(());
+            }
+            let interactive = std::io::stdout().is_terminal();
+            while status.running {
+                if interactive {
+                    print!(
+                        "\r{:5.1}%  {}/s  {} checked  {} errors  {} repaired   ",
+                        status.percent,
+                        human(status.rate_bytes_per_sec),
+                        human(status.bytes_checked),
+                        status.errors_found,
+                        status.repaired
+                    );
+                    std::io::Write::flush(&mut std::io::stdout())?;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                status = api::get(&socket, "/v1/scrub")?;
+            }
+            if interactive {
+                println!();
+            }
+            print_scrub(&status);
+            Ok(())
+        }
+        ScrubCmd::Status { target, json } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let status: api::ScrubStatus = api::get(&socket, "/v1/scrub")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_scrub(&status);
+            }
+            Ok(())
+        }
+        ScrubCmd::Cancel { target } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let status: api::ScrubStatus =
+                api::call(&socket, "POST", "/v1/scrub/cancel", None::<&()>)?;
+            print_scrub(&status);
+            Ok(())
+        }
+    }
+}
+
+fn print_scrub(status: &api::ScrubStatus) {
+    if status.state == "none" {
+        println!("scrub     never run on this pool");
+        return;
+    }
+    println!("scrub     {} ({:.1}%)", status.state, status.percent);
+    println!(
+        "checked   {} of {} blocks ({}), {} of {} metadata pages",
+        status.blocks_checked,
+        status.blocks_total,
+        human(status.bytes_checked),
+        status.metadata_pages_checked,
+        status.metadata_pages_total
+    );
+    let limit = if status.rate_limit_bytes_per_sec > 0 {
+        format!(" (limit {}/s)", human(status.rate_limit_bytes_per_sec))
+    } else {
+        String::new()
+    };
+    let eta = status
+        .eta_secs
+        .map_or_else(|| "-".to_owned(), |s| format!("{s} s"));
+    println!(
+        "rate      {}/s{limit}, eta {eta}",
+        human(status.rate_bytes_per_sec)
+    );
+    println!(
+        "errors    {} found, {} repaired, {} unrecoverable",
+        status.errors_found, status.repaired, status.unrecoverable
+    );
+    if !status.damaged_paths.is_empty() {
+        println!("files with unrecoverable damage (reading them gives EIO):");
+        for path in &status.damaged_paths {
+            println!("  {path}");
+        }
+    }
+}
+
 fn print_properties(values: &[api::PropertyValue]) {
     println!("{:<10} {:<8} source", "property", "value");
     for value in values {
@@ -743,6 +872,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => done(status_cmd(&target, clear_errors, json)),
         Cmd::Set { path, properties } => done(set_cmd(&path, &properties)),
         Cmd::Get { path, json } => done(get_cmd(&path, json)),
+        Cmd::Scrub { action } => done(scrub_cmd(action)),
         Cmd::Fsck {
             devices,
             repair,
@@ -767,7 +897,16 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Mount { .. }) {
+        // SAFETY: restores the default SIGPIPE action before any thread starts, so a closed
+        // pipe (`aegis status | head`) ends a reporting command quietly instead of a failed
+        // print. The serving process (`mount`) keeps ignoring it and sees EPIPE as an error.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("aegis: {err:#}");

@@ -5,12 +5,13 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use fs_core::device::Backend;
 use fs_core::fs::props::{Property, Source};
+use fs_core::fs::scrub::Scrubber;
 use fs_core::fs::{Filesystem, FsConfig, FsStatus};
 use fs_core::fuse::MountConfig;
 use fs_core::types::InodeId;
@@ -18,7 +19,8 @@ use fs_core::types::Tier;
 use fs_core::FsError;
 
 use crate::api::{
-    self, ApiError, FsckReport, MemberStatus, PropertyValue, SetProperties, Status, TierUsage,
+    self, ApiError, FsckReport, MemberStatus, PropertyValue, ScrubStart, ScrubStatus,
+    SetProperties, Status, TierUsage,
 };
 
 /// Whether `path` is currently a mountpoint (per /proc/self/mounts).
@@ -97,9 +99,127 @@ fn json_response<T: serde::Serialize>(
         .with_header(header)
 }
 
-fn serve_api(server: &tiny_http::Server, fs: &Filesystem, mountpoint: &str, started: Instant) {
+/// What the control API serves from: the filesystem, and the scrub running on it.
+struct Api {
+    fs: Arc<Filesystem>,
+    mountpoint: String,
+    started: Instant,
+    scrub: Mutex<Option<Scrubber>>,
+}
+
+impl Api {
+    fn status(&self) -> Status {
+        api_status(&self.fs.status(), &self.mountpoint, self.started)
+    }
+
+    fn scrubber(&self) -> MutexGuard<'_, Option<Scrubber>> {
+        self.scrub.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resumes a scrub an unmount or crash interrupted.
+    fn resume_scrub(&self) {
+        match self.fs.scrub_state() {
+            Ok(Some(state)) if state.phase.is_running() => {
+                tracing::info!("resuming the interrupted scrub");
+                match Scrubber::start(Arc::clone(&self.fs), state) {
+                    Ok(scrubber) => *self.scrubber() = Some(scrubber),
+                    Err(err) => tracing::error!(error = %err, "cannot resume the scrub"),
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "cannot read the scrub state"),
+        }
+    }
+
+    /// The running scrub's state, else the stored one.
+    fn scrub_status(&self) -> Result<ScrubStatus, (u16, String)> {
+        let live = self.scrubber().as_ref().map(Scrubber::state);
+        let state = match live {
+            Some(state) => Some(state),
+            None => self.fs.scrub_state().map_err(|e| fs_error(&e))?,
+        };
+        let Some(state) = state else {
+            return Ok(ScrubStatus {
+                state: "none".into(),
+                ..ScrubStatus::default()
+            });
+        };
+        let now = fs_core::meta::records::Timestamp::now().secs;
+        let elapsed = u64::try_from(state.finished.unwrap_or(now) - state.started)
+            .unwrap_or(0)
+            .max(1);
+        let rate = state.bytes_checked / elapsed;
+        let fraction = state.fraction_done();
+        let eta = (state.phase.is_running() && fraction > 0.0)
+            .then(|| (elapsed as f64 * (1.0 - fraction) / fraction) as u64);
+        let damaged_paths = self
+            .fs
+            .paths_of(&state.damaged_inodes)
+            .map_err(|e| fs_error(&e))?
+            .into_iter()
+            .map(|(ino, path)| path.unwrap_or_else(|| format!("<inode {ino}, no longer named>")))
+            .collect();
+        Ok(ScrubStatus {
+            state: state.phase.as_str().into(),
+            running: state.phase.is_running(),
+            percent: (fraction * 1000.0).round() / 10.0,
+            started: Some(state.started),
+            finished: state.finished,
+            blocks_total: state.blocks_total,
+            blocks_checked: state.blocks_checked,
+            bytes_checked: state.bytes_checked,
+            metadata_pages_total: state.pages_total,
+            metadata_pages_checked: state.pages_checked,
+            rate_bytes_per_sec: rate,
+            eta_secs: eta,
+            rate_limit_bytes_per_sec: state.rate,
+            errors_found: state.errors_found,
+            repaired: state.repaired,
+            unrecoverable: state.unrecoverable,
+            damaged_paths,
+        })
+    }
+
+    fn start_scrub(&self, rate: u64) -> Result<ScrubStatus, (u16, String)> {
+        {
+            let mut slot = self.scrubber();
+            if slot.as_ref().is_some_and(|s| s.state().phase.is_running()) {
+                return Err((409, "a scrub is already running".into()));
+            }
+            // Commit first, so the scrub covers everything written so far.
+            self.fs.fsync().map_err(|e| fs_error(&e))?;
+            let state = self.fs.scrub_begin(rate).map_err(|e| fs_error(&e))?;
+            let scrubber =
+                Scrubber::start(Arc::clone(&self.fs), state).map_err(|e| fs_error(&e))?;
+            *slot = Some(scrubber);
+        }
+        self.scrub_status()
+    }
+
+    fn cancel_scrub(&self) -> Result<ScrubStatus, (u16, String)> {
+        let scrubber = self.scrubber().take();
+        let mut state = match scrubber {
+            Some(scrubber) => {
+                scrubber.cancel();
+                scrubber.state()
+            }
+            None => self
+                .fs
+                .scrub_state()
+                .map_err(|e| fs_error(&e))?
+                .ok_or((409, "no scrub is running".to_owned()))?,
+        };
+        if !state.phase.is_running() {
+            return Err((409, "no scrub is running".into()));
+        }
+        self.fs.scrub_cancel(&mut state).map_err(|e| fs_error(&e))?;
+        self.scrub_status()
+    }
+}
+
+fn serve_api(server: &tiny_http::Server, api: &Api) {
     for mut request in server.incoming_requests() {
-        let response = route(&mut request, fs, mountpoint, started)
+        let response = route(&mut request, api)
             .unwrap_or_else(|(code, error)| json_response(code, &ApiError { error }));
         if let Err(err) = request.respond(response) {
             tracing::warn!(error = %err, "control API response failed");
@@ -116,26 +236,32 @@ fn fs_error(err: &FsError) -> (u16, String) {
     let code = match err {
         FsError::NotFound => 404,
         FsError::BadProperty(_) | FsError::Invalid(_) | FsError::NotDir => 400,
-        FsError::ReadOnly => 409,
+        FsError::ReadOnly | FsError::Busy(_) => 409,
         _ => 500,
     };
     (code, err.to_string())
 }
 
-fn route(
+/// The request's JSON body.
+fn read_json<T: for<'de> serde::Deserialize<'de>>(
     request: &mut tiny_http::Request,
-    fs: &Filesystem,
-    mountpoint: &str,
-    started: Instant,
-) -> Reply {
+) -> Result<T, (u16, String)> {
+    let mut body = String::new();
+    std::io::Read::read_to_string(request.as_reader(), &mut body)
+        .map_err(|e| (400, format!("cannot read the request body: {e}")))?;
+    if body.trim().is_empty() {
+        body = "{}".into();
+    }
+    serde_json::from_str(&body).map_err(|e| (400, format!("malformed request body: {e}")))
+}
+
+fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
     use tiny_http::Method::{Get, Post, Put};
+    let fs = &api.fs;
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     match (request.method(), path) {
-        (Get, "/v1/status") => Ok(json_response(
-            200,
-            &api_status(&fs.status(), mountpoint, started),
-        )),
+        (Get, "/v1/status") => Ok(json_response(200, &api.status())),
         (Get, "/v1/fsck") => {
             // Commit first, so the check covers everything written so far.
             let report = fs
@@ -151,11 +277,7 @@ fn route(
             Ok(json_response(200, &property_values(fs, ino)?))
         }
         (Put, "/v1/properties") => {
-            let mut body = String::new();
-            std::io::Read::read_to_string(request.as_reader(), &mut body)
-                .map_err(|e| (400, format!("cannot read the request body: {e}")))?;
-            let wanted: SetProperties = serde_json::from_str(&body)
-                .map_err(|e| (400, format!("malformed request body: {e}")))?;
+            let wanted: SetProperties = read_json(request)?;
             let properties = wanted
                 .properties
                 .iter()
@@ -170,14 +292,22 @@ fn route(
         }
         (Post, "/v1/errors/clear") => {
             fs.clear_errors().map_err(|e| fs_error(&e))?;
+            Ok(json_response(200, &api.status()))
+        }
+        (Get, "/v1/scrub") => Ok(json_response(200, &api.scrub_status()?)),
+        (Post, "/v1/scrub/start") => {
+            let start: ScrubStart = read_json(request)?;
             Ok(json_response(
                 200,
-                &api_status(&fs.status(), mountpoint, started),
+                &api.start_scrub(start.rate_bytes_per_sec)?,
             ))
         }
-        (_, "/v1/status" | "/v1/fsck" | "/v1/properties" | "/v1/errors/clear") => {
-            Err((405, "method not allowed".to_owned()))
-        }
+        (Post, "/v1/scrub/cancel") => Ok(json_response(200, &api.cancel_scrub()?)),
+        (
+            _,
+            "/v1/status" | "/v1/fsck" | "/v1/properties" | "/v1/errors/clear" | "/v1/scrub"
+            | "/v1/scrub/start" | "/v1/scrub/cancel",
+        ) => Err((405, "method not allowed".to_owned())),
         _ => Err((404, format!("no such endpoint: {path}"))),
     }
 }
@@ -288,13 +418,19 @@ pub fn serve(
 
     let socket = api::run_dir().join(format!("{uuid}.sock"));
     let server = Arc::new(bind_socket(&socket)?);
+    let api = Arc::new(Api {
+        fs: Arc::clone(&fs),
+        mountpoint: mountpoint.display().to_string(),
+        started,
+        scrub: Mutex::new(None),
+    });
+    api.resume_scrub();
     let api_thread = {
         let server = Arc::clone(&server);
-        let fs = Arc::clone(&fs);
-        let mountpoint = mountpoint.display().to_string();
+        let api = Arc::clone(&api);
         std::thread::Builder::new()
             .name("aegis-api".into())
-            .spawn(move || serve_api(&server, &fs, &mountpoint, started))?
+            .spawn(move || serve_api(&server, &api))?
     };
 
     let mut signals = signal_hook::iterator::Signals::new([
@@ -325,6 +461,8 @@ pub fn serve(
     signal_handle.close();
     server.unblock();
     let _ = api_thread.join();
+    // Stops a running scrub; its stored progress lets the next mount resume it.
+    drop(api.scrubber().take());
     let _ = std::fs::remove_file(&socket);
     fs.shutdown().context("final commit failed")?;
     result.context("FUSE session failed")?;

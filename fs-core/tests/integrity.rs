@@ -261,7 +261,7 @@ fn a_mirrored_write_needs_room_on_both_devices() {
 
 /// Runs a scrub to its end on `fs`, step by step.
 fn scrub_to_end(fs: &fs_core::fs::Filesystem) -> ScrubState {
-    let mut state = fs.scrub_begin().unwrap();
+    let mut state = fs.scrub_begin(0).unwrap();
     while state.phase.is_running() {
         fs.scrub_step(&mut state).unwrap();
     }
@@ -407,8 +407,8 @@ fn scrub_with_one_copy_finds_every_damaged_block_and_names_exactly_the_damaged_f
 fn a_scrub_resumes_after_a_remount_where_it_stopped() {
     let (pool, _, _) = populated(2);
     let fs = pool.open();
-    let mut state = fs.scrub_begin().unwrap();
-    assert!(matches!(fs.scrub_begin(), Err(FsError::Busy(_))));
+    let mut state = fs.scrub_begin(0).unwrap();
+    assert!(matches!(fs.scrub_begin(0), Err(FsError::Busy(_))));
     fs.scrub_step(&mut state).unwrap();
     let first = state.blocks_checked;
     assert!(first > 0 && first < state.blocks_total);
@@ -429,9 +429,9 @@ fn a_scrub_resumes_after_a_remount_where_it_stopped() {
 fn a_scrub_thread_can_be_cancelled_and_throttles_to_its_rate() {
     let (pool, _, _) = populated(2);
     let fs = pool.open();
-    let state = fs.scrub_begin().unwrap();
     // 1 MiB/s: the first batch (8 MiB of copies) alone takes seconds of throttling.
-    let scrubber = Scrubber::start(Arc::clone(&fs), state, Some(MIB)).unwrap();
+    let state = fs.scrub_begin(MIB).unwrap();
+    let scrubber = Scrubber::start(Arc::clone(&fs), state).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     scrubber.cancel();
     let mut state = scrubber.state();
@@ -443,7 +443,7 @@ fn a_scrub_thread_can_be_cancelled_and_throttles_to_its_rate() {
         ScrubPhase::Cancelled
     );
     // Unthrottled, a new one runs to its end.
-    let scrubber = Scrubber::start(Arc::clone(&fs), fs.scrub_begin().unwrap(), None).unwrap();
+    let scrubber = Scrubber::start(Arc::clone(&fs), fs.scrub_begin(0).unwrap()).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while scrubber.state().phase.is_running() {
         assert!(std::time::Instant::now() < deadline, "scrub never finished");

@@ -99,6 +99,8 @@ pub struct ScrubState {
     pub unrecoverable: u64,
     /// Files with unrecoverable blocks (up to 1,000).
     pub damaged_inodes: BTreeSet<u64>,
+    /// Bytes per second the scrub may read (0: as fast as the devices go).
+    pub rate: u64,
 }
 
 impl ScrubState {
@@ -119,6 +121,7 @@ impl ScrubState {
             .u64(self.errors_found)
             .u64(self.repaired)
             .u64(self.unrecoverable)
+            .u64(self.rate)
             .u64(self.damaged_inodes.len() as u64);
         for ino in &self.damaged_inodes {
             w.u64(*ino);
@@ -154,6 +157,7 @@ impl ScrubState {
             errors_found: r.u64()?,
             repaired: r.u64()?,
             unrecoverable: r.u64()?,
+            rate: r.u64()?,
             damaged_inodes: BTreeSet::new(),
         };
         let damaged = r.u64()?;
@@ -171,7 +175,7 @@ impl ScrubState {
 
     /// Share of the work done, 0.0 to 1.0 (blocks and pages weigh the same).
     pub fn fraction_done(&self) -> f64 {
-        if !self.phase.is_running() {
+        if self.phase == ScrubPhase::Finished {
             return 1.0;
         }
         let total = self.blocks_total.max(self.blocks_checked) + self.pages_total;
@@ -208,8 +212,9 @@ impl Filesystem {
         })
     }
 
-    /// A new scrub's state, stored; refused while one is running.
-    pub fn scrub_begin(&self) -> FsResult<ScrubState> {
+    /// A new scrub's state (reading at most `rate` bytes per second, 0 for no limit),
+    /// stored; refused while one is running.
+    pub fn scrub_begin(&self, rate: u64) -> FsResult<ScrubState> {
         if self.scrub_state()?.is_some_and(|s| s.phase.is_running()) {
             return Err(FsError::Busy("a scrub is already running"));
         }
@@ -219,6 +224,7 @@ impl Filesystem {
             started: Timestamp::now().secs,
             blocks_total,
             pages_total: self.pool.metadata.pages(),
+            rate,
             ..ScrubState::default()
         };
         self.store_scrub_state(&state)?;
@@ -383,8 +389,8 @@ pub struct Scrubber {
 }
 
 impl Scrubber {
-    /// Runs `state` (new or resumed) to its end, at most `rate` bytes per second if given.
-    pub fn start(fs: Arc<Filesystem>, state: ScrubState, rate: Option<u64>) -> FsResult<Self> {
+    /// Runs `state` (new or resumed) to its end, at most `state.rate` bytes per second.
+    pub fn start(fs: Arc<Filesystem>, state: ScrubState) -> FsResult<Self> {
         let shared = Arc::new(RwLock::new(state));
         let cancel = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -392,7 +398,7 @@ impl Scrubber {
             let cancel = Arc::clone(&cancel);
             std::thread::Builder::new()
                 .name("aegis-scrub".into())
-                .spawn(move || run(&fs, &shared, &cancel, rate))
+                .spawn(move || run(&fs, &shared, &cancel))
                 .map_err(|_| FsError::Busy("cannot start the scrub thread"))?
         };
         Ok(Self {
@@ -429,11 +435,12 @@ impl Drop for Scrubber {
     }
 }
 
-fn run(fs: &Filesystem, shared: &RwLock<ScrubState>, cancel: &AtomicBool, rate: Option<u64>) {
+fn run(fs: &Filesystem, shared: &RwLock<ScrubState>, cancel: &AtomicBool) {
     let mut state = shared
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
+    let rate = state.rate;
     let started = Instant::now();
     let mut bytes_this_run = 0u64;
     tracing::info!(phase = state.phase.as_str(), "scrub running");
@@ -451,7 +458,7 @@ fn run(fs: &Filesystem, shared: &RwLock<ScrubState>, cancel: &AtomicBool, rate: 
             }
         }
         *shared.write().unwrap_or_else(PoisonError::into_inner) = state.clone();
-        if let Some(rate) = rate.filter(|r| *r > 0) {
+        if rate > 0 {
             // Foreground I/O keeps priority: sleep until the rate allows the next batch,
             // waking often enough to notice a cancel.
             let due = Duration::from_secs_f64(bytes_this_run as f64 / rate as f64);
