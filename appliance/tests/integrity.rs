@@ -94,3 +94,85 @@ fn copies_2_serves_and_heals_damage_written_under_the_pool() {
     assert_eq!(member_errors(&sb, 0)["repaired"], 0);
     mnt.unmount();
 }
+
+fn scrub_status(sb: &Sandbox) -> serde_json::Value {
+    serde_json::from_str(&sb.ok(&["scrub", "status", "tank", "--json"])).unwrap()
+}
+
+#[test]
+fn scrub_repairs_mirrored_damage_and_names_the_files_it_cannot_repair() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format_with("256M", "256M", &["--copies", "2"]);
+    let mnt = sb.mount(&fast, &slow);
+    let mirrored = pattern(3, 6 << 20);
+    fs::write(mnt.path("mirrored"), &mirrored).unwrap();
+    fs::create_dir(mnt.path("one")).unwrap();
+    sb.ok(&["set", mnt.path("one").to_str().unwrap(), "copies=1"]);
+    fs::write(mnt.path("one/single"), pattern(4, 1 << 20)).unwrap();
+    let never = sb.ok(&["scrub", "status", "tank"]);
+    assert!(never.contains("never run"), "{never}");
+    let clean = sb.ok(&["scrub", "start", "tank", "--wait"]);
+    assert!(
+        clean.contains("0 found, 0 repaired, 0 unrecoverable"),
+        "{clean}"
+    );
+
+    // Damage written under the mounted pool: reads through the mount still come back right
+    // (the block cache or the second copy), and the scrub finds every damaged copy.
+    let flipped = damage_data_area(&sb, &fast, 9 << 20);
+    let read_back = fs::read(mnt.path("mirrored")).unwrap();
+    assert!(
+        read_back == mirrored,
+        "damage under a mounted pool changed what reads return"
+    );
+    let out = sb.ok(&["scrub", "start", "tank", "--wait"]);
+    let status = scrub_status(&sb);
+    assert_eq!(status["state"], "finished", "{out}");
+    assert_eq!(status["blocks_checked"], status["blocks_total"]);
+    let found = status["errors_found"].as_u64().unwrap();
+    let repaired = status["repaired"].as_u64().unwrap();
+    let unrecoverable = status["unrecoverable"].as_u64().unwrap();
+    assert!(found >= 48 && found <= flipped as u64, "{status}");
+    assert_eq!(found, repaired + unrecoverable, "{status}");
+    assert_eq!(
+        unrecoverable, 8,
+        "every block of the single-copy file: {status}"
+    );
+    assert_eq!(status["damaged_paths"], serde_json::json!(["/one/single"]));
+    assert!(out.contains("/one/single"), "{out}");
+    mnt.unmount();
+
+    let mnt = sb.mount(&fast, &slow);
+    assert_eq!(fs::read(mnt.path("mirrored")).unwrap(), mirrored);
+    let err = fs::read(mnt.path("one/single")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    mnt.unmount();
+}
+
+#[test]
+fn a_scrub_interrupted_by_a_crash_resumes_at_the_next_mount() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format_with("256M", "256M", &["--copies", "2"]);
+    let mnt = sb.mount(&fast, &slow);
+    fs::write(mnt.path("data"), pattern(5, 24 << 20)).unwrap();
+    // 4 MiB/s over 48 MiB of copies: long enough to be killed in the middle.
+    sb.ok(&["scrub", "start", "tank", "--rate", "4M"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // An fsync commits the whole transaction group, the scrub's progress with it.
+    fs::File::open(mnt.path("data"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let before = scrub_status(&sb);
+    assert_eq!(before["running"], true, "{before}");
+    common::signal_serving_process(&sb, "tank", "-KILL");
+    mnt.mount_over_dead(&fast, &slow);
+    let resumed = scrub_status(&sb);
+    assert_eq!(resumed["running"], true, "{resumed}");
+    let checked = resumed["blocks_checked"].as_u64().unwrap();
+    assert!(checked > 0, "progress was kept: {resumed}");
+    sb.ok(&["scrub", "cancel", "tank"]);
+    let restarted = sb.ok(&["scrub", "start", "tank", "--wait"]);
+    assert!(restarted.contains("finished (100.0%)"), "{restarted}");
+    mnt.unmount();
+}
