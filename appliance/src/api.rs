@@ -176,8 +176,10 @@ pub struct ScrubStatus {
     pub bytes_checked: u64,
     pub metadata_pages_total: u64,
     pub metadata_pages_checked: u64,
-    /// Bytes per second since the scrub started, and the estimated seconds left.
+    /// Bytes per second while scrubbing, the milliseconds spent scrubbing (not counting time
+    /// the pool was unmounted), and the estimated seconds left.
     pub rate_bytes_per_sec: u64,
+    pub elapsed_ms: u64,
     pub eta_secs: Option<u64>,
     pub rate_limit_bytes_per_sec: u64,
     /// Copies found damaged or unreadable, of those rewritten, and blocks or pages with no

@@ -144,14 +144,15 @@ impl Api {
                 ..ScrubStatus::default()
             });
         };
-        let now = fs_core::meta::records::Timestamp::now().secs;
-        let elapsed = u64::try_from(state.finished.unwrap_or(now) - state.started)
-            .unwrap_or(0)
-            .max(1);
-        let rate = state.bytes_checked / elapsed;
+        let elapsed_secs = state.elapsed_ms as f64 / 1000.0;
+        let rate = if state.elapsed_ms > 0 {
+            (state.bytes_checked as f64 / elapsed_secs) as u64
+        } else {
+            0
+        };
         let fraction = state.fraction_done();
         let eta = (state.phase.is_running() && fraction > 0.0)
-            .then(|| (elapsed as f64 * (1.0 - fraction) / fraction) as u64);
+            .then(|| (elapsed_secs * (1.0 - fraction) / fraction).round() as u64);
         let damaged_paths = self
             .fs
             .paths_of(&state.damaged_inodes)
@@ -171,6 +172,7 @@ impl Api {
             metadata_pages_total: state.pages_total,
             metadata_pages_checked: state.pages_checked,
             rate_bytes_per_sec: rate,
+            elapsed_ms: state.elapsed_ms,
             eta_secs: eta,
             rate_limit_bytes_per_sec: state.rate,
             errors_found: state.errors_found,

@@ -403,9 +403,27 @@ fn scrub_with_one_copy_finds_every_damaged_block_and_names_exactly_the_damaged_f
     }
 }
 
+/// A pool holding more blocks than one scrub batch.
+fn big_pool() -> TestPool {
+    let pool = TestPool::with_options(
+        160,
+        160,
+        &FormatOptions {
+            label: "scrub".into(),
+            properties: vec![Property::Copies(2)],
+            ..FormatOptions::default()
+        },
+    );
+    let fs = pool.open();
+    let file = create_file(&fs, ROOT, "big");
+    fs.write(file, 0, &pattern(6, 40 * MIB as usize)).unwrap();
+    fs.shutdown().unwrap();
+    pool
+}
+
 #[test]
 fn a_scrub_resumes_after_a_remount_where_it_stopped() {
-    let (pool, _, _) = populated(2);
+    let pool = big_pool();
     let fs = pool.open();
     let mut state = fs.scrub_begin(0).unwrap();
     assert!(matches!(fs.scrub_begin(0), Err(FsError::Busy(_))));
@@ -427,9 +445,9 @@ fn a_scrub_resumes_after_a_remount_where_it_stopped() {
 
 #[test]
 fn a_scrub_thread_can_be_cancelled_and_throttles_to_its_rate() {
-    let (pool, _, _) = populated(2);
+    let pool = big_pool();
     let fs = pool.open();
-    // 1 MiB/s: the first batch (8 MiB of copies) alone takes seconds of throttling.
+    // 1 MiB/s: the first batch (64 MiB of copies) alone takes a minute of throttling.
     let state = fs.scrub_begin(MIB).unwrap();
     let scrubber = Scrubber::start(Arc::clone(&fs), state).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));

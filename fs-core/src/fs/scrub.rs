@@ -18,15 +18,20 @@ use std::time::{Duration, Instant};
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::Filesystem;
+use crate::device::ReadOp;
 use crate::error::{FsError, FsResult};
-use crate::meta::records::{BlockRecord, Reader, RecordError, Timestamp, Writer};
+use crate::format::SECTOR_SIZE;
+use crate::meta::records::{BlockRecord, Location, Reader, RecordError, Timestamp, Writer};
 use crate::meta::{BLOCKS, DIRENTS, FILE_BLOCKS, INODES, SCRUB};
+use crate::types::DeviceIndex;
 use crate::types::InodeId;
 
 const STATE_KEY: &str = "scrub";
 const STATE_VERSION: u8 = 1;
 /// Blocks checked per batch.
-const BATCH_BLOCKS: usize = 64;
+const BATCH_BLOCKS: usize = 256;
+/// Copies one device read covers, while the previous group is verified.
+const READ_GROUP: usize = 32;
 /// Metadata pages checked per batch.
 const BATCH_PAGES: u64 = 256;
 /// Inodes with unrecoverable damage remembered for the report.
@@ -101,6 +106,8 @@ pub struct ScrubState {
     pub damaged_inodes: BTreeSet<u64>,
     /// Bytes per second the scrub may read (0: as fast as the devices go).
     pub rate: u64,
+    /// Milliseconds spent scrubbing so far (not counting time unmounted).
+    pub elapsed_ms: u64,
 }
 
 impl ScrubState {
@@ -122,6 +129,7 @@ impl ScrubState {
             .u64(self.repaired)
             .u64(self.unrecoverable)
             .u64(self.rate)
+            .u64(self.elapsed_ms)
             .u64(self.damaged_inodes.len() as u64);
         for ino in &self.damaged_inodes {
             w.u64(*ino);
@@ -158,6 +166,7 @@ impl ScrubState {
             repaired: r.u64()?,
             unrecoverable: r.u64()?,
             rate: r.u64()?,
+            elapsed_ms: r.u64()?,
             damaged_inodes: BTreeSet::new(),
         };
         let damaged = r.u64()?;
@@ -184,6 +193,11 @@ impl ScrubState {
         }
         (self.blocks_checked + self.pages_checked) as f64 / total as f64
     }
+}
+
+thread_local! {
+    /// The scrubbing thread's read buffer, kept between batches.
+    static ARENA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One batch of the file map: (inode, block index, block id, record).
@@ -240,6 +254,7 @@ impl Filesystem {
 
     /// Checks the next batch and stores the progress; returns the bytes read.
     pub fn scrub_step(&self, state: &mut ScrubState) -> FsResult<u64> {
+        let began = Instant::now();
         let bytes = match state.phase {
             ScrubPhase::Data => self.scrub_data_batch(state)?,
             ScrubPhase::Metadata => {
@@ -258,6 +273,7 @@ impl Filesystem {
             }
             ScrubPhase::Finished | ScrubPhase::Cancelled => return Ok(0),
         };
+        state.elapsed_ms += u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX);
         // A read-only pool cannot store progress; the scrub still checks (and reports).
         match self.store_scrub_state(state) {
             Ok(()) | Err(FsError::ReadOnly) => Ok(bytes),
@@ -293,10 +309,15 @@ impl Filesystem {
             .free_gate
             .read()
             .unwrap_or_else(PoisonError::into_inner);
+        let checked = ARENA.with(|arena| self.check_batch_copies(&batch, &mut arena.borrow_mut()));
         let mut bytes = 0;
         for (ino, _, id, record) in &batch {
             bytes += (record.padded_len() * record.locations().count()) as u64;
-            let (bad, healed, intact) = self.scrub_block(*id, record);
+            let copies: Vec<_> = record
+                .locations()
+                .map(|at| (at, checked.get(&(*id, at)).copied()))
+                .collect();
+            let (bad, healed, intact) = self.scrub_block(*id, record, copies);
             state.errors_found += bad;
             state.repaired += healed;
             if !intact {
@@ -312,33 +333,155 @@ impl Filesystem {
         Ok(bytes)
     }
 
-    /// Reads every copy of a block, rewriting damaged ones from an intact one: (copies
-    /// damaged, copies rewritten, whether an intact copy exists).
-    fn scrub_block(&self, id: u64, record: &BlockRecord) -> (u64, u64, bool) {
-        let copies: Vec<_> = record
-            .locations()
-            .map(|at| (at, self.read_copy(id, record, at)))
+    /// Reads and verifies every copy of every block of `batch`: one batched read per device
+    /// into `arena` (reused between batches, aligned so direct I/O needs no bounce buffer),
+    /// the devices in parallel. Whether each copy is intact; a copy is missing from the result
+    /// when its device's batch failed (it is then read alone).
+    fn check_batch_copies(
+        &self,
+        batch: &Batch,
+        arena: &mut Vec<u8>,
+    ) -> HashMap<(u64, Location), bool> {
+        let mut by_device: HashMap<DeviceIndex, Vec<(u64, &BlockRecord, Location)>> =
+            HashMap::new();
+        for (_, _, id, record) in batch {
+            for at in record.locations() {
+                by_device
+                    .entry(at.device)
+                    .or_default()
+                    .push((*id, record, at));
+            }
+        }
+        let total: usize = batch
+            .iter()
+            .map(|(_, _, _, r)| r.padded_len() * r.locations().count())
+            .sum();
+        let align = usize::try_from(SECTOR_SIZE).unwrap_or(4096);
+        if arena.len() < total + align {
+            arena.resize(total + align, 0);
+        }
+        let skip = arena.as_ptr().align_offset(align).min(align);
+        let mut free = &mut arena[skip..skip + total];
+        let mut work = Vec::new();
+        for (index, copies) in by_device {
+            let len: usize = copies.iter().map(|(_, r, _)| r.padded_len()).sum();
+            let (mine, rest) = free.split_at_mut(len);
+            free = rest;
+            work.push((index, copies, mine));
+        }
+        std::thread::scope(|scope| {
+            let checkers: Vec<_> = work
+                .into_iter()
+                .map(|(index, copies, region)| {
+                    scope.spawn(move || self.check_device_copies(index, &copies, region))
+                })
+                .collect();
+            checkers
+                .into_iter()
+                .filter_map(|checker| checker.join().ok())
+                .flatten()
+                .collect()
+        })
+    }
+
+    /// One device's part of [`Self::check_batch_copies`]: `region` holds the copies in order.
+    /// A reader thread reads them in groups while this thread verifies the groups already
+    /// read, so the device stays busy while checksums are computed.
+    fn check_device_copies(
+        &self,
+        index: DeviceIndex,
+        copies: &[(u64, &BlockRecord, Location)],
+        region: &mut [u8],
+    ) -> Vec<((u64, Location), bool)> {
+        let Ok(device) = self.device(index) else {
+            return Vec::new();
+        };
+        let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(copies.len());
+        let mut rest = region;
+        for (_, record, _) in copies {
+            let (buf, tail) = rest.split_at_mut(record.padded_len());
+            bufs.push(buf);
+            rest = tail;
+        }
+        let mut groups = Vec::new();
+        let mut bufs = bufs.into_iter();
+        for group in copies.chunks(READ_GROUP) {
+            groups.push((group, bufs.by_ref().take(group.len()).collect::<Vec<_>>()));
+        }
+        let (ready, read) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for (group, mut bufs) in groups {
+                    let mut ops: Vec<ReadOp<'_>> = group
+                        .iter()
+                        .zip(bufs.iter_mut())
+                        .map(|((_, _, at), buf)| ReadOp {
+                            offset: at.sector * SECTOR_SIZE,
+                            buf: &mut buf[..],
+                        })
+                        .collect();
+                    let result = device.read_batch(&mut ops);
+                    drop(ops);
+                    if ready.send((group, bufs, result)).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut checked = Vec::with_capacity(copies.len());
+            for (group, bufs, result) in read {
+                if let Err(err) = result {
+                    tracing::warn!(device = index.0, error = %err, "scrub: batched read failed; reading those blocks one by one");
+                    continue;
+                }
+                for ((id, record, at), buf) in group.iter().zip(bufs) {
+                    self.count_read(index, buf.len());
+                    checked.push(((*id, *at), self.check_copy(*id, record, *at, buf).is_ok()));
+                }
+            }
+            checked
+        })
+    }
+
+    /// Settles the copies of a block (`None`: not read yet), rewriting damaged ones from an
+    /// intact one: (copies damaged, copies rewritten, whether an intact copy exists).
+    fn scrub_block(
+        &self,
+        id: u64,
+        record: &BlockRecord,
+        checked: Vec<(Location, Option<bool>)>,
+    ) -> (u64, u64, bool) {
+        let copies: Vec<(Location, bool)> = checked
+            .into_iter()
+            .map(|(at, intact)| {
+                (
+                    at,
+                    intact.unwrap_or_else(|| self.read_copy(id, record, at).is_ok()),
+                )
+            })
             .collect();
-        let intact = copies.iter().find_map(|(_, c)| c.as_ref().ok()).cloned();
-        let mut bad = 0;
-        let mut healed = 0;
-        for (at, copy) in &copies {
-            if copy.is_ok() {
-                continue;
-            }
-            bad += 1;
-            if let Some(content) = &intact {
-                healed += u64::from(self.heal_copy(id, record, content, *at));
-            } else {
-                tracing::error!(block = id, "scrub: no intact copy of this block");
-            }
+        let bad: Vec<Location> = copies
+            .iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(at, _)| *at)
+            .collect();
+        if bad.is_empty() {
+            return (0, 0, true);
         }
-        let any_intact = intact.is_some();
-        if let Some(content) = intact.filter(|_| bad > 0) {
-            // Readers see the intact bytes, whatever the cache held.
-            self.cache.insert(id, Arc::new(content));
-        }
-        (bad, healed, any_intact)
+        let intact = copies
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .find_map(|(at, _)| self.read_copy(id, record, *at).ok());
+        let Some(content) = intact else {
+            tracing::error!(block = id, "scrub: no intact copy of this block");
+            return (bad.len() as u64, 0, false);
+        };
+        let healed = bad
+            .iter()
+            .filter(|at| self.heal_copy(id, record, &content, **at))
+            .count() as u64;
+        // Readers see the intact bytes, whatever the cache held.
+        self.cache.insert(id, Arc::new(content));
+        (bad.len() as u64, healed, true)
     }
 
     /// Paths of `inodes` (one name each; `None` for an inode no directory names).

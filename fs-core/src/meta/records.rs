@@ -285,7 +285,7 @@ impl Inode {
 }
 
 /// Where one copy of a block lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
     pub device: DeviceIndex,
     /// First sector (4 KiB units from the start of the device).
