@@ -816,25 +816,9 @@ fn lost_and_found(txn: &WriteTransaction) -> FsResult<Inode> {
     }
     let mut root = load_inode(txn, InodeId::ROOT.0)?;
     let now = Timestamp::now();
-    let dir = Inode {
-        id: InodeId(next_counter(txn, meta::NEXT_INODE)?),
-        kind: FileKind::Directory,
-        perm: 0o700,
-        uid: 0,
-        gid: 0,
-        nlink: 2,
-        rdev: 0,
-        size: 0,
-        generation: next_counter(txn, meta::NEXT_GENERATION)?,
-        allocated: 0,
-        atime: now,
-        mtime: now,
-        ctime: now,
-        crtime: now,
-        parent: InodeId::ROOT,
-        next_cookie: 3,
-        inline: None,
-    };
+    let id = InodeId(next_counter(txn, meta::NEXT_INODE)?);
+    let generation = next_counter(txn, meta::NEXT_GENERATION)?;
+    let dir = Inode::root_owned_directory(id, generation, 0o700, InodeId::ROOT, now);
     add_entry(txn, &mut root, name, &dir)?;
     root.nlink += 1;
     root.mtime = now;

@@ -20,7 +20,7 @@ use crate::format::{
     SECTOR_SIZE, SUPERBLOCK_SIZE,
 };
 use crate::meta::backend::{MirroredRegionBackend, RegionCopy, RegionHandle};
-use crate::meta::records::{FileKind, Inode, Timestamp};
+use crate::meta::records::{Inode, Timestamp};
 use crate::meta::{self, COUNTERS, INODES};
 use crate::types::{DeviceIndex, InodeId, Tier};
 
@@ -276,25 +276,7 @@ fn initialise_namespace(db: &Database, options: &FormatOptions) -> FsResult<()> 
     let txn = db.begin_write()?;
     {
         let now = Timestamp::now();
-        let root = Inode {
-            id: InodeId::ROOT,
-            kind: FileKind::Directory,
-            perm: 0o755,
-            uid: 0,
-            gid: 0,
-            nlink: 2,
-            rdev: 0,
-            size: 0,
-            generation: 1,
-            allocated: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            parent: InodeId::ROOT,
-            next_cookie: 3,
-            inline: None,
-        };
+        let root = Inode::root_owned_directory(InodeId::ROOT, 1, 0o755, InodeId::ROOT, now);
         let mut inodes = txn.open_table(INODES)?;
         inodes.insert(InodeId::ROOT.0, root.encode().as_slice())?;
         let mut counters = txn.open_table(COUNTERS)?;

@@ -210,6 +210,35 @@ impl<'a> Reader<'a> {
 }
 
 impl Inode {
+    /// A new, empty directory owned by root, in `parent`.
+    pub fn root_owned_directory(
+        id: InodeId,
+        generation: u64,
+        perm: u32,
+        parent: InodeId,
+        now: Timestamp,
+    ) -> Self {
+        Inode {
+            id,
+            kind: FileKind::Directory,
+            perm,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            rdev: 0,
+            size: 0,
+            generation,
+            allocated: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            parent,
+            next_cookie: 3,
+            inline: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(128));
         w.u8(INODE_RECORD_VERSION)
