@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{create_file, mkdir, pattern, read_all, TestPool, MIB};
+use common::{capture_logs, create_file, mkdir, pattern, read_all, TestPool, MIB};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -155,7 +155,9 @@ fn with_one_copy_a_damaged_block_is_an_error() {
     assert!(records.iter().all(|r| r.mirror.is_none()));
     damage(&pool, records[0].primary());
     let fs = pool.open();
-    assert_eq!(fs.read(file, 0, 4096).unwrap_err().errno(), libc::EIO);
+    let (err, log) = capture_logs(|| fs.read(file, 0, 4096).unwrap_err());
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(log.contains("path=\"/data\""), "the path is logged: {log}");
     assert_eq!(errors(&fs, usize::from(records[0].device.0)).checksum, 1);
     assert_eq!(errors(&fs, usize::from(records[0].device.0)).repaired, 0);
 }

@@ -207,7 +207,7 @@ impl Filesystem {
     /// Reads up to `size` bytes at `offset` (fewer at end of file).
     pub fn read(&self, ino: InodeId, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let bs = self.block_size;
-        let (mut out, plan, _gate) = self.view(|tx| {
+        let (mut out, plan, gate) = self.view(|tx| {
             let inode = tx.inode(ino)?;
             regular(&inode)?;
             if offset >= inode.size {
@@ -268,7 +268,9 @@ impl Filesystem {
             Ok((out, plan, Some(gate)))
         })?;
         let wanted: Vec<(u64, BlockRecord)> = plan.iter().map(|p| (p.3, p.4)).collect();
-        let contents = self.read_blocks(&wanted)?;
+        let contents = self.read_blocks(&wanted);
+        drop(gate);
+        let contents = contents.inspect_err(|err| self.log_unreadable(ino, err))?;
         for ((at, in_block, len, _, _), content) in plan.into_iter().zip(contents) {
             // Bytes past the stored content read as zeros (already in `out`).
             let available = content.len().saturating_sub(in_block).min(len);

@@ -924,6 +924,21 @@ impl Filesystem {
         })
     }
 
+    /// Logs, with the file's path, a read of `ino` that found no intact copy of a block.
+    fn log_unreadable(&self, ino: InodeId, err: &FsError) {
+        let path = self
+            .paths_of(&std::collections::BTreeSet::from([ino.0]))
+            .ok()
+            .and_then(|paths| paths.into_iter().next())
+            .and_then(|(_, path)| path);
+        tracing::error!(
+            inode = ino.0,
+            path = path.as_deref().unwrap_or("<unnamed>"),
+            error = %err,
+            "read failed: no intact copy of a block of this file"
+        );
+    }
+
     /// The first copy of block `id` failed with `err`: serves the second copy, if it is intact,
     /// and rewrites the first one with it.
     fn recover_block(&self, id: u64, record: &BlockRecord, err: FsError) -> FsResult<Vec<u8>> {
