@@ -135,8 +135,7 @@ impl Superblock {
             buf[at + 18] = member.tier.to_byte();
             put_u64(&mut buf, at + 20, member.size);
         }
-        let checksum = checksum64(&buf[..CHECKSUM_OFFSET]);
-        put_u64(&mut buf, CHECKSUM_OFFSET, checksum);
+        Self::reseal(&mut buf);
         buf
     }
 
@@ -234,6 +233,13 @@ impl Superblock {
         Ok(())
     }
 
+    /// Writes the checksum of an encoded superblock in place. Tests and fuzzing use it after
+    /// damaging a superblock so the damage reaches the field checks behind the checksum.
+    pub(crate) fn reseal(buf: &mut [u8; SUPERBLOCK_SIZE]) {
+        let checksum = checksum64(&buf[..CHECKSUM_OFFSET]);
+        put_u64(buf, CHECKSUM_OFFSET, checksum);
+    }
+
     /// Offset of the superblock copy at the end of a member of `device_size` bytes.
     pub fn backup_offset(device_size: u64) -> u64 {
         device_size - SUPERBLOCK_SIZE as u64
@@ -318,9 +324,7 @@ mod tests {
         fn decoding_damaged_superblocks_never_panics(at in 0usize..SUPERBLOCK_SIZE, value: u8) {
             let mut raw = sample().encode();
             raw[at] = value;
-            // Re-seal so the damage reaches the field checks behind the checksum.
-            let checksum = checksum64(&raw[..CHECKSUM_OFFSET]);
-            raw[CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
+            Superblock::reseal(&mut raw);
             let _ = Superblock::decode(&raw);
         }
     }
@@ -338,8 +342,7 @@ mod tests {
     fn rejects_unknown_version_and_features() {
         let mut raw = sample().encode();
         raw[8] = 9;
-        let checksum = checksum64(&raw[..CHECKSUM_OFFSET]);
-        raw[CHECKSUM_OFFSET..].copy_from_slice(&checksum.to_le_bytes());
+        Superblock::reseal(&mut raw);
         assert_eq!(
             Superblock::decode(&raw),
             Err(SuperblockError::UnsupportedVersion(9))
