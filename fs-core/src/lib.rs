@@ -11,6 +11,8 @@
 //! - [`fuse`]: the thin adapter from `fuser` requests to [`fs`] calls.
 //! - [`fsck`]: the read-only consistency check of a pool.
 //!
+//! `fuzzing` (hidden) holds the checks the fuzz targets and their regression test share.
+//!
 //! fs-core knows nothing of daemons, schedules or terminals.
 
 pub mod alloc;
@@ -21,6 +23,8 @@ pub mod format;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod meta;
 pub mod pool;
 pub mod types;
