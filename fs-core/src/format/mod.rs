@@ -214,6 +214,11 @@ impl Superblock {
             return Err(SuperblockError::Invalid("data area outside the device"));
         }
         if self.meta_len > 0 {
+            // Whole sectors, as format lays it out: a region shorter than one sector cannot
+            // even hold the region header the metadata backend reads first.
+            if !(aligned(self.meta_offset) && aligned(self.meta_len)) {
+                return Err(SuperblockError::Invalid("unaligned region"));
+            }
             let meta_end = self.meta_offset.checked_add(self.meta_len);
             if self.meta_offset < SUPERBLOCK_SIZE as u64
                 || meta_end.is_none_or(|end| end > self.data_start)
@@ -326,6 +331,27 @@ mod tests {
             raw[at] = value;
             Superblock::reseal(&mut raw);
             let _ = Superblock::decode(&raw);
+        }
+    }
+
+    #[test]
+    fn rejects_metadata_regions_of_partial_sectors() {
+        // Found while writing the pool_image fuzz target: meta_len 1 passed validation, and
+        // the metadata backend of the time underflowed computing the region's capacity.
+        for (offset, len) in [
+            (4096, 1),
+            (4096, 4095),
+            (4096, (16 << 20) + 1),
+            (4097, 16 << 20),
+        ] {
+            let mut sb = sample();
+            sb.meta_offset = offset;
+            sb.meta_len = len;
+            assert_eq!(
+                Superblock::decode(&sb.encode()),
+                Err(SuperblockError::Invalid("unaligned region")),
+                "{offset} {len}"
+            );
         }
     }
 
