@@ -326,6 +326,19 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// Holds a filesystem while it is being loaded. A panic in redb unwinds past it; dropping the
+/// filesystem then would run redb's destructor on its broken state, and a second panic there
+/// aborts the process, so it is leaked instead and the caught panic becomes an error.
+struct LeakOnPanic(Option<Arc<Filesystem>>);
+
+impl Drop for LeakOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(self.0.take());
+        }
+    }
+}
+
 /// A mounted-or-mountable AegisFS filesystem.
 #[derive(Debug)]
 pub struct Filesystem {
@@ -431,9 +444,12 @@ impl Filesystem {
             counters,
             cache: cache::BlockCache::new(config.cache_bytes, block_size),
         });
-        fs.reclaim_orphans()?;
-        fs.commit()?;
-        Ok(fs)
+        let mut guard = LeakOnPanic(Some(fs));
+        if let Some(fs) = &guard.0 {
+            fs.reclaim_orphans()?;
+            fs.commit()?;
+        }
+        guard.0.take().ok_or(FsError::Failed)
     }
 
     /// Starts the thread that commits the open transaction group every `commit_interval`.
