@@ -32,6 +32,8 @@ const STATE_VERSION: u8 = 1;
 const BATCH_BLOCKS: usize = 256;
 /// Copies one device read covers, while the previous group is verified.
 const READ_GROUP: usize = 32;
+/// The largest request adjacent copies are merged into (several stay in flight at once).
+const MAX_RUN: usize = 1 << 20;
 /// Metadata pages checked per batch.
 const BATCH_PAGES: u64 = 256;
 /// Inodes with unrecoverable damage remembered for the report.
@@ -193,6 +195,36 @@ impl ScrubState {
         }
         (self.blocks_checked + self.pages_checked) as f64 / total as f64
     }
+}
+
+/// Reads `copies` (of one device) into `buf`, laid out one after another: copies that follow
+/// each other on the device are read by one request of up to [`MAX_RUN`] bytes.
+fn read_runs(
+    device: &dyn crate::device::BlockDevice,
+    copies: &[(u64, &BlockRecord, Location)],
+    buf: &mut [u8],
+) -> Result<(), crate::device::DeviceError> {
+    let mut runs: Vec<(u64, usize)> = Vec::new();
+    for (_, record, at) in copies {
+        let offset = at.sector * SECTOR_SIZE;
+        let len = record.padded_len();
+        match runs.last_mut() {
+            Some((start, run_len))
+                if *start + *run_len as u64 == offset && *run_len + len <= MAX_RUN =>
+            {
+                *run_len += len;
+            }
+            _ => runs.push((offset, len)),
+        }
+    }
+    let mut ops = Vec::with_capacity(runs.len());
+    let mut rest = buf;
+    for (offset, len) in runs {
+        let (run, tail) = rest.split_at_mut(len);
+        ops.push(ReadOp { offset, buf: run });
+        rest = tail;
+    }
+    device.read_batch(&mut ops)
 }
 
 thread_local! {
@@ -396,46 +428,37 @@ impl Filesystem {
         let Ok(device) = self.device(index) else {
             return Vec::new();
         };
-        let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(copies.len());
-        let mut rest = region;
-        for (_, record, _) in copies {
-            let (buf, tail) = rest.split_at_mut(record.padded_len());
-            bufs.push(buf);
-            rest = tail;
-        }
         let mut groups = Vec::new();
-        let mut bufs = bufs.into_iter();
+        let mut rest = region;
         for group in copies.chunks(READ_GROUP) {
-            groups.push((group, bufs.by_ref().take(group.len()).collect::<Vec<_>>()));
+            let len = group.iter().map(|(_, r, _)| r.padded_len()).sum();
+            let (mine, tail) = rest.split_at_mut(len);
+            groups.push((group, mine));
+            rest = tail;
         }
         let (ready, read) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
             scope.spawn(move || {
-                for (group, mut bufs) in groups {
-                    let mut ops: Vec<ReadOp<'_>> = group
-                        .iter()
-                        .zip(bufs.iter_mut())
-                        .map(|((_, _, at), buf)| ReadOp {
-                            offset: at.sector * SECTOR_SIZE,
-                            buf: &mut buf[..],
-                        })
-                        .collect();
-                    let result = device.read_batch(&mut ops);
-                    drop(ops);
-                    if ready.send((group, bufs, result)).is_err() {
+                for (group, buf) in groups {
+                    let result = read_runs(device.as_ref(), group, buf);
+                    if ready.send((group, &*buf, result)).is_err() {
                         return;
                     }
                 }
             });
             let mut checked = Vec::with_capacity(copies.len());
-            for (group, bufs, result) in read {
+            for (group, buf, result) in read {
                 if let Err(err) = result {
                     tracing::warn!(device = index.0, error = %err, "scrub: batched read failed; reading those blocks one by one");
                     continue;
                 }
-                for ((id, record, at), buf) in group.iter().zip(bufs) {
-                    self.count_read(index, buf.len());
-                    checked.push(((*id, *at), self.check_copy(*id, record, *at, buf).is_ok()));
+                let mut at_byte = 0;
+                for (id, record, at) in group {
+                    let len = record.padded_len();
+                    self.count_read(index, len);
+                    let copy = &buf[at_byte..at_byte + len];
+                    checked.push(((*id, *at), self.check_copy(*id, record, *at, copy).is_ok()));
+                    at_byte += len;
                 }
             }
             checked
