@@ -30,8 +30,9 @@ echo "== formatting a pool: fast.img (2 GiB, 'NVMe') + slow.img (8 GiB, 'HDD')"
 echo "== mounting at $MNT"
 "$AEGIS" mount "$DIR/fast.img" "$DIR/slow.img" "$MNT"
 
-echo "== writing sample data"
+echo "== writing sample data (photos/ keeps two copies of every block, one per device)"
 mkdir -p "$MNT/photos/2026" "$MNT/documents" "$MNT/backups"
+"$AEGIS" set "$MNT/photos" copies=2
 for i in $(seq 1 20); do
     printf 'Meeting notes %d\nAegisFS keeps every block checksummed.\n' "$i" >"$MNT/documents/notes-$i.txt"
 done
@@ -47,6 +48,9 @@ ls -la "$MNT"
 du -sh --apparent-size "$MNT/backups/sparse-disk.img"
 du -sh "$MNT/backups/sparse-disk.img"
 df -h "$MNT"
+
+echo "== scrub: every copy of every block and metadata page verified, online"
+"$AEGIS" scrub start demo --wait
 
 echo "== pool status"
 "$AEGIS" status demo
