@@ -357,6 +357,13 @@ fn scrub_with_two_copies_finds_and_repairs_random_damage_on_a_device_and_a_metad
     }
     let fs = pool.open();
     let state = scrub_to_end(&fs);
+    println!(
+        "damaged data copies {}, scrub found {}, repaired {}, unrecoverable {}",
+        damaged.len(),
+        state.errors_found,
+        state.repaired,
+        state.unrecoverable
+    );
     assert_eq!(state.phase, ScrubPhase::Finished);
     assert_eq!(state.blocks_checked, state.blocks_total);
     assert_eq!(state.unrecoverable, 0);
@@ -384,6 +391,12 @@ fn scrub_with_one_copy_finds_every_damaged_block_and_names_exactly_the_damaged_f
     let damaged = damage_randomly(&pool, true, 12, 11, &copies);
     let fs = pool.open();
     let state = scrub_to_end(&fs);
+    println!(
+        "damaged blocks {}, scrub found {}, unrecoverable {}",
+        damaged.len(),
+        state.errors_found,
+        state.unrecoverable
+    );
     assert_eq!(state.unrecoverable, damaged.len() as u64);
     assert_eq!(state.errors_found, damaged.len() as u64);
     assert_eq!(state.repaired, 0);
@@ -485,6 +498,10 @@ fn scrub_repairs_damage_in_one_metadata_copy_alone() {
     }
     let fs = pool.open();
     let state = scrub_to_end(&fs);
+    println!(
+        "metadata pages damaged 10, scrub found {}, repaired {}",
+        state.errors_found, state.repaired
+    );
     // Every damaged page, but for the few the open's own commit rewrote.
     assert!(state.errors_found >= 5, "{state:?}");
     assert_eq!(state.errors_found, state.repaired, "{state:?}");
