@@ -135,8 +135,9 @@ impl FsckReport {
     }
 }
 
-/// A property's value on a path, and where it comes from (`local`: set on the path or copied
-/// from its directory when it was created; `pool`: the pool default; `default`: built in).
+/// A property's value on a path, and where it comes from (`local`: set on the path, or for a
+/// file taken from its directory when it was created; `inherited`: set on an ancestor
+/// directory; `pool`: the pool default; `default`: built in).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PropertyValue {

@@ -354,6 +354,7 @@ fn property_values(fs: &Filesystem, ino: InodeId) -> Result<Vec<PropertyValue>, 
             value: property.value(),
             source: match source {
                 Source::Local => "local",
+                Source::Inherited => "inherited",
                 Source::Pool => "pool",
                 Source::Builtin => "default",
             }

@@ -168,16 +168,23 @@ fn a_directory_property_is_inherited_by_what_is_created_in_it_afterwards() {
     let fs = pool.open();
     let dir = mkdir(&fs, ROOT, "photos");
     let before = create_file(&fs, dir, "before");
+    // A subdirectory that exists before the property is set inherits it too.
+    let old_sub = mkdir(&fs, dir, "2025");
     fs.set_property(dir, Property::Copies(2)).unwrap();
     let after = create_file(&fs, dir, "after");
     let sub = mkdir(&fs, dir, "sub");
     let nested = create_file(&fs, sub, "nested");
-    for ino in [before, after, nested] {
+    let in_old_sub = create_file(&fs, old_sub, "in-old-sub");
+    for ino in [before, after, nested, in_old_sub] {
         fs.write(ino, 0, &pattern(ino.0, 200_000)).unwrap();
     }
     assert_eq!(
         fs.properties(dir).unwrap(),
         [(Property::Copies(2), Source::Local)]
+    );
+    assert_eq!(
+        fs.properties(old_sub).unwrap(),
+        [(Property::Copies(2), Source::Inherited)]
     );
     assert_eq!(
         fs.properties(before).unwrap(),
@@ -190,7 +197,7 @@ fn a_directory_property_is_inherited_by_what_is_created_in_it_afterwards() {
     fs.shutdown().unwrap();
     drop(fs);
     assert!(records(&pool, before).iter().all(|r| r.mirror.is_none()));
-    for ino in [after, nested] {
+    for ino in [after, nested, in_old_sub] {
         let records = records(&pool, ino);
         assert_eq!(records.len(), 2);
         assert!(records.iter().all(|r| r.mirror.is_some()));

@@ -1,14 +1,16 @@
 //! Properties: settings kept per file or directory, with the pool's defaults on inode 0.
-//! A new file or directory copies the properties of the directory it is created in, so a
-//! setting on a directory applies to everything created below it afterwards (like ZFS's
-//! `copies`, it governs data written from then on). Where neither the inode nor an ancestor
-//! at creation set a property, the pool default applies.
+//! A directory without its own value inherits its nearest ancestor's, so a setting on a
+//! directory covers the whole tree below it, including directories that already exist. A file
+//! takes the value its directory has when the file is created (files have no parent link to
+//! follow later), so, like ZFS's `copies`, a change governs files created from then on. Where
+//! nothing is set, the pool default applies.
 
 use redb::ReadableTable;
 
 use super::tx::Tx;
 use super::Filesystem;
 use crate::error::{FsError, FsResult};
+use crate::meta::records::FileKind;
 use crate::meta::PROPERTIES;
 use crate::types::InodeId;
 
@@ -74,8 +76,11 @@ impl Property {
 /// Where a property's effective value comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// Set on this file or directory (directly, or copied from its directory at creation).
+    /// Set on this file or directory (for a file, possibly taken from its directory when it
+    /// was created).
     Local,
+    /// Set on an ancestor directory.
+    Inherited,
     /// The pool's default (set at format).
     Pool,
     /// Nothing set anywhere.
@@ -100,6 +105,14 @@ impl Tx<'_> {
         if let Some(value) = self.stored_property(ino.0, name)? {
             return Ok((value, Source::Local));
         }
+        // A directory inherits from its ancestors (the root is its own parent).
+        let mut at = self.inode(ino)?;
+        while at.kind == FileKind::Directory && at.id != InodeId::ROOT {
+            at = self.inode(at.parent)?;
+            if let Some(value) = self.stored_property(at.id.0, name)? {
+                return Ok((value, Source::Inherited));
+            }
+        }
         if let Some(value) = self.stored_property(POOL, name)? {
             return Ok((value, Source::Pool));
         }
@@ -115,17 +128,24 @@ impl Tx<'_> {
         }
     }
 
-    /// Gives `child` the properties set on `parent`.
-    pub fn inherit_properties(&mut self, parent: InodeId, child: InodeId) -> FsResult<()> {
-        let mut table = self.txn.open_table(PROPERTIES)?;
-        let inherited: Vec<(String, String)> = table
-            .range((parent.0, "")..(parent.0 + 1, ""))?
-            .map(|entry| {
-                entry.map(|(key, value)| (key.value().1.to_owned(), value.value().to_owned()))
-            })
-            .collect::<Result<_, _>>()?;
-        for (name, value) in inherited {
-            table.insert((child.0, name.as_str()), value.as_str())?;
+    /// Gives a new non-directory `child` the values its directory `parent` has (set on it or
+    /// inherited); a new directory inherits dynamically and needs nothing stored.
+    pub fn inherit_properties(
+        &mut self,
+        parent: InodeId,
+        child: InodeId,
+        kind: FileKind,
+    ) -> FsResult<()> {
+        if kind == FileKind::Directory {
+            return Ok(());
+        }
+        for name in Property::NAMES {
+            let (value, source) = self.property(parent, name)?;
+            if matches!(source, Source::Local | Source::Inherited) {
+                self.txn
+                    .open_table(PROPERTIES)?
+                    .insert((child.0, *name), value.value().as_str())?;
+            }
         }
         Ok(())
     }
