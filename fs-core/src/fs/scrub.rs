@@ -193,7 +193,7 @@ impl ScrubState {
         if total == 0 {
             return 0.0;
         }
-        (self.blocks_checked + self.pages_checked) as f64 / total as f64
+        ((self.blocks_checked + self.pages_checked) as f64 / total as f64).min(1.0)
     }
 }
 
