@@ -8,6 +8,7 @@
 //!   root, percent-encoded)
 //! - `PUT /v1/properties` with [`SetProperties`] → the [`PropertyValue`]s after the change
 //! - `POST /v1/errors/clear` → [`Status`] with every member's error counters reset
+//! - `POST /v1/sync` → [`Status`] once everything written so far is durable (a commit)
 //! - `POST /v1/scrub/start` with [`ScrubStart`] → [`ScrubStatus`] (409 if one is running)
 //! - `GET /v1/scrub` → [`ScrubStatus`] of the running or last scrub
 //! - `POST /v1/scrub/cancel` → [`ScrubStatus`]

@@ -296,6 +296,10 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
             fs.clear_errors().map_err(|e| fs_error(&e))?;
             Ok(json_response(200, &api.status()))
         }
+        (Post, "/v1/sync") => {
+            fs.fsync().map_err(|e| fs_error(&e))?;
+            Ok(json_response(200, &api.status()))
+        }
         (Get, "/v1/scrub") => Ok(json_response(200, &api.scrub_status()?)),
         (Post, "/v1/scrub/start") => {
             let start: ScrubStart = read_json(request)?;
@@ -307,8 +311,8 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
         (Post, "/v1/scrub/cancel") => Ok(json_response(200, &api.cancel_scrub()?)),
         (
             _,
-            "/v1/status" | "/v1/fsck" | "/v1/properties" | "/v1/errors/clear" | "/v1/scrub"
-            | "/v1/scrub/start" | "/v1/scrub/cancel",
+            "/v1/status" | "/v1/fsck" | "/v1/properties" | "/v1/errors/clear" | "/v1/sync"
+            | "/v1/scrub" | "/v1/scrub/start" | "/v1/scrub/cancel",
         ) => Err((405, "method not allowed".to_owned())),
         _ => Err((404, format!("no such endpoint: {path}"))),
     }

@@ -212,6 +212,21 @@ fn unlinked_open_file_stays_readable_and_sigterm_unmounts_cleanly() {
 }
 
 #[test]
+fn aegis_sync_makes_writes_durable_before_a_kill() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let mnt = sb.mount(&fast, &slow);
+    let data = pattern(9, 3 << 20);
+    fs::write(mnt.path("synced"), &data).unwrap();
+    let out = sb.ok(&["sync", "tank"]);
+    assert!(out.contains("durable"), "{out}");
+    signal_serving_process(&sb, "tank", "-KILL");
+    mnt.mount_over_dead(&fast, &slow);
+    assert_eq!(fs::read(mnt.path("synced")).unwrap(), data);
+    mnt.unmount();
+}
+
+#[test]
 fn killed_serving_process_loses_nothing_fsynced() {
     let sb = Sandbox::new();
     let (fast, slow) = sb.format("256M", "512M");
