@@ -870,8 +870,11 @@ impl Filesystem {
             let primary = if batch_failed.contains(&record.device) {
                 self.read_copy(id, &record, record.primary())
             } else {
-                self.verify_copy(id, &record, record.primary(), &mut buf)
-                    .map(|()| buf)
+                self.check_copy(id, &record, record.primary(), &buf)
+                    .map(|()| {
+                        buf.truncate(record.stored_len as usize);
+                        buf
+                    })
             };
             let content = match primary {
                 Ok(content) => content,
@@ -895,20 +898,9 @@ impl Filesystem {
             return Err(FsError::Device(err));
         }
         self.count_read(at.device, buf.len());
-        self.verify_copy(id, record, at, &mut buf)?;
-        Ok(buf)
-    }
-
-    /// Checks the copy of block `id` read from `at` into `buf` (trimmed to the stored bytes).
-    fn verify_copy(
-        &self,
-        id: u64,
-        record: &BlockRecord,
-        at: Location,
-        buf: &mut Vec<u8>,
-    ) -> FsResult<()> {
+        self.check_copy(id, record, at, &buf)?;
         buf.truncate(record.stored_len as usize);
-        self.check_copy(id, record, at, buf)
+        Ok(buf)
     }
 
     /// Checks the stored bytes of a copy of block `id` read from `at` (`bytes` may run past
