@@ -62,6 +62,14 @@ pub enum FsError {
     /// fsync are refused until the pool is remounted; reads see the last commit.
     #[error("the pool is read-only after an earlier failure (see the log); remount it")]
     ReadOnly,
+    /// Snapshots (and `/.snapshots`) cannot be changed.
+    #[error("snapshots are read-only")]
+    SnapshotReadOnly,
+    #[error("{0}")]
+    BadSnapshot(String),
+    /// Refused because of the pool's state (newer snapshots, open files, …).
+    #[error("{0}")]
+    Conflict(String),
     /// The filesystem cannot serve even reads after an earlier failure (see the log).
     #[error("the filesystem stopped after an earlier failure (see the log); remount the pool")]
     Failed,
@@ -88,7 +96,7 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::Invalid(_) | FsError::BadProperty(_) => libc::EINVAL,
-            FsError::Busy(_) => libc::EBUSY,
+            FsError::Busy(_) | FsError::Conflict(_) => libc::EBUSY,
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NoSpace | FsError::MetadataFull => libc::ENOSPC,
             FsError::Access => libc::EACCES,
@@ -100,7 +108,8 @@ impl FsError {
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::AttrTooBig => libc::E2BIG,
             FsError::NoSuchOffset => libc::ENXIO,
-            FsError::ReadOnly => libc::EROFS,
+            FsError::ReadOnly | FsError::SnapshotReadOnly => libc::EROFS,
+            FsError::BadSnapshot(_) => libc::EINVAL,
             FsError::Checksum { .. }
             | FsError::Corrupt(_)
             | FsError::Failed

@@ -11,7 +11,10 @@
 //! equals its references; no block is unreferenced (leaked); no two blocks share a sector;
 //! blocks lie inside their member's data area; per-inode space accounting; extended attributes
 //! and properties belong to live inodes; the two copies of a `copies=2` block lie on two
-//! devices; the id counters lie above every id in use.
+//! devices; the id counters lie above every id in use; snapshot history: every retired record
+//! is seen by a snapshot, listed in the deadlist and counted in its span, no record is born
+//! after the live epoch, and the blocks history holds count as references; the live tree's
+//! referenced-bytes counter matches its file maps.
 //!
 //! [`repair`] fixes, in one metadata transaction per pass: damaged metadata pages (rewritten
 //! from the intact copy), leaked blocks (freed), refcounts, nlink counts, space accounting,
@@ -24,14 +27,17 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::error::{FsError, FsResult};
 use crate::format::{Superblock, SECTOR_SIZE, SUPERBLOCK_SIZE};
+use crate::fs::versions::{decode_block_id, RecordKind};
 use crate::meta::backend::ReadPolicy;
+use crate::meta::records::SnapshotRecord;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
 use crate::meta::{
-    self, BLOCKS, COUNTERS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS, PROPERTIES, XATTRS,
+    self, BLOCKS, COUNTERS, DEADLIST, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HISTORY, INODES, ORPHANS,
+    PROPERTIES, SNAPSHOTS, SPANS, XATTRS,
 };
 use crate::pool::Pool;
 use crate::types::InodeId;
@@ -291,10 +297,14 @@ fn record_page_damage(pool: &Pool, damage_seen: usize, scan: &mut Scan) {
 fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()> {
     let txn = pool.db.begin_read()?;
 
+    // The newest birth of any live record: must not be past the live epoch.
+    let mut newest_birth = 0;
     let mut inodes: HashMap<u64, Inode> = HashMap::new();
     for entry in txn.open_table(INODES)?.iter()? {
         let (key, raw) = entry?;
-        match Inode::decode(raw.value()) {
+        let (raw, birth) = raw.value();
+        newest_birth = newest_birth.max(birth);
+        match Inode::decode(raw) {
             Ok(inode) if inode.id.0 == key.value() => {
                 inodes.insert(key.value(), inode);
             }
@@ -326,7 +336,8 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
     for entry in txn.open_table(DIRENTS)?.iter()? {
         let (key, value) = entry?;
         let (parent, name) = key.value();
-        let (child, cookie, kind) = value.value();
+        let (child, cookie, kind, birth) = value.value();
+        newest_birth = newest_birth.max(birth);
         let name_text = String::from_utf8_lossy(name).into_owned();
         let remove = || {
             Some(Fix::RemoveDirent {
@@ -387,7 +398,7 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
                 }
             }
         }
-        let indexed = cookies.get((parent, cookie))?.map(|v| v.value().to_vec());
+        let indexed = cookies.get((parent, cookie))?.map(|v| v.value().0.to_vec());
         if indexed.as_deref() != Some(name) {
             scan.add_fixable(
                 "dirent",
@@ -409,7 +420,7 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
         let (key, name) = entry?;
         let (parent, cookie) = key.value();
         let points_back = dirents
-            .get((parent, name.value()))?
+            .get((parent, name.value().0))?
             .is_some_and(|v| v.value().1 == cookie);
         if !points_back {
             scan.add_fixable(
@@ -550,7 +561,8 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
     for entry in txn.open_table(FILE_BLOCKS)?.iter()? {
         let (key, id) = entry?;
         let (ino, index) = key.value();
-        let id = id.value();
+        let (id, birth) = id.value();
+        newest_birth = newest_birth.max(birth);
         *references.entry(id).or_default() += 1;
         owner.entry(id).or_insert(ino);
         match inodes.get(&ino) {
@@ -583,6 +595,23 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
             ),
         }
     }
+    let live_referenced: u64 = allocated.values().sum();
+    check_history(&txn, &records, &mut references, newest_birth, scan)?;
+    let counters = txn.open_table(COUNTERS)?;
+    let referenced = counters.get(meta::REFERENCED)?.map(|v| v.value());
+    if referenced != Some(live_referenced) {
+        scan.add_fixable(
+            "counter",
+            format!(
+                "counter {} is {} but the live tree maps {live_referenced} bytes",
+                meta::REFERENCED,
+                referenced.map_or_else(|| "missing".to_owned(), |v| v.to_string())
+            ),
+            None,
+            Some(Fix::SetCounter(meta::REFERENCED, live_referenced)),
+        );
+    }
+    drop(counters);
     let mut space = pool.empty_allocator();
     for (id, record) in &records {
         let refs = references.get(id).copied().unwrap_or(0);
@@ -696,6 +725,122 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
     Ok(())
 }
 
+/// Checks the snapshot history (see `fs::versions`) and counts the blocks it holds as
+/// references.
+fn check_history(
+    txn: &redb::ReadTransaction,
+    records: &BTreeMap<u64, BlockRecord>,
+    references: &mut HashMap<u64, u32>,
+    newest_birth: u64,
+    scan: &mut Scan,
+) -> FsResult<()> {
+    let epoch = txn
+        .open_table(COUNTERS)?
+        .get(meta::EPOCH)?
+        .map(|v| v.value());
+    let Some(epoch) = epoch else {
+        scan.add(
+            "counter",
+            format!("counter {} is missing", meta::EPOCH),
+            None,
+        );
+        return Ok(());
+    };
+    if newest_birth > epoch {
+        scan.add(
+            "history",
+            format!("a live record is born in epoch {newest_birth}, after the live epoch {epoch}"),
+            None,
+        );
+    }
+    let mut snapshots = Vec::new();
+    for entry in txn.open_table(SNAPSHOTS)?.iter()? {
+        let (at, raw) = entry?;
+        let at = at.value();
+        if let Err(err) = SnapshotRecord::decode(raw.value()) {
+            scan.add("snapshot", format!("snapshot of epoch {at}: {err}"), None);
+        }
+        if at == 0 || at >= epoch || at > InodeId::MAX_SNAPSHOT_EPOCH {
+            scan.add(
+                "snapshot",
+                format!("a snapshot has epoch {at}, outside 1..{epoch}"),
+                None,
+            );
+        }
+        snapshots.push(at);
+    }
+    let deadlist = txn.open_table(DEADLIST)?;
+    let mut spans: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+    let mut history_records = 0;
+    for entry in txn.open_table(HISTORY)?.iter()? {
+        let (key, value) = entry?;
+        let (kind, key, death) = key.value();
+        let (birth, value) = value.value();
+        history_records += 1;
+        let what = format!("history record (kind {kind}, born {birth}, dead {death})");
+        let Some(kind_known) = RecordKind::from_byte(kind) else {
+            scan.add("history", format!("{what} has an unknown kind"), None);
+            continue;
+        };
+        if birth >= death || death > epoch {
+            scan.add("history", format!("{what} has impossible epochs"), None);
+        }
+        if !snapshots.iter().any(|s| (birth..death).contains(s)) {
+            scan.add("history", format!("{what} is seen by no snapshot"), None);
+        }
+        if deadlist.get((death, birth, kind, key))?.is_none() {
+            scan.add(
+                "history",
+                format!("{what} is missing from the deadlist"),
+                None,
+            );
+        }
+        let mut bytes = 0;
+        if kind_known == RecordKind::FileBlock {
+            match decode_block_id(value) {
+                Some(id) => {
+                    *references.entry(id).or_default() += 1;
+                    match records.get(&id) {
+                        Some(record) => bytes = record.allocated_bytes(),
+                        None => scan.add(
+                            "history",
+                            format!("{what} points to missing block {id}"),
+                            None,
+                        ),
+                    }
+                }
+                None => scan.add("history", format!("{what} is malformed"), None),
+            }
+        }
+        let span = spans.entry((birth, death)).or_default();
+        span.0 += 1;
+        span.1 += bytes;
+    }
+    if deadlist.len()? != history_records {
+        scan.add(
+            "history",
+            format!(
+                "the deadlist lists {} records, history holds {history_records}",
+                deadlist.len()?
+            ),
+            None,
+        );
+    }
+    let mut stored: BTreeMap<(u64, u64), (u64, u64)> = BTreeMap::new();
+    for entry in txn.open_table(SPANS)?.iter()? {
+        let (span, counts) = entry?;
+        stored.insert(span.value(), counts.value());
+    }
+    if stored != spans {
+        scan.add(
+            "history",
+            "the span totals do not match the history records".to_owned(),
+            None,
+        );
+    }
+    Ok(())
+}
+
 /// Copies block `id` from its intact copy at `from` over its damaged copy at `to`.
 fn rewrite_copy(pool: &Pool, id: u64, from: Location, to: Location) -> FsResult<()> {
     let txn = pool.db.begin_read()?;
@@ -769,25 +914,41 @@ fn load_inode(txn: &WriteTransaction, ino: u64) -> FsResult<Inode> {
     let raw = txn
         .open_table(INODES)?
         .get(ino)?
-        .map(|v| v.value().to_vec())
+        .map(|v| v.value().0.to_vec())
         .ok_or(FsError::NotFound)?;
     Inode::decode(&raw).map_err(|e| FsError::Corrupt(e.to_string()))
 }
 
+/// Stores a repaired inode. A record that exists keeps its birth, so snapshots that share it
+/// see the repair too (rather than losing the inode); a new one is born in the live epoch.
 fn store_inode(txn: &WriteTransaction, inode: &Inode) -> FsResult<()> {
-    txn.open_table(INODES)?
-        .insert(inode.id.0, inode.encode().as_slice())?;
+    let mut table = txn.open_table(INODES)?;
+    let birth = match table.get(inode.id.0)? {
+        Some(old) => old.value().1,
+        None => live_epoch(txn)?,
+    };
+    table.insert(inode.id.0, (inode.encode().as_slice(), birth))?;
     Ok(())
+}
+
+fn live_epoch(txn: &WriteTransaction) -> FsResult<u64> {
+    txn.open_table(COUNTERS)?
+        .get(meta::EPOCH)?
+        .map(|v| v.value())
+        .ok_or_else(|| FsError::Corrupt("the epoch counter is missing".into()))
 }
 
 /// Adds `name → child` to `dir` under a fresh readdir cookie.
 fn add_entry(txn: &WriteTransaction, dir: &mut Inode, name: &[u8], child: &Inode) -> FsResult<()> {
     let cookie = dir.next_cookie;
     dir.next_cookie += 1;
-    txn.open_table(DIRENTS)?
-        .insert((dir.id.0, name), (child.id.0, cookie, child.kind.to_byte()))?;
+    let epoch = live_epoch(txn)?;
+    txn.open_table(DIRENTS)?.insert(
+        (dir.id.0, name),
+        (child.id.0, cookie, child.kind.to_byte(), epoch),
+    )?;
     txn.open_table(DIR_COOKIES)?
-        .insert((dir.id.0, cookie), name)?;
+        .insert((dir.id.0, cookie), (name, epoch))?;
     Ok(())
 }
 
@@ -868,9 +1029,9 @@ fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsR
         Fix::SetDirentKind { parent, name } => {
             let mut dirents = txn.open_table(DIRENTS)?;
             let entry = dirents.get((*parent, name.as_slice()))?.map(|v| v.value());
-            if let Some((child, cookie, _)) = entry {
+            if let Some((child, cookie, _, birth)) = entry {
                 let kind = load_inode(txn, child)?.kind.to_byte();
-                dirents.insert((*parent, name.as_slice()), (child, cookie, kind))?;
+                dirents.insert((*parent, name.as_slice()), (child, cookie, kind, birth))?;
             }
         }
         Fix::IndexDirent { parent, name } => {
@@ -878,11 +1039,11 @@ fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsR
                 .open_table(DIRENTS)?
                 .get((*parent, name.as_slice()))?
                 .map(|v| v.value());
-            if let Some((child, old_cookie, _)) = entry {
+            if let Some((child, old_cookie, _, _)) = entry {
                 let cookies = txn.open_table(DIR_COOKIES)?;
                 let old = cookies
                     .get((*parent, old_cookie))?
-                    .map(|v| v.value().to_vec());
+                    .map(|v| v.value().0.to_vec());
                 if old.as_deref() == Some(name.as_slice()) {
                     return Ok(());
                 }

@@ -153,7 +153,7 @@ fn populate(fs: &Filesystem) -> FsResult<()> {
         )?
         .ino;
     fs.write(orphan, 0, &[0x5a; 2 * 4096])?;
-    fs.open(orphan, false)?;
+    fs.open(orphan, true, false)?;
     fs.unlink(root, b"orphan")?;
     fs.shutdown()
 }

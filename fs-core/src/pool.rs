@@ -272,17 +272,23 @@ pub(crate) fn meta_copies<'a>(
     copies.into_iter().map(|(_, copy)| copy).collect()
 }
 
+/// The live epoch of a new pool (0 is never a snapshot's epoch: an inode id with a zero tag is
+/// a live one).
+const FIRST_EPOCH: u64 = 1;
+
 fn initialise_namespace(db: &Database, options: &FormatOptions) -> FsResult<()> {
     let txn = db.begin_write()?;
     {
         let now = Timestamp::now();
         let root = Inode::root_owned_directory(InodeId::ROOT, 1, 0o755, InodeId::ROOT, now);
         let mut inodes = txn.open_table(INODES)?;
-        inodes.insert(InodeId::ROOT.0, root.encode().as_slice())?;
+        inodes.insert(InodeId::ROOT.0, (root.encode().as_slice(), FIRST_EPOCH))?;
         let mut counters = txn.open_table(COUNTERS)?;
         counters.insert(meta::NEXT_INODE, 2)?;
         counters.insert(meta::NEXT_BLOCK, 1)?;
         counters.insert(meta::NEXT_GENERATION, 2)?;
+        counters.insert(meta::EPOCH, FIRST_EPOCH)?;
+        counters.insert(meta::REFERENCED, 0)?;
         // Create the remaining tables so read paths never meet a missing table.
         txn.open_table(meta::DIRENTS)?;
         txn.open_table(meta::DIR_COOKIES)?;
@@ -290,6 +296,10 @@ fn initialise_namespace(db: &Database, options: &FormatOptions) -> FsResult<()> 
         txn.open_table(meta::BLOCKS)?;
         txn.open_table(meta::XATTRS)?;
         txn.open_table(meta::ORPHANS)?;
+        txn.open_table(meta::SNAPSHOTS)?;
+        txn.open_table(meta::HISTORY)?;
+        txn.open_table(meta::DEADLIST)?;
+        txn.open_table(meta::SPANS)?;
         let mut properties = txn.open_table(meta::PROPERTIES)?;
         for property in &options.properties {
             properties.insert(

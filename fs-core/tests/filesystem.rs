@@ -254,7 +254,7 @@ fn open_with_truncate_empties_the_file_durably() {
     fs.write(f, 0, &pattern(6, 300_000)).unwrap();
     let written = fs.getattr(f).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
-    let opened = fs.open(f, true).unwrap();
+    let opened = fs.open(f, true, true).unwrap();
     assert_eq!((opened.size, opened.blocks), (0, 0));
     assert!(opened.mtime > written.mtime && opened.ctime > written.ctime);
     fs.write(f, 0, b"short").unwrap();
@@ -264,7 +264,7 @@ fn open_with_truncate_empties_the_file_durably() {
     let fs = pool.open();
     assert_eq!(read_all(&fs, f), b"short");
     // Without O_TRUNC an open leaves the content alone.
-    fs.open(f, false).unwrap();
+    fs.open(f, true, false).unwrap();
     assert_eq!(read_all(&fs, f), b"short");
 }
 
@@ -428,7 +428,7 @@ fn unlinked_open_file_lives_until_release_or_remount() {
     let fs = pool.open();
     let f = create_file(&fs, ROOT, "f");
     fs.write(f, 0, &pattern(8, 1_000_000)).unwrap();
-    fs.open(f, false).unwrap();
+    fs.open(f, true, false).unwrap();
     fs.unlink(ROOT, b"f").unwrap();
     assert_eq!(fs.getattr(f).unwrap().nlink, 0);
     assert_eq!(read_all(&fs, f), pattern(8, 1_000_000));
@@ -443,7 +443,7 @@ fn unlinked_open_file_lives_until_release_or_remount() {
     // And the normal path: release frees it.
     let g = create_file(&fs, ROOT, "g");
     fs.write(g, 0, b"x").unwrap();
-    fs.open(g, false).unwrap();
+    fs.open(g, true, false).unwrap();
     fs.unlink(ROOT, b"g").unwrap();
     fs.release(g).unwrap();
     assert!(matches!(fs.getattr(g), Err(FsError::NotFound)));

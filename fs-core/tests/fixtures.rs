@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use fs_core::format::{MemberInfo, Superblock, SuperblockError};
-use fs_core::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
+use fs_core::meta::records::{BlockRecord, FileKind, Inode, Location, SnapshotRecord, Timestamp};
 use fs_core::types::{DeviceIndex, InodeId, Tier};
 
 fn fixture(name: &str) -> PathBuf {
@@ -58,10 +58,10 @@ fn superblock() -> Superblock {
 }
 
 #[test]
-fn superblock_v1_is_frozen() {
+fn superblock_v2_is_frozen() {
     let expected = superblock();
-    check_fixture("superblock-v1.bin", &expected.encode());
-    let frozen = std::fs::read(fixture("superblock-v1.bin")).unwrap();
+    check_fixture("superblock-v2.bin", &expected.encode());
+    let frozen = std::fs::read(fixture("superblock-v2.bin")).unwrap();
     assert_eq!(Superblock::decode(&frozen).unwrap(), expected);
     let mut damaged = frozen.clone();
     damaged[200] ^= 1;
@@ -69,6 +69,31 @@ fn superblock_v1_is_frozen() {
         Superblock::decode(&damaged),
         Err(SuperblockError::BadChecksum)
     );
+}
+
+/// Version 1 pools predate snapshots (their tables carry no epochs): refused by version.
+#[test]
+fn superblock_v1_is_refused_by_version() {
+    let frozen = std::fs::read(fixture("superblock-v1.bin")).unwrap();
+    assert_eq!(
+        Superblock::decode(&frozen),
+        Err(SuperblockError::UnsupportedVersion(1))
+    );
+}
+
+#[test]
+fn snapshot_record_is_frozen() {
+    let record = SnapshotRecord {
+        name: "before-upgrade".into(),
+        created: Timestamp {
+            secs: 1_795_000_000,
+            nanos: 42,
+        },
+        referenced: 5 << 30,
+    };
+    check_fixture("snapshot-v1.bin", &record.encode());
+    let frozen = std::fs::read(fixture("snapshot-v1.bin")).unwrap();
+    assert_eq!(SnapshotRecord::decode(&frozen).unwrap(), record);
 }
 
 #[test]

@@ -67,9 +67,15 @@ fn finds_wrong_nlink_with_its_path() {
         let txn = p.db.begin_write().unwrap();
         {
             let mut inodes = txn.open_table(INODES).unwrap();
-            let mut inode = Inode::decode(inodes.get(file.0).unwrap().unwrap().value()).unwrap();
+            let (mut inode, birth) = {
+                let stored = inodes.get(file.0).unwrap().unwrap();
+                let (raw, birth) = stored.value();
+                (Inode::decode(raw).unwrap(), birth)
+            };
             inode.nlink = 5;
-            inodes.insert(file.0, inode.encode().as_slice()).unwrap();
+            inodes
+                .insert(file.0, (inode.encode().as_slice(), birth))
+                .unwrap();
         }
         txn.commit().unwrap();
     }

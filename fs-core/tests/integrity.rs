@@ -44,7 +44,7 @@ fn records(pool: &TestPool, ino: InodeId) -> Vec<BlockRecord> {
     map.range((ino.0, 0)..(ino.0 + 1, 0))
         .unwrap()
         .map(|entry| {
-            let id = entry.unwrap().1.value();
+            let (id, _birth) = entry.unwrap().1.value();
             BlockRecord::decode(blocks.get(id).unwrap().unwrap().value()).unwrap()
         })
         .collect()

@@ -13,7 +13,7 @@ use crate::codec::checksum64;
 use crate::types::{DeviceIndex, Tier};
 
 pub const MAGIC: [u8; 8] = *b"AEGISFS\x01";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const SUPERBLOCK_SIZE: usize = 4096;
 /// Allocation unit of the data area and alignment of every region.
 pub const SECTOR_SIZE: u64 = 4096;

@@ -283,6 +283,7 @@ impl Filesystem {
 
     /// Writes `data` at `offset`; returns the bytes written.
     pub fn write(&self, ino: InodeId, offset: u64, data: &[u8]) -> FsResult<usize> {
+        super::tx::writable(ino)?;
         self.with_tx(|tx| {
             let mut inode = tx.inode(ino)?;
             regular(&inode)?;
@@ -303,6 +304,7 @@ impl Filesystem {
     /// `fallocate`: mode 0 and `KEEP_SIZE` reserve nothing on a copy-on-write pool but check
     /// the space exists and extend the size; `PUNCH_HOLE` and `ZERO_RANGE` zero a range.
     pub fn fallocate(&self, ino: InodeId, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+        super::tx::writable(ino)?;
         let end = offset
             .checked_add(len)
             .filter(|&end| end <= MAX_FILE_SIZE)

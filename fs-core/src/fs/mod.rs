@@ -36,7 +36,9 @@ mod data;
 mod namespace;
 pub mod props;
 pub mod scrub;
+pub mod snapshot;
 mod tx;
+pub(crate) mod versions;
 mod view;
 mod xattr;
 
@@ -51,8 +53,8 @@ use crate::alloc::{Allocator, DeviceSpace};
 use crate::device::{BlockDevice, ReadOp};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
-use crate::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
-use crate::meta::{self, BLOCKS, COUNTERS, DEVICE_ERRORS, ORPHANS};
+use crate::meta::records::{BlockRecord, FileKind, Inode, Location, SnapshotRecord, Timestamp};
+use crate::meta::{self, BLOCKS, COUNTERS, DEVICE_ERRORS, ORPHANS, SNAPSHOTS};
 use crate::pool::Pool;
 use crate::types::{DeviceIndex, InodeId, Tier};
 
@@ -261,6 +263,12 @@ struct Book {
     next_inode: u64,
     next_block: u64,
     next_generation: u64,
+    /// The live epoch (see `versions`).
+    epoch: u64,
+    /// Data-area bytes of the blocks the live tree maps.
+    referenced: u64,
+    /// Every snapshot, by epoch.
+    snapshots: BTreeMap<u64, SnapshotRecord>,
     /// Whether the open transaction holds changes.
     dirty: bool,
     dirty_bytes: u64,
@@ -367,7 +375,7 @@ impl Filesystem {
             pool.members.iter().map(|m| Arc::clone(&m.device)).collect();
         let mut alloc = pool.empty_allocator();
         let txn = pool.db.begin_write()?;
-        let (next_inode, next_block, next_generation) = {
+        let (next_inode, next_block, next_generation, epoch, referenced) = {
             let counters = txn.open_table(COUNTERS)?;
             let get = |name: &str| -> FsResult<u64> {
                 counters
@@ -379,8 +387,18 @@ impl Filesystem {
                 get(meta::NEXT_INODE)?,
                 get(meta::NEXT_BLOCK)?,
                 get(meta::NEXT_GENERATION)?,
+                get(meta::EPOCH)?,
+                get(meta::REFERENCED)?,
             )
         };
+        let mut snapshots = BTreeMap::new();
+        for entry in txn.open_table(SNAPSHOTS)?.iter()? {
+            let (epoch, raw) = entry?;
+            let record = SnapshotRecord::decode(raw.value()).map_err(|e| {
+                FsError::Corrupt(format!("snapshot of epoch {}: {e}", epoch.value()))
+            })?;
+            snapshots.insert(epoch.value(), record);
+        }
         {
             let blocks = txn.open_table(BLOCKS)?;
             for entry in blocks.iter()? {
@@ -427,6 +445,9 @@ impl Filesystem {
                     next_inode,
                     next_block,
                     next_generation,
+                    epoch,
+                    referenced,
+                    snapshots,
                     dirty: false,
                     dirty_bytes: 0,
                     dirty_records: 0,
@@ -626,6 +647,8 @@ impl Filesystem {
                 counters.insert(meta::NEXT_INODE, book.next_inode)?;
                 counters.insert(meta::NEXT_BLOCK, book.next_block)?;
                 counters.insert(meta::NEXT_GENERATION, book.next_generation)?;
+                counters.insert(meta::EPOCH, book.epoch)?;
+                counters.insert(meta::REFERENCED, book.referenced)?;
             }
             if errors_changed {
                 let mut table = txn.open_table(DEVICE_ERRORS)?;
@@ -1021,6 +1044,9 @@ pub fn check_access(attr: &Attr, caller: Caller, mask: i32) -> FsResult<()> {
     let mask = u32::try_from(mask & 0o7).unwrap_or(0);
     if mask == 0 {
         return Ok(());
+    }
+    if mask & 2 != 0 {
+        tx::writable(attr.ino)?;
     }
     if caller.uid == 0 {
         // Root may do anything, except execute a file nobody may execute.

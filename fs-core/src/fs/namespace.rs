@@ -1,14 +1,22 @@
 //! Namespace verbs: lookup, getattr, setattr, create (all node kinds), link, unlink, rmdir,
 //! rename (with `RENAME_NOREPLACE` and `RENAME_EXCHANGE`), readlink, readdir, open/release.
 
-use redb::ReadableTable;
-
+use super::snapshot::SNAPSHOT_DIR_NAME;
+use super::tx::writable;
 use super::tx::Tx;
 use super::{Attr, Caller, Filesystem, SetAttr, MAX_LINKS, MAX_NAME_LEN};
 use crate::error::{FsError, FsResult};
 use crate::meta::records::{FileKind, Inode, Timestamp};
-use crate::meta::DIR_COOKIES;
 use crate::types::InodeId;
+
+/// The readdir cookie of `/.snapshots` in the root's listing (when `snapdir=visible`): past
+/// every cookie a directory hands out, and a valid `off_t`.
+const SNAPSHOT_DIR_COOKIE: u64 = i64::MAX as u64;
+
+/// Whether `parent`/`name` is `/.snapshots`, which users cannot create, remove or rename.
+fn is_snapshot_dir(parent: InodeId, name: &[u8]) -> bool {
+    parent == InodeId::ROOT && name == SNAPSHOT_DIR_NAME
+}
 
 /// One entry of a directory listing. `cookie` is the offset to resume after this entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +48,13 @@ impl NewNode<'_> {
             target: None,
         }
     }
+}
+
+const SNAPSHOT_DIR_BUSY: &str = "/.snapshots belongs to the pool and cannot be removed or renamed";
+
+/// Whether the pool has handed out every inode number an inode id can carry.
+fn id_space_exhausted(next_inode: u64) -> bool {
+    next_inode >= InodeId::NUMBER_LIMIT
 }
 
 /// `rename` flags.
@@ -94,6 +109,8 @@ impl Filesystem {
             let child = match name {
                 b"." => dir.id,
                 b".." => dir.parent,
+                _ if parent == InodeId::SNAPSHOT_DIR => tx.snapshot_root(name)?,
+                _ if is_snapshot_dir(parent, name) => InodeId::SNAPSHOT_DIR,
                 _ => tx.dirent(parent, name)?.ok_or(FsError::NotFound)?.child,
             };
             tx.attr(&tx.inode(child)?)
@@ -105,6 +122,7 @@ impl Filesystem {
     }
 
     pub fn setattr(&self, ino: InodeId, changes: &SetAttr) -> FsResult<Attr> {
+        writable(ino)?;
         self.with_tx(|tx| {
             let mut inode = tx.inode(ino)?;
             let now = Timestamp::now();
@@ -155,10 +173,14 @@ impl Filesystem {
             target,
         } = *node;
         check_name(name)?;
+        writable(parent)?;
         self.with_tx(|tx| {
             let mut dir = tx.directory(parent)?;
-            if tx.dirent(parent, name)?.is_some() {
+            if tx.dirent(parent, name)?.is_some() || is_snapshot_dir(parent, name) {
                 return Err(FsError::Exists);
+            }
+            if id_space_exhausted(tx.book.next_inode) {
+                return Err(FsError::NoSpace);
             }
             if kind == FileKind::Directory && dir.nlink >= MAX_LINKS {
                 return Err(FsError::TooManyLinks);
@@ -230,13 +252,15 @@ impl Filesystem {
 
     pub fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
         check_name(new_name)?;
+        writable(ino)?;
+        writable(new_parent)?;
         self.with_tx(|tx| {
             let mut inode = tx.inode(ino)?;
             if inode.kind == FileKind::Directory {
                 return Err(FsError::NotPermitted);
             }
             let mut dir = tx.directory(new_parent)?;
-            if tx.dirent(new_parent, new_name)?.is_some() {
+            if tx.dirent(new_parent, new_name)?.is_some() || is_snapshot_dir(new_parent, new_name) {
                 return Err(FsError::Exists);
             }
             if inode.nlink >= MAX_LINKS {
@@ -259,6 +283,10 @@ impl Filesystem {
 
     pub fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
         check_name(name)?;
+        writable(parent)?;
+        if is_snapshot_dir(parent, name) {
+            return Err(FsError::Busy(SNAPSHOT_DIR_BUSY));
+        }
         self.with_tx(|tx| {
             let mut dir = tx.directory(parent)?;
             let entry = tx.dirent(parent, name)?.ok_or(FsError::NotFound)?;
@@ -280,6 +308,10 @@ impl Filesystem {
             b"." => return Err(FsError::Invalid("cannot remove '.'")),
             b".." => return Err(FsError::NotEmpty),
             _ => check_name(name)?,
+        }
+        writable(parent)?;
+        if is_snapshot_dir(parent, name) {
+            return Err(FsError::Busy(SNAPSHOT_DIR_BUSY));
         }
         self.with_tx(|tx| {
             let mut dir = tx.directory(parent)?;
@@ -315,6 +347,11 @@ impl Filesystem {
             || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
         {
             return Err(FsError::Invalid("unsupported rename flags"));
+        }
+        writable(parent)?;
+        writable(new_parent)?;
+        if is_snapshot_dir(parent, name) || is_snapshot_dir(new_parent, new_name) {
+            return Err(FsError::Busy(SNAPSHOT_DIR_BUSY));
         }
         self.with_tx(|tx| {
             tx.directory(parent)?;
@@ -410,20 +447,24 @@ impl Filesystem {
                     name: b"..".to_vec(),
                 });
             }
-            let names: Vec<(u64, Vec<u8>)> = {
-                let table = tx.txn.open_table(DIR_COOKIES)?;
-                let start = offset.max(2) + 1;
-                let mut names = Vec::new();
-                for entry in table.range((ino.0, start)..=(ino.0, u64::MAX))? {
-                    if out.len() + names.len() >= limit {
+            if ino == InodeId::SNAPSHOT_DIR {
+                for (epoch, snapshot) in tx.book.snapshots.range(offset.max(2).saturating_sub(1)..)
+                {
+                    if out.len() >= limit {
                         break;
                     }
-                    let (key, name) = entry?;
-                    names.push((key.value().1, name.value().to_vec()));
+                    out.push(DirEntry {
+                        ino: InodeId::in_snapshot(InodeId::ROOT.0, *epoch),
+                        cookie: epoch + 2,
+                        kind: FileKind::Directory,
+                        name: snapshot.name.as_bytes().to_vec(),
+                    });
                 }
-                names
-            };
-            for (cookie, name) in names {
+                return Ok(out);
+            }
+            let start = offset.max(2) + 1;
+            let wanted = limit.saturating_sub(out.len());
+            for (cookie, name) in tx.dir_names(ino, start, wanted)? {
                 let entry = tx.dirent(ino, &name)?.ok_or_else(|| {
                     FsError::Corrupt(format!("readdir index of {ino} names a missing entry"))
                 })?;
@@ -434,16 +475,33 @@ impl Filesystem {
                     name,
                 });
             }
+            let listed_all = out.len() < limit;
+            if ino == InodeId::ROOT
+                && listed_all
+                && offset < SNAPSHOT_DIR_COOKIE
+                && tx.snapdir_visible()?
+            {
+                out.push(DirEntry {
+                    ino: InodeId::SNAPSHOT_DIR,
+                    cookie: SNAPSHOT_DIR_COOKIE,
+                    kind: FileKind::Directory,
+                    name: SNAPSHOT_DIR_NAME.to_vec(),
+                });
+            }
             out.truncate(limit);
             Ok(out)
         })
     }
 
-    /// Notes that `ino` was opened; unlinked inodes stay until the matching release.
+    /// Notes that `ino` was opened (for writing when `write`); unlinked inodes stay until the
+    /// matching release. Files in snapshots open for reading only (EROFS otherwise).
     /// `truncate` is `O_TRUNC`, which the kernel leaves to the open itself
     /// (`FUSE_ATOMIC_O_TRUNC`): a regular file is emptied in the same transaction, so such an
     /// open is a change (EROFS once the pool is read-only).
-    pub fn open(&self, ino: InodeId, truncate: bool) -> FsResult<Attr> {
+    pub fn open(&self, ino: InodeId, write: bool, truncate: bool) -> FsResult<Attr> {
+        if write || truncate {
+            writable(ino)?;
+        }
         let open = |tx: &mut Tx<'_>| {
             let mut inode = tx.inode(ino)?;
             if truncate && inode.kind == FileKind::Regular {
@@ -476,7 +534,7 @@ impl Filesystem {
             return Ok(());
         }
         state.book.open_counts.remove(&ino.0);
-        if state.txn.is_none() {
+        if state.txn.is_none() || ino.snapshot_epoch().is_some() {
             return Ok(());
         }
         self.modify_locked(state, |tx| match tx.inode(ino) {

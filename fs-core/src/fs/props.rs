@@ -22,11 +22,14 @@ pub const POOL: u64 = 0;
 pub enum Property {
     /// Copies of each data block: 1, or 2 (the second on another device).
     Copies(u8),
+    /// Whether `readdir` of the root lists `/.snapshots` (`visible`) or not (`hidden`, the
+    /// default; the directory is reachable by name either way). Set on the root only.
+    Snapdir(bool),
 }
 
 impl Property {
     /// Every property's name.
-    pub const NAMES: &'static [&'static str] = &["copies"];
+    pub const NAMES: &'static [&'static str] = &["copies", "snapdir"];
 
     /// Parses `name=value`.
     pub fn parse(text: &str) -> FsResult<Self> {
@@ -45,6 +48,13 @@ impl Property {
                     "copies must be 1 or 2, not '{value}'"
                 ))),
             },
+            "snapdir" => match value {
+                "hidden" => Ok(Self::Snapdir(false)),
+                "visible" => Ok(Self::Snapdir(true)),
+                _ => Err(FsError::BadProperty(format!(
+                    "snapdir must be hidden or visible, not '{value}'"
+                ))),
+            },
             _ => Err(FsError::BadProperty(format!(
                 "unknown property '{name}' (known: {})",
                 Self::NAMES.join(", ")
@@ -55,19 +65,28 @@ impl Property {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Copies(_) => "copies",
+            Self::Snapdir(_) => "snapdir",
         }
     }
 
     pub fn value(&self) -> String {
         match self {
             Self::Copies(n) => n.to_string(),
+            Self::Snapdir(true) => "visible".into(),
+            Self::Snapdir(false) => "hidden".into(),
         }
+    }
+
+    /// Whether the property belongs to the pool as a whole (set on the root, not inherited).
+    fn pool_wide(name: &str) -> bool {
+        name == "snapdir"
     }
 
     /// The value that applies where nothing is set.
     fn builtin_default(name: &str) -> Option<Self> {
         match name {
             "copies" => Some(Self::Copies(1)),
+            "snapdir" => Some(Self::Snapdir(false)),
             _ => None,
         }
     }
@@ -125,6 +144,7 @@ impl Tx<'_> {
     pub fn copies(&self, ino: InodeId) -> FsResult<u8> {
         match self.property(ino, "copies")?.0 {
             Property::Copies(n) => Ok(n),
+            other => Err(FsError::Corrupt(format!("copies read as {other:?}"))),
         }
     }
 
@@ -140,6 +160,9 @@ impl Tx<'_> {
             return Ok(());
         }
         for name in Property::NAMES {
+            if Property::pool_wide(name) {
+                continue;
+            }
             let (value, source) = self.property(parent, name)?;
             if matches!(source, Source::Local | Source::Inherited) {
                 self.txn
@@ -163,6 +186,13 @@ impl Filesystem {
     /// Sets a property on a file or directory (what is created in a directory afterwards
     /// inherits it).
     pub fn set_property(&self, ino: InodeId, property: Property) -> FsResult<()> {
+        super::tx::writable(ino)?;
+        if Property::pool_wide(property.name()) && ino != InodeId::ROOT {
+            return Err(FsError::BadProperty(format!(
+                "{} is a pool property: set it on the pool's root",
+                property.name()
+            )));
+        }
         self.with_tx(|tx| {
             tx.inode(ino)?;
             tx.mark_dirty();
@@ -179,6 +209,7 @@ impl Filesystem {
             tx.inode(ino)?;
             Property::NAMES
                 .iter()
+                .filter(|name| ino == InodeId::ROOT || !Property::pool_wide(name))
                 .map(|name| tx.property(ino, name))
                 .collect()
         })

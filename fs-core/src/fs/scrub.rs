@@ -321,7 +321,7 @@ impl Filesystem {
             for entry in map.range(state.cursor..)?.take(BATCH_BLOCKS) {
                 let (key, id) = entry?;
                 let (ino, index) = key.value();
-                let id = id.value();
+                let (id, _) = id.value();
                 let raw = blocks.get(id)?.ok_or_else(|| {
                     FsError::Corrupt(format!("block {id} is mapped but not in the block table"))
                 })?;

@@ -1,11 +1,16 @@
 //! `Tx`: one operation's view of the open transaction group, with the record-level helpers
 //! every verb shares (inodes, directory entries, the block table, allocation and frees).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use redb::{ReadableTable, WriteTransaction};
 
+use super::versions::{
+    decode_block_id, decode_dirent, encode_dirent, named_key, number_key, pair_key, split_named,
+    split_pair, AsOf, RecordKind,
+};
 use super::{Book, Filesystem};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
@@ -30,6 +35,14 @@ pub(super) struct Tx<'a> {
     pub book: &'a mut Book,
 }
 
+/// Refuses changes to files in a snapshot (and to `/.snapshots`).
+pub(super) fn writable(ino: InodeId) -> FsResult<()> {
+    match ino.snapshot_epoch() {
+        None => Ok(()),
+        Some(_) => Err(FsError::SnapshotReadOnly),
+    }
+}
+
 /// A directory entry as stored: the child, its readdir cookie and its kind.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Dirent {
@@ -46,32 +59,162 @@ impl Tx<'_> {
     }
 
     pub fn inode(&self, ino: InodeId) -> FsResult<Inode> {
-        let table = self.txn.open_table(INODES)?;
-        let raw = table.get(ino.0)?.ok_or(FsError::NotFound)?;
-        Inode::decode(raw.value()).map_err(|e| FsError::Corrupt(format!("{ino}: {e}")))
+        Ok(self.inode_version(ino)?.0)
+    }
+
+    /// An inode and the epoch its record was written in (0 for `/.snapshots`). A file of a
+    /// snapshot comes back with its ids (its own and its directory's) in that snapshot.
+    pub fn inode_version(&self, ino: InodeId) -> FsResult<(Inode, u64)> {
+        if ino == InodeId::SNAPSHOT_DIR {
+            return Ok((self.snapshot_dir_inode()?, 0));
+        }
+        let number = ino.number();
+        let decode = |raw: &[u8]| {
+            Inode::decode(raw).map_err(|e| FsError::Corrupt(format!("inode {number}: {e}")))
+        };
+        let epoch = self.snapshot_of(ino)?;
+        let historic = match epoch {
+            Some(epoch) => self.historic(RecordKind::Inode, &number_key(number), epoch)?,
+            None => AsOf::Live,
+        };
+        let (mut inode, birth) = match historic {
+            AsOf::Retired(raw, birth) => (decode(&raw)?, birth),
+            AsOf::Absent => return Err(FsError::NotFound),
+            AsOf::Live => {
+                let table = self.txn.open_table(INODES)?;
+                let raw = table.get(number)?.ok_or(FsError::NotFound)?;
+                let (raw, birth) = raw.value();
+                if epoch.is_some_and(|epoch| birth > epoch) {
+                    return Err(FsError::NotFound);
+                }
+                (decode(raw)?, birth)
+            }
+        };
+        if epoch.is_some() {
+            inode.id = ino;
+            inode.parent = if number == InodeId::ROOT.0 {
+                InodeId::SNAPSHOT_DIR
+            } else {
+                ino.sibling(inode.parent.0)
+            };
+        }
+        Ok((inode, birth))
+    }
+
+    /// The epoch of the snapshot `ino` belongs to (`None` for the live tree); NotFound when
+    /// that snapshot no longer exists.
+    pub fn snapshot_of(&self, ino: InodeId) -> FsResult<Option<u64>> {
+        match ino.snapshot_epoch() {
+            None => Ok(None),
+            Some(epoch) if self.book.snapshots.contains_key(&epoch) => Ok(Some(epoch)),
+            Some(_) => Err(FsError::NotFound),
+        }
     }
 
     pub fn put_inode(&mut self, inode: &Inode) -> FsResult<()> {
+        writable(inode.id)?;
         self.mark_dirty();
-        let mut table = self.txn.open_table(INODES)?;
-        table.insert(inode.id.0, inode.encode().as_slice())?;
+        let number = inode.id.0;
+        let old = {
+            let mut table = self.txn.open_table(INODES)?;
+            let old = table.insert(number, (inode.encode().as_slice(), self.book.epoch))?;
+            old.and_then(|old| {
+                let (raw, birth) = old.value();
+                self.snapshot_sees(birth).then(|| (raw.to_vec(), birth))
+            })
+        };
+        if let Some((raw, birth)) = old {
+            self.retire(RecordKind::Inode, &number_key(number), &raw, birth, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the live record of an inode (kept for the snapshots that see it).
+    fn remove_inode_record(&mut self, ino: InodeId) -> FsResult<()> {
+        let old = self.txn.open_table(INODES)?.remove(ino.0)?.and_then(|old| {
+            let (raw, birth) = old.value();
+            self.snapshot_sees(birth).then(|| (raw.to_vec(), birth))
+        });
+        if let Some((raw, birth)) = old {
+            self.retire(RecordKind::Inode, &number_key(ino.0), &raw, birth, 0)?;
+        }
         Ok(())
     }
 
     pub fn dirent(&self, parent: InodeId, name: &[u8]) -> FsResult<Option<Dirent>> {
-        let table = self.txn.open_table(DIRENTS)?;
-        let Some(value) = table.get((parent.0, name))? else {
-            return Ok(None);
+        let bad_kind = || FsError::Corrupt(format!("directory entry in {parent} has a bad kind"));
+        let Some(epoch) = self.snapshot_of(parent)? else {
+            let table = self.txn.open_table(DIRENTS)?;
+            let Some(value) = table.get((parent.0, name))? else {
+                return Ok(None);
+            };
+            let (child, cookie, kind, _) = value.value();
+            return Ok(Some(Dirent {
+                child: InodeId(child),
+                cookie,
+                kind: FileKind::from_byte(kind).ok_or_else(bad_kind)?,
+            }));
         };
-        let (child, cookie, kind) = value.value();
-        let kind = FileKind::from_byte(kind).ok_or_else(|| {
-            FsError::Corrupt(format!("directory entry in {parent} has a bad kind"))
-        })?;
+        let number = parent.number();
+        let (child, cookie, kind) =
+            match self.historic(RecordKind::Dirent, &named_key(number, name), epoch)? {
+                AsOf::Absent => return Ok(None),
+                AsOf::Retired(value, _) => decode_dirent(&value).ok_or_else(bad_kind)?,
+                AsOf::Live => {
+                    let table = self.txn.open_table(DIRENTS)?;
+                    let Some(value) = table.get((number, name))? else {
+                        return Ok(None);
+                    };
+                    let (child, cookie, kind, birth) = value.value();
+                    if birth > epoch {
+                        return Ok(None);
+                    }
+                    (child, cookie, kind)
+                }
+            };
         Ok(Some(Dirent {
-            child: InodeId(child),
+            child: parent.sibling(child),
             cookie,
-            kind,
+            kind: FileKind::from_byte(kind).ok_or_else(bad_kind)?,
         }))
+    }
+
+    /// Names in directory `dir` by readdir cookie, from cookie `start`, at most `limit`.
+    pub fn dir_names(
+        &self,
+        dir: InodeId,
+        start: u64,
+        limit: usize,
+    ) -> FsResult<Vec<(u64, Vec<u8>)>> {
+        let epoch = self.snapshot_of(dir)?;
+        let number = dir.number();
+        let mut names = BTreeMap::new();
+        {
+            let table = self.txn.open_table(DIR_COOKIES)?;
+            for entry in table.range((number, start)..=(number, u64::MAX))? {
+                if names.len() >= limit {
+                    break;
+                }
+                let (key, value) = entry?;
+                let (name, birth) = value.value();
+                if epoch.is_none_or(|epoch| birth <= epoch) {
+                    names.insert(key.value().1, name.to_vec());
+                }
+            }
+        }
+        if let Some(epoch) = epoch {
+            let from = pair_key(number, start);
+            let to = pair_key(number + 1, 0);
+            for (key, name) in
+                self.historic_range(RecordKind::DirCookie, &from, &to, epoch, limit)?
+            {
+                let (_, cookie) = split_pair(&key).ok_or_else(|| {
+                    FsError::Corrupt(format!("history holds a bad readdir key of {dir}"))
+                })?;
+                names.insert(cookie, name);
+            }
+        }
+        Ok(names.into_iter().take(limit).collect())
     }
 
     /// Adds `name → child` to `parent` (the caller stores `parent`, whose cookie counter moves).
@@ -82,50 +225,98 @@ impl Tx<'_> {
         child: InodeId,
         kind: FileKind,
     ) -> FsResult<()> {
+        writable(parent.id)?;
         self.mark_dirty();
         let cookie = parent.next_cookie;
         parent.next_cookie += 1;
-        self.txn
-            .open_table(DIRENTS)?
-            .insert((parent.id.0, name), (child.0, cookie, kind.to_byte()))?;
+        let epoch = self.book.epoch;
+        self.txn.open_table(DIRENTS)?.insert(
+            (parent.id.0, name),
+            (child.0, cookie, kind.to_byte(), epoch),
+        )?;
         self.txn
             .open_table(DIR_COOKIES)?
-            .insert((parent.id.0, cookie), name)?;
+            .insert((parent.id.0, cookie), (name, epoch))?;
         Ok(())
     }
 
     pub fn remove_dirent(&mut self, parent: InodeId, name: &[u8], cookie: u64) -> FsResult<()> {
+        writable(parent)?;
         self.mark_dirty();
-        self.txn.open_table(DIRENTS)?.remove((parent.0, name))?;
-        self.txn
+        let entry = self
+            .txn
+            .open_table(DIRENTS)?
+            .remove((parent.0, name))?
+            .map(|v| v.value());
+        if let Some((child, cookie, kind, birth)) = entry {
+            let value = encode_dirent(child, cookie, kind);
+            self.retire(
+                RecordKind::Dirent,
+                &named_key(parent.0, name),
+                &value,
+                birth,
+                0,
+            )?;
+        }
+        let indexed = self
+            .txn
             .open_table(DIR_COOKIES)?
-            .remove((parent.0, cookie))?;
+            .remove((parent.0, cookie))?
+            .and_then(|v| {
+                let (name, birth) = v.value();
+                self.snapshot_sees(birth).then(|| (name.to_vec(), birth))
+            });
+        if let Some((name, birth)) = indexed {
+            self.retire(
+                RecordKind::DirCookie,
+                &pair_key(parent.0, cookie),
+                &name,
+                birth,
+                0,
+            )?;
+        }
         Ok(())
     }
 
     /// Points an existing entry at another child, keeping its cookie.
     pub fn retarget_dirent(&mut self, parent: InodeId, name: &[u8], entry: Dirent) -> FsResult<()> {
+        writable(parent)?;
         self.mark_dirty();
-        self.txn.open_table(DIRENTS)?.insert(
-            (parent.0, name),
-            (entry.child.0, entry.cookie, entry.kind.to_byte()),
-        )?;
+        let old = self
+            .txn
+            .open_table(DIRENTS)?
+            .insert(
+                (parent.0, name),
+                (
+                    entry.child.0,
+                    entry.cookie,
+                    entry.kind.to_byte(),
+                    self.book.epoch,
+                ),
+            )?
+            .map(|v| v.value());
+        if let Some((child, cookie, kind, birth)) = old {
+            let value = encode_dirent(child, cookie, kind);
+            self.retire(
+                RecordKind::Dirent,
+                &named_key(parent.0, name),
+                &value,
+                birth,
+                0,
+            )?;
+        }
         Ok(())
     }
 
     pub fn dir_is_empty(&self, dir: InodeId) -> FsResult<bool> {
-        let table = self.txn.open_table(DIR_COOKIES)?;
-        let empty = table
-            .range((dir.0, 0)..=(dir.0, u64::MAX))?
-            .next()
-            .is_none();
-        Ok(empty)
+        Ok(self.dir_names(dir, 0, 1)?.is_empty())
     }
 
     pub fn block_of(&self, ino: InodeId, index: u64) -> FsResult<Option<u64>> {
-        let table = self.txn.open_table(FILE_BLOCKS)?;
-        let id = table.get((ino.0, index))?.map(|v| v.value());
-        Ok(id)
+        Ok(self
+            .mapped_blocks(ino, index..index + 1)?
+            .first()
+            .map(|(_, id)| *id))
     }
 
     pub fn block_record(&self, id: u64) -> FsResult<BlockRecord> {
@@ -145,13 +336,33 @@ impl Tx<'_> {
         if range.is_empty() {
             return Ok(Vec::new());
         }
-        let table = self.txn.open_table(FILE_BLOCKS)?;
+        let epoch = self.snapshot_of(ino)?;
+        let number = ino.number();
         let mut out = Vec::new();
-        for entry in table.range((ino.0, range.start)..(ino.0, range.end))? {
-            let (key, value) = entry?;
-            out.push((key.value().1, value.value()));
+        {
+            let table = self.txn.open_table(FILE_BLOCKS)?;
+            for entry in table.range((number, range.start)..(number, range.end))? {
+                let (key, value) = entry?;
+                let (id, birth) = value.value();
+                if epoch.is_none_or(|epoch| birth <= epoch) {
+                    out.push((key.value().1, id));
+                }
+            }
         }
-        Ok(out)
+        let Some(epoch) = epoch else {
+            return Ok(out);
+        };
+        let from = pair_key(number, range.start);
+        let to = pair_key(number, range.end);
+        let bad = || FsError::Corrupt(format!("history holds a bad file-map record of {ino}"));
+        let mut merged: BTreeMap<u64, u64> = out.into_iter().collect();
+        for (key, value) in
+            self.historic_range(RecordKind::FileBlock, &from, &to, epoch, usize::MAX)?
+        {
+            let (_, index) = split_pair(&key).ok_or_else(bad)?;
+            merged.insert(index, decode_block_id(&value).ok_or_else(bad)?);
+        }
+        Ok(merged.into_iter().collect())
     }
 
     /// Reads the content of logical block `index` of `ino` (empty for a hole).
@@ -169,15 +380,14 @@ impl Tx<'_> {
     }
 
     /// Drops one reference to block `id`, freeing its sectors (after the commit) at the last.
-    /// Returns the bytes of data-area space released.
-    pub fn unref_block(&mut self, id: u64) -> FsResult<u64> {
+    pub fn unref_block(&mut self, id: u64) -> FsResult<()> {
         self.mark_dirty();
         let mut record = self.block_record(id)?;
         let mut table = self.txn.open_table(BLOCKS)?;
         if record.refcount > 1 {
             record.refcount -= 1;
             table.insert(id, record.encode().as_slice())?;
-            return Ok(0);
+            return Ok(());
         }
         table.remove(id)?;
         self.fs.cache.remove(id);
@@ -186,7 +396,27 @@ impl Tx<'_> {
                 .pending_free
                 .push((location.device, location.sector, record.sectors()));
         }
-        Ok(record.allocated_bytes())
+        Ok(())
+    }
+
+    /// Ends the live mapping of logical block `index` of inode `number` to block `id`,
+    /// written at `birth` (the caller removed or replaced it): a snapshot that sees it keeps
+    /// it, else the block loses a reference. Returns the data-area bytes the block takes,
+    /// which the file no longer maps.
+    fn end_mapping(&mut self, number: u64, index: u64, id: u64, birth: u64) -> FsResult<u64> {
+        let bytes = self.block_record(id)?.allocated_bytes();
+        let kept = self.retire(
+            RecordKind::FileBlock,
+            &pair_key(number, index),
+            &id.to_le_bytes(),
+            birth,
+            bytes,
+        )?;
+        if !kept {
+            self.unref_block(id)?;
+        }
+        self.book.referenced = self.book.referenced.saturating_sub(bytes);
+        Ok(bytes)
     }
 
     /// Writes new contents for logical blocks of `inode` to fresh sectors (two copies on two
@@ -194,6 +424,7 @@ impl Tx<'_> {
     /// replace. All space is claimed and all data written before the first metadata change, so
     /// ENOSPC or a device error leaves the file as it was.
     pub fn store_blocks(&mut self, inode: &mut Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
+        writable(inode.id)?;
         let mirrored = self.copies(inode.id)? >= 2;
         let mut placed: Vec<Placed> = Vec::with_capacity(blocks.len());
         for (index, mut content) in blocks {
@@ -246,12 +477,13 @@ impl Tx<'_> {
             let old = self
                 .txn
                 .open_table(FILE_BLOCKS)?
-                .insert((inode.id.0, index), id)?
+                .insert((inode.id.0, index), (id, self.book.epoch))?
                 .map(|v| v.value());
             inode.allocated += record.allocated_bytes();
-            if let Some(old) = old {
-                let released = self.unref_block(old)?;
-                inode.allocated = inode.allocated.saturating_sub(released);
+            self.book.referenced += record.allocated_bytes();
+            if let Some((old, birth)) = old {
+                let unmapped = self.end_mapping(inode.id.0, index, old, birth)?;
+                inode.allocated = inode.allocated.saturating_sub(unmapped);
             }
             self.book.dirty_bytes += len as u64;
         }
@@ -353,6 +585,7 @@ impl Tx<'_> {
     /// block cost one block write. Space for every newly staged block is reserved now, so a
     /// staged write does not meet ENOSPC later.
     pub fn stage_blocks(&mut self, inode: &Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
+        writable(inode.id)?;
         let fresh = blocks
             .iter()
             .filter(|(index, _)| !self.book.staged.contains_key(&(inode.id.0, *index)))
@@ -434,55 +667,107 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Unmaps blocks `[from, ..)` of `ino`; returns bytes of space released.
+    /// Unmaps blocks `[from, ..)` of `ino`; returns the bytes of the blocks it no longer maps.
     pub fn unmap_from(&mut self, ino: InodeId, from: u64) -> FsResult<u64> {
         self.unmap_range(ino, from..u64::MAX)
     }
 
-    /// Unmaps the blocks of `ino` with index in `range`; returns bytes of space released.
+    /// Unmaps the blocks of `ino` with index in `range`; returns the bytes of the blocks it no
+    /// longer maps (released unless a snapshot keeps them).
     pub fn unmap_range(&mut self, ino: InodeId, range: std::ops::Range<u64>) -> FsResult<u64> {
+        writable(ino)?;
         self.unstage_range(ino, range.clone());
-        let victims = self.mapped_blocks(ino, range)?;
+        let victims: Vec<(u64, u64, u64)> = {
+            let table = self.txn.open_table(FILE_BLOCKS)?;
+            let mut victims = Vec::new();
+            for entry in table.range((ino.0, range.start)..(ino.0, range.end))? {
+                let (key, value) = entry?;
+                let (id, birth) = value.value();
+                victims.push((key.value().1, id, birth));
+            }
+            victims
+        };
         if victims.is_empty() {
             return Ok(0);
         }
         self.mark_dirty();
-        let mut released = 0;
-        for (index, id) in victims {
+        let mut unmapped = 0;
+        for (index, id, birth) in victims {
             self.txn.open_table(FILE_BLOCKS)?.remove((ino.0, index))?;
-            released += self.unref_block(id)?;
+            unmapped += self.end_mapping(ino.0, index, id, birth)?;
         }
-        Ok(released)
+        Ok(unmapped)
     }
 
     /// Names of the extended attributes of `ino`, in order.
     pub fn xattr_names(&self, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
-        let table = self.txn.open_table(XATTRS)?;
-        let mut names = Vec::new();
-        for entry in table.range((ino.0, &[][..])..)? {
-            let (key, _) = entry?;
-            let (owner, name) = key.value();
-            if owner != ino.0 {
-                break;
+        Ok(self.xattrs_of(ino)?.into_keys().collect())
+    }
+
+    /// The extended attributes of `ino` (as they were, for a file in a snapshot), by name.
+    pub fn xattrs_of(&self, ino: InodeId) -> FsResult<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let epoch = self.snapshot_of(ino)?;
+        let number = ino.number();
+        let mut out = BTreeMap::new();
+        {
+            let table = self.txn.open_table(XATTRS)?;
+            for entry in table.range((number, &[][..])..(number + 1, &[][..]))? {
+                let (key, value) = entry?;
+                let (value, birth) = value.value();
+                if epoch.is_none_or(|epoch| birth <= epoch) {
+                    out.insert(key.value().1.to_vec(), value.to_vec());
+                }
             }
-            names.push(name.to_vec());
         }
-        Ok(names)
+        if let Some(epoch) = epoch {
+            let from = number_key(number);
+            let to = number_key(number + 1);
+            for (key, value) in
+                self.historic_range(RecordKind::Xattr, &from, &to, epoch, usize::MAX)?
+            {
+                let name = split_named(&key).map_or(&[][..], |(_, name)| name);
+                out.insert(name.to_vec(), value);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets (`Some`) or removes (`None`) extended attribute `name` of `ino`; returns whether
+    /// it existed.
+    pub fn put_xattr(&mut self, ino: InodeId, name: &[u8], value: Option<&[u8]>) -> FsResult<bool> {
+        writable(ino)?;
+        self.mark_dirty();
+        let old = {
+            let mut table = self.txn.open_table(XATTRS)?;
+            let old = match value {
+                Some(value) => table.insert((ino.0, name), (value, self.book.epoch))?,
+                None => table.remove((ino.0, name))?,
+            };
+            old.map(|old| {
+                let (raw, birth) = old.value();
+                (self.snapshot_sees(birth).then(|| raw.to_vec()), birth)
+            })
+        };
+        match old {
+            None => Ok(false),
+            Some((Some(raw), birth)) => {
+                self.retire(RecordKind::Xattr, &named_key(ino.0, name), &raw, birth, 0)?;
+                Ok(true)
+            }
+            Some((None, _)) => Ok(true),
+        }
     }
 
     /// Deletes an inode with everything it owns.
     pub fn free_inode(&mut self, ino: InodeId) -> FsResult<()> {
+        writable(ino)?;
         self.mark_dirty();
         self.unmap_from(ino, 0)?;
-        let names = self.xattr_names(ino)?;
-        {
-            let mut table = self.txn.open_table(XATTRS)?;
-            for name in names {
-                table.remove((ino.0, name.as_slice()))?;
-            }
+        for name in self.xattr_names(ino)? {
+            self.put_xattr(ino, &name, None)?;
         }
         self.remove_properties(ino)?;
-        self.txn.open_table(INODES)?.remove(ino.0)?;
+        self.remove_inode_record(ino)?;
         self.txn.open_table(ORPHANS)?.remove(ino.0)?;
         Ok(())
     }

@@ -2,6 +2,7 @@
 
 use redb::ReadableTable;
 
+use super::tx::writable;
 use super::Filesystem;
 use crate::error::{FsError, FsResult};
 use crate::meta::records::Timestamp;
@@ -17,9 +18,12 @@ impl Filesystem {
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> FsResult<Vec<u8>> {
         self.view(|tx| {
             tx.inode(ino)?;
+            if ino.snapshot_epoch().is_some() {
+                return tx.xattrs_of(ino)?.remove(name).ok_or(FsError::NoAttr);
+            }
             let table = tx.txn.open_table(XATTRS)?;
             let value = table.get((ino.0, name))?.ok_or(FsError::NoAttr)?;
-            Ok(value.value().to_vec())
+            Ok(value.value().0.to_vec())
         })
     }
 
@@ -33,6 +37,7 @@ impl Filesystem {
         if value.len() > MAX_XATTR_VALUE {
             return Err(FsError::AttrTooBig);
         }
+        writable(ino)?;
         self.with_tx(|tx| {
             let mut inode = tx.inode(ino)?;
             let exists = tx.txn.open_table(XATTRS)?.get((ino.0, name))?.is_some();
@@ -42,8 +47,7 @@ impl Filesystem {
             if flags & XATTR_REPLACE != 0 && !exists {
                 return Err(FsError::NoAttr);
             }
-            tx.mark_dirty();
-            tx.txn.open_table(XATTRS)?.insert((ino.0, name), value)?;
+            tx.put_xattr(ino, name, Some(value))?;
             inode.ctime = Timestamp::now();
             tx.put_inode(&inode)
         })
@@ -63,11 +67,10 @@ impl Filesystem {
     }
 
     pub fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
+        writable(ino)?;
         self.with_tx(|tx| {
             let mut inode = tx.inode(ino)?;
-            tx.mark_dirty();
-            let removed = tx.txn.open_table(XATTRS)?.remove((ino.0, name))?.is_some();
-            if !removed {
+            if !tx.put_xattr(ino, name, None)? {
                 return Err(FsError::NoAttr);
             }
             inode.ctime = Timestamp::now();

@@ -423,7 +423,8 @@ impl fuser::Filesystem for AegisFuse {
 
     fn open(&self, _req: &Request, inode: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
-        match self.call(|fs| fs.open(ino(inode), truncate)) {
+        let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        match self.call(|fs| fs.open(ino(inode), write, truncate)) {
             Ok(_) => reply.opened(FileHandle(inode.0), OPEN_FLAGS),
             Err(err) => reply.error(errno(&err)),
         }
@@ -642,7 +643,7 @@ impl fuser::Filesystem for AegisFuse {
         let node = NewNode::new(FileKind::Regular, mode & !umask);
         let result = self.call(|fs| {
             let attr = fs.create_node(ino(parent), name.as_bytes(), &node, caller(req))?;
-            fs.open(attr.ino, false)
+            fs.open(attr.ino, true, false)
         });
         match result {
             Ok(attr) => reply.created(

@@ -2,26 +2,50 @@
 //! tables the filesystem keeps in it, and the record encodings ([`records`]).
 //!
 //! Tables (keys → values):
-//! - `inodes`: inode number → encoded [`records::Inode`]
-//! - `dirents`: (directory, name) → (child inode, readdir cookie, kind byte)
-//! - `dir_cookies`: (directory, cookie) → name, the stable readdir order
-//! - `file_blocks`: (inode, logical block index) → block id
+//! - `inodes`: inode number → (encoded [`records::Inode`], birth epoch)
+//! - `dirents`: (directory, name) → (child inode, readdir cookie, kind byte, birth epoch)
+//! - `dir_cookies`: (directory, cookie) → (name, birth epoch), the stable readdir order
+//! - `file_blocks`: (inode, logical block index) → (block id, birth epoch)
 //! - `blocks`: block id → encoded [`records::BlockRecord`]
-//! - `xattrs`: (inode, name) → value
+//! - `xattrs`: (inode, name) → (value, birth epoch)
 //! - `orphans`: inode number → () for unlinked inodes still open at the last commit
-//! - `counters`: name → u64 (next inode, next block id, next generation)
+//! - `counters`: name → u64 (next inode, next block id, next generation, live epoch,
+//!   referenced bytes)
+//!
+//! The five namespace tables hold the live tree; every record carries the epoch it was
+//! written in. A record a snapshot still sees is moved to `history` when it is replaced or
+//! removed (see `fs::versions`).
+
+// Table definitions spell out redb's tuple key and value types; naming each tuple would only
+// hide the layout `docs/format.md` documents.
+#![allow(clippy::type_complexity)]
 
 pub mod backend;
 pub mod records;
 
 use redb::TableDefinition;
 
-pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes");
-pub const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u64, u8)> = TableDefinition::new("dirents");
-pub const DIR_COOKIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dir_cookies");
-pub const FILE_BLOCKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("file_blocks");
+pub const INODES: TableDefinition<u64, (&[u8], u64)> = TableDefinition::new("inodes");
+pub const DIRENTS: TableDefinition<(u64, &[u8]), (u64, u64, u8, u64)> =
+    TableDefinition::new("dirents");
+pub const DIR_COOKIES: TableDefinition<(u64, u64), (&[u8], u64)> =
+    TableDefinition::new("dir_cookies");
+pub const FILE_BLOCKS: TableDefinition<(u64, u64), (u64, u64)> =
+    TableDefinition::new("file_blocks");
 pub const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
-pub const XATTRS: TableDefinition<(u64, &[u8]), &[u8]> = TableDefinition::new("xattrs");
+pub const XATTRS: TableDefinition<(u64, &[u8]), (&[u8], u64)> = TableDefinition::new("xattrs");
+/// Snapshots by epoch → encoded [`records::SnapshotRecord`].
+pub const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+/// Replaced namespace records some snapshot still sees: (record kind, key, death epoch) →
+/// (birth epoch, encoded value). Keys and values are encoded by `fs::versions`.
+pub const HISTORY: TableDefinition<(u8, &[u8], u64), (u64, &[u8])> =
+    TableDefinition::new("history");
+/// The same records by (death epoch, birth epoch, kind, key), the order snapshot deletion and
+/// rollback walk them in.
+pub const DEADLIST: TableDefinition<(u64, u64, u8, &[u8]), ()> = TableDefinition::new("deadlist");
+/// Per (birth epoch, death epoch): how many history records, and the data-area bytes of the
+/// blocks their file-map records hold. Snapshot space accounting sums these.
+pub const SPANS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("spans");
 pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans");
 pub const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 /// Per-member error counters (read, write, checksum, repaired), kept across mounts.
@@ -35,3 +59,7 @@ pub const PROPERTIES: TableDefinition<(u64, &str), &str> = TableDefinition::new(
 pub const NEXT_INODE: &str = "next_inode";
 pub const NEXT_BLOCK: &str = "next_block";
 pub const NEXT_GENERATION: &str = "next_generation";
+/// The live epoch: records written now carry it; taking a snapshot freezes it and moves on.
+pub const EPOCH: &str = "epoch";
+/// Data-area bytes of the blocks the live tree maps (a snapshot records it when taken).
+pub const REFERENCED: &str = "referenced";

@@ -1,4 +1,5 @@
-//! Encodings of the metadata records stored as redb values: inodes and block-table entries.
+//! Encodings of the metadata records stored as redb values: inodes, block-table entries and
+//! snapshots.
 //! Explicit little-endian, versioned by a leading byte, and decoding never panics.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -313,6 +314,53 @@ impl Inode {
     }
 }
 
+const SNAPSHOT_RECORD_VERSION: u8 = 1;
+
+/// A snapshot as the `snapshots` table stores it (keyed by its epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub created: Timestamp,
+    /// Data-area bytes of the blocks the tree mapped when the snapshot was taken.
+    pub referenced: u64,
+}
+
+impl SnapshotRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(32 + self.name.len()));
+        w.u8(SNAPSHOT_RECORD_VERSION)
+            .time(self.created)
+            .u64(self.referenced)
+            .u16(u16::try_from(self.name.len()).unwrap_or(u16::MAX));
+        w.0.extend_from_slice(self.name.as_bytes());
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = Reader {
+            bytes,
+            what: "snapshot",
+        };
+        if r.u8()? != SNAPSHOT_RECORD_VERSION {
+            return Err(RecordError("snapshot"));
+        }
+        let created = r.time()?;
+        let referenced = r.u64()?;
+        let len = usize::from(r.u16()?);
+        let name = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| RecordError("snapshot"))?
+            .to_owned();
+        if !r.bytes.is_empty() {
+            return Err(RecordError("snapshot"));
+        }
+        Ok(SnapshotRecord {
+            name,
+            created,
+            referenced,
+        })
+    }
+}
+
 /// Where one copy of a block lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
@@ -489,6 +537,21 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_round_trips() {
+        let record = SnapshotRecord {
+            name: "before-upgrade".into(),
+            created: Timestamp {
+                secs: 1_700_000_000,
+                nanos: 5,
+            },
+            referenced: 1 << 33,
+        };
+        let encoded = record.encode();
+        assert_eq!(SnapshotRecord::decode(&encoded), Ok(record));
+        assert!(SnapshotRecord::decode(&encoded[..encoded.len() - 1]).is_err());
+    }
+
+    #[test]
     fn timestamps_before_the_epoch_round_trip() {
         for stamp in [
             Timestamp {
@@ -513,6 +576,7 @@ mod tests {
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Inode::decode(&bytes);
             let _ = BlockRecord::decode(&bytes);
+            let _ = SnapshotRecord::decode(&bytes);
         }
 
         #[test]

@@ -191,8 +191,13 @@ pub struct Node {
 
 /// The whole tree by path ("" is the root), read through the filesystem's verbs.
 pub fn tree(fs: &Filesystem) -> BTreeMap<String, Node> {
+    tree_at(fs, InodeId::ROOT)
+}
+
+/// The tree under directory `root` (the live root, or a snapshot's), by path.
+pub fn tree_at(fs: &Filesystem, root: InodeId) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
-    let mut dirs = vec![(String::new(), InodeId::ROOT)];
+    let mut dirs = vec![(String::new(), root)];
     while let Some((path, dir)) = dirs.pop() {
         out.insert(path.clone(), node(fs, dir));
         let mut cookie = 0;
