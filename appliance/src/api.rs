@@ -83,6 +83,9 @@ pub struct Status {
     pub read_only_cause: Option<String>,
     pub metadata_used_bytes: u64,
     pub metadata_capacity_bytes: u64,
+    /// How many snapshots the pool has, and the data-area bytes only they hold.
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
 }
 
 /// One inconsistency `fsck` found.
@@ -162,6 +165,64 @@ pub struct ScrubStart {
     pub rate_bytes_per_sec: u64,
 }
 
+/// A snapshot (`GET /v1/snapshots`, `POST /v1/snapshots`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Snapshot {
+    pub name: String,
+    /// When it was taken, seconds since the Unix epoch.
+    pub created: i64,
+    /// Data-area bytes of the blocks the tree mapped when it was taken.
+    pub referenced_bytes: u64,
+    /// Data-area bytes only this snapshot holds: what deleting it frees.
+    pub unique_bytes: u64,
+}
+
+/// `POST /v1/snapshots`: the new snapshot's name.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SnapshotCreate {
+    pub name: String,
+}
+
+/// `DELETE /v1/snapshots/{name}`: what the deletion released.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SnapshotDeleted {
+    pub name: String,
+    pub released_bytes: u64,
+}
+
+/// `POST /v1/snapshots/{name}/rollback`: `force` also destroys newer snapshots.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollbackRequest {
+    pub force: bool,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollbackDone {
+    pub name: String,
+    /// Newer snapshots it destroyed.
+    pub destroyed: Vec<String>,
+}
+
+/// One line of `GET /v1/snapshots/{name}/diff[?to=other]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SnapshotChange {
+    /// `added`, `deleted`, `modified` or `renamed`.
+    pub change: String,
+    /// `file`, `directory`, `symlink` or `special`.
+    pub kind: String,
+    /// The path in the older tree (deleted, renamed) or the newer one.
+    pub path: String,
+    /// The new path of a renamed file.
+    pub renamed_to: Option<String>,
+}
+
 /// A scrub's progress and findings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -208,7 +269,8 @@ pub fn request(
 ) -> anyhow::Result<(u16, String)> {
     let mut stream = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // Rollback and diff walk metadata proportional to the pool: allow them minutes.
+    stream.set_read_timeout(Some(Duration::from_secs(600)))?;
     let body = body.unwrap_or("");
     write!(
         stream,
@@ -250,7 +312,7 @@ pub fn call<T: for<'de> Deserialize<'de>, B: Serialize>(
 ) -> anyhow::Result<T> {
     let body = body.map(serde_json::to_string).transpose()?;
     let (code, answer) = request(socket, method, path, body.as_deref())?;
-    if code != 200 {
+    if !(200..300).contains(&code) {
         let message = serde_json::from_str::<ApiError>(&answer).map_or(answer, |e| e.error);
         bail!("{message}");
     }

@@ -148,6 +148,59 @@ enum Cmd {
         #[command(subcommand)]
         action: ScrubCmd,
     },
+    /// Read-only, point-in-time copies of a mounted pool, browsable under
+    /// <mountpoint>/.snapshots/<name>/, taken in constant time.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Take a snapshot of the whole pool now.
+    Create {
+        /// Mountpoint or pool label.
+        target: String,
+        /// 1-255 bytes; not '.' or '..'; no '/' or control characters.
+        name: String,
+    },
+    /// Every snapshot: name, when taken, bytes referenced, bytes only it holds (freed by
+    /// deleting it).
+    List {
+        /// Mountpoint or pool label.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What changed since a snapshot (or between two): added (+), deleted (-), modified (M)
+    /// and renamed (R) paths.
+    Diff {
+        /// Mountpoint or pool label.
+        target: String,
+        /// The older snapshot.
+        from: String,
+        /// The newer snapshot (default: the live pool).
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the live pool exactly what it was in a snapshot. Everything written since is
+    /// lost. Refused while files of the pool are open, or newer snapshots exist.
+    Rollback {
+        /// Mountpoint or pool label.
+        target: String,
+        name: String,
+        /// Also destroy the snapshots newer than this one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a snapshot, releasing the space only it holds.
+    Delete {
+        /// Mountpoint or pool label.
+        target: String,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -618,6 +671,126 @@ fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
     }
 }
 
+/// `/v1/snapshots/<name>` with the name percent-encoded.
+fn snapshot_path(name: &str, action: &str) -> String {
+    let name = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    format!("/v1/snapshots/{name}{action}")
+}
+
+fn snapshot_cmd(action: SnapshotCmd) -> anyhow::Result<()> {
+    match action {
+        SnapshotCmd::Create { target, name } => {
+            let (socket, status) = api::find_pool(&target)?;
+            let request = api::SnapshotCreate { name };
+            let snapshot: api::Snapshot =
+                api::call(&socket, "POST", "/v1/snapshots", Some(&request))
+                    .context("cannot take the snapshot")?;
+            println!(
+                "snapshot {} taken: {}/.snapshots/{}",
+                snapshot.name, status.mountpoint, snapshot.name
+            );
+        }
+        SnapshotCmd::List { target, json } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let snapshots: Vec<api::Snapshot> = api::get(&socket, "/v1/snapshots")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshots)?);
+                return Ok(());
+            }
+            let width = snapshots
+                .iter()
+                .map(|s| s.name.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(4);
+            println!(
+                "{:<width$}  {:<20}  {:>10}  {:>10}",
+                "NAME", "CREATED", "REFERENCED", "UNIQUE"
+            );
+            for snapshot in &snapshots {
+                println!(
+                    "{:<width$}  {:<20}  {:>10}  {:>10}",
+                    snapshot.name,
+                    format_time(snapshot.created),
+                    human(snapshot.referenced_bytes),
+                    human(snapshot.unique_bytes)
+                );
+            }
+        }
+        SnapshotCmd::Diff {
+            target,
+            from,
+            to,
+            json,
+        } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let mut path = snapshot_path(&from, "/diff");
+            if let Some(to) = &to {
+                let to =
+                    percent_encoding::utf8_percent_encode(to, percent_encoding::NON_ALPHANUMERIC);
+                path.push_str(&format!("?to={to}"));
+            }
+            let changes: Vec<api::SnapshotChange> = api::get(&socket, &path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+                return Ok(());
+            }
+            for change in &changes {
+                let symbol = match change.change.as_str() {
+                    "added" => '+',
+                    "deleted" => '-',
+                    "renamed" => 'R',
+                    _ => 'M',
+                };
+                match &change.renamed_to {
+                    Some(to) => println!("{symbol}\t{}\t{to}", change.path),
+                    None => println!("{symbol}\t{}", change.path),
+                }
+            }
+        }
+        SnapshotCmd::Rollback {
+            target,
+            name,
+            force,
+        } => {
+            let (socket, status) = api::find_pool(&target)?;
+            let request = api::RollbackRequest { force };
+            let done: api::RollbackDone = api::call(
+                &socket,
+                "POST",
+                &snapshot_path(&name, "/rollback"),
+                Some(&request),
+            )
+            .with_context(|| format!("cannot roll back to {name}"))?;
+            for destroyed in &done.destroyed {
+                println!("destroyed newer snapshot {destroyed}");
+            }
+            println!(
+                "{} is now as it was in snapshot {}",
+                status.mountpoint, done.name
+            );
+        }
+        SnapshotCmd::Delete { target, name } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let deleted: api::SnapshotDeleted =
+                api::call(&socket, "DELETE", &snapshot_path(&name, ""), None::<&()>)
+                    .with_context(|| format!("cannot delete snapshot {name}"))?;
+            println!(
+                "snapshot {} deleted, {} released",
+                deleted.name,
+                human(deleted.released_bytes)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch as UTC RFC 3339 (`2026-11-25T11:35:12Z`).
+fn format_time(secs: i64) -> String {
+    let time = fs_core::meta::records::Timestamp { secs, nanos: 0 }.to_system();
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
 fn print_scrub(status: &api::ScrubStatus) {
     if status.state == "none" {
         println!("scrub     never run on this pool");
@@ -717,6 +890,11 @@ fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()
     }
     print_usage(&status);
     println!("inodes    {}", status.inodes);
+    println!(
+        "snapshots {} ({} held only by snapshots)",
+        status.snapshots,
+        human(status.snapshot_bytes)
+    );
     println!(
         "metadata  {} of {} region",
         human(status.metadata_used_bytes),
@@ -890,6 +1068,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Set { path, properties } => done(set_cmd(&path, &properties)),
         Cmd::Get { path, json } => done(get_cmd(&path, json)),
         Cmd::Scrub { action } => done(scrub_cmd(action)),
+        Cmd::Snapshot { action } => done(snapshot_cmd(action)),
         Cmd::Fsck {
             devices,
             repair,

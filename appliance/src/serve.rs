@@ -12,15 +12,18 @@ use anyhow::{bail, Context};
 use fs_core::device::Backend;
 use fs_core::fs::props::{Property, Source};
 use fs_core::fs::scrub::Scrubber;
+use fs_core::fs::snapshot::{Change, SnapshotInfo};
 use fs_core::fs::{Filesystem, FsConfig, FsStatus};
-use fs_core::fuse::MountConfig;
+use fs_core::fuse::{Invalidator, MountConfig};
+use fs_core::meta::records::FileKind;
 use fs_core::types::InodeId;
 use fs_core::types::Tier;
 use fs_core::FsError;
 
 use crate::api::{
-    self, ApiError, FsckReport, MemberStatus, PropertyValue, ScrubStart, ScrubStatus,
-    SetProperties, Status, TierUsage,
+    self, ApiError, FsckReport, MemberStatus, PropertyValue, RollbackDone, RollbackRequest,
+    ScrubStart, ScrubStatus, SetProperties, Snapshot, SnapshotChange, SnapshotCreate,
+    SnapshotDeleted, Status, TierUsage,
 };
 
 /// Whether `path` is currently a mountpoint (per /proc/self/mounts).
@@ -84,6 +87,8 @@ pub fn api_status(fs: &FsStatus, mountpoint: &str, started: Instant) -> Status {
         read_only_cause: fs.read_only_cause.clone(),
         metadata_used_bytes: fs.metadata_used,
         metadata_capacity_bytes: fs.metadata_capacity,
+        snapshots: fs.snapshots,
+        snapshot_bytes: fs.snapshot_bytes,
     }
 }
 
@@ -105,6 +110,8 @@ struct Api {
     mountpoint: String,
     started: Instant,
     scrub: Mutex<Option<Scrubber>>,
+    /// Makes the kernel forget what a rollback or a snapshot deletion changed.
+    invalidator: Invalidator,
 }
 
 impl Api {
@@ -182,6 +189,63 @@ impl Api {
         })
     }
 
+    /// `/v1/snapshots/{name}[/rollback|/diff]`.
+    fn snapshot_route(&self, request: &mut tiny_http::Request, rest: &str, query: &str) -> Reply {
+        use tiny_http::Method::{Delete, Get, Post};
+        let (name, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let name = percent_encoding::percent_decode_str(name)
+            .decode_utf8()
+            .map_err(|_| (400, "the snapshot name is not UTF-8".to_owned()))?
+            .into_owned();
+        let fs = &self.fs;
+        match (request.method(), action) {
+            (Delete, "") => {
+                let released = fs.snapshot_delete(&name).map_err(|e| fs_error(&e))?;
+                self.invalidator.snapshot_deleted(&name);
+                Ok(json_response(
+                    200,
+                    &SnapshotDeleted {
+                        name,
+                        released_bytes: released,
+                    },
+                ))
+            }
+            (Post, "rollback") => {
+                let wanted: RollbackRequest = read_json(request)?;
+                let report = fs
+                    .snapshot_rollback(&name, wanted.force)
+                    .map_err(|e| fs_error(&e))?;
+                self.invalidator.rolled_back(&report);
+                Ok(json_response(
+                    200,
+                    &RollbackDone {
+                        name,
+                        destroyed: report.destroyed,
+                    },
+                ))
+            }
+            (Get, "diff") => {
+                let to = query_param(query, "to");
+                let changes = fs
+                    .snapshot_diff(&name, to.as_deref())
+                    .map_err(|e| fs_error(&e))?;
+                let changes: Vec<SnapshotChange> = changes.iter().map(api_change).collect();
+                Ok(json_response(200, &changes))
+            }
+            (_, "" | "rollback" | "diff") => Err((405, "method not allowed".to_owned())),
+            _ => Err((404, format!("no such endpoint: snapshots/{rest}"))),
+        }
+    }
+
+    /// Takes a snapshot after writing the kernel's cached writes back, so it holds everything
+    /// applications wrote before the request.
+    fn create_snapshot(&self, name: &str) -> Result<Snapshot, (u16, String)> {
+        fs_core::fuse::write_back(Path::new(&self.mountpoint))
+            .map_err(|e| (500, format!("cannot write cached data back first: {e}")))?;
+        let info = self.fs.snapshot_create(name).map_err(|e| fs_error(&e))?;
+        Ok(api_snapshot(&info))
+    }
+
     fn start_scrub(&self, rate: u64) -> Result<ScrubStatus, (u16, String)> {
         {
             let mut slot = self.scrubber();
@@ -237,8 +301,11 @@ type Reply = Result<Response, (u16, String)>;
 fn fs_error(err: &FsError) -> (u16, String) {
     let code = match err {
         FsError::NotFound => 404,
-        FsError::BadProperty(_) | FsError::Invalid(_) | FsError::NotDir => 400,
-        FsError::ReadOnly | FsError::Busy(_) => 409,
+        FsError::BadProperty(_)
+        | FsError::BadSnapshot(_)
+        | FsError::Invalid(_)
+        | FsError::NotDir => 400,
+        FsError::ReadOnly | FsError::Busy(_) | FsError::Conflict(_) => 409,
         _ => 500,
     };
     (code, err.to_string())
@@ -255,6 +322,30 @@ fn read_json<T: for<'de> serde::Deserialize<'de>>(
         body = "{}".into();
     }
     serde_json::from_str(&body).map_err(|e| (400, format!("malformed request body: {e}")))
+}
+
+fn api_snapshot(info: &SnapshotInfo) -> Snapshot {
+    Snapshot {
+        name: info.name.clone(),
+        created: info.created.secs,
+        referenced_bytes: info.referenced,
+        unique_bytes: info.unique,
+    }
+}
+
+fn api_change(change: &Change) -> SnapshotChange {
+    SnapshotChange {
+        change: change.kind.as_str().into(),
+        kind: match change.file_kind {
+            FileKind::Regular => "file",
+            FileKind::Directory => "directory",
+            FileKind::Symlink => "symlink",
+            _ => "special",
+        }
+        .into(),
+        path: change.path.clone(),
+        renamed_to: change.renamed_to.clone(),
+    }
 }
 
 fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
@@ -309,10 +400,23 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
             ))
         }
         (Post, "/v1/scrub/cancel") => Ok(json_response(200, &api.cancel_scrub()?)),
+        (Get, "/v1/snapshots") => {
+            let snapshots = fs.snapshots().map_err(|e| fs_error(&e))?;
+            let snapshots: Vec<Snapshot> = snapshots.iter().map(api_snapshot).collect();
+            Ok(json_response(200, &snapshots))
+        }
+        (Post, "/v1/snapshots") => {
+            let wanted: SnapshotCreate = read_json(request)?;
+            Ok(json_response(201, &api.create_snapshot(&wanted.name)?))
+        }
+        (_, path) if path.starts_with("/v1/snapshots/") => {
+            let rest = path.trim_start_matches("/v1/snapshots/").to_owned();
+            api.snapshot_route(request, &rest, query)
+        }
         (
             _,
             "/v1/status" | "/v1/fsck" | "/v1/properties" | "/v1/errors/clear" | "/v1/sync"
-            | "/v1/scrub" | "/v1/scrub/start" | "/v1/scrub/cancel",
+            | "/v1/scrub" | "/v1/scrub/start" | "/v1/scrub/cancel" | "/v1/snapshots",
         ) => Err((405, "method not allowed".to_owned())),
         _ => Err((404, format!("no such endpoint: {path}"))),
     }
@@ -430,6 +534,7 @@ pub fn serve(
         mountpoint: mountpoint.display().to_string(),
         started,
         scrub: Mutex::new(None),
+        invalidator: Invalidator::new(&session),
     });
     api.resume_scrub();
     let api_thread = {

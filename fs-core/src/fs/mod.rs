@@ -200,6 +200,9 @@ pub struct FsStatus {
     pub metadata_capacity: u64,
     /// Why the pool went read-only after a failure (`None` while it is writable).
     pub read_only_cause: Option<String>,
+    /// How many snapshots exist, and the data-area bytes only they hold.
+    pub snapshots: u64,
+    pub snapshot_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -725,7 +728,12 @@ impl Filesystem {
 
     /// Members, usage and counters.
     pub fn status(&self) -> FsStatus {
-        let state = self.lock_state();
+        let mut guard = self.lock_state();
+        let snapshot_bytes = guard
+            .reader(self)
+            .and_then(|tx| tx.held_by_snapshots())
+            .unwrap_or(0);
+        let state = &*guard;
         let members = self
             .pool
             .members
@@ -775,6 +783,8 @@ impl Filesystem {
             metadata_used: self.pool.metadata.used(),
             metadata_capacity: self.pool.metadata.capacity(),
             read_only_cause: state.read_only_cause.clone(),
+            snapshots: state.book.snapshots.len() as u64,
+            snapshot_bytes,
         }
     }
 

@@ -153,6 +153,15 @@ impl Tx<'_> {
         Ok(inode)
     }
 
+    /// Data-area bytes held only by snapshots.
+    pub fn held_by_snapshots(&self) -> FsResult<u64> {
+        let mut total = 0;
+        for entry in self.txn.open_table(SPANS)?.iter()? {
+            total += entry?.1.value().1;
+        }
+        Ok(total)
+    }
+
     /// Every snapshot with its space figures, oldest first.
     fn snapshot_infos(&self) -> FsResult<Vec<SnapshotInfo>> {
         let snapshots = &self.book.snapshots;
@@ -535,13 +544,7 @@ impl Filesystem {
 
     /// Data-area bytes held only by snapshots (released if every snapshot were deleted).
     pub fn snapshot_bytes(&self) -> FsResult<u64> {
-        self.view(|tx| {
-            let mut total = 0;
-            for entry in tx.txn.open_table(SPANS)?.iter()? {
-                total += entry?.1.value().1;
-            }
-            Ok(total)
-        })
+        self.view(|tx| tx.held_by_snapshots())
     }
 
     /// Deletes snapshot `name` and commits; returns the bytes released.

@@ -706,6 +706,9 @@ impl Tx<'_> {
 
     /// The extended attributes of `ino` (as they were, for a file in a snapshot), by name.
     pub fn xattrs_of(&self, ino: InodeId) -> FsResult<BTreeMap<Vec<u8>, Vec<u8>>> {
+        if ino == InodeId::SNAPSHOT_DIR {
+            return Ok(BTreeMap::new());
+        }
         let epoch = self.snapshot_of(ino)?;
         let number = ino.number();
         let mut out = BTreeMap::new();

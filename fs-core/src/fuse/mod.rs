@@ -124,6 +124,58 @@ pub fn set_readahead(mountpoint: &Path, kib: u32) -> std::io::Result<()> {
     )
 }
 
+/// Writes the kernel's dirty pages of the mount back to this filesystem (`syncfs(2)`): FUSE
+/// never forwards syncfs itself, but the kernel flushes its writeback cache first, so a
+/// snapshot taken afterwards holds everything applications wrote. Must not run on a thread
+/// that serves FUSE requests (the write-back is answered by them).
+pub fn write_back(mountpoint: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(mountpoint)?;
+    // SAFETY: `dir` is an open descriptor for the duration of the call; syncfs only reads it.
+    let result = unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Tells the kernel to forget what it cached of entries and inodes that changed behind its
+/// back (a rollback, a deleted snapshot), so it asks again instead of serving old data.
+pub struct Invalidator(fuser::Notifier);
+
+impl std::fmt::Debug for Invalidator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Invalidator")
+    }
+}
+
+impl Invalidator {
+    pub fn new(session: &fuser::Session<AegisFuse>) -> Self {
+        Self(session.notifier())
+    }
+
+    /// Forgets everything a rollback changed. The kernel answers ENOENT for what it never
+    /// cached; that is ignored.
+    pub fn rolled_back(&self, report: &crate::fs::snapshot::Rollback) {
+        for (dir, name) in &report.entries {
+            let _ = self.0.inval_entry(INodeNo(dir.0), OsStr::from_bytes(name));
+        }
+        for ino in &report.inodes {
+            // Offset 0, length 0: attributes and every cached page.
+            let _ = self.0.inval_inode(INodeNo(ino.0), 0, 0);
+        }
+        let _ = self.0.inval_inode(INodeNo(InodeId::SNAPSHOT_DIR.0), 0, 0);
+    }
+
+    /// Forgets `/.snapshots/<name>` after the snapshot was deleted.
+    pub fn snapshot_deleted(&self, name: &str) {
+        let _ = self
+            .0
+            .inval_entry(INodeNo(InodeId::SNAPSHOT_DIR.0), OsStr::new(name));
+        let _ = self.0.inval_inode(INodeNo(InodeId::SNAPSHOT_DIR.0), 0, 0);
+    }
+}
+
 fn errno(err: &FsError) -> Errno {
     match err {
         FsError::Device(_)
