@@ -240,8 +240,11 @@ impl Api {
     /// Takes a snapshot after writing the kernel's cached writes back, so it holds everything
     /// applications wrote before the request.
     fn create_snapshot(&self, name: &str) -> Result<Snapshot, (u16, String)> {
-        fs_core::fuse::write_back(Path::new(&self.mountpoint))
-            .map_err(|e| (500, format!("cannot write cached data back first: {e}")))?;
+        // syncfs also reports errors of inodes that are gone (the kernel writes back their
+        // times after an unlink): what it could write is written; the rest is logged.
+        if let Err(err) = fs_core::fuse::write_back(Path::new(&self.mountpoint)) {
+            tracing::warn!(error = %err, "writing cached data back before the snapshot reported an error");
+        }
         let info = self.fs.snapshot_create(name).map_err(|e| fs_error(&e))?;
         Ok(api_snapshot(&info))
     }
