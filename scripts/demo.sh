@@ -49,6 +49,16 @@ du -sh --apparent-size "$MNT/backups/sparse-disk.img"
 du -sh "$MNT/backups/sparse-disk.img"
 df -h "$MNT"
 
+echo "== snapshots: taken instantly, browsable, undo a mistake"
+"$AEGIS" snapshot create demo before-cleanup
+rm "$MNT"/documents/notes-1[0-9].txt
+echo "Meeting notes 1, edited after the snapshot" >"$MNT/documents/notes-1.txt"
+"$AEGIS" snapshot diff demo before-cleanup
+echo "notes-1.txt in the snapshot: $(head -n 1 "$MNT/.snapshots/before-cleanup/documents/notes-1.txt")"
+"$AEGIS" snapshot rollback demo before-cleanup
+echo "after the rollback, documents/ holds $(find "$MNT/documents" -type f | wc -l) files again"
+"$AEGIS" snapshot list demo
+
 echo "== scrub: every copy of every block and metadata page verified, online"
 "$AEGIS" scrub start demo --wait
 
