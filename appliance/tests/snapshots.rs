@@ -241,3 +241,44 @@ fn rollback_restores_the_tree_hash_and_delete_releases_space() {
     assert!(!mnt.path(".snapshots/with-big").exists());
     mnt.unmount();
 }
+
+#[test]
+fn a_hundred_snapshots_of_a_changing_tree_each_read_back_exactly() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("1G", "2G");
+    let mnt = sb.mount(&fast, &slow);
+    let target = mnt.mountpoint.to_str().unwrap().to_owned();
+    fs::create_dir(mnt.path("dir")).unwrap();
+    let mut hashes = Vec::new();
+    for round in 0..100u64 {
+        // Each round rewrites one file, appends to another, adds one and removes one.
+        fs::write(
+            mnt.path(&format!("dir/file-{}", round % 7)),
+            pattern(round, 20_000 + round as usize * 100),
+        )
+        .unwrap();
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(mnt.path("log"))
+            .unwrap();
+        std::io::Write::write_all(&mut log, format!("round {round}\n").as_bytes()).unwrap();
+        drop(log);
+        fs::write(mnt.path(&format!("new-{round}")), round.to_string()).unwrap();
+        if round >= 3 {
+            fs::remove_file(mnt.path(&format!("new-{}", round - 3))).unwrap();
+        }
+        sb.ok(&["snapshot", "create", &target, &format!("r{round:03}")]);
+        hashes.push(tree_hash(&mnt.mountpoint));
+    }
+    mnt.unmount();
+    let mnt = sb.mount(&fast, &slow);
+    for (round, hash) in hashes.iter().enumerate() {
+        let snap = mnt.path(&format!(".snapshots/r{round:03}"));
+        assert_eq!(tree_hash(&snap), *hash, "snapshot r{round:03}");
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["snapshot", "list", &target, "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 100);
+    mnt.unmount();
+}
