@@ -227,7 +227,8 @@ pub struct SnapshotChange {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ScrubStatus {
-    /// `none` (never scrubbed), `scrubbing data`, `scrubbing metadata`, `finished`, `cancelled`.
+    /// `none` (never scrubbed), `scrubbing data`, `scrubbing snapshot data`, `scrubbing
+    /// metadata`, `finished`, `cancelled`.
     pub state: String,
     pub running: bool,
     pub percent: f64,
@@ -250,7 +251,8 @@ pub struct ScrubStatus {
     pub errors_found: u64,
     pub repaired: u64,
     pub unrecoverable: u64,
-    /// Files with unrecoverable blocks.
+    /// Files with unrecoverable blocks: live paths, then `/.snapshots/<name>/<path>` for
+    /// blocks only snapshots hold.
     pub damaged_paths: Vec<String>,
 }
 

@@ -160,13 +160,19 @@ impl Api {
         let fraction = state.fraction_done();
         let eta = (state.phase.is_running() && fraction > 0.0)
             .then(|| (elapsed_secs * (1.0 - fraction) / fraction).round() as u64);
-        let damaged_paths = self
+        let mut damaged_paths: Vec<String> = self
             .fs
             .paths_of(&state.damaged_inodes)
             .map_err(|e| fs_error(&e))?
             .into_iter()
             .map(|(ino, path)| path.unwrap_or_else(|| format!("<inode {ino}, no longer named>")))
             .collect();
+        // Files damaged only in snapshots, as `/.snapshots/<name>/<path>`.
+        damaged_paths.extend(
+            self.fs
+                .snapshot_paths_of(&state.damaged_in_snapshots)
+                .map_err(|e| fs_error(&e))?,
+        );
         Ok(ScrubStatus {
             state: state.phase.as_str().into(),
             running: state.phase.is_running(),

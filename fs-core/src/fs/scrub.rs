@@ -2,12 +2,16 @@
 //! verifying checksums and rewriting damaged copies from intact ones, while the pool stays in
 //! use.
 //!
-//! The walk goes through the file map in (inode, block index) order in small batches. A batch
-//! is listed under the state lock, then read straight from the devices (never from the block
-//! cache) under the free gate, so none of its sectors can be freed and reused while they are
-//! checked. Progress is a [`ScrubState`] stored in the metadata with every batch, so a scrub
-//! interrupted by an unmount or a crash resumes where the last commit left it. [`Scrubber`]
-//! runs the walk on a thread, throttled to a byte rate, and can be cancelled.
+//! The walk goes through the file map in (inode, block index) order in small batches, then
+//! through the file-map records only snapshots still see (`history` records of kind
+//! `FileBlock`, in (inode, block index, death epoch) order), so the blocks snapshots hold are
+//! verified and repaired like live ones; every block is in exactly one of the two. A batch is
+//! listed under the state lock, which also takes the free gate, then read straight from the
+//! devices (never from the block cache) under that gate, so none of its sectors can be freed
+//! and reused while they are checked. Progress is a [`ScrubState`] stored in the metadata with
+//! every batch, so a scrub interrupted by an unmount or a crash resumes where the last commit
+//! left it. [`Scrubber`] runs the walk on a thread, throttled to a byte rate, and can be
+//! cancelled.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,17 +21,22 @@ use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, ReadableTableMetadata};
 
+use super::versions::{decode_block_id, pair_key, split_pair, RecordKind};
 use super::Filesystem;
 use crate::device::ReadOp;
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::meta::records::{BlockRecord, Location, Reader, RecordError, Timestamp, Writer};
-use crate::meta::{BLOCKS, DIRENTS, FILE_BLOCKS, INODES, SCRUB};
+use crate::meta::{BLOCKS, DIRENTS, FILE_BLOCKS, HISTORY, INODES, SCRUB};
 use crate::types::DeviceIndex;
 use crate::types::InodeId;
 
 const STATE_KEY: &str = "scrub";
-const STATE_VERSION: u8 = 1;
+/// The encoding written: version 1 plus the snapshot phase, its cursor and the snapshot
+/// damage list.
+const STATE_VERSION: u8 = 2;
+/// The encoding before snapshots were scrubbed, still read so an interrupted scrub resumes.
+const STATE_VERSION_1: u8 = 1;
 /// Blocks checked per batch.
 const BATCH_BLOCKS: usize = 256;
 /// Copies one device read covers, while the previous group is verified.
@@ -36,7 +45,7 @@ const READ_GROUP: usize = 32;
 const MAX_RUN: usize = 1 << 20;
 /// Metadata pages checked per batch.
 const BATCH_PAGES: u64 = 256;
-/// Inodes with unrecoverable damage remembered for the report.
+/// Inodes with unrecoverable damage remembered for the report (and as many snapshot findings).
 const MAX_DAMAGED_INODES: usize = 1000;
 
 /// Where a scrub is.
@@ -44,6 +53,8 @@ const MAX_DAMAGED_INODES: usize = 1000;
 pub enum ScrubPhase {
     #[default]
     Data,
+    /// The blocks only snapshots hold (file-map records in `history`).
+    Snapshots,
     Metadata,
     Finished,
     Cancelled,
@@ -53,6 +64,7 @@ impl ScrubPhase {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Data => "scrubbing data",
+            Self::Snapshots => "scrubbing snapshot data",
             Self::Metadata => "scrubbing metadata",
             Self::Finished => "finished",
             Self::Cancelled => "cancelled",
@@ -60,19 +72,32 @@ impl ScrubPhase {
     }
 
     pub fn is_running(self) -> bool {
-        matches!(self, Self::Data | Self::Metadata)
+        matches!(self, Self::Data | Self::Snapshots | Self::Metadata)
     }
 
     fn to_byte(self) -> u8 {
         match self {
             Self::Data => 0,
-            Self::Metadata => 1,
-            Self::Finished => 2,
-            Self::Cancelled => 3,
+            Self::Snapshots => 1,
+            Self::Metadata => 2,
+            Self::Finished => 3,
+            Self::Cancelled => 4,
         }
     }
 
     fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            0 => Self::Data,
+            1 => Self::Snapshots,
+            2 => Self::Metadata,
+            3 => Self::Finished,
+            4 => Self::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// A phase as version 1 of the state numbered it (it had no snapshot phase).
+    fn from_byte_v1(byte: u8) -> Option<Self> {
         Some(match byte {
             0 => Self::Data,
             1 => Self::Metadata,
@@ -81,6 +106,17 @@ impl ScrubPhase {
             _ => return None,
         })
     }
+}
+
+/// Unrecoverable damage in a block only snapshots hold: the file (its inode number in the
+/// pool) and the epochs its file-map record lived in, from `birth` up to (not including)
+/// `death`; the snapshots taken in that span see the damage (see
+/// [`Filesystem::snapshot_paths_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotDamage {
+    pub ino: u64,
+    pub birth: u64,
+    pub death: u64,
 }
 
 /// A scrub's progress and findings.
@@ -92,7 +128,10 @@ pub struct ScrubState {
     pub finished: Option<i64>,
     /// The next (inode, block index) of the file map to check.
     pub cursor: (u64, u64),
+    /// The next (inode, block index, death epoch) of the file-map records in `history` to check.
+    pub history_cursor: (u64, u64, u64),
     pub next_page: u64,
+    /// Blocks of the pool when the scrub began, live and held only by snapshots.
     pub blocks_total: u64,
     pub blocks_checked: u64,
     pub bytes_checked: u64,
@@ -104,8 +143,10 @@ pub struct ScrubState {
     pub repaired: u64,
     /// Blocks and pages with no intact copy.
     pub unrecoverable: u64,
-    /// Files with unrecoverable blocks (up to 1,000).
+    /// Files with unrecoverable blocks in the live tree (up to 1,000).
     pub damaged_inodes: BTreeSet<u64>,
+    /// Files with unrecoverable blocks only snapshots hold (up to 1,000).
+    pub damaged_in_snapshots: BTreeSet<SnapshotDamage>,
     /// Bytes per second the scrub may read (0: as fast as the devices go).
     pub rate: u64,
     /// Milliseconds spent scrubbing so far (not counting time unmounted).
@@ -114,13 +155,16 @@ pub struct ScrubState {
 
 impl ScrubState {
     fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(128));
+        let mut w = Writer(Vec::with_capacity(160));
         w.u8(STATE_VERSION)
             .u8(self.phase.to_byte())
             .u64(self.started.cast_unsigned())
             .u64(self.finished.map_or(u64::MAX, i64::cast_unsigned))
             .u64(self.cursor.0)
             .u64(self.cursor.1)
+            .u64(self.history_cursor.0)
+            .u64(self.history_cursor.1)
+            .u64(self.history_cursor.2)
             .u64(self.next_page)
             .u64(self.blocks_total)
             .u64(self.blocks_checked)
@@ -136,28 +180,45 @@ impl ScrubState {
         for ino in &self.damaged_inodes {
             w.u64(*ino);
         }
+        w.u64(self.damaged_in_snapshots.len() as u64);
+        for damage in &self.damaged_in_snapshots {
+            w.u64(damage.ino).u64(damage.birth).u64(damage.death);
+        }
         w.0
     }
 
+    /// Decodes version 2, or version 1 (which had no snapshot phase: a scrub begun by it walks
+    /// the snapshots' blocks after the live ones, if it has not passed them).
     fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let bad = || RecordError("scrub state");
         let mut r = Reader {
             bytes,
             what: "scrub state",
         };
-        if r.u8()? != STATE_VERSION {
-            return Err(RecordError("scrub state"));
+        let version = r.u8()?;
+        let phase = match version {
+            STATE_VERSION => ScrubPhase::from_byte(r.u8()?),
+            STATE_VERSION_1 => ScrubPhase::from_byte_v1(r.u8()?),
+            _ => None,
         }
-        let phase = ScrubPhase::from_byte(r.u8()?).ok_or(RecordError("scrub state"))?;
+        .ok_or_else(bad)?;
         let started = r.u64()?.cast_signed();
         let finished = match r.u64()? {
             u64::MAX => None,
             secs => Some(secs.cast_signed()),
         };
+        let cursor = (r.u64()?, r.u64()?);
+        let history_cursor = if version == STATE_VERSION {
+            (r.u64()?, r.u64()?, r.u64()?)
+        } else {
+            (0, 0, 0)
+        };
         let mut state = ScrubState {
             phase,
             started,
             finished,
-            cursor: (r.u64()?, r.u64()?),
+            cursor,
+            history_cursor,
             next_page: r.u64()?,
             blocks_total: r.u64()?,
             blocks_checked: r.u64()?,
@@ -170,16 +231,30 @@ impl ScrubState {
             rate: r.u64()?,
             elapsed_ms: r.u64()?,
             damaged_inodes: BTreeSet::new(),
+            damaged_in_snapshots: BTreeSet::new(),
         };
         let damaged = r.u64()?;
         if damaged > MAX_DAMAGED_INODES as u64 {
-            return Err(RecordError("scrub state"));
+            return Err(bad());
         }
         for _ in 0..damaged {
             state.damaged_inodes.insert(r.u64()?);
         }
+        if version == STATE_VERSION {
+            let damaged = r.u64()?;
+            if damaged > MAX_DAMAGED_INODES as u64 {
+                return Err(bad());
+            }
+            for _ in 0..damaged {
+                state.damaged_in_snapshots.insert(SnapshotDamage {
+                    ino: r.u64()?,
+                    birth: r.u64()?,
+                    death: r.u64()?,
+                });
+            }
+        }
         if !r.bytes.is_empty() {
-            return Err(RecordError("scrub state"));
+            return Err(bad());
         }
         Ok(state)
     }
@@ -232,8 +307,40 @@ thread_local! {
     static ARENA: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// One batch of the file map: (inode, block index, block id, record).
-type Batch = Vec<(u64, u64, u64, BlockRecord)>;
+/// Whose a listed block is, for the report of unrecoverable damage.
+#[derive(Debug, Clone, Copy)]
+enum Holder {
+    /// The live file with this inode number.
+    Live(u64),
+    /// Only the snapshots that see this retired file-map record.
+    Snapshots(SnapshotDamage),
+}
+
+/// One block of a batch: its id, its record, and who holds it.
+struct Listed {
+    id: u64,
+    record: BlockRecord,
+    holder: Holder,
+}
+
+/// Block `id`'s record, from the block table.
+fn block_record(blocks: &impl ReadableTable<u64, &'static [u8]>, id: u64) -> FsResult<BlockRecord> {
+    let raw = blocks.get(id)?.ok_or_else(|| {
+        FsError::Corrupt(format!("block {id} is mapped but not in the block table"))
+    })?;
+    BlockRecord::decode(raw.value()).map_err(|e| FsError::Corrupt(format!("block {id}: {e}")))
+}
+
+/// The `history` key that follows (inode, block index, death) in key order.
+fn history_key_after((ino, index, death): (u64, u64, u64)) -> (u64, u64, u64) {
+    if let Some(death) = death.checked_add(1) {
+        (ino, index, death)
+    } else if let Some(index) = index.checked_add(1) {
+        (ino, index, 0)
+    } else {
+        (ino.saturating_add(1), 0, 0)
+    }
+}
 
 impl Filesystem {
     /// The last scrub's state as stored (`None` if the pool was never scrubbed).
@@ -264,7 +371,9 @@ impl Filesystem {
         if self.scrub_state()?.is_some_and(|s| s.phase.is_running()) {
             return Err(FsError::Busy("a scrub is already running"));
         }
-        let blocks_total = self.view(|tx| Ok(tx.txn.open_table(FILE_BLOCKS)?.len()?))?;
+        // Every block is mapped by one file-map record, live or (held by snapshots) retired,
+        // so the block table counts both walks.
+        let blocks_total = self.view(|tx| Ok(tx.txn.open_table(BLOCKS)?.len()?))?;
         let state = ScrubState {
             phase: ScrubPhase::Data,
             started: Timestamp::now().secs,
@@ -289,6 +398,7 @@ impl Filesystem {
         let began = Instant::now();
         let bytes = match state.phase {
             ScrubPhase::Data => self.scrub_data_batch(state)?,
+            ScrubPhase::Snapshots => self.scrub_snapshot_batch(state)?,
             ScrubPhase::Metadata => {
                 let start = state.next_page;
                 let found = self.pool.metadata.scrub_pages(start..start + BATCH_PAGES);
@@ -313,37 +423,100 @@ impl Filesystem {
         }
     }
 
+    /// Checks the next batch of the live file map; past its end, moves to the snapshots.
     fn scrub_data_batch(&self, state: &mut ScrubState) -> FsResult<u64> {
-        let batch: Batch = self.view(|tx| {
+        let cursor = state.cursor;
+        let (batch, last, gate) = self.view(|tx| {
             let map = tx.txn.open_table(FILE_BLOCKS)?;
             let blocks = tx.txn.open_table(BLOCKS)?;
             let mut batch = Vec::with_capacity(BATCH_BLOCKS);
-            for entry in map.range(state.cursor..)?.take(BATCH_BLOCKS) {
+            let mut last = None;
+            for entry in map.range(cursor..)?.take(BATCH_BLOCKS) {
                 let (key, id) = entry?;
                 let (ino, index) = key.value();
                 let (id, _) = id.value();
-                let raw = blocks.get(id)?.ok_or_else(|| {
-                    FsError::Corrupt(format!("block {id} is mapped but not in the block table"))
-                })?;
-                let record = BlockRecord::decode(raw.value())
-                    .map_err(|e| FsError::Corrupt(format!("block {id}: {e}")))?;
-                batch.push((ino, index, id, record));
+                batch.push(Listed {
+                    id,
+                    record: block_record(&blocks, id)?,
+                    holder: Holder::Live(ino),
+                });
+                last = Some((ino, index));
             }
-            Ok(batch)
+            // Taken under the state lock, before a commit can free what was listed: the
+            // sectors stay allocated until the batch is checked.
+            Ok((
+                batch,
+                last,
+                self.free_gate
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ))
         })?;
-        let Some(&(last_ino, last_index, _, _)) = batch.last() else {
+        let Some((last_ino, last_index)) = last else {
+            drop(gate);
+            state.phase = ScrubPhase::Snapshots;
+            return Ok(0);
+        };
+        let bytes = self.scrub_listed(state, &batch);
+        drop(gate);
+        state.cursor = (last_ino, last_index.saturating_add(1));
+        Ok(bytes)
+    }
+
+    /// Checks the next batch of the file-map records only snapshots see (`history`, kind
+    /// `FileBlock`, by (inode, block index, death)); past their end, moves to the metadata.
+    /// The cursor holds the death too: one (inode, block index) can have several retired
+    /// records, and a batch may end between them.
+    fn scrub_snapshot_batch(&self, state: &mut ScrubState) -> FsResult<u64> {
+        let (ino, index, death) = state.history_cursor;
+        let kind = RecordKind::FileBlock as u8;
+        let from = pair_key(ino, index);
+        let (batch, last, gate) = self.view(|tx| {
+            let history = tx.txn.open_table(HISTORY)?;
+            let blocks = tx.txn.open_table(BLOCKS)?;
+            let mut batch = Vec::with_capacity(BATCH_BLOCKS);
+            let mut last = None;
+            let range = (kind, from.as_slice(), death)..(kind + 1, &[][..], 0);
+            for entry in history.range(range)?.take(BATCH_BLOCKS) {
+                let (key, value) = entry?;
+                let (_, key, death) = key.value();
+                let (birth, value) = value.value();
+                let bad = || FsError::Corrupt("history holds a malformed FileBlock record".into());
+                let (ino, index) = split_pair(key).ok_or_else(bad)?;
+                let id = decode_block_id(value).ok_or_else(bad)?;
+                batch.push(Listed {
+                    id,
+                    record: block_record(&blocks, id)?,
+                    holder: Holder::Snapshots(SnapshotDamage { ino, birth, death }),
+                });
+                last = Some((ino, index, death));
+            }
+            Ok((
+                batch,
+                last,
+                self.free_gate
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ))
+        })?;
+        let Some(last) = last else {
+            drop(gate);
             state.phase = ScrubPhase::Metadata;
             state.pages_total = self.pool.metadata.pages();
             return Ok(0);
         };
-        // Sectors listed above stay allocated until the batch is checked.
-        let _gate = self
-            .free_gate
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let checked = ARENA.with(|arena| self.check_batch_copies(&batch, &mut arena.borrow_mut()));
+        let bytes = self.scrub_listed(state, &batch);
+        drop(gate);
+        state.history_cursor = history_key_after(last);
+        Ok(bytes)
+    }
+
+    /// Verifies every copy of the blocks of `batch` (whose sectors the caller keeps from being
+    /// freed), repairs what it can and counts it all in `state`; returns the bytes read.
+    fn scrub_listed(&self, state: &mut ScrubState, batch: &[Listed]) -> u64 {
+        let checked = ARENA.with(|arena| self.check_batch_copies(batch, &mut arena.borrow_mut()));
         let mut bytes = 0;
-        for (ino, _, id, record) in &batch {
+        for Listed { id, record, holder } in batch {
             bytes += (record.padded_len() * record.locations().count()) as u64;
             let copies: Vec<_> = record
                 .locations()
@@ -354,15 +527,22 @@ impl Filesystem {
             state.repaired += healed;
             if !intact {
                 state.unrecoverable += 1;
-                if state.damaged_inodes.len() < MAX_DAMAGED_INODES {
-                    state.damaged_inodes.insert(*ino);
+                match holder {
+                    Holder::Live(ino) if state.damaged_inodes.len() < MAX_DAMAGED_INODES => {
+                        state.damaged_inodes.insert(*ino);
+                    }
+                    Holder::Snapshots(damage)
+                        if state.damaged_in_snapshots.len() < MAX_DAMAGED_INODES =>
+                    {
+                        state.damaged_in_snapshots.insert(*damage);
+                    }
+                    _ => {}
                 }
             }
         }
         state.blocks_checked += batch.len() as u64;
         state.bytes_checked += bytes;
-        state.cursor = (last_ino, last_index + 1);
-        Ok(bytes)
+        bytes
     }
 
     /// Reads and verifies every copy of every block of `batch`: one batched read per device
@@ -371,12 +551,12 @@ impl Filesystem {
     /// when its device's batch failed (it is then read alone).
     fn check_batch_copies(
         &self,
-        batch: &Batch,
+        batch: &[Listed],
         arena: &mut Vec<u8>,
     ) -> HashMap<(u64, Location), bool> {
         let mut by_device: HashMap<DeviceIndex, Vec<(u64, &BlockRecord, Location)>> =
             HashMap::new();
-        for (_, _, id, record) in batch {
+        for Listed { id, record, .. } in batch {
             for at in record.locations() {
                 by_device
                     .entry(at.device)
@@ -386,7 +566,7 @@ impl Filesystem {
         }
         let total: usize = batch
             .iter()
-            .map(|(_, _, _, r)| r.padded_len() * r.locations().count())
+            .map(|b| b.record.padded_len() * b.record.locations().count())
             .sum();
         let align = usize::try_from(SECTOR_SIZE).unwrap_or(4096);
         if arena.len() < total + align {
@@ -543,6 +723,51 @@ impl Filesystem {
             Ok(out)
         })
     }
+
+    /// Where the files of `damaged` (unrecoverable blocks only snapshots hold) show, one line
+    /// each per snapshot that still sees the damaged block: `/.snapshots/<name>/<path>`, else
+    /// `<inode N in snapshot 'name', no name there>`, or `<inode N, in deleted snapshots>` when
+    /// every snapshot that saw it is gone (and the block with them). Sorted, without repeats.
+    pub fn snapshot_paths_of(&self, damaged: &BTreeSet<SnapshotDamage>) -> FsResult<Vec<String>> {
+        if damaged.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.view(|tx| {
+            let mut out = BTreeSet::new();
+            // The inodes to name in each snapshot, by epoch.
+            let mut wanted: HashMap<u64, BTreeSet<u64>> = HashMap::new();
+            for damage in damaged {
+                let mut seen = false;
+                let range = damage.birth..damage.death.max(damage.birth);
+                for epoch in tx.book.snapshots.range(range).map(|(epoch, _)| *epoch) {
+                    wanted.entry(epoch).or_default().insert(damage.ino);
+                    seen = true;
+                }
+                if !seen {
+                    out.insert(format!("<inode {}, in deleted snapshots>", damage.ino));
+                }
+            }
+            for (epoch, numbers) in wanted {
+                let name = tx
+                    .book
+                    .snapshots
+                    .get(&epoch)
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default();
+                let paths = tx.snapshot_paths(epoch, &numbers)?;
+                for number in numbers {
+                    out.insert(match paths.get(&number) {
+                        Some(path) => format!(
+                            "/{}/{name}{path}",
+                            String::from_utf8_lossy(super::snapshot::SNAPSHOT_DIR_NAME)
+                        ),
+                        None => format!("<inode {number} in snapshot '{name}', no name there>"),
+                    });
+                }
+            }
+            Ok(out.into_iter().collect())
+        })
+    }
 }
 
 /// A scrub running on its own thread, throttled, cancellable; its latest state is readable
@@ -644,4 +869,86 @@ fn run(fs: &Filesystem, shared: &RwLock<ScrubState>, cancel: &AtomicBool) {
         unrecoverable = state.unrecoverable,
         "scrub finished"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_round_trips_with_its_snapshot_cursor_and_findings() {
+        let state = ScrubState {
+            phase: ScrubPhase::Snapshots,
+            started: 1_700_000_000,
+            finished: None,
+            cursor: (u64::MAX, 0),
+            history_cursor: (7, 3, 12),
+            next_page: 0,
+            blocks_total: 900,
+            blocks_checked: 400,
+            bytes_checked: 1 << 30,
+            errors_found: 3,
+            repaired: 2,
+            unrecoverable: 1,
+            damaged_inodes: BTreeSet::from([9]),
+            damaged_in_snapshots: BTreeSet::from([SnapshotDamage {
+                ino: 7,
+                birth: 2,
+                death: 5,
+            }]),
+            rate: 4 << 20,
+            elapsed_ms: 1234,
+            ..ScrubState::default()
+        };
+        let bytes = state.encode();
+        assert_eq!(bytes[0], 2);
+        assert_eq!(ScrubState::decode(&bytes).unwrap(), state);
+        // Truncated or with bytes left over: refused.
+        assert!(ScrubState::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(ScrubState::decode(&longer).is_err());
+        let mut unknown = bytes;
+        unknown[0] = 3;
+        assert!(ScrubState::decode(&unknown).is_err());
+    }
+
+    #[test]
+    fn a_version_1_state_is_read_with_its_old_phase_numbers() {
+        let mut w = Writer(Vec::new());
+        // Version 1, phase 1 (then: metadata), started, not finished, cursor (5, 6).
+        w.u8(1).u8(1).u64(100).u64(u64::MAX).u64(5).u64(6);
+        // Next page, the totals and counts, rate, milliseconds; one damaged inode.
+        for v in [40, 10, 10, 1 << 20, 80, 0, 1, 0, 1, 0, 77] {
+            w.u64(v);
+        }
+        w.u64(1).u64(42);
+        let state = ScrubState::decode(&w.0).unwrap();
+        assert_eq!(state.phase, ScrubPhase::Metadata);
+        assert_eq!(state.cursor, (5, 6));
+        assert_eq!(state.history_cursor, (0, 0, 0));
+        assert_eq!(state.next_page, 40);
+        assert_eq!(state.elapsed_ms, 77);
+        assert_eq!(state.damaged_inodes, BTreeSet::from([42]));
+        assert!(state.damaged_in_snapshots.is_empty());
+        for (byte, phase) in [
+            (0, ScrubPhase::Data),
+            (2, ScrubPhase::Finished),
+            (3, ScrubPhase::Cancelled),
+        ] {
+            let mut old = w.0.clone();
+            old[1] = byte;
+            assert_eq!(ScrubState::decode(&old).unwrap().phase, phase);
+        }
+        let mut old = w.0.clone();
+        old[1] = 4;
+        assert!(ScrubState::decode(&old).is_err());
+    }
+
+    #[test]
+    fn the_history_cursor_steps_past_the_last_key_without_overflowing() {
+        assert_eq!(history_key_after((1, 2, 3)), (1, 2, 4));
+        assert_eq!(history_key_after((1, 2, u64::MAX)), (1, 3, 0));
+        assert_eq!(history_key_after((1, u64::MAX, u64::MAX)), (2, 0, 0));
+    }
 }

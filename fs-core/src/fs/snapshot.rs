@@ -12,7 +12,7 @@
 //!   after the snapshot and puts back every history record it sees that was retired since.
 //! - Diff walks both trees and compares each inode's version (its record's birth) and links.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use redb::ReadableTable;
 
@@ -458,6 +458,25 @@ impl Tx<'_> {
             }
         }
         Ok(nodes)
+    }
+}
+
+impl Tx<'_> {
+    /// A path in the tree of the snapshot at `epoch`, from that tree's root, of each of
+    /// `numbers` it names (one name each; an inode it names nowhere is left out).
+    pub(super) fn snapshot_paths(
+        &self,
+        epoch: u64,
+        numbers: &BTreeSet<u64>,
+    ) -> FsResult<HashMap<u64, String>> {
+        let nodes = self.walk_tree(InodeId::in_snapshot(InodeId::ROOT.0, epoch))?;
+        Ok(numbers
+            .iter()
+            .filter_map(|number| {
+                let link = nodes.get(number)?.links.first()?;
+                Some((*number, path_of(&nodes, link)))
+            })
+            .collect())
     }
 }
 
