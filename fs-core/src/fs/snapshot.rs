@@ -413,6 +413,23 @@ impl Tx<'_> {
         ))
     }
 
+    /// A path in the tree of the snapshot at `epoch`, from that tree's root, of each of
+    /// `numbers` it names (one name each; an inode it names nowhere is left out).
+    pub(super) fn snapshot_paths(
+        &self,
+        epoch: u64,
+        numbers: &BTreeSet<u64>,
+    ) -> FsResult<HashMap<u64, String>> {
+        let nodes = self.walk_tree(InodeId::in_snapshot(InodeId::ROOT.0, epoch))?;
+        Ok(numbers
+            .iter()
+            .filter_map(|number| {
+                let link = nodes.get(number)?.links.first()?;
+                Some((*number, path_of(&nodes, link)))
+            })
+            .collect())
+    }
+
     /// Every inode of the tree under `root` with its links and version.
     fn walk_tree(&self, root: InodeId) -> FsResult<HashMap<u64, TreeNode>> {
         let mut nodes: HashMap<u64, TreeNode> = HashMap::new();
@@ -458,25 +475,6 @@ impl Tx<'_> {
             }
         }
         Ok(nodes)
-    }
-}
-
-impl Tx<'_> {
-    /// A path in the tree of the snapshot at `epoch`, from that tree's root, of each of
-    /// `numbers` it names (one name each; an inode it names nowhere is left out).
-    pub(super) fn snapshot_paths(
-        &self,
-        epoch: u64,
-        numbers: &BTreeSet<u64>,
-    ) -> FsResult<HashMap<u64, String>> {
-        let nodes = self.walk_tree(InodeId::in_snapshot(InodeId::ROOT.0, epoch))?;
-        Ok(numbers
-            .iter()
-            .filter_map(|number| {
-                let link = nodes.get(number)?.links.first()?;
-                Some((*number, path_of(&nodes, link)))
-            })
-            .collect())
     }
 }
 

@@ -248,16 +248,7 @@ impl Tx<'_> {
             .open_table(DIRENTS)?
             .remove((parent.0, name))?
             .map(|v| v.value());
-        if let Some((child, cookie, kind, birth)) = entry {
-            let value = encode_dirent(child, cookie, kind);
-            self.retire(
-                RecordKind::Dirent,
-                &named_key(parent.0, name),
-                &value,
-                birth,
-                0,
-            )?;
-        }
+        self.retire_dirent(parent, name, entry)?;
         let indexed = self
             .txn
             .open_table(DIR_COOKIES)?
@@ -295,6 +286,17 @@ impl Tx<'_> {
                 ),
             )?
             .map(|v| v.value());
+        self.retire_dirent(parent, name, old)
+    }
+
+    /// Keeps a replaced or removed entry `(child, cookie, kind, birth)` of `parent` for the
+    /// snapshots that see it.
+    fn retire_dirent(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        old: Option<(u64, u64, u8, u64)>,
+    ) -> FsResult<()> {
         if let Some((child, cookie, kind, birth)) = old {
             let value = encode_dirent(child, cookie, kind);
             self.retire(
