@@ -8,7 +8,7 @@
 # is measured and how) with its pool images in a scratch directory under $BENCH_DIR (default
 # /var/tmp/aegis-bench), removed on exit, also on failure or interruption. Prints the tables
 # (Markdown); --out also copies the whole output to FILE.
-#   --quick   trees up to 100,000 files and one run of part 2 (about a minute instead of ~10)
+#   --quick   trees up to 100,000 files and one run of part 2 (about a minute instead of three)
 #
 # Environment, passed to the benchmark (defaults in brackets):
 #   AEGIS_BENCH_MAX_FILES  [1000000]  largest tree of the creation test
