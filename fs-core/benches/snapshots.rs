@@ -79,6 +79,9 @@ fn main() -> Result<()> {
     let repeat = usize::try_from(env_u64("AEGIS_BENCH_REPEAT", 7)?)?;
     let runs = usize::try_from(env_u64("AEGIS_BENCH_RUNS", 3)?)?;
     let part = std::env::var("AEGIS_BENCH_PART").unwrap_or_default();
+    if !["", "1", "2"].contains(&part.as_str()) {
+        bail!("AEGIS_BENCH_PART must be 1 or 2 (or unset for both), not '{part}'");
+    }
     if max_files == 0 || repeat == 0 || runs == 0 {
         bail!("AEGIS_BENCH_MAX_FILES, AEGIS_BENCH_REPEAT and AEGIS_BENCH_RUNS must be positive");
     }
