@@ -337,6 +337,31 @@ impl std::fmt::Debug for State {
     }
 }
 
+/// A counter of the `counters` table.
+fn counter(txn: &WriteTransaction, name: &str) -> FsResult<u64> {
+    txn.open_table(COUNTERS)?
+        .get(name)?
+        .map(|v| v.value())
+        .ok_or_else(|| FsError::Corrupt(format!("counter {name} is missing")))
+}
+
+/// What the book keeps of snapshots, as `txn` holds it: the live epoch, the bytes the live
+/// tree references, and every snapshot by epoch.
+fn load_snapshots(txn: &WriteTransaction) -> FsResult<(u64, u64, BTreeMap<u64, SnapshotRecord>)> {
+    let mut snapshots = BTreeMap::new();
+    for entry in txn.open_table(SNAPSHOTS)?.iter()? {
+        let (epoch, raw) = entry?;
+        let record = SnapshotRecord::decode(raw.value())
+            .map_err(|e| FsError::Corrupt(format!("snapshot of epoch {}: {e}", epoch.value())))?;
+        snapshots.insert(epoch.value(), record);
+    }
+    Ok((
+        counter(txn, meta::EPOCH)?,
+        counter(txn, meta::REFERENCED)?,
+        snapshots,
+    ))
+}
+
 /// Holds a filesystem while it is being loaded. A panic in redb unwinds past it; dropping the
 /// filesystem then would run redb's destructor on its broken state, and a second panic there
 /// aborts the process, so it is leaked instead and the caught panic becomes an error.
@@ -378,30 +403,12 @@ impl Filesystem {
             pool.members.iter().map(|m| Arc::clone(&m.device)).collect();
         let mut alloc = pool.empty_allocator();
         let txn = pool.db.begin_write()?;
-        let (next_inode, next_block, next_generation, epoch, referenced) = {
-            let counters = txn.open_table(COUNTERS)?;
-            let get = |name: &str| -> FsResult<u64> {
-                counters
-                    .get(name)?
-                    .map(|v| v.value())
-                    .ok_or_else(|| FsError::Corrupt(format!("counter {name} is missing")))
-            };
-            (
-                get(meta::NEXT_INODE)?,
-                get(meta::NEXT_BLOCK)?,
-                get(meta::NEXT_GENERATION)?,
-                get(meta::EPOCH)?,
-                get(meta::REFERENCED)?,
-            )
-        };
-        let mut snapshots = BTreeMap::new();
-        for entry in txn.open_table(SNAPSHOTS)?.iter()? {
-            let (epoch, raw) = entry?;
-            let record = SnapshotRecord::decode(raw.value()).map_err(|e| {
-                FsError::Corrupt(format!("snapshot of epoch {}: {e}", epoch.value()))
-            })?;
-            snapshots.insert(epoch.value(), record);
-        }
+        let (next_inode, next_block, next_generation) = (
+            counter(&txn, meta::NEXT_INODE)?,
+            counter(&txn, meta::NEXT_BLOCK)?,
+            counter(&txn, meta::NEXT_GENERATION)?,
+        );
+        let (epoch, referenced, snapshots) = load_snapshots(&txn)?;
         {
             let blocks = txn.open_table(BLOCKS)?;
             for entry in blocks.iter()? {
@@ -608,7 +615,16 @@ impl Filesystem {
         book.dirty_bytes = 0;
         book.dirty_records = 0;
         book.dirty_since = None;
-        state.view = match view::View::open(&self.pool) {
+        // The snapshots as the last commit holds them: the lost group may have taken, deleted
+        // or rolled back to one (its commit is what failed), and reads go by this list.
+        let view = view::View::open(&self.pool).and_then(|view| {
+            let (epoch, referenced, snapshots) = load_snapshots(view.txn())?;
+            book.epoch = epoch;
+            book.referenced = referenced;
+            book.snapshots = snapshots;
+            Ok(view)
+        });
+        state.view = match view {
             Ok(view) => Some(view),
             Err(err) => {
                 tracing::error!(
