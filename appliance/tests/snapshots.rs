@@ -192,6 +192,7 @@ fn rollback_restores_the_tree_hash_and_delete_releases_space() {
     sb.ok(&["snapshot", "create", &target, "bad"]);
     fs::write(mnt.path("docs/report.txt"), b"version 3\n").unwrap();
     assert_ne!(tree_hash(&mnt.mountpoint), snapped);
+    assert!(mnt.path(".snapshots/bad/new.txt").exists());
     // The kernel now caches the new contents and names; rollback must make it forget them.
     let err = sb.fails(&["snapshot", "rollback", &target, "good"]);
     assert!(err.contains("bad") && err.contains("--force"), "{err}");
@@ -203,6 +204,10 @@ fn rollback_restores_the_tree_hash_and_delete_releases_space() {
         b"version 1\n"
     );
     assert!(!mnt.path("new.txt").exists());
+    assert!(
+        !mnt.path(".snapshots/bad").exists(),
+        "a destroyed snapshot stays visible"
+    );
     let list = sb.ok(&["snapshot", "list", &target]);
     assert!(list.contains("good") && !list.contains("bad"), "{list}");
     // Open files block a rollback.

@@ -164,7 +164,9 @@ impl Invalidator {
             // Offset 0, length 0: attributes and every cached page.
             let _ = self.0.inval_inode(INodeNo(ino.0), 0, 0);
         }
-        let _ = self.0.inval_inode(INodeNo(InodeId::SNAPSHOT_DIR.0), 0, 0);
+        for name in &report.destroyed {
+            self.snapshot_deleted(name);
+        }
     }
 
     /// Forgets `/.snapshots/<name>` after the snapshot was deleted.
