@@ -115,6 +115,7 @@ fn config() -> FsConfig {
         commit_interval: Duration::from_secs(3600),
         dirty_limit: u64::MAX,
         cache_bytes: 1024 * 1024,
+        ..FsConfig::default()
     }
 }
 

@@ -2,8 +2,10 @@
 //! block table (the block table is the only persistent record of what is in use, so the
 //! allocator can never disagree with committed metadata after a crash).
 //!
-//! Allocation prefers the fast tier and overflows to the slow tier when the fast one has no
-//! room. Freed sectors are handed back by the filesystem only once the transaction that freed
+//! Where a block goes is its [`Placement`]: unpinned data goes to the fast tier until the
+//! fast tier passes its high watermark, then to the slow tier; data pinned to a tier goes
+//! there first. Either way a block lands on the other tier rather than fail while any room is
+//! left. Freed sectors are handed back by the filesystem only once the transaction that freed
 //! them is durable (see `fs::txg`).
 
 use crate::types::{DeviceIndex, Tier};
@@ -19,6 +21,15 @@ pub struct DeviceSpace {
     free: u64,
     bitmap: Vec<u64>,
     cursor: u64,
+}
+
+/// Where new blocks of a file go.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Placement {
+    /// The fast tier while its used fraction is below `high_watermark`, then the slow tier.
+    Auto { high_watermark: f64 },
+    /// This tier first (a pin).
+    Pinned(Tier),
 }
 
 /// Why sectors could not be marked in use.
@@ -207,9 +218,27 @@ impl Allocator {
         }
     }
 
-    /// Claims `count` sectors, fast tier first, then slow.
-    pub fn allocate(&mut self, count: u64) -> Option<(DeviceIndex, Tier, u64)> {
-        for tier in [Tier::Fast, Tier::Slow] {
+    /// Claims `count` sectors where `placement` says, else on the other tier.
+    pub fn allocate(
+        &mut self,
+        count: u64,
+        placement: Placement,
+    ) -> Option<(DeviceIndex, Tier, u64)> {
+        let first = match placement {
+            Placement::Pinned(tier) => tier,
+            Placement::Auto { high_watermark } => {
+                if self.tier_fill(Tier::Fast) < high_watermark {
+                    Tier::Fast
+                } else {
+                    Tier::Slow
+                }
+            }
+        };
+        let second = match first {
+            Tier::Fast => Tier::Slow,
+            Tier::Slow => Tier::Fast,
+        };
+        for tier in [first, second] {
             for device in self.devices.iter_mut().filter(|d| d.tier == tier) {
                 if let Some(sector) = device.allocate(count) {
                     return Some((device.index, tier, sector));
@@ -242,6 +271,21 @@ impl Allocator {
         self.devices.iter().map(DeviceSpace::total_sectors).sum()
     }
 
+    /// The used fraction of `tier`'s data areas (1 when the pool has none of that tier).
+    pub fn tier_fill(&self, tier: Tier) -> f64 {
+        let (total, free) = self
+            .devices
+            .iter()
+            .filter(|d| d.tier == tier)
+            .fold((0, 0), |(t, f), d| (t + d.sectors, f + d.free));
+        if total == 0 {
+            return 1.0;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let fill = (total - free) as f64 / total as f64;
+        fill
+    }
+
     pub fn free_sectors(&self) -> u64 {
         self.devices.iter().map(DeviceSpace::free_sectors).sum()
     }
@@ -251,19 +295,66 @@ impl Allocator {
 mod tests {
     use super::*;
 
+    const ALL_FAST: Placement = Placement::Auto {
+        high_watermark: 1.0,
+    };
+
     #[test]
     fn allocates_fast_then_overflows_to_slow() {
         let mut alloc = Allocator::new(vec![
             DeviceSpace::new(DeviceIndex(0), Tier::Fast, 10, 64),
             DeviceSpace::new(DeviceIndex(1), Tier::Slow, 100, 128),
         ]);
-        assert_eq!(alloc.allocate(32), Some((DeviceIndex(0), Tier::Fast, 10)));
-        assert_eq!(alloc.allocate(32), Some((DeviceIndex(0), Tier::Fast, 42)));
-        assert_eq!(alloc.allocate(32), Some((DeviceIndex(1), Tier::Slow, 100)));
+        assert_eq!(
+            alloc.allocate(32, ALL_FAST),
+            Some((DeviceIndex(0), Tier::Fast, 10))
+        );
+        assert_eq!(
+            alloc.allocate(32, ALL_FAST),
+            Some((DeviceIndex(0), Tier::Fast, 42))
+        );
+        assert_eq!(
+            alloc.allocate(32, ALL_FAST),
+            Some((DeviceIndex(1), Tier::Slow, 100))
+        );
         assert_eq!(alloc.free_sectors(), 96);
         alloc.release(DeviceIndex(0), 10, 32).unwrap();
-        assert_eq!(alloc.allocate(32), Some((DeviceIndex(0), Tier::Fast, 10)));
-        assert_eq!(alloc.allocate(200), None);
+        assert_eq!(
+            alloc.allocate(32, ALL_FAST),
+            Some((DeviceIndex(0), Tier::Fast, 10))
+        );
+        assert_eq!(alloc.allocate(200, ALL_FAST), None);
+    }
+
+    #[test]
+    fn the_high_watermark_and_pins_decide_the_tier() {
+        let mut alloc = Allocator::new(vec![
+            DeviceSpace::new(DeviceIndex(0), Tier::Fast, 0, 100),
+            DeviceSpace::new(DeviceIndex(1), Tier::Slow, 0, 100),
+        ]);
+        let auto = Placement::Auto {
+            high_watermark: 0.85,
+        };
+        for _ in 0..85 {
+            assert_eq!(alloc.allocate(1, auto).unwrap().1, Tier::Fast);
+        }
+        assert_eq!(alloc.tier_fill(Tier::Fast), 0.85);
+        assert_eq!(alloc.allocate(1, auto).unwrap().1, Tier::Slow);
+        // A pin to the fast tier still uses the room above the watermark.
+        assert_eq!(
+            alloc.allocate(15, Placement::Pinned(Tier::Fast)).unwrap().1,
+            Tier::Fast
+        );
+        assert_eq!(
+            alloc.allocate(1, Placement::Pinned(Tier::Fast)).unwrap().1,
+            Tier::Slow
+        );
+        // A pin to the slow tier overflows to the fast tier only when the slow one is full.
+        assert_eq!(
+            alloc.allocate(98, Placement::Pinned(Tier::Slow)).unwrap().1,
+            Tier::Slow
+        );
+        assert_eq!(alloc.allocate(1, Placement::Pinned(Tier::Slow)), None);
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct FsConfig {
     pub dirty_limit: u64,
     /// Bytes of verified block contents kept in memory.
     pub cache_bytes: u64,
+    /// Unpinned new data goes to the fast tier while its used fraction is below this.
+    pub fast_high_watermark: f64,
 }
 
 impl Default for FsConfig {
@@ -97,6 +99,7 @@ impl Default for FsConfig {
             commit_interval: Duration::from_secs(5),
             dirty_limit: 256 * 1024 * 1024,
             cache_bytes: default_cache_bytes(),
+            fast_high_watermark: 0.85,
         }
     }
 }

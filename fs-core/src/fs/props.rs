@@ -1,4 +1,4 @@
-//! Properties: settings kept per file or directory, with the pool's defaults on inode 0.
+//! Properties (`copies`, `tier`, `snapdir`): settings kept per file or directory, with the pool's defaults on inode 0.
 //! A directory without its own value inherits its nearest ancestor's, so a setting on a
 //! directory covers the whole tree below it, including directories that already exist. A file
 //! takes the value its directory has when the file is created (files have no parent link to
@@ -12,7 +12,7 @@ use super::Filesystem;
 use crate::error::{FsError, FsResult};
 use crate::meta::records::FileKind;
 use crate::meta::PROPERTIES;
-use crate::types::InodeId;
+use crate::types::{InodeId, Tier};
 
 /// The pseudo-inode holding the pool's defaults.
 pub const POOL: u64 = 0;
@@ -22,6 +22,9 @@ pub const POOL: u64 = 0;
 pub enum Property {
     /// Copies of each data block: 1, or 2 (the second on another device).
     Copies(u8),
+    /// The tier new blocks go to: `None` is `auto` (the fast tier up to its high watermark,
+    /// migration decides later), `Some(tier)` pins them there (and migration keeps them).
+    Tier(Option<Tier>),
     /// Whether `readdir` of the root lists `/.snapshots` (`visible`) or not (`hidden`, the
     /// default; the directory is reachable by name either way). Set on the root only.
     Snapdir(bool),
@@ -29,7 +32,7 @@ pub enum Property {
 
 impl Property {
     /// Every property's name.
-    pub const NAMES: &'static [&'static str] = &["copies", "snapdir"];
+    pub const NAMES: &'static [&'static str] = &["copies", "tier", "snapdir"];
 
     /// Parses `name=value`.
     pub fn parse(text: &str) -> FsResult<Self> {
@@ -46,6 +49,14 @@ impl Property {
                 "2" => Ok(Self::Copies(2)),
                 _ => Err(FsError::BadProperty(format!(
                     "copies must be 1 or 2, not '{value}'"
+                ))),
+            },
+            "tier" => match value {
+                "auto" => Ok(Self::Tier(None)),
+                "fast" => Ok(Self::Tier(Some(Tier::Fast))),
+                "slow" => Ok(Self::Tier(Some(Tier::Slow))),
+                _ => Err(FsError::BadProperty(format!(
+                    "tier must be fast, slow or auto, not '{value}'"
                 ))),
             },
             "snapdir" => match value {
@@ -65,6 +76,7 @@ impl Property {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Copies(_) => "copies",
+            Self::Tier(_) => "tier",
             Self::Snapdir(_) => "snapdir",
         }
     }
@@ -72,6 +84,8 @@ impl Property {
     pub fn value(&self) -> String {
         match self {
             Self::Copies(n) => n.to_string(),
+            Self::Tier(None) => "auto".into(),
+            Self::Tier(Some(tier)) => tier.as_str().into(),
             Self::Snapdir(true) => "visible".into(),
             Self::Snapdir(false) => "hidden".into(),
         }
@@ -86,6 +100,7 @@ impl Property {
     fn builtin_default(name: &str) -> Option<Self> {
         match name {
             "copies" => Some(Self::Copies(1)),
+            "tier" => Some(Self::Tier(None)),
             "snapdir" => Some(Self::Snapdir(false)),
             _ => None,
         }
@@ -138,6 +153,14 @@ impl Tx<'_> {
         let builtin = Property::builtin_default(name)
             .ok_or_else(|| FsError::BadProperty(format!("unknown property '{name}'")))?;
         Ok((builtin, Source::Builtin))
+    }
+
+    /// The tier `ino`'s new blocks are pinned to (`None`: placed automatically).
+    pub fn pinned_tier(&self, ino: InodeId) -> FsResult<Option<Tier>> {
+        match self.property(ino, "tier")?.0 {
+            Property::Tier(tier) => Ok(tier),
+            other => Err(FsError::Corrupt(format!("tier read as {other:?}"))),
+        }
     }
 
     /// Copies of each data block `ino` gets.

@@ -12,6 +12,7 @@ use super::versions::{
     split_pair, AsOf, RecordKind,
 };
 use super::{Book, Filesystem};
+use crate::alloc::Placement;
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location};
@@ -428,11 +429,17 @@ impl Tx<'_> {
     pub fn store_blocks(&mut self, inode: &mut Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
         writable(inode.id)?;
         let mirrored = self.copies(inode.id)? >= 2;
+        let placement = match self.pinned_tier(inode.id)? {
+            Some(tier) => Placement::Pinned(tier),
+            None => Placement::Auto {
+                high_watermark: self.fs.config.fast_high_watermark,
+            },
+        };
         let mut placed: Vec<Placed> = Vec::with_capacity(blocks.len());
         for (index, mut content) in blocks {
             let len = content.len();
             let sectors = (len as u64).div_ceil(SECTOR_SIZE).max(1);
-            let Some(placement) = self.place(sectors, mirrored) else {
+            let Some(placement) = self.place(sectors, placement, mirrored) else {
                 self.release_placed(&placed);
                 return Err(FsError::NoSpace);
             };
@@ -494,8 +501,13 @@ impl Tx<'_> {
 
     /// Claims `sectors` for a block, and as many again on another device when `mirrored`;
     /// `None` (nothing claimed) when there is no room.
-    fn place(&mut self, sectors: u64, mirrored: bool) -> Option<(Location, Option<Location>)> {
-        let (device, _tier, sector) = self.book.alloc.allocate(sectors)?;
+    fn place(
+        &mut self,
+        sectors: u64,
+        placement: Placement,
+        mirrored: bool,
+    ) -> Option<(Location, Option<Location>)> {
+        let (device, _tier, sector) = self.book.alloc.allocate(sectors, placement)?;
         let primary = Location { device, sector };
         if !mirrored {
             return Some((primary, None));

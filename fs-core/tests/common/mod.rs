@@ -81,6 +81,7 @@ impl TestPool {
                 commit_interval: std::time::Duration::from_secs(3600),
                 dirty_limit: u64::MAX,
                 cache_bytes: 8 * MIB,
+                ..FsConfig::default()
             },
         )
     }

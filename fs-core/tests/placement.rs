@@ -1,0 +1,85 @@
+//! Placement of new blocks: the fast tier up to its high watermark, then the slow tier; the
+//! `tier` property pins a directory's new files to a tier.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{create_file, mkdir, pattern, read_all, TestPool, MIB};
+use fs_core::fs::props::{Property, Source};
+use fs_core::fs::Filesystem;
+use fs_core::types::{InodeId, Tier};
+use fs_core::FsError;
+
+const ROOT: InodeId = InodeId::ROOT;
+
+/// Bytes used on the fast and the slow tier.
+fn used(fs: &Filesystem) -> (u64, u64) {
+    let status = fs.status();
+    let of = |tier: Tier| -> u64 {
+        status
+            .members
+            .iter()
+            .filter(|m| m.tier == tier)
+            .map(|m| m.data_bytes - m.free_bytes)
+            .sum()
+    };
+    (of(Tier::Fast), of(Tier::Slow))
+}
+
+#[test]
+fn unpinned_data_fills_the_fast_tier_to_its_high_watermark_then_goes_slow() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let fast_capacity = fs.status().members[0].data_bytes;
+    let file = create_file(&fs, ROOT, "big");
+    let content = pattern(1, 80 * MIB as usize);
+    fs.write(file, 0, &content).unwrap();
+    fs.commit().unwrap();
+    let (fast, slow) = used(&fs);
+    let fill = fast as f64 / fast_capacity as f64;
+    assert!((0.84..0.87).contains(&fill), "fast tier {fill:.3} full");
+    assert!(slow > 20 * MIB, "{slow} bytes on the slow tier");
+    assert_eq!(read_all(&fs, file), content);
+}
+
+#[test]
+fn a_pinned_directory_places_its_new_files_on_its_tier() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let cold = mkdir(&fs, ROOT, "archive");
+    fs.set_property(cold, Property::parse("tier=slow").unwrap())
+        .unwrap();
+    let nested = mkdir(&fs, cold, "2024");
+    let file = create_file(&fs, nested, "old.tar");
+    fs.write(file, 0, &pattern(2, 8 * MIB as usize)).unwrap();
+    fs.commit().unwrap();
+    let (fast, slow) = used(&fs);
+    assert!(
+        fast < MIB,
+        "{fast} bytes of a slow-pinned file on the fast tier"
+    );
+    assert!(slow >= 8 * MIB);
+    let tier = |ino| {
+        fs.properties(ino)
+            .unwrap()
+            .into_iter()
+            .find(|(p, _)| p.name() == "tier")
+            .unwrap()
+    };
+    assert_eq!(
+        tier(nested),
+        (Property::Tier(Some(Tier::Slow)), Source::Inherited)
+    );
+    assert_eq!(
+        tier(file),
+        (Property::Tier(Some(Tier::Slow)), Source::Local)
+    );
+    assert_eq!(tier(ROOT), (Property::Tier(None), Source::Builtin));
+    assert!(matches!(
+        Property::parse("tier=warm"),
+        Err(FsError::BadProperty(m)) if m.contains("fast, slow or auto")
+    ));
+    assert_eq!(read_all(&fs, file), pattern(2, 8 * MIB as usize));
+    drop(fs);
+    pool.assert_fsck_clean("after pinned writes");
+}
