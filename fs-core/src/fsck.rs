@@ -14,7 +14,7 @@
 //! devices; the id counters lie above every id in use; snapshot history: every retired record
 //! is seen by a snapshot, listed in the deadlist and counted in its span, no record is born
 //! after the live epoch, and the blocks history holds count as references; the live tree's
-//! referenced-bytes counter matches its file maps.
+//! referenced-bytes counter matches its file maps; heat is kept only for blocks that exist.
 //!
 //! [`repair`] fixes, in one metadata transaction per pass: damaged metadata pages (rewritten
 //! from the intact copy), leaked blocks (freed), refcounts, nlink counts, space accounting,
@@ -36,8 +36,8 @@ use crate::meta::backend::ReadPolicy;
 use crate::meta::records::SnapshotRecord;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
 use crate::meta::{
-    self, BLOCKS, COUNTERS, DEADLIST, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HISTORY, INODES, ORPHANS,
-    PROPERTIES, SNAPSHOTS, SPANS, XATTRS,
+    self, BLOCKS, COUNTERS, DEADLIST, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, HISTORY, INODES,
+    ORPHANS, PROPERTIES, SNAPSHOTS, SPANS, XATTRS,
 };
 use crate::pool::Pool;
 use crate::types::InodeId;
@@ -106,6 +106,8 @@ enum Fix {
     },
     RemoveXattrs(u64),
     RemoveProperties(u64),
+    /// Forget the heat of a block that does not exist.
+    RemoveHeat(u64),
     RemoveOrphanEntry(u64),
     /// Link an inode that no entry names into `/lost+found`.
     Adopt(u64),
@@ -595,6 +597,17 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
             ),
         }
     }
+    for entry in txn.open_table(HEAT)?.iter()? {
+        let id = entry?.0.value();
+        if !records.contains_key(&id) {
+            scan.add_fixable(
+                "heat",
+                format!("heat is kept for block {id}, which does not exist"),
+                None,
+                Some(Fix::RemoveHeat(id)),
+            );
+        }
+    }
     let live_referenced: u64 = allocated.values().sum();
     check_history(&txn, &records, &mut references, newest_birth, scan)?;
     let counters = txn.open_table(COUNTERS)?;
@@ -1064,6 +1077,9 @@ fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsR
         Fix::RemoveProperties(ino) => {
             txn.open_table(PROPERTIES)?
                 .retain_in((*ino, "")..(*ino + 1, ""), |_, _| false)?;
+        }
+        Fix::RemoveHeat(id) => {
+            txn.open_table(HEAT)?.remove(*id)?;
         }
         Fix::RemoveOrphanEntry(ino) => {
             txn.open_table(ORPHANS)?.remove(*ino)?;

@@ -25,6 +25,7 @@ pub mod fsck;
 pub mod fuse;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod heat;
 pub mod meta;
 pub mod pool;
 pub mod types;

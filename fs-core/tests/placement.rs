@@ -83,3 +83,36 @@ fn a_pinned_directory_places_its_new_files_on_its_tier() {
     drop(fs);
     pool.assert_fsck_clean("after pinned writes");
 }
+
+#[test]
+fn reads_and_writes_heat_blocks_and_the_heat_survives_a_remount() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let file = create_file(&fs, ROOT, "data");
+    let block = 128 * 1024;
+    fs.write(file, 0, &pattern(3, 4 * block)).unwrap();
+    fs.commit().unwrap();
+    for _ in 0..10 {
+        fs.read(file, 0, 4096).unwrap();
+    }
+    fs.read(file, 2 * block as u64, 4096).unwrap();
+    let heat = fs.file_heat(file).unwrap();
+    let score = |index: u64| heat.iter().find(|(i, _)| *i == index).unwrap().1;
+    // One write each, then the reads.
+    assert!((score(0) - 11.0).abs() < 0.01, "{heat:?}");
+    assert!((score(1) - 1.0).abs() < 0.01, "{heat:?}");
+    assert!((score(2) - 2.0).abs() < 0.01, "{heat:?}");
+    // Rewriting a block (a new block, copy-on-write) keeps its heat and adds the write.
+    fs.write(file, 0, b"rewritten").unwrap();
+    fs.commit().unwrap();
+    drop(fs);
+    let fs = pool.open();
+    let heat = fs.file_heat(file).unwrap();
+    assert!((heat[0].1 - 12.0).abs() < 0.01, "{heat:?}");
+    assert!((heat[2].1 - 2.0).abs() < 0.01, "{heat:?}");
+    // Freed blocks take their heat with them.
+    fs.unlink(ROOT, b"data").unwrap();
+    fs.commit().unwrap();
+    drop(fs);
+    pool.assert_fsck_clean("after deleting a heated file");
+}

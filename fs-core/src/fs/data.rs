@@ -260,6 +260,7 @@ impl Filesystem {
                     record,
                 ));
             }
+            tx.count_accesses(plan.iter().map(|p| p.3));
             // Keep the sectors from being reused until the read is done.
             let gate = self
                 .free_gate
@@ -381,6 +382,19 @@ impl Filesystem {
                     Ok((expected * bs).max(offset).min(inode.size))
                 }
             }
+        })
+    }
+
+    /// The heat of each mapped block of `ino` now, by block index (blocks still staged have
+    /// none yet).
+    pub fn file_heat(&self, ino: InodeId) -> FsResult<Vec<(u64, f64)>> {
+        self.view(|tx| {
+            let now = crate::heat::now();
+            let half_life = tx.fs.config.heat_half_life;
+            tx.mapped_blocks(ino, 0..u64::MAX)?
+                .into_iter()
+                .map(|(index, id)| Ok((index, tx.heat(id)?.at_time(now, half_life))))
+                .collect()
         })
     }
 

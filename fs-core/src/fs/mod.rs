@@ -70,6 +70,12 @@ pub const INLINE_MAX: u64 = 512;
 pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_LINKS: u32 = 65_000;
 
+/// Block accesses wait at most this long in memory before a commit stores them (a workload
+/// that only reads commits this rarely).
+const HEAT_FOLD_INTERVAL: Duration = Duration::from_secs(60);
+/// ... or until this many blocks have counts waiting.
+const MAX_PENDING_ACCESSES: usize = 1 << 20;
+
 /// Staged block contents are written out once they pass this many bytes.
 const STAGED_LIMIT: u64 = 64 * 1024 * 1024;
 
@@ -91,6 +97,8 @@ pub struct FsConfig {
     pub cache_bytes: u64,
     /// Unpinned new data goes to the fast tier while its used fraction is below this.
     pub fast_high_watermark: f64,
+    /// Block heat halves every this long (see [`crate::heat`]).
+    pub heat_half_life: Duration,
 }
 
 impl Default for FsConfig {
@@ -100,6 +108,7 @@ impl Default for FsConfig {
             dirty_limit: 256 * 1024 * 1024,
             cache_bytes: default_cache_bytes(),
             fast_high_watermark: 0.85,
+            heat_half_life: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -275,6 +284,10 @@ struct Book {
     referenced: u64,
     /// Every snapshot, by epoch.
     snapshots: BTreeMap<u64, SnapshotRecord>,
+    /// Block accesses counted since the last commit, by block id (folded into `heat` then).
+    accesses: HashMap<u64, u64>,
+    /// When the oldest of them happened.
+    accesses_since: Option<Instant>,
     /// Whether the open transaction holds changes.
     dirty: bool,
     dirty_bytes: u64,
@@ -461,6 +474,8 @@ impl Filesystem {
                     epoch,
                     referenced,
                     snapshots,
+                    accesses: HashMap::new(),
+                    accesses_since: None,
                     dirty: false,
                     dirty_bytes: 0,
                     dirty_records: 0,
@@ -510,10 +525,16 @@ impl Filesystem {
 
     fn commit_due(&self) -> bool {
         let state = self.lock_state();
-        state
-            .book
-            .dirty_since
+        if state.txn.is_none() {
+            return false;
+        }
+        let book = &state.book;
+        book.dirty_since
             .is_some_and(|since| since.elapsed() >= self.config.commit_interval)
+            || book
+                .accesses_since
+                .is_some_and(|since| since.elapsed() >= HEAT_FOLD_INTERVAL)
+            || book.accesses.len() >= MAX_PENDING_ACCESSES
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -618,6 +639,8 @@ impl Filesystem {
         book.dirty_bytes = 0;
         book.dirty_records = 0;
         book.dirty_since = None;
+        book.accesses.clear();
+        book.accesses_since = None;
         // The snapshots as the last commit holds them: the lost group may have taken, deleted
         // or rolled back to one (its commit is what failed), and reads go by this list.
         let view = view::View::open(&self.pool).and_then(|view| {
@@ -656,9 +679,10 @@ impl Filesystem {
             .map(DeviceCounters::error_counts)
             .collect();
         let errors_changed = errors != state.book.persisted_errors;
-        if !state.book.dirty && !errors_changed {
+        if !state.book.dirty && !errors_changed && state.book.accesses.is_empty() {
             return Ok(());
         }
+        self.run_locked(state, |tx| tx.fold_accesses())?;
         let Some(txn) = state.txn.take() else {
             return Err(FsError::ReadOnly);
         };

@@ -15,8 +15,9 @@ use super::{Book, Filesystem};
 use crate::alloc::Placement;
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
+use crate::heat::Heat;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location};
-use crate::meta::{BLOCKS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, INODES, ORPHANS, XATTRS};
+use crate::meta::{BLOCKS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, INODES, ORPHANS, XATTRS};
 use crate::types::{DeviceIndex, InodeId};
 
 /// A block written to fresh sectors, not yet mapped.
@@ -393,11 +394,61 @@ impl Tx<'_> {
             return Ok(());
         }
         table.remove(id)?;
+        self.txn.open_table(HEAT)?.remove(id)?;
+        self.book.accesses.remove(&id);
         self.fs.cache.remove(id);
         for location in record.locations() {
             self.book
                 .pending_free
                 .push((location.device, location.sector, record.sectors()));
+        }
+        Ok(())
+    }
+
+    /// The stored heat of block `id` with the accesses counted since the last commit.
+    pub fn heat(&self, id: u64) -> FsResult<Heat> {
+        let stored = self.txn.open_table(HEAT)?.get(id)?.map_or(Heat::COLD, |v| {
+            let (score, at) = v.value();
+            Heat { score, at }
+        });
+        let pending = self.book.accesses.get(&id).copied().unwrap_or(0);
+        Ok(if pending > 0 {
+            stored.plus(pending, crate::heat::now(), self.fs.config.heat_half_life)
+        } else {
+            stored
+        })
+    }
+
+    /// Counts an access to each of `ids` (folded into their heat at the next commit).
+    pub fn count_accesses(&mut self, ids: impl IntoIterator<Item = u64>) {
+        for id in ids {
+            *self.book.accesses.entry(id).or_insert(0) += 1;
+            self.book.accesses_since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// Stores the accesses counted since the last commit into the blocks' heat.
+    pub fn fold_accesses(&mut self) -> FsResult<()> {
+        if self.book.accesses.is_empty() {
+            return Ok(());
+        }
+        let now = crate::heat::now();
+        let half_life = self.fs.config.heat_half_life;
+        let accesses = std::mem::take(&mut self.book.accesses);
+        self.book.accesses_since = None;
+        self.book.dirty = true;
+        let blocks = self.txn.open_table(BLOCKS)?;
+        let mut heat = self.txn.open_table(HEAT)?;
+        for (id, hits) in accesses {
+            if blocks.get(id)?.is_none() {
+                continue;
+            }
+            let stored = heat.get(id)?.map_or(Heat::COLD, |v| {
+                let (score, at) = v.value();
+                Heat { score, at }
+            });
+            let updated = stored.plus(hits, now, half_life);
+            heat.insert(id, (updated.score, updated.at))?;
         }
         Ok(())
     }
@@ -460,6 +511,7 @@ impl Tx<'_> {
             return Err(err);
         }
         self.mark_dirty();
+        let now = crate::heat::now();
         for Placed {
             index,
             primary,
@@ -490,6 +542,15 @@ impl Tx<'_> {
                 .map(|v| v.value());
             inode.allocated += record.allocated_bytes();
             self.book.referenced += record.allocated_bytes();
+            // The new block inherits the heat of the one it replaces, plus this write.
+            let inherited = match old {
+                Some((old, _)) => self.heat(old)?,
+                None => Heat::COLD,
+            };
+            let heat = inherited.plus(1, now, self.fs.config.heat_half_life);
+            self.txn
+                .open_table(HEAT)?
+                .insert(id, (heat.score, heat.at))?;
             if let Some((old, birth)) = old {
                 let unmapped = self.end_mapping(inode.id.0, index, old, birth)?;
                 inode.allocated = inode.allocated.saturating_sub(unmapped);
