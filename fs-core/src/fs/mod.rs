@@ -74,7 +74,7 @@ pub const MAX_LINKS: u32 = 65_000;
 /// that only reads commits this rarely).
 const HEAT_FOLD_INTERVAL: Duration = Duration::from_secs(60);
 /// ... or until this many blocks have counts waiting.
-const MAX_PENDING_ACCESSES: usize = 1 << 20;
+const MAX_PENDING_ACCESSES: usize = 1 << 16;
 
 /// Staged block contents are written out once they pass this many bytes.
 const STAGED_LIMIT: u64 = 64 * 1024 * 1024;
