@@ -116,3 +116,103 @@ fn reads_and_writes_heat_blocks_and_the_heat_survives_a_remount() {
     drop(fs);
     pool.assert_fsck_clean("after deleting a heated file");
 }
+
+/// The blocks of `ino` as `block_placements` lists them (after a commit).
+fn placements_of(fs: &Filesystem, ino: InodeId) -> Vec<fs_core::fs::tier::BlockPlacement> {
+    fs.commit().unwrap();
+    fs.block_placements()
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.inode == Some(ino.0))
+        .collect()
+}
+
+#[test]
+fn relocation_moves_blocks_between_tiers_and_the_data_stays() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let file = create_file(&fs, ROOT, "data");
+    let content = pattern(4, 3 * MIB as usize + 777);
+    fs.write(file, 0, &content).unwrap();
+    fs.commit().unwrap();
+    fs.read(file, 0, 10).unwrap();
+    let blocks = placements_of(&fs, file);
+    assert_eq!(blocks.len(), 25);
+    assert!(blocks
+        .iter()
+        .all(|b| b.tier == Tier::Fast && b.pin.is_none()));
+    assert!(
+        blocks.iter().any(|b| b.heat > 1.5),
+        "the read heats block 0"
+    );
+    let ids: Vec<u64> = blocks.iter().map(|b| b.block).collect();
+    let (fast_before, slow_before) = used(&fs);
+
+    let moved = fs.relocate(&ids, Tier::Slow).unwrap();
+    assert_eq!(moved.moved, 25);
+    assert_eq!(moved.skipped, 0);
+    assert_eq!(read_all(&fs, file), content);
+    fs.commit().unwrap();
+    let (fast_after, slow_after) = used(&fs);
+    assert_eq!(fast_before - fast_after, moved.bytes_copied);
+    assert_eq!(slow_after - slow_before, moved.bytes_copied);
+    assert!(placements_of(&fs, file)
+        .iter()
+        .all(|b| b.tier == Tier::Slow));
+    // Already there: nothing to do. A block that no longer exists is skipped.
+    assert_eq!(fs.relocate(&ids, Tier::Slow).unwrap().skipped, 25);
+    assert_eq!(fs.relocate(&[999_999], Tier::Fast).unwrap().skipped, 1);
+    drop(fs);
+    pool.assert_fsck_clean("after moving to the slow tier");
+    let fs = pool.open();
+    assert_eq!(read_all(&fs, file), content);
+    assert_eq!(fs.relocate(&ids, Tier::Fast).unwrap().moved, 25);
+    assert_eq!(read_all(&fs, file), content);
+    drop(fs);
+    pool.assert_fsck_clean("after moving back");
+}
+
+#[test]
+fn a_block_with_a_copy_on_the_target_tier_swaps_copies_without_copying() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let dir = mkdir(&fs, ROOT, "safe");
+    fs.set_property(dir, Property::Copies(2)).unwrap();
+    let file = create_file(&fs, dir, "twice");
+    fs.write(file, 0, &pattern(5, MIB as usize)).unwrap();
+    let ids: Vec<u64> = placements_of(&fs, file).iter().map(|b| b.block).collect();
+    let moved = fs.relocate(&ids, Tier::Slow).unwrap();
+    assert_eq!((moved.moved, moved.bytes_copied), (8, 0));
+    assert!(placements_of(&fs, file)
+        .iter()
+        .all(|b| b.tier == Tier::Slow));
+    assert_eq!(read_all(&fs, file), pattern(5, MIB as usize));
+    drop(fs);
+    pool.assert_fsck_clean("after swapping copies");
+}
+
+#[test]
+fn a_power_cut_before_the_commit_leaves_blocks_where_they_were() {
+    use fs_core::device::CutMode;
+    for keep_commit in [false, true] {
+        let pool = TestPool::new(64, 128);
+        let fs = pool.open();
+        let file = create_file(&fs, ROOT, "data");
+        let content = pattern(6, 2 * MIB as usize);
+        fs.write(file, 0, &content).unwrap();
+        let ids: Vec<u64> = placements_of(&fs, file).iter().map(|b| b.block).collect();
+        fs.relocate(&ids, Tier::Slow).unwrap();
+        if keep_commit {
+            fs.commit().unwrap();
+        }
+        pool.crash(fs, CutMode::DropAll);
+        pool.assert_fsck_clean("after a cut around a relocation");
+        let fs = pool.open();
+        assert_eq!(read_all(&fs, file), content);
+        let expected = if keep_commit { Tier::Slow } else { Tier::Fast };
+        assert!(
+            placements_of(&fs, file).iter().all(|b| b.tier == expected),
+            "committed: {keep_commit}"
+        );
+    }
+}

@@ -248,6 +248,19 @@ impl Allocator {
         None
     }
 
+    /// Claims `count` sectors on a device of `tier` other than `avoid`, or nothing.
+    pub fn allocate_on(
+        &mut self,
+        tier: Tier,
+        count: u64,
+        avoid: Option<DeviceIndex>,
+    ) -> Option<(DeviceIndex, u64)> {
+        self.devices
+            .iter_mut()
+            .filter(|d| d.tier == tier && Some(d.index) != avoid)
+            .find_map(|d| d.allocate(count).map(|sector| (d.index, sector)))
+    }
+
     /// Claims `count` sectors for the second copy of a block whose first copy is on
     /// `primary`: on another device, of the other tier first.
     pub fn allocate_mirror(

@@ -37,6 +37,7 @@ mod namespace;
 pub mod props;
 pub mod scrub;
 pub mod snapshot;
+pub mod tier;
 mod tx;
 pub(crate) mod versions;
 mod view;
