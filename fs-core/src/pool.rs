@@ -301,6 +301,7 @@ fn initialise_namespace(db: &Database, options: &FormatOptions) -> FsResult<()> 
         txn.open_table(meta::DEADLIST)?;
         txn.open_table(meta::SPANS)?;
         txn.open_table(meta::HEAT)?;
+        txn.open_table(meta::MIGRATIONS)?;
         let mut properties = txn.open_table(meta::PROPERTIES)?;
         for property in &options.properties {
             properties.insert(

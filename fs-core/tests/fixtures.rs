@@ -6,7 +6,10 @@
 use std::path::PathBuf;
 
 use fs_core::format::{MemberInfo, Superblock, SuperblockError};
-use fs_core::meta::records::{BlockRecord, FileKind, Inode, Location, SnapshotRecord, Timestamp};
+use fs_core::meta::records::{
+    BlockRecord, FileKind, Inode, Location, MigrationOutcome, MigrationRecord, SnapshotRecord,
+    Timestamp,
+};
 use fs_core::types::{DeviceIndex, InodeId, Tier};
 
 fn fixture(name: &str) -> PathBuf {
@@ -94,6 +97,28 @@ fn snapshot_record_is_frozen() {
     check_fixture("snapshot-v1.bin", &record.encode());
     let frozen = std::fs::read(fixture("snapshot-v1.bin")).unwrap();
     assert_eq!(SnapshotRecord::decode(&frozen).unwrap(), record);
+}
+
+#[test]
+fn migration_record_is_frozen() {
+    let record = MigrationRecord {
+        started: Timestamp {
+            secs: 1_795_000_000,
+            nanos: 7,
+        },
+        finished: Timestamp {
+            secs: 1_795_000_360,
+            nanos: 9,
+        },
+        promoted_blocks: 1_000,
+        promoted_bytes: 1_000 << 17,
+        demoted_blocks: 20,
+        demoted_bytes: 20 << 17,
+        outcome: MigrationOutcome::Finished,
+    };
+    check_fixture("migration-v1.bin", &record.encode());
+    let frozen = std::fs::read(fixture("migration-v1.bin")).unwrap();
+    assert_eq!(MigrationRecord::decode(&frozen).unwrap(), record);
 }
 
 #[test]

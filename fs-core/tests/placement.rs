@@ -216,3 +216,31 @@ fn a_power_cut_before_the_commit_leaves_blocks_where_they_were() {
         );
     }
 }
+
+#[test]
+fn the_migration_history_keeps_the_newest_thousand() {
+    use fs_core::meta::records::{MigrationOutcome, MigrationRecord, Timestamp};
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let record = |i: i64| MigrationRecord {
+        started: Timestamp { secs: i, nanos: 0 },
+        finished: Timestamp {
+            secs: i + 1,
+            nanos: 0,
+        },
+        promoted_blocks: 1,
+        promoted_bytes: 4096,
+        demoted_blocks: 0,
+        demoted_bytes: 0,
+        outcome: MigrationOutcome::Finished,
+    };
+    for i in 0..1_003 {
+        fs.record_migration(&record(i)).unwrap();
+    }
+    drop(fs);
+    let fs = pool.open();
+    let kept = fs.migrations().unwrap();
+    assert_eq!(kept.len(), 1_000);
+    assert_eq!(kept[0], record(3));
+    assert_eq!(kept[999], record(1_002));
+}

@@ -15,15 +15,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::Filesystem;
 use crate::device::WriteOp;
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::heat::Heat;
-use crate::meta::records::{BlockRecord, Location};
-use crate::meta::{BLOCKS, FILE_BLOCKS, HEAT, PROPERTIES};
+use crate::meta::records::{BlockRecord, Location, MigrationRecord};
+use crate::meta::{BLOCKS, FILE_BLOCKS, HEAT, MIGRATIONS, PROPERTIES};
+
+/// How many migrations the history keeps.
+pub const MIGRATIONS_KEPT: u64 = 1_000;
 use crate::types::{DeviceIndex, Tier};
 
 /// One block as tier migration sees it.
@@ -265,6 +268,40 @@ impl Filesystem {
             Ok(())
         })?;
         Ok(done)
+    }
+
+    /// Stores a finished migration in the pool's history (the newest
+    /// [`MIGRATIONS_KEPT`] are kept) and commits.
+    pub fn record_migration(&self, record: &MigrationRecord) -> FsResult<()> {
+        self.with_tx(|tx| {
+            tx.mark_dirty();
+            let mut table = tx.txn.open_table(MIGRATIONS)?;
+            table.insert(
+                (record.started.secs, record.started.nanos),
+                record.encode().as_slice(),
+            )?;
+            let excess = table.len()?.saturating_sub(MIGRATIONS_KEPT);
+            for _ in 0..excess {
+                table.pop_first()?;
+            }
+            Ok(())
+        })?;
+        self.commit()
+    }
+
+    /// The migrations run on the pool, oldest first.
+    pub fn migrations(&self) -> FsResult<Vec<MigrationRecord>> {
+        self.view(|tx| {
+            let mut out = Vec::new();
+            for entry in tx.txn.open_table(MIGRATIONS)?.iter()? {
+                let (_, raw) = entry?;
+                out.push(
+                    MigrationRecord::decode(raw.value())
+                        .map_err(|e| FsError::Corrupt(format!("migration history: {e}")))?,
+                );
+            }
+            Ok(out)
+        })
     }
 
     /// Writes each job's content to its new location, one batch per device.

@@ -53,6 +53,9 @@ pub const DEVICE_ERRORS: TableDefinition<u16, (u64, u64, u64, u64)> =
     TableDefinition::new("device_errors");
 /// The scrub's progress (key `scrub`), kept so a scrub resumes after a remount or crash.
 pub const SCRUB: TableDefinition<&str, &[u8]> = TableDefinition::new("scrub");
+/// Tier migrations run on the pool: (start seconds, start nanoseconds) → encoded
+/// [`records::MigrationRecord`]; the newest 1,000 are kept.
+pub const MIGRATIONS: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("migrations");
 /// Block heat (see [`crate::heat`]): block id → (decayed access score, its time in seconds).
 pub const HEAT: TableDefinition<u64, (f64, i64)> = TableDefinition::new("heat");
 /// Properties (`copies`, …) by (inode, name); inode 0 holds the pool's defaults.

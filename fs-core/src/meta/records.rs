@@ -1,5 +1,5 @@
-//! Encodings of the metadata records stored as redb values: inodes, block-table entries and
-//! snapshots.
+//! Encodings of the metadata records stored as redb values: inodes, block-table entries,
+//! snapshots and tier migrations.
 //! Explicit little-endian, versioned by a leading byte, and decoding never panics.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -361,6 +361,101 @@ impl SnapshotRecord {
     }
 }
 
+const MIGRATION_RECORD_VERSION: u8 = 1;
+
+/// How a tier migration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationOutcome {
+    /// Every planned move was made.
+    Finished,
+    /// It stopped at its byte limit.
+    Limited,
+    /// It was cancelled.
+    Cancelled,
+    /// An error stopped it.
+    Failed,
+}
+
+impl MigrationOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Finished => "finished",
+            Self::Limited => "stopped at its limit",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Finished => 0,
+            Self::Limited => 1,
+            Self::Cancelled => 2,
+            Self::Failed => 3,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            0 => Self::Finished,
+            1 => Self::Limited,
+            2 => Self::Cancelled,
+            3 => Self::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One tier migration as the `migrations` table keeps it (keyed by its start time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationRecord {
+    pub started: Timestamp,
+    pub finished: Timestamp,
+    pub promoted_blocks: u64,
+    pub promoted_bytes: u64,
+    pub demoted_blocks: u64,
+    pub demoted_bytes: u64,
+    pub outcome: MigrationOutcome,
+}
+
+impl MigrationRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(64));
+        w.u8(MIGRATION_RECORD_VERSION)
+            .time(self.started)
+            .time(self.finished)
+            .u64(self.promoted_blocks)
+            .u64(self.promoted_bytes)
+            .u64(self.demoted_blocks)
+            .u64(self.demoted_bytes)
+            .u8(self.outcome.to_byte());
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let mut r = Reader {
+            bytes,
+            what: "migration",
+        };
+        if r.u8()? != MIGRATION_RECORD_VERSION {
+            return Err(RecordError("migration"));
+        }
+        let record = MigrationRecord {
+            started: r.time()?,
+            finished: r.time()?,
+            promoted_blocks: r.u64()?,
+            promoted_bytes: r.u64()?,
+            demoted_blocks: r.u64()?,
+            demoted_bytes: r.u64()?,
+            outcome: MigrationOutcome::from_byte(r.u8()?).ok_or(RecordError("migration"))?,
+        };
+        if !r.bytes.is_empty() {
+            return Err(RecordError("migration"));
+        }
+        Ok(record)
+    }
+}
+
 /// Where one copy of a block lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Location {
@@ -552,6 +647,28 @@ mod tests {
     }
 
     #[test]
+    fn migration_round_trips() {
+        let record = MigrationRecord {
+            started: Timestamp {
+                secs: 1_795_000_000,
+                nanos: 1,
+            },
+            finished: Timestamp {
+                secs: 1_795_000_100,
+                nanos: 2,
+            },
+            promoted_blocks: 10,
+            promoted_bytes: 10 << 17,
+            demoted_blocks: 3,
+            demoted_bytes: 3 << 17,
+            outcome: MigrationOutcome::Limited,
+        };
+        let encoded = record.encode();
+        assert_eq!(MigrationRecord::decode(&encoded), Ok(record));
+        assert!(MigrationRecord::decode(&encoded[..encoded.len() - 1]).is_err());
+    }
+
+    #[test]
     fn timestamps_before_the_epoch_round_trip() {
         for stamp in [
             Timestamp {
@@ -577,6 +694,7 @@ mod tests {
             let _ = Inode::decode(&bytes);
             let _ = BlockRecord::decode(&bytes);
             let _ = SnapshotRecord::decode(&bytes);
+            let _ = MigrationRecord::decode(&bytes);
         }
 
         #[test]
