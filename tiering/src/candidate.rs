@@ -17,13 +17,25 @@ pub enum Pin {
     Slow,
 }
 
+impl From<Option<Tier>> for Pin {
+    /// A pin as fs-core stores it: the tier, or none.
+    fn from(pinned_to: Option<Tier>) -> Self {
+        match pinned_to {
+            None => Pin::Auto,
+            Some(Tier::Fast) => Pin::Fast,
+            Some(Tier::Slow) => Pin::Slow,
+        }
+    }
+}
+
 /// One block the planner may move.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate {
     /// The block's id, unique among the candidates.
     pub block: u64,
-    /// A file the block belongs to, only for reporting the files a plan touches most.
-    pub inode: u64,
+    /// A live file the block belongs to, only for reporting the files a plan touches most;
+    /// `None` for a block only snapshots hold.
+    pub inode: Option<u64>,
     /// The tier the block is on now.
     pub tier: Tier,
     /// Data-area bytes the block occupies on its tier, assumed the same on the other tier.

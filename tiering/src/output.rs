@@ -34,7 +34,8 @@ pub enum Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Move {
     pub block: u64,
-    pub inode: u64,
+    /// A live file the block belongs to; `None` for a block only snapshots hold.
+    pub inode: Option<u64>,
     pub bytes: u64,
     /// The heat the decision used (an invalid input heat shows as 0).
     pub heat: f64,
@@ -93,9 +94,9 @@ impl Plan {
     }
 
     /// The `count` files with the most bytes moving (promoted plus demoted), most first, ties
-    /// by inode number.
+    /// by inode number. Blocks only snapshots hold count together as one entry, inode `None`.
     pub fn top_files(&self, count: usize) -> Vec<FileMoves> {
-        let mut by_inode: HashMap<u64, FileMoves> = HashMap::new();
+        let mut by_inode: HashMap<Option<u64>, FileMoves> = HashMap::new();
         for one in &self.moves {
             let file = by_inode.entry(one.inode).or_insert(FileMoves {
                 inode: one.inode,
@@ -150,7 +151,8 @@ impl Plan {
 /// The bytes and blocks one file has moving in a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FileMoves {
-    pub inode: u64,
+    /// The file; `None` gathers the blocks only snapshots hold.
+    pub inode: Option<u64>,
     pub promote_blocks: u64,
     pub promote_bytes: u64,
     pub demote_blocks: u64,

@@ -133,7 +133,7 @@ fn reject_duplicate_blocks(candidates: &[Candidate]) -> Result<(), PlanError> {
 struct Ranked {
     heat: f64,
     block: u64,
-    inode: u64,
+    inode: Option<u64>,
     bytes: u64,
     started_fast: bool,
 }

@@ -58,7 +58,13 @@ fn candidates(
     with_invalid: bool,
 ) -> impl Strategy<Value = Vec<Candidate>> {
     prop::collection::vec(
-        (any::<bool>(), bytes, heat(with_invalid), pin(), 0..8u64),
+        (
+            any::<bool>(),
+            bytes,
+            heat(with_invalid),
+            pin(),
+            prop::option::weighted(0.9, 0..8u64),
+        ),
         0..150,
     )
     .prop_map(|blocks| {

@@ -36,7 +36,7 @@ fn plans_ten_million_candidates() {
             };
             Candidate {
                 block,
-                inode: block / 64,
+                inode: Some(block / 64),
                 tier: if block < fast_blocks {
                     Tier::Fast
                 } else {

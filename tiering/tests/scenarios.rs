@@ -13,7 +13,7 @@ const CAPACITY: u64 = 1000;
 fn block(block: u64, tier: Tier, heat: f64) -> Candidate {
     Candidate {
         block,
-        inode: block / 100,
+        inode: Some(block / 100),
         tier,
         bytes: BYTES,
         heat,
@@ -327,13 +327,27 @@ fn top_files_rank_by_bytes_moved() {
     candidates.extend(blocks(1000, 10, Tier::Slow, |_| 50.0));
     candidates.extend(blocks(1100, 2, Tier::Slow, |_| 60.0));
     let plan = plan_default(&candidates);
-    let top: Vec<(u64, u64, u64)> = plan
+    let top: Vec<(Option<u64>, u64, u64)> = plan
         .top_files(2)
         .iter()
         .map(|file| (file.inode, file.promote_bytes, file.demote_bytes))
         .collect();
-    assert_eq!(top, vec![(0, 0, 250), (10, 100, 0)]);
+    assert_eq!(top, vec![(Some(0), 0, 250), (Some(10), 100, 0)]);
     assert_eq!(plan.top_files(10).len(), 3);
+}
+
+#[test]
+fn blocks_only_snapshots_hold_report_as_one_entry_without_an_inode() {
+    let mut candidates = blocks(0, 90, Tier::Fast, |_| 0.0);
+    for one in &mut candidates[70..] {
+        one.inode = None;
+    }
+    let plan = plan_default(&candidates);
+    let top = plan.top_files(5);
+    assert_eq!(top[0].inode, None);
+    assert_eq!(top[0].demote_bytes, 130);
+    let json = serde_json::to_value(plan.summary(1)).unwrap();
+    assert!(json["top_files"][0]["inode"].is_null());
 }
 
 #[test]
@@ -348,6 +362,13 @@ fn the_summary_serializes_to_json() {
     assert_eq!(json["top_files"][0]["inode"], 0);
     let moves = serde_json::to_value(plan.moves[0]).unwrap();
     assert_eq!(moves["direction"], "demote");
+}
+
+#[test]
+fn a_pin_converts_from_fs_core_s_optional_tier() {
+    assert_eq!(Pin::from(None), Pin::Auto);
+    assert_eq!(Pin::from(Some(Tier::Fast)), Pin::Fast);
+    assert_eq!(Pin::from(Some(Tier::Slow)), Pin::Slow);
 }
 
 /// Issue 6's acceptance shape at the planner level: a Zipf-like heat over a data set three
