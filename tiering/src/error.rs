@@ -1,4 +1,5 @@
-//! The crate's one error type: the ways a planning request can be malformed.
+//! The crate's errors: the ways a planning request can be malformed ([`PlanError`]), and what
+//! stops a migration on a live filesystem ([`MigrateError`]).
 //!
 //! Planning itself cannot fail; only its inputs can be inconsistent. Heats that are not finite
 //! non-negative numbers are deliberately *not* an error (see the crate docs, "Heats").
@@ -25,4 +26,14 @@ pub enum PlanError {
     /// A block id appears in more than one candidate.
     #[error("block {0} is listed more than once among the candidates")]
     DuplicateBlock(u64),
+}
+
+/// Why a migration could not be planned or did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    #[error("cannot plan the migration: {0}")]
+    Plan(#[from] PlanError),
+    #[error("the filesystem refused: {0}")]
+    Fs(#[from] fs_core::FsError),
 }

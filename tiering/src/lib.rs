@@ -163,12 +163,13 @@
 
 pub mod candidate;
 pub mod error;
+pub mod migrate;
 pub mod output;
 mod planner;
 pub mod policy;
 
 pub use candidate::{Candidate, Pin, TierSpace};
-pub use error::PlanError;
+pub use error::{MigrateError, PlanError};
 pub use output::{Direction, FileMoves, Move, Plan, PlanSummary, Reason};
 pub use planner::plan;
 pub use policy::{Policy, Watermarks};

@@ -50,6 +50,8 @@ pub struct BlockPlacement {
 pub struct Relocated {
     /// Blocks whose first copy is now on the target tier.
     pub moved: u64,
+    /// Data-area bytes of those first copies.
+    pub bytes: u64,
     /// Bytes copied between devices (a swap with a second copy copies nothing).
     pub bytes_copied: u64,
     /// Blocks left where they were: already there, freed or changed meanwhile, or no room.
@@ -166,6 +168,7 @@ impl Filesystem {
                         .open_table(BLOCKS)?
                         .insert(id, swapped.encode().as_slice())?;
                     done.moved += 1;
+                    done.bytes += record.sectors() * SECTOR_SIZE;
                     continue;
                 }
                 let avoid = record.mirror.map(|m| m.device);
@@ -263,6 +266,7 @@ impl Filesystem {
                 let old = current.primary();
                 tx.book.pending_free.push((old.device, old.sector, sectors));
                 done.moved += 1;
+                done.bytes += sectors * SECTOR_SIZE;
                 done.bytes_copied += sectors * SECTOR_SIZE;
             }
             Ok(())
