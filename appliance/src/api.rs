@@ -223,6 +223,130 @@ pub struct SnapshotChange {
     pub renamed_to: Option<String>,
 }
 
+/// Blocks and space of one tier, with how hot its blocks are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TierHeat {
+    pub tier: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    /// Blocks whose first copy is on this tier.
+    pub blocks: u64,
+    /// Blocks by heat: hot (8 or more recent accesses), warm (1 to 8), cold (under 1).
+    pub hot_blocks: u64,
+    pub warm_blocks: u64,
+    pub cold_blocks: u64,
+}
+
+/// One migration as the history keeps it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigrationEntry {
+    /// Seconds since the Unix epoch.
+    pub started: i64,
+    pub finished: i64,
+    pub promoted_blocks: u64,
+    pub promoted_bytes: u64,
+    pub demoted_blocks: u64,
+    pub demoted_bytes: u64,
+    /// `finished`, `stopped at its limit`, `cancelled` or `failed`.
+    pub outcome: String,
+}
+
+/// A migration's progress (the running one, or the last one this process ran).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigrationProgress {
+    pub running: bool,
+    pub planned_blocks: u64,
+    pub planned_bytes: u64,
+    pub promoted_blocks: u64,
+    pub promoted_bytes: u64,
+    pub demoted_blocks: u64,
+    pub demoted_bytes: u64,
+    pub skipped_blocks: u64,
+    pub elapsed_ms: u64,
+    pub rate_limit_bytes_per_sec: u64,
+    /// Why it stopped, once it has: `finished`, `stopped at its limit`, `cancelled`,
+    /// `failed: …`.
+    pub outcome: Option<String>,
+}
+
+/// `GET /v1/tier`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TierStatus {
+    pub tiers: Vec<TierHeat>,
+    /// The fast tier's watermarks, as fractions.
+    pub low_watermark: f64,
+    pub high_watermark: f64,
+    pub migration: Option<MigrationProgress>,
+    pub last_migration: Option<MigrationEntry>,
+    /// When the next migration runs (`None`: none is scheduled; the aegisd scheduler runs
+    /// them weekly once it exists).
+    pub next_migration: Option<i64>,
+}
+
+/// `POST /v1/tier/migrate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigrateRequest {
+    /// Only plan: report what would move.
+    pub dry_run: bool,
+    /// Move at most this many bytes (both ways together).
+    pub limit_bytes: Option<u64>,
+    /// Copy at most this many bytes a second.
+    pub rate_bytes_per_sec: Option<u64>,
+}
+
+/// What a migration would do (`POST /v1/tier/migrate` with `dry_run`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MigrationPlan {
+    pub promote_blocks: u64,
+    pub promote_bytes: u64,
+    pub demote_blocks: u64,
+    pub demote_bytes: u64,
+    pub fast_capacity_bytes: u64,
+    pub fast_used_before: u64,
+    pub fast_used_after: u64,
+    /// Data pinned to the fast tier that does not fit there.
+    pub pinned_unplaced_bytes: u64,
+    /// Moves left for a later run by the byte limit.
+    pub deferred_bytes: u64,
+    /// The files with the most bytes moving.
+    pub top_files: Vec<PlannedFile>,
+}
+
+/// A file in a [`MigrationPlan`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlannedFile {
+    /// Its path from the pool's root (or a note for blocks only snapshots hold).
+    pub path: String,
+    pub promote_bytes: u64,
+    pub demote_bytes: u64,
+}
+
+/// `POST /v1/tier/pin`: pin `path` (and everything below it) to `tier` (`fast`, `slow`,
+/// `auto`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PinRequest {
+    pub path: String,
+    pub tier: String,
+}
+
+/// What a pin changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PinDone {
+    pub path: String,
+    pub tier: String,
+    /// Files and directories the pin was set on.
+    pub entries: u64,
+}
+
 /// A scrub's progress and findings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]

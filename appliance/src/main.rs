@@ -148,11 +148,69 @@ enum Cmd {
         #[command(subcommand)]
         action: ScrubCmd,
     },
+    /// Tiers: what is hot, moving blocks between tiers, pinning paths to a tier.
+    Tier {
+        #[command(subcommand)]
+        action: TierCmd,
+    },
     /// Read-only, point-in-time copies of a mounted pool, browsable under
     /// <mountpoint>/.snapshots/<name>/, taken in constant time.
     Snapshot {
         #[command(subcommand)]
         action: SnapshotCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum TierCmd {
+    /// Per tier: capacity, used, blocks and how hot they are; the running and the last
+    /// migration.
+    Status {
+        /// Mountpoint or pool label.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move hot blocks to the fast tier and cold ones to the slow tier now, so the fast tier
+    /// ends between its watermarks (70-85 %); waits, printing progress (Ctrl-C leaves it
+    /// running; `aegis tier cancel` stops it).
+    Migrate {
+        /// Mountpoint or pool label.
+        target: String,
+        /// Only show the plan: blocks and bytes each way, and the files moving most.
+        #[arg(long)]
+        dry_run: bool,
+        /// Move at most this much (both ways together), e.g. 50G.
+        #[arg(long, value_parser = parse_size)]
+        limit: Option<u64>,
+        /// Copy at most this many bytes a second, e.g. 200M.
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        /// Start it and return at once.
+        #[arg(long)]
+        background: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the running migration (what it moved stays moved).
+    Cancel {
+        /// Mountpoint or pool label.
+        target: String,
+    },
+    /// Pin a file or directory (recursively, and what is created there later) to a tier:
+    /// fast, slow, or auto (placed by heat again).
+    Pin {
+        /// A file or directory inside the mount.
+        path: PathBuf,
+        /// fast, slow or auto.
+        tier: String,
+    },
+    /// The migrations run on the pool: when, what moved, how long, how they ended.
+    History {
+        /// Mountpoint or pool label.
+        target: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -671,6 +729,232 @@ fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
     }
 }
 
+fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
+    match action {
+        TierCmd::Status { target, json } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let status: api::TierStatus = api::get(&socket, "/v1/tier")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+                return Ok(());
+            }
+            println!(
+                "{:<5}  {:>10}  {:>10}  {:>6}  {:>10}  {:>10}  {:>10}",
+                "TIER", "CAPACITY", "USED", "USED%", "HOT", "WARM", "COLD"
+            );
+            for tier in &status.tiers {
+                #[allow(clippy::cast_precision_loss)]
+                let percent = if tier.capacity_bytes > 0 {
+                    tier.used_bytes as f64 * 100.0 / tier.capacity_bytes as f64
+                } else {
+                    0.0
+                };
+                println!(
+                    "{:<5}  {:>10}  {:>10}  {:>5.1}%  {:>10}  {:>10}  {:>10}",
+                    tier.tier,
+                    human(tier.capacity_bytes),
+                    human(tier.used_bytes),
+                    percent,
+                    tier.hot_blocks,
+                    tier.warm_blocks,
+                    tier.cold_blocks
+                );
+            }
+            println!(
+                "watermarks  low {:.0} %, high {:.0} % of the fast tier",
+                status.low_watermark * 100.0,
+                status.high_watermark * 100.0
+            );
+            match &status.migration {
+                Some(progress) if progress.running => print_migration(progress),
+                _ => {}
+            }
+            match &status.last_migration {
+                Some(last) => println!(
+                    "last migration  {} ({}): promoted {}, demoted {}",
+                    format_time(last.started),
+                    last.outcome,
+                    human(last.promoted_bytes),
+                    human(last.demoted_bytes)
+                ),
+                None => println!("last migration  never"),
+            }
+            println!(
+                "next migration  {}",
+                status.next_migration.map_or_else(
+                    || "not scheduled (run aegis tier migrate)".to_owned(),
+                    format_time
+                )
+            );
+        }
+        TierCmd::Migrate {
+            target,
+            dry_run,
+            limit,
+            rate,
+            background,
+            json,
+        } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let request = api::MigrateRequest {
+                dry_run,
+                limit_bytes: limit,
+                rate_bytes_per_sec: rate,
+            };
+            if dry_run {
+                let plan: api::MigrationPlan =
+                    api::call(&socket, "POST", "/v1/tier/migrate", Some(&request))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&plan)?);
+                } else {
+                    print_plan(&plan);
+                }
+                return Ok(());
+            }
+            let mut progress: api::MigrationProgress =
+                api::call(&socket, "POST", "/v1/tier/migrate", Some(&request))?;
+            if !background {
+                let interactive = std::io::stdout().is_terminal();
+                while progress.running {
+                    if interactive {
+                        print!(
+                            "\r{} of {} moved ({} promoted, {} demoted)   ",
+                            human(progress.promoted_bytes + progress.demoted_bytes),
+                            human(progress.planned_bytes),
+                            human(progress.promoted_bytes),
+                            human(progress.demoted_bytes)
+                        );
+                        std::io::Write::flush(&mut std::io::stdout())?;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    progress = api::get(&socket, "/v1/tier/migrate")?;
+                }
+                if interactive {
+                    println!();
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&progress)?);
+            } else {
+                print_migration(&progress);
+            }
+            if progress
+                .outcome
+                .as_deref()
+                .is_some_and(|o| o.starts_with("failed"))
+            {
+                bail!("the migration failed");
+            }
+        }
+        TierCmd::Cancel { target } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let progress: api::MigrationProgress =
+                api::call(&socket, "POST", "/v1/tier/migrate/cancel", None::<&()>)?;
+            println!("cancelling the migration");
+            print_migration(&progress);
+        }
+        TierCmd::Pin { path, tier } => {
+            let (socket, _, inside) = api::pool_for_path(&path)?;
+            let request = api::PinRequest { path: inside, tier };
+            let done: api::PinDone = api::call(&socket, "POST", "/v1/tier/pin", Some(&request))
+                .with_context(|| format!("cannot pin {}", path.display()))?;
+            println!(
+                "{} pinned to {} ({} entries); the next migration moves its blocks",
+                path.display(),
+                done.tier,
+                done.entries
+            );
+        }
+        TierCmd::History { target, json } => {
+            let (socket, _) = api::find_pool(&target)?;
+            let history: Vec<api::MigrationEntry> = api::get(&socket, "/v1/tier/history")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20}  {:>8}  {:>10}  {:>10}  OUTCOME",
+                "STARTED", "TOOK", "PROMOTED", "DEMOTED"
+            );
+            for entry in &history {
+                println!(
+                    "{:<20}  {:>7}s  {:>10}  {:>10}  {}",
+                    format_time(entry.started),
+                    entry.finished - entry.started,
+                    human(entry.promoted_bytes),
+                    human(entry.demoted_bytes),
+                    entry.outcome
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_plan(plan: &api::MigrationPlan) {
+    #[allow(clippy::cast_precision_loss)]
+    let percent = |bytes: u64| {
+        if plan.fast_capacity_bytes == 0 {
+            0.0
+        } else {
+            bytes as f64 * 100.0 / plan.fast_capacity_bytes as f64
+        }
+    };
+    println!(
+        "promote  {} blocks, {}",
+        plan.promote_blocks,
+        human(plan.promote_bytes)
+    );
+    println!(
+        "demote   {} blocks, {}",
+        plan.demote_blocks,
+        human(plan.demote_bytes)
+    );
+    println!(
+        "fast tier  {:.1} % -> {:.1} % full",
+        percent(plan.fast_used_before),
+        percent(plan.fast_used_after)
+    );
+    if plan.pinned_unplaced_bytes > 0 {
+        println!(
+            "pinned to fast but no room: {}",
+            human(plan.pinned_unplaced_bytes)
+        );
+    }
+    if plan.deferred_bytes > 0 {
+        println!(
+            "left for a later run by --limit: {}",
+            human(plan.deferred_bytes)
+        );
+    }
+    if !plan.top_files.is_empty() {
+        println!("files moving most:");
+        for file in &plan.top_files {
+            println!(
+                "  {:>10} up  {:>10} down  {}",
+                human(file.promote_bytes),
+                human(file.demote_bytes),
+                file.path
+            );
+        }
+    }
+}
+
+fn print_migration(progress: &api::MigrationProgress) {
+    println!(
+        "migration {}: {} of {} planned moved ({} promoted in {} blocks, {} demoted in {} blocks, {} skipped) in {:.1} s",
+        progress.outcome.as_deref().unwrap_or("running"),
+        human(progress.promoted_bytes + progress.demoted_bytes),
+        human(progress.planned_bytes),
+        human(progress.promoted_bytes),
+        progress.promoted_blocks,
+        human(progress.demoted_bytes),
+        progress.demoted_blocks,
+        progress.skipped_blocks,
+        progress.elapsed_ms as f64 / 1000.0
+    );
+}
+
 /// `/v1/snapshots/<name>` with the name percent-encoded.
 fn snapshot_path(name: &str, action: &str) -> String {
     let name = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
@@ -1069,6 +1353,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Get { path, json } => done(get_cmd(&path, json)),
         Cmd::Scrub { action } => done(scrub_cmd(action)),
         Cmd::Snapshot { action } => done(snapshot_cmd(action)),
+        Cmd::Tier { action } => done(tier_cmd(action)),
         Cmd::Fsck {
             devices,
             repair,

@@ -2,9 +2,11 @@
 //! unmounts cleanly on SIGTERM/SIGINT/SIGHUP. `aegis mount` runs it detached; `aegis mount
 //! --foreground` runs it attached (systemd, debugging).
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -15,15 +17,17 @@ use fs_core::fs::scrub::Scrubber;
 use fs_core::fs::snapshot::{Change, SnapshotInfo};
 use fs_core::fs::{Filesystem, FsConfig, FsStatus};
 use fs_core::fuse::{Invalidator, MountConfig};
-use fs_core::meta::records::FileKind;
+use fs_core::meta::records::{FileKind, MigrationRecord};
 use fs_core::types::InodeId;
 use fs_core::types::Tier;
 use fs_core::FsError;
+use tiering::migrate::Progress;
 
 use crate::api::{
-    self, ApiError, FsckReport, MemberStatus, PropertyValue, RollbackDone, RollbackRequest,
-    ScrubStart, ScrubStatus, SetProperties, Snapshot, SnapshotChange, SnapshotCreate,
-    SnapshotDeleted, Status, TierUsage,
+    self, ApiError, FsckReport, MemberStatus, MigrateRequest, MigrationEntry, MigrationPlan,
+    MigrationProgress, PinDone, PinRequest, PlannedFile, PropertyValue, RollbackDone,
+    RollbackRequest, ScrubStart, ScrubStatus, SetProperties, Snapshot, SnapshotChange,
+    SnapshotCreate, SnapshotDeleted, Status, TierHeat, TierStatus, TierUsage,
 };
 
 /// Whether `path` is currently a mountpoint (per /proc/self/mounts).
@@ -112,6 +116,17 @@ struct Api {
     scrub: Mutex<Option<Scrubber>>,
     /// Makes the kernel forget what a rollback or a snapshot deletion changed.
     invalidator: Invalidator,
+    /// The tier migration running (or last run) in this process.
+    migration: Mutex<Option<Migration>>,
+}
+
+/// A tier migration on its own thread.
+struct Migration {
+    cancel: Arc<AtomicBool>,
+    progress: Arc<Mutex<Progress>>,
+    rate: u64,
+    /// How it ended, once it has.
+    outcome: Arc<Mutex<Option<String>>>,
 }
 
 impl Api {
@@ -255,6 +270,214 @@ impl Api {
         Ok(api_snapshot(&info))
     }
 
+    fn migration(&self) -> MutexGuard<'_, Option<Migration>> {
+        self.migration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn migration_progress(&self) -> Option<MigrationProgress> {
+        let slot = self.migration();
+        let migration = slot.as_ref()?;
+        let progress = migration
+            .progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let outcome = migration
+            .outcome
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some(MigrationProgress {
+            running: progress.running || outcome.is_none(),
+            planned_blocks: progress.planned_blocks,
+            planned_bytes: progress.planned_bytes,
+            promoted_blocks: progress.promoted_blocks,
+            promoted_bytes: progress.promoted_bytes,
+            demoted_blocks: progress.demoted_blocks,
+            demoted_bytes: progress.demoted_bytes,
+            skipped_blocks: progress.skipped_blocks,
+            elapsed_ms: progress.elapsed_ms,
+            rate_limit_bytes_per_sec: migration.rate,
+            outcome,
+        })
+    }
+
+    fn tier_status(&self) -> Result<TierStatus, (u16, String)> {
+        let placements = self.fs.block_placements().map_err(|e| fs_error(&e))?;
+        let fs_status = self.fs.status();
+        let tiers = [Tier::Fast, Tier::Slow]
+            .into_iter()
+            .filter(|tier| fs_status.members.iter().any(|m| m.tier == *tier))
+            .map(|tier| {
+                let members = fs_status.members.iter().filter(|m| m.tier == tier);
+                let mut heat = TierHeat {
+                    tier: tier.to_string(),
+                    capacity_bytes: members.clone().map(|m| m.data_bytes).sum(),
+                    used_bytes: members.map(|m| m.data_bytes - m.free_bytes).sum(),
+                    ..TierHeat::default()
+                };
+                for block in placements.iter().filter(|p| p.tier == tier) {
+                    heat.blocks += 1;
+                    match block.heat {
+                        h if h >= HOT_HEAT => heat.hot_blocks += 1,
+                        h if h >= 1.0 => heat.warm_blocks += 1,
+                        _ => heat.cold_blocks += 1,
+                    }
+                }
+                heat
+            })
+            .collect();
+        let last_migration = self
+            .fs
+            .migrations()
+            .map_err(|e| fs_error(&e))?
+            .last()
+            .map(api_migration);
+        let policy = tiering::Policy::default();
+        Ok(TierStatus {
+            tiers,
+            low_watermark: policy.low,
+            high_watermark: policy.high,
+            migration: self.migration_progress(),
+            last_migration,
+            next_migration: None,
+        })
+    }
+
+    /// The plan (dry run), or a migration started on its own thread.
+    fn migrate(&self, request: &MigrateRequest) -> Reply {
+        if self
+            .migration_progress()
+            .is_some_and(|progress| progress.running)
+        {
+            return Err((409, "a migration is already running".into()));
+        }
+        let policy = tiering::Policy::default();
+        let plan = tiering::migrate::plan_for(&self.fs, &policy, request.limit_bytes)
+            .map_err(|e| (500, e.to_string()))?;
+        if request.dry_run {
+            return Ok(json_response(200, &self.plan_summary(&plan)?));
+        }
+        let migration = Migration {
+            cancel: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Mutex::new(Progress {
+                planned_blocks: plan.moves.len() as u64,
+                planned_bytes: plan.promote_bytes + plan.demote_bytes,
+                running: true,
+                ..Progress::default()
+            })),
+            rate: request.rate_bytes_per_sec.unwrap_or(0),
+            outcome: Arc::new(Mutex::new(None)),
+        };
+        let fs = Arc::clone(&self.fs);
+        let (cancel, progress, outcome) = (
+            Arc::clone(&migration.cancel),
+            Arc::clone(&migration.progress),
+            Arc::clone(&migration.outcome),
+        );
+        let rate = request.rate_bytes_per_sec;
+        std::thread::Builder::new()
+            .name("aegis-migrate".into())
+            .spawn(move || {
+                let result = tiering::migrate::execute(&fs, &plan, rate, &cancel, &progress);
+                let text = match result {
+                    Ok(record) => record.outcome.as_str().to_owned(),
+                    Err(err) => {
+                        tracing::error!(error = %err, "tier migration failed");
+                        format!("failed: {err}")
+                    }
+                };
+                tracing::info!(outcome = %text, "tier migration ended");
+                *outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(text);
+            })
+            .map_err(|e| (500, format!("cannot start the migration: {e}")))?;
+        *self.migration() = Some(migration);
+        Ok(json_response(200, &self.migration_progress()))
+    }
+
+    fn plan_summary(&self, plan: &tiering::Plan) -> Result<MigrationPlan, (u16, String)> {
+        let top = plan.top_files(10);
+        let inodes: BTreeSet<u64> = top.iter().filter_map(|f| f.inode).collect();
+        let paths: HashMap<u64, Option<String>> = self
+            .fs
+            .paths_of(&inodes)
+            .map_err(|e| fs_error(&e))?
+            .into_iter()
+            .collect();
+        let top_files = top
+            .iter()
+            .map(|file| PlannedFile {
+                path: match file.inode {
+                    Some(ino) => paths
+                        .get(&ino)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_else(|| format!("<inode {ino}>")),
+                    None => "<blocks only snapshots hold>".into(),
+                },
+                promote_bytes: file.promote_bytes,
+                demote_bytes: file.demote_bytes,
+            })
+            .collect();
+        Ok(MigrationPlan {
+            promote_blocks: plan.promote_blocks,
+            promote_bytes: plan.promote_bytes,
+            demote_blocks: plan.demote_blocks,
+            demote_bytes: plan.demote_bytes,
+            fast_capacity_bytes: plan.fast_capacity,
+            fast_used_before: plan.fast_used_before,
+            fast_used_after: plan.fast_used_after,
+            pinned_unplaced_bytes: plan.pinned_unplaced_bytes,
+            deferred_bytes: plan.deferred_bytes,
+            top_files,
+        })
+    }
+
+    /// Sets the `tier` property on `path` and on everything below it.
+    fn pin(&self, request: &PinRequest) -> Result<PinDone, (u16, String)> {
+        let property =
+            Property::parse(&format!("tier={}", request.tier)).map_err(|e| fs_error(&e))?;
+        let root = resolve(&self.fs, &request.path)?;
+        let mut pending = vec![root];
+        let mut entries = 0;
+        while let Some(ino) = pending.pop() {
+            self.fs
+                .set_property(ino, property)
+                .map_err(|e| fs_error(&e))?;
+            entries += 1;
+            let mut cookie = 0;
+            loop {
+                let listed = match self.fs.readdir(ino, cookie, 1024) {
+                    Ok(listed) => listed,
+                    Err(FsError::NotDir) => break,
+                    Err(err) => return Err(fs_error(&err)),
+                };
+                let Some(last) = listed.last() else { break };
+                cookie = last.cookie;
+                for entry in listed {
+                    if entry.name == b"." || entry.name == b".." {
+                        continue;
+                    }
+                    if entry.kind == FileKind::Directory {
+                        pending.push(entry.ino);
+                    } else if entry.kind == FileKind::Regular {
+                        self.fs
+                            .set_property(entry.ino, property)
+                            .map_err(|e| fs_error(&e))?;
+                        entries += 1;
+                    }
+                }
+            }
+        }
+        Ok(PinDone {
+            path: request.path.clone(),
+            tier: property.value(),
+            entries,
+        })
+    }
+
     fn start_scrub(&self, rate: u64) -> Result<ScrubStatus, (u16, String)> {
         {
             let mut slot = self.scrubber();
@@ -333,6 +556,21 @@ fn read_json<T: for<'de> serde::Deserialize<'de>>(
     serde_json::from_str(&body).map_err(|e| (400, format!("malformed request body: {e}")))
 }
 
+/// Heat from which a block counts as hot in `aegis tier status` (recent accesses).
+const HOT_HEAT: f64 = 8.0;
+
+fn api_migration(record: &MigrationRecord) -> MigrationEntry {
+    MigrationEntry {
+        started: record.started.secs,
+        finished: record.finished.secs,
+        promoted_blocks: record.promoted_blocks,
+        promoted_bytes: record.promoted_bytes,
+        demoted_blocks: record.demoted_blocks,
+        demoted_bytes: record.demoted_bytes,
+        outcome: record.outcome.as_str().into(),
+    }
+}
+
 fn api_snapshot(info: &SnapshotInfo) -> Snapshot {
     Snapshot {
         name: info.name.clone(),
@@ -409,6 +647,34 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
             ))
         }
         (Post, "/v1/scrub/cancel") => Ok(json_response(200, &api.cancel_scrub()?)),
+        (Get, "/v1/tier") => Ok(json_response(200, &api.tier_status()?)),
+        (Post, "/v1/tier/migrate") => {
+            let wanted: MigrateRequest = read_json(request)?;
+            api.migrate(&wanted)
+        }
+        (Get, "/v1/tier/migrate") => Ok(json_response(200, &api.migration_progress())),
+        (Post, "/v1/tier/migrate/cancel") => {
+            if !api.migration_progress().is_some_and(|p| p.running) {
+                return Err((409, "no migration is running".to_owned()));
+            }
+            if let Some(migration) = api.migration().as_ref() {
+                migration.cancel.store(true, Ordering::Relaxed);
+            }
+            Ok(json_response(200, &api.migration_progress()))
+        }
+        (Get, "/v1/tier/history") => {
+            let history: Vec<MigrationEntry> = fs
+                .migrations()
+                .map_err(|e| fs_error(&e))?
+                .iter()
+                .map(api_migration)
+                .collect();
+            Ok(json_response(200, &history))
+        }
+        (Post, "/v1/tier/pin") => {
+            let wanted: PinRequest = read_json(request)?;
+            Ok(json_response(200, &api.pin(&wanted)?))
+        }
         (Get, "/v1/snapshots") => {
             let snapshots = fs.snapshots().map_err(|e| fs_error(&e))?;
             let snapshots: Vec<Snapshot> = snapshots.iter().map(api_snapshot).collect();
@@ -424,8 +690,20 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
         }
         (
             _,
-            "/v1/status" | "/v1/fsck" | "/v1/properties" | "/v1/errors/clear" | "/v1/sync"
-            | "/v1/scrub" | "/v1/scrub/start" | "/v1/scrub/cancel" | "/v1/snapshots",
+            "/v1/status"
+            | "/v1/fsck"
+            | "/v1/properties"
+            | "/v1/errors/clear"
+            | "/v1/sync"
+            | "/v1/scrub"
+            | "/v1/scrub/start"
+            | "/v1/scrub/cancel"
+            | "/v1/snapshots"
+            | "/v1/tier"
+            | "/v1/tier/migrate"
+            | "/v1/tier/migrate/cancel"
+            | "/v1/tier/history"
+            | "/v1/tier/pin",
         ) => Err((405, "method not allowed".to_owned())),
         _ => Err((404, format!("no such endpoint: {path}"))),
     }
@@ -544,6 +822,7 @@ pub fn serve(
         started,
         scrub: Mutex::new(None),
         invalidator: Invalidator::new(&session),
+        migration: Mutex::new(None),
     });
     api.resume_scrub();
     let api_thread = {
