@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use fs_core::device::Backend;
 use fs_core::format::Superblock;
 use fs_core::fs::props::Property;
+use fs_core::fs::FsConfig;
 use fs_core::pool::{FormatOptions, MemberSpec};
 use fs_core::types::Tier;
 
@@ -73,6 +74,10 @@ enum Cmd {
         /// Use pread/pwrite instead of io_uring.
         #[arg(long)]
         no_uring: bool,
+        /// Memory for verified block contents, e.g. 256M (default: an eighth of RAM, 64 MiB
+        /// to 4 GiB).
+        #[arg(long, value_parser = parse_size)]
+        cache_size: Option<u64>,
         /// Internal: print a READY line on stdout once mounted.
         #[arg(long, hide = true)]
         announce_ready: bool,
@@ -402,7 +407,12 @@ fn log_path(mountpoint: &Path) -> PathBuf {
     api::run_dir().join("logs").join(format!("{name}.log"))
 }
 
-fn mount_detached(devices: &[PathBuf], mountpoint: &Path, no_uring: bool) -> anyhow::Result<()> {
+fn mount_detached(
+    devices: &[PathBuf],
+    mountpoint: &Path,
+    no_uring: bool,
+    cache_size: Option<u64>,
+) -> anyhow::Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
     let log = log_path(&mountpoint);
@@ -418,6 +428,9 @@ fn mount_detached(devices: &[PathBuf], mountpoint: &Path, no_uring: bool) -> any
         .arg("--announce-ready");
     if no_uring {
         command.arg("--no-uring");
+    }
+    if let Some(bytes) = cache_size {
+        command.arg("--cache-size").arg(bytes.to_string());
     }
     let mut child = command
         .args(devices)
@@ -1326,6 +1339,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mut paths,
             foreground,
             no_uring,
+            cache_size,
             announce_ready,
         } => {
             let mountpoint = paths.pop().context("no mountpoint given")?;
@@ -1335,10 +1349,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "removed the stale mount of a serving process that had exited"
                 );
             }
+            let mut config = FsConfig::default();
+            if let Some(bytes) = cache_size {
+                config.cache_bytes = bytes;
+            }
             done(if foreground {
-                serve::serve(&paths, &mountpoint, announce_ready, backend(no_uring))
+                serve::serve(
+                    &paths,
+                    &mountpoint,
+                    announce_ready,
+                    backend(no_uring),
+                    config,
+                )
             } else {
-                mount_detached(&paths, &mountpoint, no_uring)
+                mount_detached(&paths, &mountpoint, no_uring, cache_size)
             })
         }
         Cmd::Umount { target } => done(umount_cmd(&target)),

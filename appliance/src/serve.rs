@@ -784,6 +784,7 @@ pub fn serve(
     mountpoint: &Path,
     announce_ready: bool,
     backend: Backend,
+    config: FsConfig,
 ) -> anyhow::Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
@@ -797,7 +798,7 @@ pub fn serve(
     let pool = fs_core::pool::open_paths(devices, backend).context("cannot open the pool")?;
     let label = pool.label().to_owned();
     let uuid = uuid::Uuid::from_bytes(pool.uuid()).to_string();
-    let fs = Filesystem::new(pool, FsConfig::default()).context("cannot load the filesystem")?;
+    let fs = Filesystem::new(pool, config).context("cannot load the filesystem")?;
     let _committer = fs.start_committer();
     let config = MountConfig {
         fsname: if label.is_empty() {
