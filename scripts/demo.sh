@@ -38,6 +38,7 @@ for i in $(seq 1 20); do
 done
 head -c 64M /dev/urandom >"$MNT/photos/2026/holiday.raw"
 dd if=/dev/zero of="$MNT/backups/sparse-disk.img" bs=1 count=0 seek=20G status=none
+head -c 32M /dev/urandom >"$MNT/backups/nightly.tar"
 echo "I am a tiny file kept inline in the metadata" >"$MNT/README.txt"
 ln -s documents/notes-1.txt "$MNT/latest-notes"
 sync "$MNT/photos/2026/holiday.raw"
@@ -58,6 +59,12 @@ echo "notes-1.txt in the snapshot: $(head -n 1 "$MNT/.snapshots/before-cleanup/d
 "$AEGIS" snapshot rollback demo before-cleanup
 echo "after the rollback, documents/ holds $(find "$MNT/documents" -type f | wc -l) files again"
 "$AEGIS" snapshot list demo
+
+echo "== tiers: pin the backups to the slow tier, then migrate"
+"$AEGIS" tier pin "$MNT/backups" slow
+"$AEGIS" tier migrate demo --dry-run
+"$AEGIS" tier migrate demo
+"$AEGIS" tier status demo
 
 echo "== scrub: every copy of every block and metadata page verified, online"
 "$AEGIS" scrub start demo --wait

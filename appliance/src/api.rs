@@ -232,7 +232,8 @@ pub struct TierHeat {
     pub used_bytes: u64,
     /// Blocks whose first copy is on this tier.
     pub blocks: u64,
-    /// Blocks by heat: hot (8 or more recent accesses), warm (1 to 8), cold (under 1).
+    /// Blocks by heat: hot (8 or more recent accesses), warm (0.5 to 8: about one access
+    /// within the last half-life), cold (under 0.5).
     pub hot_blocks: u64,
     pub warm_blocks: u64,
     pub cold_blocks: u64,

@@ -322,7 +322,7 @@ impl Api {
                     heat.blocks += 1;
                     match block.heat {
                         h if h >= HOT_HEAT => heat.hot_blocks += 1,
-                        h if h >= 1.0 => heat.warm_blocks += 1,
+                        h if h >= WARM_HEAT => heat.warm_blocks += 1,
                         _ => heat.cold_blocks += 1,
                     }
                 }
@@ -558,6 +558,9 @@ fn read_json<T: for<'de> serde::Deserialize<'de>>(
 
 /// Heat from which a block counts as hot in `aegis tier status` (recent accesses).
 const HOT_HEAT: f64 = 8.0;
+/// ... and as warm: about one access within the last half-life (one access a half-life ago
+/// has decayed to 0.5).
+const WARM_HEAT: f64 = 0.5;
 
 fn api_migration(record: &MigrationRecord) -> MigrationEntry {
     MigrationEntry {
