@@ -295,6 +295,8 @@ log "slow tier blocks after run 1 and a commit: $HEAT1"
 
 # ---------------------------------------------------------------- 2: migrate
 "$AEGIS" tier migrate "$MNT" --dry-run --json >"$WORK/plan.json"
+PLAN=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1])); print("%s blocks (%d MiB) to promote, %s to demote" % (p["promote_blocks"], p["promote_bytes"] >> 20, p["demote_blocks"]))' "$WORK/plan.json")
+log "dry run: $PLAN"
 log "migrating"
 t0=$(date +%s.%N)
 "$AEGIS" tier migrate "$MNT" --json >"$WORK/migrate.json"
@@ -331,7 +333,7 @@ printf '# raw 4k random reads, %s jobs qd1: slow in the cgroup %s IOPS, slow out
     "$JOBS" "$RAW_SLOW_CG" "$RAW_SLOW" "$RAW_FAST_CG"
 printf '# migration: %s in %s s, promoted %s MiB (%s blocks), demoted %s MiB (%s blocks), skipped %s\n' \
     "$OUTCOME" "$MIG_S" "$((PROMOTED_B >> 20))" "$PROMOTED_N" "$((DEMOTED_B >> 20))" "$DEMOTED_N" "$SKIPPED"
-echo "# slow tier blocks by heat after run 1: $HEAT1"
+echo "# slow tier blocks by heat after run 1: $HEAT1; dry-run plan: $PLAN"
 echo "# fast used: before $(($(tier_field "$WORK/tier1.json" fast used_bytes) >> 20)) MiB, after $(($(tier_field "$WORK/tier2.json" fast used_bytes) >> 20)) MiB of $((FAST_DATA >> 20)) MiB"
 echo
 printf '%-10s %10s %10s %9s %10s %12s %12s %14s %14s\n' run IOPS MiB/s "lat us" reads "dev fast" "dev slow" "fast/dev" "slow/reads"
