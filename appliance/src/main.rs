@@ -78,6 +78,13 @@ enum Cmd {
         /// to 4 GiB).
         #[arg(long, value_parser = parse_size)]
         cache_size: Option<u64>,
+        /// The fast tier's low and high watermarks in percent: new data goes to the fast tier
+        /// below HIGH; a migration leaves it between the two.
+        #[arg(long, value_name = "LOW:HIGH", default_value = "70:85", value_parser = parse_watermarks)]
+        fast_watermarks: (f64, f64),
+        /// How fast block heat fades: accesses count half after this long (e.g. 7d, 12h).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        heat_half_life: Duration,
         /// Internal: print a READY line on stdout once mounted.
         #[arg(long, hide = true)]
         announce_ready: bool,
@@ -321,6 +328,30 @@ fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// `LOW:HIGH` in percent, as fractions; `0 <= LOW <= HIGH <= 100`.
+fn parse_watermarks(text: &str) -> Result<(f64, f64), String> {
+    let (low, high) = text
+        .split_once(':')
+        .ok_or_else(|| format!("'{text}' is not LOW:HIGH (e.g. 70:85)"))?;
+    let percent = |part: &str| -> Result<f64, String> {
+        part.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| (0.0..=100.0).contains(p))
+            .map(|p| p / 100.0)
+            .ok_or_else(|| format!("'{part}' is not a percentage from 0 to 100"))
+    };
+    let (low, high) = (percent(low)?, percent(high)?);
+    if low > high {
+        return Err(format!(
+            "the low watermark ({}) is above the high one ({})",
+            low * 100.0,
+            high * 100.0
+        ));
+    }
+    Ok((low, high))
+}
+
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     #[allow(clippy::cast_precision_loss)]
@@ -411,7 +442,7 @@ fn mount_detached(
     devices: &[PathBuf],
     mountpoint: &Path,
     no_uring: bool,
-    cache_size: Option<u64>,
+    tuning: &[String],
 ) -> anyhow::Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
@@ -429,10 +460,8 @@ fn mount_detached(
     if no_uring {
         command.arg("--no-uring");
     }
-    if let Some(bytes) = cache_size {
-        command.arg("--cache-size").arg(bytes.to_string());
-    }
     let mut child = command
+        .args(tuning)
         .args(devices)
         .arg(&mountpoint)
         .stdin(Stdio::null())
@@ -1340,6 +1369,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             foreground,
             no_uring,
             cache_size,
+            fast_watermarks,
+            heat_half_life,
             announce_ready,
         } => {
             let mountpoint = paths.pop().context("no mountpoint given")?;
@@ -1349,7 +1380,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "removed the stale mount of a serving process that had exited"
                 );
             }
-            let mut config = FsConfig::default();
+            let (low, high) = fast_watermarks;
+            let policy = tiering::Policy {
+                low,
+                high,
+                ..tiering::Policy::default()
+            };
+            let mut config = FsConfig {
+                fast_high_watermark: high,
+                heat_half_life,
+                ..FsConfig::default()
+            };
             if let Some(bytes) = cache_size {
                 config.cache_bytes = bytes;
             }
@@ -1360,9 +1401,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     announce_ready,
                     backend(no_uring),
                     config,
+                    policy,
                 )
             } else {
-                mount_detached(&paths, &mountpoint, no_uring, cache_size)
+                let mut tuning = vec![
+                    format!("--fast-watermarks={}:{}", low * 100.0, high * 100.0),
+                    format!(
+                        "--heat-half-life={}",
+                        humantime::format_duration(heat_half_life)
+                    ),
+                ];
+                if let Some(bytes) = cache_size {
+                    tuning.push(format!("--cache-size={bytes}"));
+                }
+                mount_detached(&paths, &mountpoint, no_uring, &tuning)
             })
         }
         Cmd::Umount { target } => done(umount_cmd(&target)),

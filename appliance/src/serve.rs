@@ -118,6 +118,8 @@ struct Api {
     invalidator: Invalidator,
     /// The tier migration running (or last run) in this process.
     migration: Mutex<Option<Migration>>,
+    /// The migration policy (the fast tier's watermarks) this pool was mounted with.
+    policy: tiering::Policy,
 }
 
 /// A tier migration on its own thread.
@@ -335,11 +337,10 @@ impl Api {
             .map_err(|e| fs_error(&e))?
             .last()
             .map(api_migration);
-        let policy = tiering::Policy::default();
         Ok(TierStatus {
             tiers,
-            low_watermark: policy.low,
-            high_watermark: policy.high,
+            low_watermark: self.policy.low,
+            high_watermark: self.policy.high,
             migration: self.migration_progress(),
             last_migration,
             next_migration: None,
@@ -354,8 +355,7 @@ impl Api {
         {
             return Err((409, "a migration is already running".into()));
         }
-        let policy = tiering::Policy::default();
-        let plan = tiering::migrate::plan_for(&self.fs, &policy, request.limit_bytes)
+        let plan = tiering::migrate::plan_for(&self.fs, &self.policy, request.limit_bytes)
             .map_err(|e| (500, e.to_string()))?;
         if request.dry_run {
             return Ok(json_response(200, &self.plan_summary(&plan)?));
@@ -788,6 +788,7 @@ pub fn serve(
     announce_ready: bool,
     backend: Backend,
     config: FsConfig,
+    policy: tiering::Policy,
 ) -> anyhow::Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
@@ -827,6 +828,7 @@ pub fn serve(
         scrub: Mutex::new(None),
         invalidator: Invalidator::new(&session),
         migration: Mutex::new(None),
+        policy,
     });
     api.resume_scrub();
     let api_thread = {
