@@ -29,6 +29,9 @@ use crate::policy::Policy;
 pub const BATCH_BLOCKS: usize = 64;
 
 /// Where a running migration stands.
+///
+/// Bytes are bytes copied from one tier to the other, as in the plan: a `copies=2` block with
+/// a copy on each tier moves by swapping which copy comes first, and counts as a block only.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Progress {
     pub planned_blocks: u64,
@@ -53,6 +56,12 @@ impl Progress {
 
 /// The candidates and the fast tier's space as fs-core sees them now (after a commit, so the
 /// last commit is what is live).
+///
+/// A candidate's bytes are what moving it changes on the fast tier. That is its first copy's
+/// size, except for a block with a copy on each tier (`copies=2`): moving it only swaps which
+/// copy comes first, so it counts for nothing, and its fast copy stays in the tier's level
+/// whichever copy comes first. Counting it at its size made plans demote such blocks to make
+/// room that never came free (and a second plan demote more).
 pub fn candidates(fs: &Filesystem) -> Result<(TierSpace, Vec<Candidate>), MigrateError> {
     fs.commit()?;
     let placements = fs.block_placements()?;
@@ -64,12 +73,12 @@ pub fn candidates(fs: &Filesystem) -> Result<(TierSpace, Vec<Candidate>), Migrat
         .fold((0, 0), |(c, u), m| {
             (c + m.data_bytes, u + (m.data_bytes - m.free_bytes))
         });
-    let on_fast: u64 = placements
+    let candidates: Vec<Candidate> = placements.iter().map(candidate).collect();
+    let on_fast: u64 = candidates
         .iter()
-        .filter(|p| p.tier == Tier::Fast)
-        .map(|p| p.bytes)
+        .filter(|c| c.tier == Tier::Fast)
+        .map(|c| c.bytes)
         .sum();
-    let candidates = placements.iter().map(candidate).collect();
     Ok((
         TierSpace {
             capacity,
@@ -84,7 +93,14 @@ fn candidate(placement: &BlockPlacement) -> Candidate {
         block: placement.block,
         inode: placement.inode,
         tier: placement.tier,
-        bytes: placement.bytes,
+        bytes: if placement
+            .mirror
+            .is_some_and(|mirror| mirror != placement.tier)
+        {
+            0
+        } else {
+            placement.bytes
+        },
         heat: placement.heat,
         pin: Pin::from(placement.pin),
     }
@@ -151,7 +167,7 @@ pub fn execute(
                 break;
             }
         };
-        let bytes_moved = done.bytes;
+        let bytes_moved = done.bytes_copied;
         moved_bytes += bytes_moved;
         update(progress, |p| {
             match direction {

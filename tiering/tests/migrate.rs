@@ -300,3 +300,70 @@ fn a_cancelled_migration_stops_and_the_next_one_finishes() {
     drop(fs);
     pool.assert_fsck_clean();
 }
+
+#[test]
+fn moving_copies_2_blocks_frees_no_room_and_a_second_plan_is_empty() {
+    // Every block of a copies=2 file has a copy on each tier, so moving it only swaps which
+    // copy comes first: demoting it frees nothing on the fast tier. Watermarks well below the
+    // level make the plan demote; it must count on freeing only what the moves free, land
+    // between the watermarks, and leave nothing for a second plan.
+    let pool = Pool::new(64, 256);
+    let fs = pool.open();
+    let mirrored = create(&fs, InodeId::ROOT, "mirrored", FileKind::Directory);
+    fs.set_property(mirrored, Property::Copies(2)).unwrap();
+    let twice = create(&fs, mirrored, "twice", FileKind::Regular);
+    fs.write(twice, 0, &pattern(5, 4 * MIB as usize)).unwrap();
+    let once = create(&fs, InodeId::ROOT, "once", FileKind::Regular);
+    fs.write(once, 0, &pattern(6, 4 * MIB as usize)).unwrap();
+    fs.commit().unwrap();
+    // The single-copy file is the hotter one: the mirrored blocks are demoted first.
+    for _ in 0..3 {
+        read_file(&fs, once, 4 * MIB);
+    }
+    let fast_used = |fs: &Filesystem| {
+        let member = &fs.status().members[0];
+        member.data_bytes - member.free_bytes
+    };
+    let capacity = fs.status().members[0].data_bytes;
+    let level = fast_used(&fs) as f64 / capacity as f64;
+    // 8 MiB on the fast tier (the mirrored file's first copies and the other file); the
+    // watermarks ask for a third of it to go, which only demoting the other file frees.
+    let policy = Policy {
+        low: level * 0.5,
+        high: level * 0.75,
+        ..Policy::default()
+    };
+    let plan = plan_for(&fs, &policy, None).unwrap();
+    let record = execute(
+        &fs,
+        &plan,
+        None,
+        &AtomicBool::new(false),
+        &Mutex::new(Progress::default()),
+    )
+    .unwrap();
+    assert_eq!(record.outcome, MigrationOutcome::Finished);
+    // The mirrored blocks moved by swapping copies: blocks moved, no bytes, in the plan as in
+    // the record.
+    assert!(
+        plan.demote_blocks * BLOCK > plan.demote_bytes,
+        "{:?}",
+        plan.summary(0)
+    );
+    assert_eq!(
+        (record.demoted_blocks, record.demoted_bytes),
+        (plan.demote_blocks, plan.demote_bytes)
+    );
+    let marks = policy.watermarks(capacity);
+    let after = fast_used(&fs);
+    assert!(
+        (marks.low..=marks.high).contains(&after),
+        "fast tier at {after} bytes after the migration, watermarks {marks:?}"
+    );
+    let again = plan_for(&fs, &policy, None).unwrap();
+    assert!(again.is_empty(), "a second plan: {:?}", again.summary(4));
+    assert_eq!(read_file(&fs, twice, 4 * MIB), pattern(5, 4 * MIB as usize));
+    assert_eq!(read_file(&fs, once, 4 * MIB), pattern(6, 4 * MIB as usize));
+    drop(fs);
+    pool.assert_fsck_clean();
+}

@@ -37,6 +37,10 @@ pub struct BlockPlacement {
     pub tier: Tier,
     /// Data-area bytes its first copy takes.
     pub bytes: u64,
+    /// The tier of its second copy (`copies=2`), if it has one. A block with a copy on each
+    /// tier changes no tier's use when it moves: [`Filesystem::relocate`] only swaps which
+    /// copy comes first.
+    pub mirror: Option<Tier>,
     /// Its heat now.
     pub heat: f64,
     /// The tier its file is pinned to, if any.
@@ -131,6 +135,7 @@ impl Filesystem {
                 block: id,
                 tier,
                 bytes: record.sectors() * SECTOR_SIZE,
+                mirror: record.mirror.and_then(|m| self.tier_of(m.device)),
                 heat: score,
                 pin,
                 inode,
