@@ -276,6 +276,9 @@ struct Book {
     alloc: Allocator,
     /// Sectors freed in the open transaction group: (device, first sector, count).
     pending_free: Vec<(DeviceIndex, u64, u64)>,
+    /// Sectors freed by durable commits, returned to the allocator once no read holds the
+    /// free gate (a commit does not wait for a scrub's or migration's batch to finish).
+    durable_free: Vec<(DeviceIndex, u64, u64)>,
     next_inode: u64,
     next_block: u64,
     next_generation: u64,
@@ -469,6 +472,7 @@ impl Filesystem {
                 book: Book {
                     alloc,
                     pending_free: Vec::new(),
+                    durable_free: Vec::new(),
                     next_inode,
                     next_block,
                     next_generation,
@@ -536,6 +540,7 @@ impl Filesystem {
                 .accesses_since
                 .is_some_and(|since| since.elapsed() >= HEAT_FOLD_INTERVAL)
             || book.accesses.len() >= MAX_PENDING_ACCESSES
+            || !book.durable_free.is_empty()
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -679,6 +684,7 @@ impl Filesystem {
             .iter()
             .map(DeviceCounters::error_counts)
             .collect();
+        self.release_durable_free(&mut state.book, false);
         let errors_changed = errors != state.book.persisted_errors;
         if !state.book.dirty && !errors_changed && state.book.accesses.is_empty() {
             return Ok(());
@@ -714,18 +720,9 @@ impl Filesystem {
             return Err(self.fail(state, err));
         }
         let book = &mut state.book;
-        {
-            let _exclusive = self
-                .free_gate
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            for (device, sector, count) in book.pending_free.drain(..) {
-                if let Err(err) = book.alloc.release(device, sector, count) {
-                    tracing::error!(error = %err, "freeing sectors failed");
-                }
-            }
-            book.alloc.rewind();
-        }
+        book.durable_free.append(&mut book.pending_free);
+        self.release_durable_free(book, false);
+        book.alloc.rewind();
         book.dirty = false;
         book.dirty_bytes = 0;
         book.dirty_records = 0;
@@ -741,6 +738,30 @@ impl Filesystem {
             }
         }
         Ok(())
+    }
+
+    /// Returns the sectors durable commits freed to the allocator, if no read is in flight on
+    /// any sector (the free gate); with `wait`, waits for the reads in flight to finish (the
+    /// pool is short of space). Without it, they stay for a later try.
+    fn release_durable_free(&self, book: &mut Book, wait: bool) {
+        if book.durable_free.is_empty() {
+            return;
+        }
+        let exclusive = match self.free_gate.try_write() {
+            Ok(exclusive) => exclusive,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if wait => self
+                .free_gate
+                .write()
+                .unwrap_or_else(PoisonError::into_inner),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        for (device, sector, count) in book.durable_free.drain(..) {
+            if let Err(err) = book.alloc.release(device, sector, count) {
+                tracing::error!(error = %err, "freeing sectors failed");
+            }
+        }
+        drop(exclusive);
     }
 
     fn reclaim_orphans(&self) -> FsResult<()> {

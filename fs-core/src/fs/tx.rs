@@ -672,6 +672,10 @@ impl Tx<'_> {
             self.flush_staged()?;
         }
         if self.book.free_sectors() < needed {
+            // Sectors freed by earlier commits may still wait for reads in flight.
+            self.fs.release_durable_free(self.book, true);
+        }
+        if self.book.free_sectors() < needed {
             return Err(FsError::NoSpace);
         }
         self.mark_dirty();
