@@ -258,15 +258,9 @@ pub struct MigrationEntry {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MigrationProgress {
-    pub running: bool,
-    pub planned_blocks: u64,
-    pub planned_bytes: u64,
-    pub promoted_blocks: u64,
-    pub promoted_bytes: u64,
-    pub demoted_blocks: u64,
-    pub demoted_bytes: u64,
-    pub skipped_blocks: u64,
-    pub elapsed_ms: u64,
+    /// Blocks and bytes planned and moved so far, and whether it is still running.
+    #[serde(flatten)]
+    pub counts: tiering::migrate::Progress,
     pub rate_limit_bytes_per_sec: u64,
     /// Why it stopped, once it has: `finished`, `stopped at its limit`, `cancelled`,
     /// `failed: …`.

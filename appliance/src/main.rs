@@ -808,7 +808,7 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
                 status.high_watermark * 100.0
             );
             match &status.migration {
-                Some(progress) if progress.running => print_migration(progress),
+                Some(progress) if progress.counts.running => print_migration(progress),
                 _ => {}
             }
             match &status.last_migration {
@@ -857,14 +857,15 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
                 api::call(&socket, "POST", "/v1/tier/migrate", Some(&request))?;
             if !background {
                 let interactive = std::io::stdout().is_terminal();
-                while progress.running {
+                while progress.counts.running {
                     if interactive {
+                        let counts = &progress.counts;
                         print!(
                             "\r{} of {} moved ({} promoted, {} demoted)   ",
-                            human(progress.promoted_bytes + progress.demoted_bytes),
-                            human(progress.planned_bytes),
-                            human(progress.promoted_bytes),
-                            human(progress.demoted_bytes)
+                            human(counts.moved_bytes()),
+                            human(counts.planned_bytes),
+                            human(counts.promoted_bytes),
+                            human(counts.demoted_bytes)
                         );
                         std::io::Write::flush(&mut std::io::stdout())?;
                     }
@@ -983,17 +984,18 @@ fn print_plan(plan: &api::MigrationPlan) {
 }
 
 fn print_migration(progress: &api::MigrationProgress) {
+    let counts = &progress.counts;
     println!(
         "migration {}: {} of {} planned moved ({} promoted in {} blocks, {} demoted in {} blocks, {} skipped) in {:.1} s",
         progress.outcome.as_deref().unwrap_or("running"),
-        human(progress.promoted_bytes + progress.demoted_bytes),
-        human(progress.planned_bytes),
-        human(progress.promoted_bytes),
-        progress.promoted_blocks,
-        human(progress.demoted_bytes),
-        progress.demoted_blocks,
-        progress.skipped_blocks,
-        progress.elapsed_ms as f64 / 1000.0
+        human(counts.moved_bytes()),
+        human(counts.planned_bytes),
+        human(counts.promoted_bytes),
+        counts.promoted_blocks,
+        human(counts.demoted_bytes),
+        counts.demoted_blocks,
+        counts.skipped_blocks,
+        counts.elapsed_ms as f64 / 1000.0
     );
 }
 

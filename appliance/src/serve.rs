@@ -292,15 +292,11 @@ impl Api {
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         Some(MigrationProgress {
-            running: progress.running || outcome.is_none(),
-            planned_blocks: progress.planned_blocks,
-            planned_bytes: progress.planned_bytes,
-            promoted_blocks: progress.promoted_blocks,
-            promoted_bytes: progress.promoted_bytes,
-            demoted_blocks: progress.demoted_blocks,
-            demoted_bytes: progress.demoted_bytes,
-            skipped_blocks: progress.skipped_blocks,
-            elapsed_ms: progress.elapsed_ms,
+            counts: Progress {
+                // Still running until its thread has said how it ended.
+                running: progress.running || outcome.is_none(),
+                ..progress
+            },
             rate_limit_bytes_per_sec: migration.rate,
             outcome,
         })
@@ -351,7 +347,7 @@ impl Api {
     fn migrate(&self, request: &MigrateRequest) -> Reply {
         if self
             .migration_progress()
-            .is_some_and(|progress| progress.running)
+            .is_some_and(|progress| progress.counts.running)
         {
             return Err((409, "a migration is already running".into()));
         }
@@ -657,7 +653,7 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
         }
         (Get, "/v1/tier/migrate") => Ok(json_response(200, &api.migration_progress())),
         (Post, "/v1/tier/migrate/cancel") => {
-            if !api.migration_progress().is_some_and(|p| p.running) {
+            if !api.migration_progress().is_some_and(|p| p.counts.running) {
                 return Err((409, "no migration is running".to_owned()));
             }
             if let Some(migration) = api.migration().as_ref() {

@@ -18,7 +18,7 @@ use fs_core::fs::tier::BlockPlacement;
 use fs_core::fs::Filesystem;
 use fs_core::meta::records::{MigrationOutcome, MigrationRecord, Timestamp};
 use fs_core::types::Tier;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::candidate::{Candidate, Pin, TierSpace};
 use crate::error::MigrateError;
@@ -32,7 +32,8 @@ pub const BATCH_BLOCKS: usize = 64;
 ///
 /// Bytes are bytes copied from one tier to the other, as in the plan: a `copies=2` block with
 /// a copy on each tier moves by swapping which copy comes first, and counts as a block only.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Progress {
     pub planned_blocks: u64,
     pub planned_bytes: u64,
