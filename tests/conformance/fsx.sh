@@ -56,8 +56,14 @@ write_profile() {
         nommap) mmap=0 inval=0 ;;
         *) echo "fsx.sh: unknown FSX_PROFILE '$1'" >&2; return 2 ;;
     esac
+    # Operations are at least one byte long: fsx 0.3 draws sizes from
+    # 0..=max and then issues posix_fallocate(len 0), which POSIX (and
+    # ext4) answer with EINVAL, and fsx reads EINVAL as "fallocate
+    # unsupported" and fails the run.
     cat <<EOF
 flen = $FLEN
+[opsize]
+min = 1
 [weights]
 close_open = 1
 read = 10
