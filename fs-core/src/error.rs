@@ -84,6 +84,9 @@ pub enum FsError {
     Refused { path: PathBuf, reason: String },
     #[error("{0}")]
     Pool(String),
+    /// An encrypted pool's key is missing or wrong.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl FsError {
@@ -118,6 +121,7 @@ impl FsError {
             | FsError::Meta(_)
             | FsError::Refused { .. }
             | FsError::Pool(_) => libc::EIO,
+            FsError::Key(_) => libc::EACCES,
         }
     }
 }

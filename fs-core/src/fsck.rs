@@ -14,7 +14,9 @@
 //! devices; the id counters lie above every id in use; snapshot history: every retired record
 //! is seen by a snapshot, listed in the deadlist and counted in its span, no record is born
 //! after the live epoch, and the blocks history holds count as references; the live tree's
-//! referenced-bytes counter matches its file maps; heat is kept only for blocks that exist.
+//! referenced-bytes counter matches its file maps; heat is kept only for blocks that exist;
+//! the block totals (content, stored, referenced content bytes) match the block table; every
+//! dedup table entry names a block holding that content; block encodings fit the pool.
 //!
 //! [`repair`] fixes, in one metadata transaction per pass: damaged metadata pages (rewritten
 //! from the intact copy), leaked blocks (freed), refcounts, nlink counts, space accounting,
@@ -36,8 +38,8 @@ use crate::meta::backend::ReadPolicy;
 use crate::meta::records::SnapshotRecord;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location, Timestamp};
 use crate::meta::{
-    self, BLOCKS, COUNTERS, DEADLIST, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, HISTORY, INODES,
-    ORPHANS, PROPERTIES, SNAPSHOTS, SPANS, XATTRS,
+    self, BLOCKS, COUNTERS, DEADLIST, DEDUP, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, HISTORY,
+    INODES, ORPHANS, PROPERTIES, SNAPSHOTS, SPANS, XATTRS,
 };
 use crate::pool::Pool;
 use crate::types::InodeId;
@@ -108,6 +110,8 @@ enum Fix {
     RemoveProperties(u64),
     /// Forget the heat of a block that does not exist.
     RemoveHeat(u64),
+    /// Drop a dedup table entry that names the wrong block.
+    RemoveDedupEntry([u8; 32]),
     RemoveOrphanEntry(u64),
     /// Link an inode that no entry names into `/lost+found`.
     Adopt(u64),
@@ -119,6 +123,64 @@ enum Fix {
         from: Location,
         to: Location,
     },
+}
+
+/// Checks the block totals (content, stored and referenced content bytes) against the block
+/// table and the references found.
+fn check_block_totals(
+    txn: &redb::ReadTransaction,
+    records: &BTreeMap<u64, BlockRecord>,
+    references: &HashMap<u64, u32>,
+    scan: &mut Scan,
+) -> FsResult<()> {
+    let mut expected = [
+        (meta::BLOCK_LOGICAL, 0u64),
+        (meta::BLOCK_STORED, 0),
+        (meta::BLOCK_LOGICAL_REFS, 0),
+    ];
+    for (id, record) in records {
+        let refs = u64::from(references.get(id).copied().unwrap_or(0));
+        expected[0].1 += u64::from(record.logical_len);
+        expected[1].1 += u64::from(record.stored_len);
+        expected[2].1 += refs * u64::from(record.logical_len);
+    }
+    let counters = txn.open_table(COUNTERS)?;
+    for (name, value) in expected {
+        let found = counters.get(name)?.map(|v| v.value());
+        if found != Some(value) {
+            scan.add_fixable(
+                "counter",
+                format!(
+                    "counter {name} is {} but the blocks add up to {value}",
+                    found.map_or_else(|| "missing".to_owned(), |v| v.to_string())
+                ),
+                None,
+                Some(Fix::SetCounter(name, value)),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every dedup table entry names a block holding that content.
+fn check_dedup_table(
+    txn: &redb::ReadTransaction,
+    records: &BTreeMap<u64, BlockRecord>,
+    scan: &mut Scan,
+) -> FsResult<()> {
+    for entry in txn.open_table(DEDUP)?.iter()? {
+        let (hash, id) = entry?;
+        let (hash, id) = (*hash.value(), id.value());
+        if records.get(&id).and_then(|r| r.dedup_hash) != Some(hash) {
+            scan.add_fixable(
+                "dedup",
+                format!("the dedup table names block {id}, which does not hold that content"),
+                None,
+                Some(Fix::RemoveDedupEntry(hash)),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One pass over the metadata: the findings, and the fix for each one that has one.
@@ -661,6 +723,26 @@ fn check_tables(pool: &Pool, verify_data: bool, scan: &mut Scan) -> FsResult<()>
             );
         }
     }
+    check_block_totals(&txn, &records, &references, scan)?;
+    check_dedup_table(&txn, &records, scan)?;
+    let encrypted = pool.keys().is_some();
+    for (id, record) in &records {
+        let plain = !record.encoding.compressed && record.encoding.nonce.is_none();
+        if record.encoding.nonce.is_some() != encrypted
+            || (plain && record.stored_len != record.logical_len)
+        {
+            scan.add(
+                "block-record",
+                format!(
+                    "block {id}: its encoding does not fit the pool ({} stored bytes for {} of content, encrypted: {})",
+                    record.stored_len,
+                    record.logical_len,
+                    record.encoding.nonce.is_some()
+                ),
+                None,
+            );
+        }
+    }
     for (ino, inode) in &inodes {
         let expected = allocated.get(ino).copied().unwrap_or(0);
         if inode.kind == FileKind::Regular && inode.allocated != expected {
@@ -1080,6 +1162,9 @@ fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsR
         }
         Fix::RemoveHeat(id) => {
             txn.open_table(HEAT)?.remove(*id)?;
+        }
+        Fix::RemoveDedupEntry(hash) => {
+            txn.open_table(DEDUP)?.remove(hash)?;
         }
         Fix::RemoveOrphanEntry(ino) => {
             txn.open_table(ORPHANS)?.remove(*ino)?;

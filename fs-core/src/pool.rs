@@ -12,12 +12,15 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase};
 
+use zeroize::Zeroizing;
+
 use crate::alloc::{Allocator, DeviceSpace};
+use crate::codec::crypt::{KdfParams, KeySlot, MasterKey, PoolKeys, KEY_LEN};
 use crate::device::{open_device, Backend, BlockDevice};
 use crate::error::{FsError, FsResult};
 use crate::format::{
-    metadata_region_len, MemberInfo, Superblock, DEFAULT_BLOCK_SIZE, MAX_LABEL_LEN, MAX_MEMBERS,
-    SECTOR_SIZE, SUPERBLOCK_SIZE,
+    metadata_region_len, MemberInfo, Superblock, DEFAULT_BLOCK_SIZE, FEATURE_DEDUP, MAX_LABEL_LEN,
+    MAX_MEMBERS, SECTOR_SIZE, SUPERBLOCK_SIZE,
 };
 use crate::meta::backend::{MirroredRegionBackend, RegionCopy, RegionHandle};
 use crate::meta::records::{Inode, Timestamp};
@@ -36,6 +39,12 @@ pub struct FormatOptions {
     pub force: bool,
     /// The pool's default properties (`copies=2`, …), inherited by everything created.
     pub properties: Vec<crate::fs::props::Property>,
+    /// Encrypt data and metadata under a key wrapped by this passphrase.
+    pub encryption: Option<Secret>,
+    /// Argon2id costs of the passphrase's key derivation.
+    pub kdf: KdfParams,
+    /// Store identical blocks once.
+    pub dedup: bool,
 }
 
 impl Default for FormatOptions {
@@ -45,7 +54,30 @@ impl Default for FormatOptions {
             block_size: DEFAULT_BLOCK_SIZE,
             force: false,
             properties: Vec::new(),
+            encryption: None,
+            kdf: KdfParams::DEFAULT,
+            dedup: false,
         }
+    }
+}
+
+/// A passphrase or a keyfile's bytes: wiped from memory when dropped, never printed.
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -75,6 +107,8 @@ pub struct Pool {
     pub members: Vec<Member>,
     pub db: Database,
     pub metadata: RegionHandle,
+    /// The working keys of an encrypted pool.
+    keys: Option<Arc<PoolKeys>>,
 }
 
 impl Pool {
@@ -106,6 +140,23 @@ impl Pool {
                 })
                 .collect(),
         )
+    }
+
+    /// The keys of an encrypted pool (`None` when it is not encrypted).
+    pub fn keys(&self) -> Option<&Arc<PoolKeys>> {
+        self.keys.as_ref()
+    }
+
+    /// The key of the dedup hash, when the pool deduplicates.
+    pub fn dedup_key(&self) -> Option<[u8; KEY_LEN]> {
+        let sb = &self.members[0].superblock;
+        if !sb.dedup() {
+            return None;
+        }
+        match &self.keys {
+            Some(keys) => Some(*keys.dedup_key()),
+            None => sb.dedup_key,
+        }
     }
 
     pub fn member(&self, index: DeviceIndex) -> Option<&Member> {
@@ -168,6 +219,22 @@ pub fn format_devices(
         })
         .collect();
     let created = now_secs();
+    let (key_slot, keys) = match &options.encryption {
+        Some(passphrase) => {
+            let master = MasterKey::generate().map_err(|e| pool_err(e.to_string()))?;
+            let slot = KeySlot::seal(&master, passphrase.bytes(), options.kdf, &pool_uuid)
+                .map_err(|e| pool_err(e.to_string()))?;
+            (Some(slot), Some(Arc::new(PoolKeys::derive(&master))))
+        }
+        None => (None, None),
+    };
+    let dedup_key = if options.dedup && key_slot.is_none() {
+        let mut key = [0u8; KEY_LEN];
+        getrandom::fill(&mut key).map_err(|e| pool_err(format!("no random bytes: {e}")))?;
+        Some(key)
+    } else {
+        None
+    };
     let mut superblocks = Vec::new();
     for (i, ((device, tier), &size)) in devices.iter().zip(&sizes).enumerate() {
         let holds_meta = Some(i) == first_fast || Some(i) == first_slow;
@@ -194,7 +261,7 @@ pub fn format_devices(
             device_index: members[i].index,
             tier: *tier,
             block_size: options.block_size,
-            features: 0,
+            features: if options.dedup { FEATURE_DEDUP } else { 0 },
             created,
             device_size: size,
             meta_offset,
@@ -203,6 +270,8 @@ pub fn format_devices(
             data_end,
             label: options.label.clone(),
             members: members.clone(),
+            key_slot,
+            dedup_key,
         });
     }
 
@@ -215,7 +284,7 @@ pub fn format_devices(
     }
 
     let copies = meta_copies(devices.iter().map(|(d, _)| d), &superblocks);
-    let backend = MirroredRegionBackend::create(copies)
+    let backend = MirroredRegionBackend::create(copies, keys)
         .map_err(|e| pool_err(format!("cannot initialise the metadata region: {e}")))?;
     let db = Database::builder().create_with_backend(backend)?;
     initialise_namespace(&db, options)?;
@@ -289,6 +358,14 @@ fn initialise_namespace(db: &Database, options: &FormatOptions) -> FsResult<()> 
         counters.insert(meta::NEXT_GENERATION, 2)?;
         counters.insert(meta::EPOCH, FIRST_EPOCH)?;
         counters.insert(meta::REFERENCED, 0)?;
+        for name in [
+            meta::BLOCK_LOGICAL,
+            meta::BLOCK_STORED,
+            meta::BLOCK_LOGICAL_REFS,
+            meta::NONCE_GENERATION,
+        ] {
+            counters.insert(name, 0)?;
+        }
         // Create the remaining tables so read paths never meet a missing table.
         txn.open_table(meta::DIRENTS)?;
         txn.open_table(meta::DIR_COOKIES)?;
@@ -302,6 +379,7 @@ fn initialise_namespace(db: &Database, options: &FormatOptions) -> FsResult<()> 
         txn.open_table(meta::SPANS)?;
         txn.open_table(meta::HEAT)?;
         txn.open_table(meta::MIGRATIONS)?;
+        txn.open_table(meta::DEDUP)?;
         let mut properties = txn.open_table(meta::PROPERTIES)?;
         for property in &options.properties {
             properties.insert(
@@ -335,8 +413,87 @@ pub fn read_superblock(device: &dyn BlockDevice) -> FsResult<Superblock> {
     }
 }
 
-/// Opens a pool from all of its member devices, in any order.
+/// Opens an unencrypted pool from all of its member devices, in any order.
 pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>) -> FsResult<Pool> {
+    open_devices_with(devices, None)
+}
+
+/// The working keys of an encrypted pool (`None` for an unencrypted one).
+fn unlock(members: &[Member], secret: Option<&Secret>) -> FsResult<Option<Arc<PoolKeys>>> {
+    Ok(master_key(members, secret)?.map(|master| Arc::new(PoolKeys::derive(&master))))
+}
+
+/// The master key of an encrypted pool, unwrapped with `secret` from the first key slot it
+/// opens. Every superblock copy's slot is tried: a passphrase change cut short leaves some
+/// members with the old slot and some with the new, and either passphrase still opens the pool.
+fn master_key(members: &[Member], secret: Option<&Secret>) -> FsResult<Option<MasterKey>> {
+    let first = &members[0].superblock;
+    if !first.encrypted() {
+        return Ok(None);
+    }
+    let label = if first.label.is_empty() {
+        uuid::Uuid::from_bytes(first.pool_uuid).to_string()
+    } else {
+        first.label.clone()
+    };
+    let Some(secret) = secret else {
+        return Err(FsError::Key(format!(
+            "pool {label} is encrypted: give its passphrase or keyfile"
+        )));
+    };
+    let mut slots: Vec<KeySlot> = Vec::new();
+    for member in members {
+        for sb in superblock_copies(member.device.as_ref()) {
+            if let Some(slot) = sb.key_slot.filter(|_| sb.pool_uuid == first.pool_uuid) {
+                if !slots.contains(&slot) {
+                    slots.push(slot);
+                }
+            }
+        }
+    }
+    for slot in &slots {
+        match slot.open(secret.bytes(), &first.pool_uuid) {
+            Ok(master) => {
+                if slots.len() > 1 {
+                    tracing::warn!(
+                        "the members of pool {label} hold different wrapped keys (a key change was interrupted); run `aegis key change` again"
+                    );
+                }
+                return Ok(Some(master));
+            }
+            Err(crate::codec::CodecError::WrongKey) => {}
+            Err(err) => return Err(FsError::Key(format!("pool {label}: {err}"))),
+        }
+    }
+    Err(FsError::Key(format!(
+        "wrong passphrase or keyfile for pool {label}; nothing was opened"
+    )))
+}
+
+/// Every decodable superblock copy of a member (the one at the start, then the one at the end).
+fn superblock_copies(device: &dyn BlockDevice) -> Vec<Superblock> {
+    let size = device.size() - device.size() % SECTOR_SIZE;
+    let mut found = Vec::new();
+    let mut buf = vec![0u8; SUPERBLOCK_SIZE];
+    for offset in [
+        0,
+        Superblock::backup_offset(size.max(SUPERBLOCK_SIZE as u64)),
+    ] {
+        if device.read_at(offset, &mut buf).is_ok() {
+            if let Ok(sb) = Superblock::decode(&buf) {
+                found.push(sb);
+            }
+        }
+    }
+    found
+}
+
+/// Opens a pool from all of its member devices, in any order, unlocking an encrypted one with
+/// `secret`.
+pub fn open_devices_with(
+    devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>,
+    secret: Option<&Secret>,
+) -> FsResult<Pool> {
     let mut members = Vec::new();
     for (device, path, lock) in devices {
         let superblock = read_superblock(device.as_ref())?;
@@ -403,7 +560,8 @@ pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>)
     if copies.is_empty() {
         return Err(pool_err("no member holds the metadata region"));
     }
-    let backend = MirroredRegionBackend::open(copies)
+    let keys = unlock(&members, secret)?;
+    let backend = MirroredRegionBackend::open(copies, keys.clone())
         .map_err(|e| pool_err(format!("cannot open the metadata region: {e}")))?;
     let metadata = backend.handle();
     let db = crate::error::contain_panics("opening the metadata database", || {
@@ -420,6 +578,7 @@ pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>)
         members,
         db,
         metadata,
+        keys,
     })
 }
 
@@ -630,8 +789,16 @@ pub fn format_paths(
     format_devices(&devices, options)
 }
 
-/// Opens the pool made of the given member paths.
+/// Opens the unencrypted pool made of the given member paths.
 pub fn open_paths(paths: &[PathBuf], backend: Backend) -> FsResult<Pool> {
+    open_paths_with(paths, backend, None)
+}
+
+/// Locks and opens the given member paths.
+fn open_members(
+    paths: &[PathBuf],
+    backend: Backend,
+) -> FsResult<Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>> {
     let mut devices = Vec::new();
     for path in paths {
         check_not_in_use(path)?;
@@ -639,7 +806,82 @@ pub fn open_paths(paths: &[PathBuf], backend: Backend) -> FsResult<Pool> {
         let device = open_device(path, backend)?;
         devices.push((device, path.clone(), Some(lock)));
     }
-    open_devices(devices)
+    Ok(devices)
+}
+
+/// Opens the pool made of the given member paths, unlocking an encrypted one with `secret`.
+pub fn open_paths_with(
+    paths: &[PathBuf],
+    backend: Backend,
+    secret: Option<&Secret>,
+) -> FsResult<Pool> {
+    open_devices_with(open_members(paths, backend)?, secret)
+}
+
+/// Whether the pool `paths` belong to is encrypted (read from the first member's superblock).
+pub fn is_encrypted(path: &Path) -> FsResult<bool> {
+    Ok(inspect_path(path)?.encrypted())
+}
+
+/// Re-wraps the master key of the (unmounted) encrypted pool on `paths` under `new`, after
+/// unlocking it with `old`; no data is rewritten. Every member's superblock at the start is
+/// written and flushed before any copy at the end, so an interruption leaves every member
+/// with at least one superblock, and either passphrase opens the pool.
+pub fn change_key(paths: &[PathBuf], old: &Secret, new: &Secret, kdf: KdfParams) -> FsResult<()> {
+    let devices = open_members(paths, Backend::File)?;
+    let mut members = Vec::new();
+    for (device, path, lock) in devices {
+        let superblock = read_superblock(device.as_ref())?;
+        members.push(Member {
+            device,
+            superblock,
+            path,
+            _lock: lock,
+        });
+    }
+    let Some(first) = members.first().map(|m| m.superblock.clone()) else {
+        return Err(pool_err("no devices given"));
+    };
+    if !first.encrypted() {
+        return Err(pool_err(
+            "the pool is not encrypted; there is no key to change",
+        ));
+    }
+    for info in &first.members {
+        if !members.iter().any(|m| {
+            m.superblock.device_uuid == info.uuid && m.superblock.pool_uuid == first.pool_uuid
+        }) {
+            return Err(pool_err(format!(
+                "member {} ({} tier) of the pool is missing: give every member device",
+                info.index.0, info.tier
+            )));
+        }
+    }
+    if members.len() != first.members.len() {
+        return Err(pool_err(
+            "a device was given twice or belongs to another pool",
+        ));
+    }
+    let master = master_key(&members, Some(old))?
+        .ok_or_else(|| pool_err("the pool is not encrypted; there is no key to change"))?;
+    let slot = KeySlot::seal(&master, new.bytes(), kdf, &first.pool_uuid)
+        .map_err(|e| pool_err(e.to_string()))?;
+    for at_end in [false, true] {
+        for member in &members {
+            let sb = Superblock {
+                key_slot: Some(slot),
+                ..member.superblock.clone()
+            };
+            let offset = if at_end {
+                Superblock::backup_offset(sb.device_size)
+            } else {
+                0
+            };
+            member.device.write_at(offset, &sb.encode())?;
+            member.device.flush()?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the superblock of one member without opening the pool (for `aegis info`).

@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use fs_core::format::{MemberInfo, Superblock, SuperblockError};
+use fs_core::codec::crypt::{KdfParams, KeySlot};
+use fs_core::codec::Encoding;
+use fs_core::format::{MemberInfo, Superblock, SuperblockError, FEATURE_DEDUP};
 use fs_core::meta::records::{
     BlockRecord, FileKind, Inode, Location, MigrationOutcome, MigrationRecord, SnapshotRecord,
     Timestamp,
@@ -57,14 +59,16 @@ fn superblock() -> Superblock {
                 size: 8 << 30,
             },
         ],
+        key_slot: None,
+        dedup_key: None,
     }
 }
 
 #[test]
-fn superblock_v2_is_frozen() {
+fn superblock_v3_is_frozen() {
     let expected = superblock();
-    check_fixture("superblock-v2.bin", &expected.encode());
-    let frozen = std::fs::read(fixture("superblock-v2.bin")).unwrap();
+    check_fixture("superblock-v3.bin", &expected.encode());
+    let frozen = std::fs::read(fixture("superblock-v3.bin")).unwrap();
     assert_eq!(Superblock::decode(&frozen).unwrap(), expected);
     let mut damaged = frozen.clone();
     damaged[200] ^= 1;
@@ -74,14 +78,34 @@ fn superblock_v2_is_frozen() {
     );
 }
 
-/// Version 1 pools predate snapshots (their tables carry no epochs): refused by version.
 #[test]
-fn superblock_v1_is_refused_by_version() {
-    let frozen = std::fs::read(fixture("superblock-v1.bin")).unwrap();
-    assert_eq!(
-        Superblock::decode(&frozen),
-        Err(SuperblockError::UnsupportedVersion(1))
-    );
+fn encrypted_dedup_superblock_is_frozen() {
+    let expected = Superblock {
+        features: FEATURE_DEDUP | fs_core::format::FEATURE_ENCRYPTED,
+        key_slot: Some(KeySlot {
+            kdf: KdfParams::DEFAULT,
+            salt: [0x44; 32],
+            nonce: [0x55; 12],
+            wrapped: [0x66; 48],
+        }),
+        ..superblock()
+    };
+    check_fixture("superblock-v3-encrypted.bin", &expected.encode());
+    let frozen = std::fs::read(fixture("superblock-v3-encrypted.bin")).unwrap();
+    assert_eq!(Superblock::decode(&frozen).unwrap(), expected);
+}
+
+/// Version 1 pools predate snapshots (their tables carry no epochs), version 2 pools predate
+/// compressed and encrypted block records: both are refused by version.
+#[test]
+fn superblocks_v1_and_v2_are_refused_by_version() {
+    for (name, version) in [("superblock-v1.bin", 1), ("superblock-v2.bin", 2)] {
+        let frozen = std::fs::read(fixture(name)).unwrap();
+        assert_eq!(
+            Superblock::decode(&frozen),
+            Err(SuperblockError::UnsupportedVersion(version))
+        );
+    }
 }
 
 #[test]
@@ -163,27 +187,35 @@ fn inode_and_block_records_are_frozen() {
         device: DeviceIndex(1),
         sector: 40_964,
         stored_len: 131_072,
+        logical_len: 131_072,
         checksum: 0x0123_4567_89ab_cdef,
-        flags: 0,
+        encoding: Encoding::default(),
         refcount: 1,
         mirror: None,
+        dedup_hash: None,
     };
-    check_fixture("block-v1.bin", &block.encode());
+    check_fixture("block-v3.bin", &block.encode());
     assert_eq!(
-        BlockRecord::decode(&std::fs::read(fixture("block-v1.bin")).unwrap()).unwrap(),
+        BlockRecord::decode(&std::fs::read(fixture("block-v3.bin")).unwrap()).unwrap(),
         block
     );
-    let mirrored = BlockRecord {
+    let everything = BlockRecord {
+        stored_len: 20_016,
         refcount: 2,
+        encoding: Encoding {
+            compressed: true,
+            nonce: Some([0x77; 12]),
+        },
         mirror: Some(Location {
             device: DeviceIndex(0),
             sector: 9_000,
         }),
+        dedup_hash: Some([0x88; 32]),
         ..block
     };
-    check_fixture("block-v2.bin", &mirrored.encode());
+    check_fixture("block-v3-full.bin", &everything.encode());
     assert_eq!(
-        BlockRecord::decode(&std::fs::read(fixture("block-v2.bin")).unwrap()).unwrap(),
-        mirrored
+        BlockRecord::decode(&std::fs::read(fixture("block-v3-full.bin")).unwrap()).unwrap(),
+        everything
     );
 }

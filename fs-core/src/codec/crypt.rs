@@ -146,10 +146,8 @@ impl KeySlot {
         cipher
             .encrypt_in_place(&nonce.into(), pool_uuid, &mut buf)
             .map_err(|_| CodecError::Encrypt)?;
-        let wrapped: [u8; WRAPPED_LEN] = buf
-            .as_slice()
-            .try_into()
-            .map_err(|_| CodecError::Encrypt)?;
+        let wrapped: [u8; WRAPPED_LEN] =
+            buf.as_slice().try_into().map_err(|_| CodecError::Encrypt)?;
         Ok(Self {
             kdf,
             salt,
@@ -193,8 +191,14 @@ fn derive(context: &str, master: &MasterKey) -> Zeroizing<[u8; KEY_LEN]> {
 impl PoolKeys {
     pub fn derive(master: &MasterKey) -> Self {
         let block_key = derive("AegisFS 2026-11 data block key (AES-256-GCM)", master);
-        let page_key = derive("AegisFS 2026-11 metadata page key (AES-256-XTS, data)", master);
-        let tweak_key = derive("AegisFS 2026-11 metadata page key (AES-256-XTS, tweak)", master);
+        let page_key = derive(
+            "AegisFS 2026-11 metadata page key (AES-256-XTS, data)",
+            master,
+        );
+        let tweak_key = derive(
+            "AegisFS 2026-11 metadata page key (AES-256-XTS, tweak)",
+            master,
+        );
         Self {
             blocks: Aes256Gcm::new(&(*block_key).into()),
             pages: Xts128::new(
@@ -358,7 +362,8 @@ mod tests {
         assert_eq!(buf.len(), plain.len() + TAG_LEN);
         assert!(!buf.windows(plain.len()).any(|w| w == plain.as_slice()));
         let mut copy = buf.clone();
-        keys.open_block(&nonce, b"block 1", &mut copy).expect("opens");
+        keys.open_block(&nonce, b"block 1", &mut copy)
+            .expect("opens");
         assert_eq!(copy, plain);
         let mut wrong_id = buf.clone();
         assert!(keys.open_block(&nonce, b"block 2", &mut wrong_id).is_err());
@@ -384,7 +389,11 @@ mod tests {
         let plain = vec![0x42u8; 2 * PAGE_LEN];
         let mut buf = plain.clone();
         keys.encrypt_pages(10, &mut buf);
-        assert_ne!(buf[..PAGE_LEN], buf[PAGE_LEN..], "same bytes at two indices");
+        assert_ne!(
+            buf[..PAGE_LEN],
+            buf[PAGE_LEN..],
+            "same bytes at two indices"
+        );
         let mut single = plain[..PAGE_LEN].to_vec();
         keys.encrypt_pages(11, &mut single);
         assert_eq!(single, buf[PAGE_LEN..], "a page encrypts alone as in a run");

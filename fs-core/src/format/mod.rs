@@ -10,22 +10,31 @@
 //! Byte tables are in `docs/format.md`. All integers are little-endian.
 
 use crate::codec::checksum64;
+use crate::codec::crypt::{KdfParams, KeySlot, KEY_LEN, NONCE_LEN, SALT_LEN, WRAPPED_LEN};
 use crate::types::{DeviceIndex, Tier};
 
 pub const MAGIC: [u8; 8] = *b"AEGISFS\x01";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 pub const SUPERBLOCK_SIZE: usize = 4096;
 /// Allocation unit of the data area and alignment of every region.
 pub const SECTOR_SIZE: u64 = 4096;
 pub const MAX_MEMBERS: usize = 32;
 pub const MAX_LABEL_LEN: usize = 64;
 pub const DEFAULT_BLOCK_SIZE: u32 = 128 * 1024;
-/// Incompatible feature flags this build understands (none yet).
-pub const KNOWN_FEATURES: u64 = 0;
+/// Feature flag: data and metadata are encrypted; the superblock holds the wrapped key.
+pub const FEATURE_ENCRYPTED: u64 = 1 << 0;
+/// Feature flag: identical blocks are stored once (the dedup table is kept).
+pub const FEATURE_DEDUP: u64 = 1 << 1;
+/// Incompatible feature flags this build understands.
+pub const KNOWN_FEATURES: u64 = FEATURE_ENCRYPTED | FEATURE_DEDUP;
 
 const CHECKSUM_OFFSET: usize = SUPERBLOCK_SIZE - 8;
 const MEMBERS_OFFSET: usize = 180;
 const MEMBER_RECORD_LEN: usize = 28;
+/// The key slot (present when encrypted): KDF parameters, salt, nonce, wrapped key.
+const KEY_SLOT_OFFSET: usize = 1088;
+/// The dedup hash key of an unencrypted dedup pool (an encrypted one derives it).
+const DEDUP_KEY_OFFSET: usize = 1200;
 
 /// Why a superblock could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -74,6 +83,10 @@ pub struct Superblock {
     pub data_end: u64,
     pub label: String,
     pub members: Vec<MemberInfo>,
+    /// The wrapped master key of an encrypted pool (flag [`FEATURE_ENCRYPTED`]).
+    pub key_slot: Option<KeySlot>,
+    /// The dedup hash key of an unencrypted pool with [`FEATURE_DEDUP`].
+    pub dedup_key: Option<[u8; KEY_LEN]>,
 }
 
 fn put_u16(buf: &mut [u8], at: usize, value: u16) {
@@ -116,7 +129,16 @@ impl Superblock {
         put_u16(&mut buf, 48, self.device_index.0);
         buf[50] = self.tier.to_byte();
         put_u32(&mut buf, 52, self.block_size);
-        put_u64(&mut buf, 56, self.features);
+        let encrypted = if self.key_slot.is_some() {
+            FEATURE_ENCRYPTED
+        } else {
+            0
+        };
+        put_u64(
+            &mut buf,
+            56,
+            (self.features & !FEATURE_ENCRYPTED) | encrypted,
+        );
         put_u64(&mut buf, 64, self.created);
         put_u64(&mut buf, 72, self.device_size);
         put_u64(&mut buf, 80, self.meta_offset);
@@ -134,6 +156,21 @@ impl Superblock {
             put_u16(&mut buf, at + 16, member.index.0);
             buf[at + 18] = member.tier.to_byte();
             put_u64(&mut buf, at + 20, member.size);
+        }
+        if let Some(slot) = &self.key_slot {
+            let at = KEY_SLOT_OFFSET;
+            put_u32(&mut buf, at, slot.kdf.memory_kib);
+            put_u32(&mut buf, at + 4, slot.kdf.iterations);
+            put_u32(&mut buf, at + 8, slot.kdf.parallelism);
+            let at = at + 12;
+            buf[at..at + SALT_LEN].copy_from_slice(&slot.salt);
+            let at = at + SALT_LEN;
+            buf[at..at + NONCE_LEN].copy_from_slice(&slot.nonce);
+            let at = at + NONCE_LEN;
+            buf[at..at + WRAPPED_LEN].copy_from_slice(&slot.wrapped);
+        }
+        if let Some(key) = &self.dedup_key {
+            buf[DEDUP_KEY_OFFSET..DEDUP_KEY_OFFSET + KEY_LEN].copy_from_slice(key);
         }
         Self::reseal(&mut buf);
         buf
@@ -179,6 +216,33 @@ impl Superblock {
                 size: get_u64(buf, at + 20),
             });
         }
+        let key_slot = if features & FEATURE_ENCRYPTED != 0 {
+            let kdf = KdfParams {
+                memory_kib: get_u32(buf, KEY_SLOT_OFFSET),
+                iterations: get_u32(buf, KEY_SLOT_OFFSET + 4),
+                parallelism: get_u32(buf, KEY_SLOT_OFFSET + 8),
+            };
+            kdf.validate().map_err(SuperblockError::Invalid)?;
+            let at = KEY_SLOT_OFFSET + 12;
+            let field = |at: usize, len: usize| &buf[at..at + len];
+            Some(KeySlot {
+                kdf,
+                salt: field(at, SALT_LEN).try_into().unwrap_or([0; SALT_LEN]),
+                nonce: field(at + SALT_LEN, NONCE_LEN)
+                    .try_into()
+                    .unwrap_or([0; NONCE_LEN]),
+                wrapped: field(at + SALT_LEN + NONCE_LEN, WRAPPED_LEN)
+                    .try_into()
+                    .unwrap_or([0; WRAPPED_LEN]),
+            })
+        } else {
+            None
+        };
+        let dedup_key = (features & FEATURE_DEDUP != 0 && key_slot.is_none()).then(|| {
+            let mut key = [0u8; KEY_LEN];
+            key.copy_from_slice(&buf[DEDUP_KEY_OFFSET..DEDUP_KEY_OFFSET + KEY_LEN]);
+            key
+        });
         let sb = Superblock {
             pool_uuid: get_uuid(buf, 16),
             device_uuid: get_uuid(buf, 32),
@@ -194,9 +258,21 @@ impl Superblock {
             data_end: get_u64(buf, 104),
             label,
             members,
+            key_slot,
+            dedup_key,
         };
         sb.validate()?;
         Ok(sb)
+    }
+
+    /// Whether data and metadata are encrypted.
+    pub fn encrypted(&self) -> bool {
+        self.key_slot.is_some()
+    }
+
+    /// Whether identical blocks are stored once.
+    pub fn dedup(&self) -> bool {
+        self.features & FEATURE_DEDUP != 0
     }
 
     fn validate(&self) -> Result<(), SuperblockError> {
@@ -297,6 +373,21 @@ mod tests {
                     size: 4 << 30,
                 },
             ],
+            key_slot: None,
+            dedup_key: None,
+        }
+    }
+
+    fn encrypted_sample() -> Superblock {
+        Superblock {
+            features: FEATURE_DEDUP,
+            key_slot: Some(KeySlot {
+                kdf: KdfParams::DEFAULT,
+                salt: [3; SALT_LEN],
+                nonce: [4; NONCE_LEN],
+                wrapped: [5; WRAPPED_LEN],
+            }),
+            ..sample()
         }
     }
 
@@ -304,12 +395,34 @@ mod tests {
     fn round_trips() {
         let sb = sample();
         assert_eq!(Superblock::decode(&sb.encode()), Ok(sb));
+        let encrypted = encrypted_sample();
+        let decoded = Superblock::decode(&encrypted.encode()).expect("decodes");
+        assert!(decoded.encrypted() && decoded.dedup());
+        assert_eq!(decoded.features, FEATURE_ENCRYPTED | FEATURE_DEDUP);
+        assert_eq!(decoded.key_slot, encrypted.key_slot);
+        let dedup = Superblock {
+            features: FEATURE_DEDUP,
+            dedup_key: Some([8; KEY_LEN]),
+            ..sample()
+        };
+        assert_eq!(Superblock::decode(&dedup.encode()), Ok(dedup));
+    }
+
+    #[test]
+    fn refuses_hostile_key_derivation_costs() {
+        let mut raw = encrypted_sample().encode();
+        raw[KEY_SLOT_OFFSET..KEY_SLOT_OFFSET + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        Superblock::reseal(&mut raw);
+        assert!(matches!(
+            Superblock::decode(&raw),
+            Err(SuperblockError::Invalid(_))
+        ));
     }
 
     #[test]
     fn rejects_every_single_bit_flip_in_used_bytes() {
-        let encoded = sample().encode();
-        for byte in (0..400).chain(SUPERBLOCK_SIZE - 8..SUPERBLOCK_SIZE) {
+        let encoded = encrypted_sample().encode();
+        for byte in (0..1232).chain(SUPERBLOCK_SIZE - 8..SUPERBLOCK_SIZE) {
             let mut damaged = encoded;
             damaged[byte] ^= 0x10;
             assert!(

@@ -39,6 +39,7 @@ pub mod scrub;
 pub mod snapshot;
 pub mod tier;
 mod tx;
+pub mod usage;
 pub(crate) mod versions;
 mod view;
 mod xattr;
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableTable, WriteTransaction};
 
 use crate::alloc::{Allocator, DeviceSpace};
+use crate::codec::crypt::NonceSequence;
 use crate::device::{BlockDevice, ReadOp};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
@@ -100,6 +102,8 @@ pub struct FsConfig {
     pub fast_high_watermark: f64,
     /// Block heat halves every this long (see [`crate::heat`]).
     pub heat_half_life: Duration,
+    /// Most entries the dedup table takes (`None`: a quarter of the metadata region's worth).
+    pub dedup_table_limit: Option<u64>,
 }
 
 impl Default for FsConfig {
@@ -110,6 +114,7 @@ impl Default for FsConfig {
             cache_bytes: default_cache_bytes(),
             fast_high_watermark: 0.85,
             heat_half_life: Duration::from_secs(7 * 86_400),
+            dedup_table_limit: None,
         }
     }
 }
@@ -216,6 +221,22 @@ pub struct FsStatus {
     /// How many snapshots exist, and the data-area bytes only they hold.
     pub snapshots: u64,
     pub snapshot_bytes: u64,
+    /// Data and metadata are encrypted.
+    pub encrypted: bool,
+    /// Content, stored and referenced content bytes of every block.
+    pub totals: BlockTotals,
+    /// The dedup table of a dedup pool.
+    pub dedup: Option<DedupStatus>,
+}
+
+/// The size of a dedup pool's dedup table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupStatus {
+    pub entries: u64,
+    /// Most entries it takes (blocks written when full are not deduplicated).
+    pub limit: u64,
+    /// Bytes of metadata pages the table takes (what it can occupy of the metadata cache).
+    pub table_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -270,6 +291,53 @@ impl DeviceCounters {
     }
 }
 
+/// Totals over the block table, kept as blocks come and go and stored with each commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockTotals {
+    /// Content bytes of every block, each block once.
+    pub logical: u64,
+    /// Stored bytes of one copy of every block (compressed, encrypted), each block once.
+    pub stored: u64,
+    /// Content bytes times references: what the blocks would take without dedup.
+    pub logical_refs: u64,
+}
+
+impl BlockTotals {
+    /// The totals as `txn` holds them.
+    fn load(txn: &WriteTransaction) -> FsResult<Self> {
+        Ok(Self {
+            logical: counter(txn, meta::BLOCK_LOGICAL)?,
+            stored: counter(txn, meta::BLOCK_STORED)?,
+            logical_refs: counter(txn, meta::BLOCK_LOGICAL_REFS)?,
+        })
+    }
+
+    fn store(&self, counters: &mut redb::Table<'_, &str, u64>) -> FsResult<()> {
+        counters.insert(meta::BLOCK_LOGICAL, self.logical)?;
+        counters.insert(meta::BLOCK_STORED, self.stored)?;
+        counters.insert(meta::BLOCK_LOGICAL_REFS, self.logical_refs)?;
+        Ok(())
+    }
+
+    /// Content bytes per stored byte (1.0 for an empty pool).
+    pub fn compression_ratio(&self) -> f64 {
+        ratio(self.logical, self.stored)
+    }
+
+    /// Referenced content bytes per block content byte (1.0 without sharing).
+    pub fn dedup_ratio(&self) -> f64 {
+        ratio(self.logical_refs, self.logical)
+    }
+}
+
+fn ratio(numerator: u64, denominator: u64) -> f64 {
+    if denominator == 0 {
+        1.0
+    } else {
+        numerator as f64 / denominator as f64
+    }
+}
+
 /// Mutable bookkeeping beside the open transaction.
 #[derive(Debug)]
 struct Book {
@@ -286,12 +354,16 @@ struct Book {
     epoch: u64,
     /// Data-area bytes of the blocks the live tree maps.
     referenced: u64,
+    /// Totals over the block table.
+    totals: BlockTotals,
     /// Every snapshot, by epoch.
     snapshots: BTreeMap<u64, SnapshotRecord>,
     /// Block accesses counted since the last commit, by block id (folded into `heat` then).
     accesses: HashMap<u64, u64>,
     /// When the oldest of them happened.
     accesses_since: Option<Instant>,
+    /// The warning that the dedup table is full was logged (once per mount).
+    dedup_full_warned: bool,
     /// Whether the open transaction holds changes.
     dirty: bool,
     dirty_bytes: u64,
@@ -409,7 +481,24 @@ pub struct Filesystem {
     free_gate: RwLock<()>,
     counters: Vec<DeviceCounters>,
     cache: cache::BlockCache,
+    /// Nonces of this mount's encrypted blocks (an encrypted pool only).
+    nonces: Option<NonceSequence>,
+    /// The dedup hash key and table limit (a dedup pool only).
+    dedup: Option<Dedup>,
 }
+
+/// How a dedup pool deduplicates.
+#[derive(Debug, Clone, Copy)]
+struct Dedup {
+    key: [u8; 32],
+    /// The dedup table takes at most this many entries; blocks written while it is full are
+    /// stored without one (and never shared).
+    table_limit: u64,
+}
+
+/// Dedup table entries allowed per byte of metadata region: a full table takes about a quarter
+/// of it (an entry costs about 64 bytes in redb's pages).
+const DEDUP_ENTRY_BYTES: u64 = 64;
 
 impl Filesystem {
     /// Opens the filesystem on a pool: rebuilds the allocator from the block table and
@@ -429,6 +518,25 @@ impl Filesystem {
             counter(&txn, meta::NEXT_GENERATION)?,
         );
         let (epoch, referenced, snapshots) = load_snapshots(&txn)?;
+        let totals = BlockTotals::load(&txn)?;
+        let nonces = if pool.keys().is_some() {
+            // Durable before the first block of this mount is encrypted: `load` commits.
+            let generation = counter(&txn, meta::NONCE_GENERATION)? + 1;
+            let prefix = u32::try_from(generation).map_err(|_| {
+                FsError::Pool("the pool's nonce generations are used up (2^32 mounts)".into())
+            })?;
+            txn.open_table(COUNTERS)?
+                .insert(meta::NONCE_GENERATION, generation)?;
+            Some(NonceSequence::new(prefix))
+        } else {
+            None
+        };
+        let dedup = pool.dedup_key().map(|key| Dedup {
+            key,
+            table_limit: config
+                .dedup_table_limit
+                .unwrap_or(pool.metadata.capacity() / 4 / DEDUP_ENTRY_BYTES),
+        });
         {
             let blocks = txn.open_table(BLOCKS)?;
             for entry in blocks.iter()? {
@@ -478,10 +586,12 @@ impl Filesystem {
                     next_generation,
                     epoch,
                     referenced,
+                    totals,
                     snapshots,
                     accesses: HashMap::new(),
                     accesses_since: None,
-                    dirty: false,
+                    dedup_full_warned: false,
+                    dirty: nonces.is_some(),
                     dirty_bytes: 0,
                     dirty_records: 0,
                     dirty_since: None,
@@ -497,6 +607,8 @@ impl Filesystem {
             free_gate: RwLock::new(()),
             counters,
             cache: cache::BlockCache::new(config.cache_bytes, block_size),
+            nonces,
+            dedup,
         });
         let mut guard = LeakOnPanic(Some(fs));
         if let Some(fs) = &guard.0 {
@@ -653,6 +765,7 @@ impl Filesystem {
             let (epoch, referenced, snapshots) = load_snapshots(view.txn())?;
             book.epoch = epoch;
             book.referenced = referenced;
+            book.totals = BlockTotals::load(view.txn())?;
             book.snapshots = snapshots;
             Ok(view)
         });
@@ -702,6 +815,7 @@ impl Filesystem {
                 counters.insert(meta::NEXT_GENERATION, book.next_generation)?;
                 counters.insert(meta::EPOCH, book.epoch)?;
                 counters.insert(meta::REFERENCED, book.referenced)?;
+                book.totals.store(&mut counters)?;
             }
             if errors_changed {
                 let mut table = txn.open_table(DEVICE_ERRORS)?;
@@ -798,6 +912,17 @@ impl Filesystem {
             .reader(self)
             .and_then(|tx| tx.held_by_snapshots())
             .unwrap_or(0);
+        let dedup = self.dedup.and_then(|dedup| {
+            let tx = guard.reader(self).ok()?;
+            let table = tx.txn.open_table(meta::DEDUP).ok()?;
+            let stats = redb::ReadableTableMetadata::stats(&table).ok()?;
+            Some(DedupStatus {
+                entries: redb::ReadableTableMetadata::len(&table).ok()?,
+                limit: dedup.table_limit,
+                table_bytes: (stats.leaf_pages() + stats.branch_pages())
+                    * crate::meta::backend::PAGE,
+            })
+        });
         let state = &*guard;
         let members = self
             .pool
@@ -850,6 +975,9 @@ impl Filesystem {
             read_only_cause: state.read_only_cause.clone(),
             snapshots: state.book.snapshots.len() as u64,
             snapshot_bytes,
+            encrypted: self.pool.keys().is_some(),
+            totals: state.book.totals,
+            dedup,
         }
     }
 
@@ -914,7 +1042,7 @@ impl Filesystem {
         }
     }
 
-    /// A block's stored bytes, from the cache or read and verified.
+    /// A block's content, from the cache or read, verified and decoded.
     fn read_block(&self, id: u64, record: &BlockRecord) -> FsResult<Arc<Vec<u8>>> {
         let mut blocks = self.read_blocks(&[(id, *record)])?;
         blocks
@@ -922,30 +1050,72 @@ impl Filesystem {
             .ok_or_else(|| FsError::Corrupt(format!("block {id} could not be read")))
     }
 
-    /// The stored bytes of several blocks, in the order asked. Blocks not in the cache are read
-    /// with one batch per device and verified before they are cached; a block whose first copy
-    /// fails (I/O error or checksum) is read from its second copy, which is then written over
-    /// the bad one (self-heal). Without an intact copy the read fails: never wrong data.
+    /// The contents of several blocks, in the order asked: from the cache, or read (see
+    /// [`Self::read_stored`]), decoded and cached.
     fn read_blocks(&self, blocks: &[(u64, BlockRecord)]) -> FsResult<Vec<Arc<Vec<u8>>>> {
         let mut found: Vec<Option<Arc<Vec<u8>>>> =
             blocks.iter().map(|(id, _)| self.cache.get(*id)).collect();
-        let missing: Vec<usize> = (0..blocks.len()).filter(|&i| found[i].is_none()).collect();
-        let mut buffers: Vec<Vec<u8>> = missing
+        let missing: Vec<(u64, BlockRecord)> = blocks
             .iter()
-            .map(|&i| vec![0u8; blocks[i].1.padded_len()])
+            .zip(&found)
+            .filter(|(_, cached)| cached.is_none())
+            .map(|(block, _)| *block)
+            .collect();
+        let mut stored = self.read_stored(&missing)?.into_iter();
+        for (slot, (id, record)) in found.iter_mut().zip(blocks) {
+            if slot.is_some() {
+                continue;
+            }
+            let bytes = stored
+                .next()
+                .ok_or_else(|| FsError::Corrupt(format!("block {id} could not be read")))?;
+            let content = Arc::new(self.decode_block(*id, record, bytes)?);
+            self.cache.insert(*id, Arc::clone(&content));
+            *slot = Some(content);
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Decrypts and decompresses the verified stored bytes of block `id`. A failure here
+    /// (the ciphertext or its record was changed, or the pool's key is missing) is an I/O
+    /// error for the read, never wrong data.
+    fn decode_block(&self, id: u64, record: &BlockRecord, stored: Vec<u8>) -> FsResult<Vec<u8>> {
+        let keys = self.pool.keys().map(AsRef::as_ref);
+        crate::codec::decode_block(
+            stored,
+            record.encoding,
+            record.logical_len as usize,
+            id,
+            keys,
+        )
+        .map_err(|err| {
+            self.count_error(record.device, ErrorKind::Checksum);
+            tracing::error!(block = id, error = %err, "block cannot be decoded");
+            FsError::Corrupt(format!("block {id}: {err}"))
+        })
+    }
+
+    /// The stored bytes of several blocks, in the order asked, read with one batch per device
+    /// and verified against their checksums; a block whose first copy fails (I/O error or
+    /// checksum) is read from its second copy, which is then written over the bad one
+    /// (self-heal). Without an intact copy the read fails: never wrong data.
+    fn read_stored(&self, blocks: &[(u64, BlockRecord)]) -> FsResult<Vec<Vec<u8>>> {
+        let mut buffers: Vec<Vec<u8>> = blocks
+            .iter()
+            .map(|(_, record)| vec![0u8; record.padded_len()])
             .collect();
         let mut batch_failed: Vec<DeviceIndex> = Vec::new();
-        let mut devices: Vec<DeviceIndex> = missing.iter().map(|&i| blocks[i].1.device).collect();
+        let mut devices: Vec<DeviceIndex> = blocks.iter().map(|(_, r)| r.device).collect();
         devices.sort_unstable();
         devices.dedup();
         for index in devices {
             let device = self.device(index)?;
-            let mut ops: Vec<ReadOp<'_>> = missing
+            let mut ops: Vec<ReadOp<'_>> = blocks
                 .iter()
                 .zip(buffers.iter_mut())
-                .filter(|(&i, _)| blocks[i].1.device == index)
-                .map(|(&i, buf)| ReadOp {
-                    offset: blocks[i].1.sector * SECTOR_SIZE,
+                .filter(|((_, record), _)| record.device == index)
+                .map(|((_, record), buf)| ReadOp {
+                    offset: record.sector * SECTOR_SIZE,
                     buf: buf.as_mut_slice(),
                 })
                 .collect();
@@ -963,8 +1133,8 @@ impl Filesystem {
                 }
             }
         }
-        for (&i, mut buf) in missing.iter().zip(buffers) {
-            let (id, record) = blocks[i];
+        let mut stored = Vec::with_capacity(blocks.len());
+        for (&(id, record), mut buf) in blocks.iter().zip(buffers) {
             let primary = if batch_failed.contains(&record.device) {
                 self.read_copy(id, &record, record.primary())
             } else {
@@ -974,15 +1144,12 @@ impl Filesystem {
                         buf
                     })
             };
-            let content = match primary {
-                Ok(content) => content,
+            stored.push(match primary {
+                Ok(bytes) => bytes,
                 Err(err) => self.recover_block(id, &record, err)?,
-            };
-            let content = Arc::new(content);
-            self.cache.insert(id, Arc::clone(&content));
-            found[i] = Some(content);
+            });
         }
-        Ok(found.into_iter().flatten().collect())
+        Ok(stored)
     }
 
     /// Reads one copy of a block and verifies it; returns its stored bytes.

@@ -1,4 +1,4 @@
-//! Properties (`copies`, `tier`, `snapdir`): settings kept per file or directory, with the pool's defaults on inode 0.
+//! Properties (`copies`, `tier`, `compression`, `snapdir`): settings kept per file or directory, with the pool's defaults on inode 0.
 //! A directory without its own value inherits its nearest ancestor's, so a setting on a
 //! directory covers the whole tree below it, including directories that already exist. A file
 //! takes the value its directory has when the file is created (files have no parent link to
@@ -9,6 +9,7 @@ use redb::ReadableTable;
 
 use super::tx::Tx;
 use super::Filesystem;
+use crate::codec::Compression;
 use crate::error::{FsError, FsResult};
 use crate::meta::records::FileKind;
 use crate::meta::PROPERTIES;
@@ -25,6 +26,8 @@ pub enum Property {
     /// The tier new blocks go to: `None` is `auto` (the fast tier up to its high watermark,
     /// migration decides later), `Some(tier)` pins them there (and migration keeps them).
     Tier(Option<Tier>),
+    /// How new blocks of a file are compressed (`off`, `zstd`, `zstd:1` to `zstd:19`).
+    Compression(Compression),
     /// Whether `readdir` of the root lists `/.snapshots` (`visible`) or not (`hidden`, the
     /// default; the directory is reachable by name either way). Set on the root only.
     Snapdir(bool),
@@ -32,7 +35,7 @@ pub enum Property {
 
 impl Property {
     /// Every property's name.
-    pub const NAMES: &'static [&'static str] = &["copies", "tier", "snapdir"];
+    pub const NAMES: &'static [&'static str] = &["copies", "tier", "compression", "snapdir"];
 
     /// Parses `name=value`.
     pub fn parse(text: &str) -> FsResult<Self> {
@@ -59,6 +62,10 @@ impl Property {
                     "tier must be fast, slow or auto, not '{value}'"
                 ))),
             },
+            "compression" => value
+                .parse()
+                .map(Self::Compression)
+                .map_err(FsError::BadProperty),
             "snapdir" => match value {
                 "hidden" => Ok(Self::Snapdir(false)),
                 "visible" => Ok(Self::Snapdir(true)),
@@ -77,6 +84,7 @@ impl Property {
         match self {
             Self::Copies(_) => "copies",
             Self::Tier(_) => "tier",
+            Self::Compression(_) => "compression",
             Self::Snapdir(_) => "snapdir",
         }
     }
@@ -86,6 +94,7 @@ impl Property {
             Self::Copies(n) => n.to_string(),
             Self::Tier(None) => "auto".into(),
             Self::Tier(Some(tier)) => tier.as_str().into(),
+            Self::Compression(compression) => compression.to_string(),
             Self::Snapdir(true) => "visible".into(),
             Self::Snapdir(false) => "hidden".into(),
         }
@@ -101,6 +110,7 @@ impl Property {
         match name {
             "copies" => Some(Self::Copies(1)),
             "tier" => Some(Self::Tier(None)),
+            "compression" => Some(Self::Compression(Compression::Off)),
             "snapdir" => Some(Self::Snapdir(false)),
             _ => None,
         }
@@ -160,6 +170,14 @@ impl Tx<'_> {
         match self.property(ino, "tier")?.0 {
             Property::Tier(tier) => Ok(tier),
             other => Err(FsError::Corrupt(format!("tier read as {other:?}"))),
+        }
+    }
+
+    /// How `ino`'s new blocks are compressed.
+    pub fn compression(&self, ino: InodeId) -> FsResult<Compression> {
+        match self.property(ino, "compression")?.0 {
+            Property::Compression(compression) => Ok(compression),
+            other => Err(FsError::Corrupt(format!("compression read as {other:?}"))),
         }
     }
 

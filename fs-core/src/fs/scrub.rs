@@ -682,8 +682,8 @@ impl Filesystem {
             .iter()
             .filter(|at| self.heal_copy(id, record, &content, **at))
             .count() as u64;
-        // Readers see the intact bytes, whatever the cache held.
-        self.cache.insert(id, Arc::new(content));
+        // The next read decodes the intact bytes, whatever the cache held.
+        self.cache.remove(id);
         (bad.len() as u64, healed, true)
     }
 

@@ -13,7 +13,7 @@
 //! never during the copy.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -196,13 +196,14 @@ impl Filesystem {
             return Ok(done);
         }
         let listed: Vec<(u64, BlockRecord)> = jobs.iter().map(|j| (j.id, j.record)).collect();
-        // A block that cannot be read intact (logged by the read) stays where it is.
-        let contents: Vec<Option<Arc<Vec<u8>>>> = match self.read_blocks(&listed) {
+        // Stored bytes move as they are: compressed and encrypted blocks stay so, and no key
+        // is needed. A block that cannot be read intact (logged by the read) stays where it is.
+        let contents: Vec<Option<Vec<u8>>> = match self.read_stored(&listed) {
             Ok(contents) => contents.into_iter().map(Some).collect(),
             Err(_) => listed
                 .iter()
                 .map(|block| {
-                    self.read_blocks(std::slice::from_ref(block))
+                    self.read_stored(std::slice::from_ref(block))
                         .ok()
                         .and_then(|mut c| c.pop())
                 })
@@ -212,11 +213,11 @@ impl Filesystem {
             .into_iter()
             .zip(contents)
             .partition(|(_, content)| content.is_some());
-        let (jobs, contents): (Vec<Job>, Vec<Arc<Vec<u8>>>) = jobs
+        let (jobs, contents): (Vec<Job>, Vec<Vec<u8>>) = jobs
             .into_iter()
             .filter_map(|(job, content)| content.map(|c| (job, c)))
             .unzip();
-        let written = self.write_copies(&jobs, &contents);
+        let written = self.write_copies(&jobs, contents);
         drop(gate);
         if let Err(err) = written {
             // As for any failed device write: the pool turns read-only (the device may have
@@ -314,12 +315,11 @@ impl Filesystem {
     }
 
     /// Writes each job's content to its new location, one batch per device.
-    fn write_copies(&self, jobs: &[Job], contents: &[Arc<Vec<u8>>]) -> FsResult<()> {
+    fn write_copies(&self, jobs: &[Job], stored: Vec<Vec<u8>>) -> FsResult<()> {
         let padded: Vec<Vec<u8>> = jobs
             .iter()
-            .zip(contents)
-            .map(|(job, content)| {
-                let mut buf = content.as_ref().clone();
+            .zip(stored)
+            .map(|(job, mut buf)| {
                 buf.resize(job.record.padded_len(), 0);
                 buf
             })

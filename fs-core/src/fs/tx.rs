@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::versions::{
     decode_block_id, decode_dirent, encode_dirent, named_key, number_key, pair_key, split_named,
@@ -13,22 +13,40 @@ use super::versions::{
 };
 use super::{Book, Filesystem};
 use crate::alloc::Placement;
+use crate::codec::{Compression, Encoding};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::heat::Heat;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location};
-use crate::meta::{BLOCKS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, INODES, ORPHANS, XATTRS};
+use crate::meta::{
+    BLOCKS, DEDUP, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, INODES, ORPHANS, XATTRS,
+};
 use crate::types::{DeviceIndex, InodeId};
 
-/// A block written to fresh sectors, not yet mapped.
+/// A new block written to fresh sectors, not yet mapped.
 struct Placed {
     index: u64,
+    id: u64,
     primary: Location,
     mirror: Option<Location>,
-    /// The content padded to whole sectors.
+    /// The stored bytes padded to whole sectors.
     buf: Vec<u8>,
-    /// The content's length.
-    len: usize,
+    stored_len: usize,
+    encoding: Encoding,
+    /// The content, for the block cache.
+    content: Vec<u8>,
+    /// The content's dedup table key (dedup pools only).
+    dedup_hash: Option<[u8; 32]>,
+}
+
+/// What becomes of one block of a [`Tx::store_blocks`] batch.
+enum Stored {
+    /// Written to new sectors (`Placed` at this position of the batch's list).
+    New(usize),
+    /// The pool already holds this content in block `id`.
+    Shared { index: u64, id: u64 },
+    /// All zeros in a compressed file: unmapped, so it reads back as a hole.
+    Hole { index: u64 },
 }
 
 pub(super) struct Tx<'a> {
@@ -387,6 +405,9 @@ impl Tx<'_> {
     pub fn unref_block(&mut self, id: u64) -> FsResult<()> {
         self.mark_dirty();
         let mut record = self.block_record(id)?;
+        let logical = u64::from(record.logical_len);
+        let totals = &mut self.book.totals;
+        totals.logical_refs = totals.logical_refs.saturating_sub(logical);
         let mut table = self.txn.open_table(BLOCKS)?;
         if record.refcount > 1 {
             record.refcount -= 1;
@@ -394,6 +415,15 @@ impl Tx<'_> {
             return Ok(());
         }
         table.remove(id)?;
+        totals.logical = totals.logical.saturating_sub(logical);
+        totals.stored = totals.stored.saturating_sub(u64::from(record.stored_len));
+        if let Some(hash) = &record.dedup_hash {
+            let mut dedup = self.txn.open_table(DEDUP)?;
+            // The entry may name a newer block with the same content (see `shareable_block`).
+            if dedup.get(hash)?.is_some_and(|v| v.value() == id) {
+                dedup.remove(hash)?;
+            }
+        }
         self.txn.open_table(HEAT)?.remove(id)?;
         self.book.accesses.remove(&id);
         self.fs.cache.remove(id);
@@ -475,35 +505,73 @@ impl Tx<'_> {
 
     /// Writes new contents for logical blocks of `inode` to fresh sectors (two copies on two
     /// devices when its `copies` property is 2) and maps them, releasing the blocks they
-    /// replace. All space is claimed and all data written before the first metadata change, so
-    /// ENOSPC or a device error leaves the file as it was.
+    /// replace. Each block is compressed and encrypted as the file and pool ask; on a dedup
+    /// pool, content the pool already holds is mapped to the existing block instead, and in a
+    /// compressed file an all-zero block becomes a hole. All space is claimed and all data
+    /// written before the first metadata change, so ENOSPC or a device error leaves the file
+    /// as it was.
     pub fn store_blocks(&mut self, inode: &mut Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
         writable(inode.id)?;
         let mirrored = self.copies(inode.id)? >= 2;
+        let compression = self.compression(inode.id)?;
         let placement = match self.pinned_tier(inode.id)? {
             Some(tier) => Placement::Pinned(tier),
             None => Placement::Auto {
                 high_watermark: self.fs.config.fast_high_watermark,
             },
         };
-        let mut placed: Vec<Placed> = Vec::with_capacity(blocks.len());
-        for (index, mut content) in blocks {
-            let len = content.len();
-            let sectors = (len as u64).div_ceil(SECTOR_SIZE).max(1);
-            let Some(placement) = self.place(sectors, placement, mirrored) else {
+        let mut placed: Vec<Placed> = Vec::new();
+        let mut plan: Vec<Stored> = Vec::with_capacity(blocks.len());
+        for (index, content) in blocks {
+            if compression != Compression::Off && crate::codec::compress::is_zero(&content) {
+                plan.push(Stored::Hole { index });
+                continue;
+            }
+            let dedup_hash = self
+                .fs
+                .dedup
+                .map(|dedup| crate::codec::dedup_hash(&dedup.key, &content));
+            if let Some(hash) = &dedup_hash {
+                let earlier = placed.iter().find(|p| p.dedup_hash.as_ref() == Some(hash));
+                let shared = match earlier {
+                    Some(earlier) => Some(earlier.id),
+                    None => self.shareable_block(hash, mirrored)?,
+                };
+                if let Some(id) = shared {
+                    plan.push(Stored::Shared { index, id });
+                    continue;
+                }
+            }
+            let id = self.book.next_block;
+            self.book.next_block += 1;
+            let encryption = match (self.fs.pool.keys(), &self.fs.nonces) {
+                (Some(keys), Some(nonces)) => Some((keys.as_ref(), nonces.next())),
+                _ => None,
+            };
+            let (mut buf, encoding) =
+                crate::codec::encode_block(&content, compression, encryption, id)
+                    .map_err(|e| FsError::Corrupt(format!("encoding block {id}: {e}")))?;
+            let stored_len = buf.len();
+            let sectors = (stored_len as u64).div_ceil(SECTOR_SIZE).max(1);
+            let Some((primary, mirror)) = self.place(sectors, placement, mirrored) else {
                 self.release_placed(&placed);
                 return Err(FsError::NoSpace);
             };
-            content.resize(
+            buf.resize(
                 usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX),
                 0,
             );
+            plan.push(Stored::New(placed.len()));
             placed.push(Placed {
                 index,
-                primary: placement.0,
-                mirror: placement.1,
-                buf: content,
-                len,
+                id,
+                primary,
+                mirror,
+                buf,
+                stored_len,
+                encoding,
+                content,
+                dedup_hash,
             });
         }
         if let Err(err) = self.write_placed(&placed) {
@@ -511,51 +579,130 @@ impl Tx<'_> {
             return Err(err);
         }
         self.mark_dirty();
-        let now = crate::heat::now();
-        for Placed {
-            index,
-            primary,
-            mirror,
-            buf,
-            len,
-        } in placed
-        {
-            let record = BlockRecord {
-                device: primary.device,
-                sector: primary.sector,
-                stored_len: u32::try_from(len).unwrap_or(u32::MAX),
-                checksum: crate::codec::checksum64(&buf[..len]),
-                flags: 0,
-                refcount: 1,
-                mirror,
-            };
-            let id = self.book.next_block;
-            self.book.next_block += 1;
-            self.fs.cache.insert(id, Arc::new(buf[..len].to_vec()));
-            self.txn
-                .open_table(BLOCKS)?
-                .insert(id, record.encode().as_slice())?;
-            let old = self
-                .txn
-                .open_table(FILE_BLOCKS)?
-                .insert((inode.id.0, index), (id, self.book.epoch))?
-                .map(|v| v.value());
-            inode.allocated += record.allocated_bytes();
-            self.book.referenced += record.allocated_bytes();
-            // The new block inherits the heat of the one it replaces, plus this write.
-            let inherited = match old {
-                Some((old, _)) => self.heat(old)?,
-                None => Heat::COLD,
-            };
-            let heat = inherited.plus(1, now, self.fs.config.heat_half_life);
-            self.txn
-                .open_table(HEAT)?
-                .insert(id, (heat.score, heat.at))?;
-            if let Some((old, birth)) = old {
-                let unmapped = self.end_mapping(inode.id.0, index, old, birth)?;
-                inode.allocated = inode.allocated.saturating_sub(unmapped);
+        let mut placed: Vec<Option<Placed>> = placed.into_iter().map(Some).collect();
+        for stored in plan {
+            match stored {
+                Stored::Hole { index } => {
+                    let unmapped = self.unmap_range(inode.id, index..index + 1)?;
+                    inode.allocated = inode.allocated.saturating_sub(unmapped);
+                }
+                Stored::Shared { index, id } => {
+                    let record = self.ref_block(id)?;
+                    self.map_block(inode, index, id, &record, None)?;
+                }
+                Stored::New(at) => {
+                    let Some(block) = placed.get_mut(at).and_then(Option::take) else {
+                        continue;
+                    };
+                    let record = self.add_block(block.id, &block)?;
+                    self.fs.cache.insert(block.id, Arc::new(block.content));
+                    let written = record.stored_len as u64;
+                    self.map_block(inode, block.index, block.id, &record, Some(written))?;
+                }
             }
-            self.book.dirty_bytes += len as u64;
+        }
+        Ok(())
+    }
+
+    /// A block of the dedup table holding content with `hash` that a file can share: one with
+    /// a second copy when `mirrored` asks for two.
+    fn shareable_block(&self, hash: &[u8; 32], mirrored: bool) -> FsResult<Option<u64>> {
+        let Some(id) = self.txn.open_table(DEDUP)?.get(hash)?.map(|v| v.value()) else {
+            return Ok(None);
+        };
+        let record = self.block_record(id)?;
+        Ok((record.mirror.is_some() || !mirrored).then_some(id))
+    }
+
+    /// Enters a newly written block in the block table (and the dedup table while it has
+    /// room), counting it in the pool's totals.
+    fn add_block(&mut self, id: u64, block: &Placed) -> FsResult<BlockRecord> {
+        let mut dedup_hash = block.dedup_hash;
+        if let (Some(hash), Some(dedup)) = (&block.dedup_hash, self.fs.dedup) {
+            let mut table = self.txn.open_table(DEDUP)?;
+            if table.len()? < dedup.table_limit || table.get(hash)?.is_some() {
+                table.insert(hash, id)?;
+            } else {
+                if !self.book.dedup_full_warned {
+                    tracing::warn!(
+                        limit = dedup.table_limit,
+                        "the dedup table is full: new blocks are stored without dedup"
+                    );
+                    self.book.dedup_full_warned = true;
+                }
+                dedup_hash = None;
+            }
+        }
+        let record = BlockRecord {
+            device: block.primary.device,
+            sector: block.primary.sector,
+            stored_len: u32::try_from(block.stored_len).unwrap_or(u32::MAX),
+            logical_len: u32::try_from(block.content.len()).unwrap_or(u32::MAX),
+            checksum: crate::codec::checksum64(&block.buf[..block.stored_len]),
+            encoding: block.encoding,
+            refcount: 1,
+            mirror: block.mirror,
+            dedup_hash,
+        };
+        self.txn
+            .open_table(BLOCKS)?
+            .insert(id, record.encode().as_slice())?;
+        let totals = &mut self.book.totals;
+        totals.logical += u64::from(record.logical_len);
+        totals.stored += u64::from(record.stored_len);
+        totals.logical_refs += u64::from(record.logical_len);
+        Ok(record)
+    }
+
+    /// Adds a reference to block `id` (content a file shares with it).
+    fn ref_block(&mut self, id: u64) -> FsResult<BlockRecord> {
+        let mut record = self.block_record(id)?;
+        record.refcount = record
+            .refcount
+            .checked_add(1)
+            .ok_or_else(|| FsError::Corrupt(format!("block {id} has too many references")))?;
+        self.txn
+            .open_table(BLOCKS)?
+            .insert(id, record.encode().as_slice())?;
+        self.book.totals.logical_refs += u64::from(record.logical_len);
+        Ok(record)
+    }
+
+    /// Maps logical block `index` of `inode` to block `id` (already counted as referenced by
+    /// it), ending the mapping it replaces. `written` is set for a block this write created:
+    /// it inherits the heat of the block it replaces; a shared block counts an access.
+    fn map_block(
+        &mut self,
+        inode: &mut Inode,
+        index: u64,
+        id: u64,
+        record: &BlockRecord,
+        written: Option<u64>,
+    ) -> FsResult<()> {
+        let old = self
+            .txn
+            .open_table(FILE_BLOCKS)?
+            .insert((inode.id.0, index), (id, self.book.epoch))?
+            .map(|v| v.value());
+        inode.allocated += record.allocated_bytes();
+        self.book.referenced += record.allocated_bytes();
+        match written {
+            Some(bytes) => {
+                let inherited = match old {
+                    Some((old, _)) => self.heat(old)?,
+                    None => Heat::COLD,
+                };
+                let heat = inherited.plus(1, crate::heat::now(), self.fs.config.heat_half_life);
+                self.txn
+                    .open_table(HEAT)?
+                    .insert(id, (heat.score, heat.at))?;
+                self.book.dirty_bytes += bytes;
+            }
+            None => self.count_accesses([id]),
+        }
+        if let Some((old, birth)) = old {
+            let unmapped = self.end_mapping(inode.id.0, index, old, birth)?;
+            inode.allocated = inode.allocated.saturating_sub(unmapped);
         }
         Ok(())
     }

@@ -125,7 +125,7 @@ impl View {
             .collect();
         let superblocks: Vec<_> = pool.members.iter().map(|m| m.superblock.clone()).collect();
         let copies = crate::pool::meta_copies(shadows.iter(), &superblocks);
-        let backend = MirroredRegionBackend::open(copies)
+        let backend = MirroredRegionBackend::open(copies, pool.keys().cloned())
             .map_err(|e| FsError::Pool(format!("cannot read the metadata region back: {e}")))?;
         crate::error::contain_panics("reading the metadata back", || {
             let db = Database::builder().create_with_backend(backend)?;

@@ -20,12 +20,17 @@
 //! After a crash the copies' tables may disagree for pages written since the last flush; at
 //! open, such pages are copied from the first copy to the others, so the copies agree again
 //! and every page below the database length has a known checksum.
+//!
+//! On an encrypted pool every page is encrypted (AES-256-XTS, the page index as tweak) between
+//! redb and everything above: copies, checksums, healing and scrubbing all work on ciphertext,
+//! so they need no key, and redb only ever sees plaintext.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::codec::checksum64;
+use crate::codec::crypt::PoolKeys;
 use crate::device::{BlockDevice, DeviceError};
 
 /// Magic of the current region layout (header, checksum table, database).
@@ -370,10 +375,17 @@ struct Region {
     /// Held across every device access, so a page and its checksum always change together.
     pages: Mutex<PageSums>,
     shared: Shared,
+    /// The page cipher of an encrypted pool.
+    cipher: Option<Arc<PoolKeys>>,
 }
 
 impl Region {
-    fn new(copies: Vec<RegionCopy>, len: u64, pages: PageSums) -> io::Result<Self> {
+    fn new(
+        copies: Vec<RegionCopy>,
+        len: u64,
+        pages: PageSums,
+        cipher: Option<Arc<PoolKeys>>,
+    ) -> io::Result<Self> {
         if copies.is_empty() {
             return Err(io::Error::other("no metadata copies"));
         }
@@ -393,24 +405,25 @@ impl Region {
                 policy: Mutex::new(ReadPolicy::default()),
                 damage: Mutex::new(Vec::new()),
             },
+            cipher,
         })
     }
 
     /// Initialises empty regions (length 0) on every copy; used by `format`.
-    pub fn create(copies: Vec<RegionCopy>) -> io::Result<Self> {
+    pub fn create(copies: Vec<RegionCopy>, cipher: Option<Arc<PoolKeys>>) -> io::Result<Self> {
         let header = encode_header(0, true);
         for copy in &copies {
             copy.device.write_at(copy.offset, &header).map_err(to_io)?;
             copy.device.flush().map_err(to_io)?;
         }
-        Self::new(copies, 0, PageSums::default())
+        Self::new(copies, 0, PageSums::default(), cipher)
     }
 
     /// Opens existing regions. The length comes from the first copy with a valid header; a
     /// copy whose header is unreadable or damaged is rewritten from that copy before use, and
     /// pages whose checksums the copies disagree on are copied from the first copy, so the
     /// copies agree again.
-    pub fn open(copies: Vec<RegionCopy>) -> io::Result<Self> {
+    pub fn open(copies: Vec<RegionCopy>, cipher: Option<Arc<PoolKeys>>) -> io::Result<Self> {
         let mut header = vec![0u8; HEADER_LEN as usize];
         let headers: Vec<Result<(u64, bool), HeaderProblem>> = copies
             .iter()
@@ -460,6 +473,7 @@ impl Region {
                 sums,
                 dirty_blocks: BTreeSet::new(),
             },
+            cipher,
         )?;
         backend.reconcile(unclean)?;
         Ok(backend)
@@ -757,12 +771,42 @@ impl Region {
         }
         let mut pages = self.lock_pages();
         let Some((first, span, at)) = page_span(offset, out.len())? else {
-            return self.read_pages(&mut pages, offset / PAGE, out);
+            self.read_pages(&mut pages, offset / PAGE, out)?;
+            self.decrypt(offset / PAGE, out);
+            return Ok(());
         };
         let mut buf = vec![0u8; span];
         self.read_pages(&mut pages, first, &mut buf)?;
+        self.decrypt(first, &mut buf);
         out.copy_from_slice(&buf[at..at + out.len()]);
         Ok(())
+    }
+
+    /// Decrypts whole pages read from the devices (a no-op on an unencrypted pool).
+    fn decrypt(&self, first_page: u64, buf: &mut [u8]) {
+        if let Some(keys) = &self.cipher {
+            keys.decrypt_pages(first_page, buf);
+        }
+    }
+
+    /// Writes redb's bytes `data` at `offset`: on an encrypted pool the pages they cover are
+    /// assembled in plaintext (partial ones read and decrypted first) and encrypted whole.
+    fn store(&self, pages: &mut PageSums, offset: u64, data: &[u8]) -> io::Result<()> {
+        let Some(keys) = &self.cipher else {
+            return self.write_locked(pages, offset, data);
+        };
+        let (first, mut buf) = match page_span(offset, data.len())? {
+            None => (offset / PAGE, data.to_vec()),
+            Some((first, span, at)) => {
+                let mut buf = vec![0u8; span];
+                self.read_pages(pages, first, &mut buf)?;
+                keys.decrypt_pages(first, &mut buf);
+                buf[at..at + data.len()].copy_from_slice(data);
+                (first, buf)
+            }
+        };
+        keys.encrypt_pages(first, &mut buf);
+        self.write_locked(pages, first * PAGE, &buf)
     }
 
     fn db_set_len(&self, new_len: u64) -> Result<(), io::Error> {
@@ -779,7 +823,7 @@ impl Region {
             let mut at = *len;
             while at < new_len {
                 let chunk = usize::try_from(new_len - at).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
-                self.write_locked(&mut pages, at, &zeros[..chunk])?;
+                self.store(&mut pages, at, &zeros[..chunk])?;
                 at += chunk as u64;
             }
         }
@@ -804,7 +848,7 @@ impl Region {
             ));
         }
         let mut pages = self.lock_pages();
-        self.write_locked(&mut pages, offset, data)
+        self.store(&mut pages, offset, data)
     }
 }
 
@@ -813,14 +857,15 @@ impl Region {
 pub struct MirroredRegionBackend(Arc<Region>);
 
 impl MirroredRegionBackend {
-    /// Initialises empty regions (length 0) on every copy; used by `format`.
-    pub fn create(copies: Vec<RegionCopy>) -> io::Result<Self> {
-        Region::create(copies).map(|region| Self(Arc::new(region)))
+    /// Initialises empty regions (length 0) on every copy; used by `format`. Pages are
+    /// encrypted with `cipher` when given.
+    pub fn create(copies: Vec<RegionCopy>, cipher: Option<Arc<PoolKeys>>) -> io::Result<Self> {
+        Region::create(copies, cipher).map(|region| Self(Arc::new(region)))
     }
 
     /// Opens existing regions (see [`Region::open`]).
-    pub fn open(copies: Vec<RegionCopy>) -> io::Result<Self> {
-        Region::open(copies).map(|region| Self(Arc::new(region)))
+    pub fn open(copies: Vec<RegionCopy>, cipher: Option<Arc<PoolKeys>>) -> io::Result<Self> {
+        Region::open(copies, cipher).map(|region| Self(Arc::new(region)))
     }
 
     /// A handle on the region that stays usable after redb owns the backend.
@@ -902,7 +947,7 @@ mod tests {
 
         /// A backend holding three pages of distinct bytes, synced.
         fn written(&self) -> (MirroredRegionBackend, Vec<u8>) {
-            let backend = MirroredRegionBackend::create(self.copies()).unwrap();
+            let backend = MirroredRegionBackend::create(self.copies(), None).unwrap();
             let data: Vec<u8> = (0..3 * PAGE_BYTES).map(|i| (i % 251) as u8).collect();
             backend.set_len(data.len() as u64).unwrap();
             backend.write(0, &data).unwrap();
@@ -943,12 +988,40 @@ mod tests {
         backend.write(100, b"unaligned").unwrap();
         backend.sync_data().unwrap();
         drop(backend);
-        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        let backend = MirroredRegionBackend::open(fx.copies(), None).unwrap();
         let mut expected = data;
         expected[100..109].copy_from_slice(b"unaligned");
         assert_eq!(read(&backend, 0, expected.len()).unwrap(), expected);
         assert_eq!(read(&backend, 99, 11).unwrap(), expected[99..110]);
         assert!(backend.handle().damage().is_empty());
+    }
+
+    #[test]
+    fn encrypted_pages_hold_no_plaintext_and_read_back_after_reopen() {
+        use crate::codec::crypt::MasterKey;
+        let fx = Fixture::new();
+        let keys = Arc::new(PoolKeys::derive(&MasterKey::generate().unwrap()));
+        let secret = b"a file name nobody may read: payroll-2026.xlsx";
+        let backend = MirroredRegionBackend::create(fx.copies(), Some(Arc::clone(&keys))).unwrap();
+        backend.set_len(3 * PAGE).unwrap();
+        backend.write(5000, secret).unwrap();
+        backend.sync_data().unwrap();
+        drop(backend);
+        for device in [&fx.fast, &fx.slow] {
+            let mut raw = vec![0u8; REGION as usize * 2];
+            device.read_at(0, &mut raw).unwrap();
+            assert!(!raw.windows(secret.len()).any(|w| w == secret));
+            // Pages redb never wrote are encrypted zeros, not zeros.
+            assert_ne!(fx.page_on(device, 2), vec![0u8; PAGE_BYTES]);
+        }
+        let backend = MirroredRegionBackend::open(fx.copies(), Some(Arc::clone(&keys))).unwrap();
+        assert_eq!(read(&backend, 5000, secret.len()).unwrap(), secret);
+        assert_eq!(read(&backend, 2 * PAGE, 16).unwrap(), vec![0u8; 16]);
+        drop(backend);
+        // The wrong key reads garbage (redb then refuses the database); never the secret.
+        let other = Arc::new(PoolKeys::derive(&MasterKey::generate().unwrap()));
+        let backend = MirroredRegionBackend::open(fx.copies(), Some(other)).unwrap();
+        assert_ne!(read(&backend, 5000, secret.len()).unwrap(), secret);
     }
 
     #[test]
@@ -1021,7 +1094,7 @@ mod tests {
         for device in [&fx.fast, &fx.slow] {
             device.write_at(fx.data_at(2 * PAGE), &new_page).unwrap();
         }
-        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        let backend = MirroredRegionBackend::open(fx.copies(), None).unwrap();
         assert_eq!(read(&backend, 2 * PAGE, PAGE_BYTES).unwrap(), new_page);
         assert!(backend.handle().damage().is_empty());
     }
@@ -1042,7 +1115,7 @@ mod tests {
         fx.slow.power_cut(CutMode::DropAll).unwrap();
         fx.slow.revive();
         fx.slow.set_plan(FaultPlan::default());
-        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        let backend = MirroredRegionBackend::open(fx.copies(), None).unwrap();
         assert_eq!(read(&backend, PAGE, PAGE_BYTES).unwrap(), new_page);
         assert_eq!(fx.page_on(&fx.slow, 1), new_page);
         assert_eq!(read(&backend, 0, PAGE_BYTES).unwrap(), data[..PAGE_BYTES]);
@@ -1063,7 +1136,7 @@ mod tests {
         let stray = vec![3u8; PAGE_BYTES];
         fx.fast.write_at(fx.data_at(2 * PAGE), &stray).unwrap();
         drop(backend);
-        let backend = MirroredRegionBackend::open(fx.copies()).unwrap();
+        let backend = MirroredRegionBackend::open(fx.copies(), None).unwrap();
         // Settled on the copy that matches the checksum, so the last synced state wins.
         assert_eq!(fx.page_on(&fx.fast, 2), data[2 * PAGE_BYTES..]);
         assert!(backend.handle().damage().is_empty());
@@ -1102,7 +1175,7 @@ mod tests {
         for device in [&fx.fast, &fx.slow] {
             device.write_at(REGION, &header).unwrap();
         }
-        let err = MirroredRegionBackend::open(fx.copies()).unwrap_err();
+        let err = MirroredRegionBackend::open(fx.copies(), None).unwrap_err();
         assert!(
             err.to_string().contains("earlier development layout"),
             "{err}"

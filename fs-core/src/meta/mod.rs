@@ -10,7 +10,7 @@
 //! - `xattrs`: (inode, name) → (value, birth epoch)
 //! - `orphans`: inode number → () for unlinked inodes still open at the last commit
 //! - `counters`: name → u64 (next inode, next block id, next generation, live epoch,
-//!   referenced bytes)
+//!   referenced bytes, block totals, nonce generation)
 //!
 //! The five namespace tables hold the live tree; every record carries the epoch it was
 //! written in. A record a snapshot still sees is moved to `history` when it is replaced or
@@ -58,6 +58,9 @@ pub const SCRUB: TableDefinition<&str, &[u8]> = TableDefinition::new("scrub");
 pub const MIGRATIONS: TableDefinition<(i64, u32), &[u8]> = TableDefinition::new("migrations");
 /// Block heat (see [`crate::heat`]): block id → (decayed access score, its time in seconds).
 pub const HEAT: TableDefinition<u64, (f64, i64)> = TableDefinition::new("heat");
+/// The dedup table of a dedup pool: keyed content hash ([`crate::codec::dedup_hash`]) → the
+/// block holding that content.
+pub const DEDUP: TableDefinition<&[u8; 32], u64> = TableDefinition::new("dedup");
 /// Properties (`copies`, …) by (inode, name); inode 0 holds the pool's defaults.
 pub const PROPERTIES: TableDefinition<(u64, &str), &str> = TableDefinition::new("properties");
 
@@ -68,3 +71,12 @@ pub const NEXT_GENERATION: &str = "next_generation";
 pub const EPOCH: &str = "epoch";
 /// Data-area bytes of the blocks the live tree maps (a snapshot records it when taken).
 pub const REFERENCED: &str = "referenced";
+/// Content bytes of every block in the block table, each block counted once.
+pub const BLOCK_LOGICAL: &str = "block_logical";
+/// Stored bytes (one copy, after compression and encryption) of every block, each once.
+pub const BLOCK_STORED: &str = "block_stored";
+/// Content bytes of every block times its references: what the blocks would take without dedup.
+pub const BLOCK_LOGICAL_REFS: &str = "block_logical_refs";
+/// Mounts that may have encrypted blocks: each mount takes the next one as the prefix of its
+/// block nonces, committed before its first block is written.
+pub const NONCE_GENERATION: &str = "nonce_generation";

@@ -4,12 +4,18 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::codec::crypt::NONCE_LEN;
+use crate::codec::Encoding;
 use crate::types::{DeviceIndex, InodeId};
 
 const INODE_RECORD_VERSION: u8 = 1;
-/// Block records without a second copy are written as version 1, mirrored ones as version 2.
-const BLOCK_RECORD_VERSION: u8 = 1;
-const MIRRORED_BLOCK_RECORD_VERSION: u8 = 2;
+/// Block records of format version 3: a flags byte says which optional parts follow.
+const BLOCK_RECORD_VERSION: u8 = 3;
+const BLOCK_COMPRESSED: u8 = 1 << 0;
+const BLOCK_ENCRYPTED: u8 = 1 << 1;
+const BLOCK_MIRRORED: u8 = 1 << 2;
+const BLOCK_DEDUP: u8 = 1 << 3;
+const BLOCK_FLAGS: u8 = BLOCK_COMPRESSED | BLOCK_ENCRYPTED | BLOCK_MIRRORED | BLOCK_DEDUP;
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -464,7 +470,7 @@ pub struct Location {
     pub sector: u64,
 }
 
-/// A block-table entry: where a block's bytes are and how to verify them.
+/// A block-table entry: where a block's bytes are, how to verify them and how to decode them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRecord {
     pub device: DeviceIndex,
@@ -472,36 +478,52 @@ pub struct BlockRecord {
     pub sector: u64,
     /// Bytes stored (the checksum covers exactly these).
     pub stored_len: u32,
+    /// Bytes of content they decode to.
+    pub logical_len: u32,
     pub checksum: u64,
-    /// Encoding flags (compression, encryption): none defined yet.
-    pub flags: u32,
+    /// Compression and encryption of the stored bytes.
+    pub encoding: Encoding,
     /// Number of file-map entries pointing at this block.
     pub refcount: u32,
     /// The second copy (same bytes, on another device), for `copies=2` data.
     pub mirror: Option<Location>,
+    /// The block's key in the dedup table (dedup pools only).
+    pub dedup_hash: Option<[u8; 32]>,
 }
 
 impl BlockRecord {
-    /// Encoded length of a record without a mirror (version 1).
-    pub const ENCODED_LEN: usize = 31;
-    /// Encoded length of a record with a mirror (version 2).
-    pub const MIRRORED_ENCODED_LEN: usize = Self::ENCODED_LEN + 10;
+    /// Encoded length of a record with no optional part.
+    pub const MIN_ENCODED_LEN: usize = 32;
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(Self::MIRRORED_ENCODED_LEN));
-        w.u8(if self.mirror.is_some() {
-            MIRRORED_BLOCK_RECORD_VERSION
-        } else {
-            BLOCK_RECORD_VERSION
-        })
-        .u16(self.device.0)
-        .u64(self.sector)
-        .u32(self.stored_len)
-        .u64(self.checksum)
-        .u32(self.flags)
-        .u32(self.refcount);
+        let mut flags = 0;
+        for (present, flag) in [
+            (self.encoding.compressed, BLOCK_COMPRESSED),
+            (self.encoding.nonce.is_some(), BLOCK_ENCRYPTED),
+            (self.mirror.is_some(), BLOCK_MIRRORED),
+            (self.dedup_hash.is_some(), BLOCK_DEDUP),
+        ] {
+            if present {
+                flags |= flag;
+            }
+        }
+        let mut w = Writer(Vec::with_capacity(Self::MIN_ENCODED_LEN + 54));
+        w.u8(BLOCK_RECORD_VERSION)
+            .u8(flags)
+            .u16(self.device.0)
+            .u64(self.sector)
+            .u32(self.stored_len)
+            .u32(self.logical_len)
+            .u64(self.checksum)
+            .u32(self.refcount);
         if let Some(mirror) = self.mirror {
             w.u16(mirror.device.0).u64(mirror.sector);
+        }
+        if let Some(nonce) = &self.encoding.nonce {
+            w.0.extend_from_slice(nonce);
+        }
+        if let Some(hash) = &self.dedup_hash {
+            w.0.extend_from_slice(hash);
         }
         w.0
     }
@@ -511,25 +533,38 @@ impl BlockRecord {
             bytes,
             what: "block",
         };
-        let mirrored = match r.u8()? {
-            BLOCK_RECORD_VERSION => false,
-            MIRRORED_BLOCK_RECORD_VERSION => true,
-            _ => return Err(RecordError("block")),
-        };
+        if r.u8()? != BLOCK_RECORD_VERSION {
+            return Err(RecordError("block"));
+        }
+        let flags = r.u8()?;
+        if flags & !BLOCK_FLAGS != 0 {
+            return Err(RecordError("block"));
+        }
         let mut record = BlockRecord {
             device: DeviceIndex(r.u16()?),
             sector: r.u64()?,
             stored_len: r.u32()?,
+            logical_len: r.u32()?,
             checksum: r.u64()?,
-            flags: r.u32()?,
             refcount: r.u32()?,
+            encoding: Encoding {
+                compressed: flags & BLOCK_COMPRESSED != 0,
+                nonce: None,
+            },
             mirror: None,
+            dedup_hash: None,
         };
-        if mirrored {
+        if flags & BLOCK_MIRRORED != 0 {
             record.mirror = Some(Location {
                 device: DeviceIndex(r.u16()?),
                 sector: r.u64()?,
             });
+        }
+        if flags & BLOCK_ENCRYPTED != 0 {
+            record.encoding.nonce = Some(r.array::<NONCE_LEN>()?);
+        }
+        if flags & BLOCK_DEDUP != 0 {
+            record.dedup_hash = Some(r.array::<32>()?);
         }
         if !r.bytes.is_empty() {
             return Err(RecordError("block"));
@@ -607,28 +642,39 @@ mod tests {
             device: DeviceIndex(3),
             sector: 1 << 40,
             stored_len: 131_072,
+            logical_len: 131_072,
             checksum: 0xdead_beef,
-            flags: 0,
+            encoding: Encoding::default(),
             refcount: 2,
             mirror: None,
+            dedup_hash: None,
         };
-        assert_eq!(record.encode().len(), BlockRecord::ENCODED_LEN);
+        assert_eq!(record.encode().len(), BlockRecord::MIN_ENCODED_LEN);
         assert_eq!(BlockRecord::decode(&record.encode()), Ok(record));
         assert_eq!(record.sectors(), 32);
-        let mirrored = BlockRecord {
+        let everything = BlockRecord {
+            stored_len: 5_000,
+            encoding: Encoding {
+                compressed: true,
+                nonce: Some([9; NONCE_LEN]),
+            },
             mirror: Some(Location {
                 device: DeviceIndex(1),
                 sector: 77,
             }),
+            dedup_hash: Some([7; 32]),
             ..record
         };
-        let encoded = mirrored.encode();
-        assert_eq!(encoded.len(), BlockRecord::MIRRORED_ENCODED_LEN);
-        assert_eq!(BlockRecord::decode(&encoded), Ok(mirrored));
+        let encoded = everything.encode();
+        assert_eq!(encoded.len(), BlockRecord::MIN_ENCODED_LEN + 10 + 12 + 32);
+        assert_eq!(BlockRecord::decode(&encoded), Ok(everything));
         assert!(BlockRecord::decode(&encoded[..encoded.len() - 1]).is_err());
         let mut trailing = record.encode();
         trailing.push(0);
         assert!(BlockRecord::decode(&trailing).is_err());
+        let mut unknown_flag = record.encode();
+        unknown_flag[1] |= 0x80;
+        assert!(BlockRecord::decode(&unknown_flag).is_err());
     }
 
     #[test]
