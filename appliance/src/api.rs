@@ -86,6 +86,56 @@ pub struct Status {
     /// How many snapshots the pool has, and the data-area bytes only they hold.
     pub snapshots: u64,
     pub snapshot_bytes: u64,
+    /// Data and metadata are encrypted (AES-256).
+    pub encrypted: bool,
+    pub space: SpaceSavings,
+    /// The dedup table (dedup pools only).
+    pub dedup: Option<DedupTable>,
+}
+
+/// What compression and dedup save across the pool's blocks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpaceSavings {
+    /// Content bytes of every block, each block once.
+    pub logical_bytes: u64,
+    /// Their stored bytes (compressed and encrypted, one copy).
+    pub stored_bytes: u64,
+    /// Content bytes times references: what the blocks hold for files.
+    pub referenced_bytes: u64,
+    /// `logical_bytes / stored_bytes`.
+    pub compression_ratio: f64,
+    /// `referenced_bytes / logical_bytes`.
+    pub dedup_ratio: f64,
+}
+
+/// A dedup pool's dedup table.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DedupTable {
+    pub entries: u64,
+    /// Most entries it takes; blocks written when it is full are stored without dedup.
+    pub limit: u64,
+    /// Metadata bytes its pages take.
+    pub table_bytes: u64,
+}
+
+/// `GET /v1/du?path=P`: what a subtree holds (as of the last commit, which the call makes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiskUsage {
+    pub path: String,
+    pub files: u64,
+    pub directories: u64,
+    /// Sum of file sizes.
+    pub apparent_bytes: u64,
+    /// Content bytes in blocks (holes and all-zero blocks excluded).
+    pub logical_bytes: u64,
+    /// Bytes stored for them (compressed, encrypted; one copy).
+    pub stored_bytes: u64,
+    /// Data-area bytes taken (whole sectors, all copies).
+    pub allocated_bytes: u64,
+    pub compression_ratio: f64,
 }
 
 /// One inconsistency `fsck` found.

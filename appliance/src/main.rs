@@ -2,6 +2,7 @@
 //! and talks to mounted pools through their control sockets.
 
 mod api;
+mod keys;
 mod serve;
 
 use std::io::{BufRead, BufReader, IsTerminal};
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use fs_core::codec::crypt::KdfParams;
+use fs_core::codec::Compression;
 use fs_core::device::Backend;
 use fs_core::format::Superblock;
 use fs_core::fs::props::Property;
@@ -56,6 +59,22 @@ enum Cmd {
         /// Directories can override it with `aegis set DIR copies=N`.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
         copies: u8,
+        /// Compression of new blocks by default: off, zstd (level 3) or zstd:1 to zstd:19.
+        /// Directories can override it with `aegis set DIR compression=...`.
+        #[arg(long, default_value = "off", value_parser = parse_compression)]
+        compression: Compression,
+        /// Encrypt data and metadata (AES-256); asks for a passphrase twice (or reads one line
+        /// from stdin when it is not a terminal).
+        #[arg(long)]
+        encrypt: bool,
+        /// Encrypt, with the key read from this file instead of a passphrase.
+        #[arg(long, value_name = "PATH")]
+        keyfile: Option<PathBuf>,
+        /// Store identical blocks once (the dedup table lives in the metadata region).
+        #[arg(long)]
+        dedup: bool,
+        #[command(flatten)]
+        kdf: KdfArgs,
         /// Overwrite an existing filesystem or pool.
         #[arg(long)]
         force: bool,
@@ -85,6 +104,11 @@ enum Cmd {
         /// How fast block heat fades: accesses count half after this long (e.g. 7d, 12h).
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         heat_half_life: Duration,
+        #[command(flatten)]
+        key: keys::KeyArgs,
+        /// Internal: read the pool's key from stdin (the detached mount pipes it).
+        #[arg(long, hide = true)]
+        key_stdin: bool,
         /// Internal: print a READY line on stdout once mounted.
         #[arg(long, hide = true)]
         announce_ready: bool,
@@ -99,6 +123,8 @@ enum Cmd {
         /// A member device (give all members to see usage of an unmounted pool).
         #[arg(required = true)]
         devices: Vec<PathBuf>,
+        #[command(flatten)]
+        key: keys::KeyArgs,
         #[arg(long)]
         json: bool,
     },
@@ -117,8 +143,23 @@ enum Cmd {
         /// Also read every data block and verify its checksum (unmounted pools only).
         #[arg(long)]
         verify_data: bool,
+        #[command(flatten)]
+        key: keys::KeyArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Show what a directory tree holds: file sizes, content, stored bytes (after compression)
+    /// and space taken.
+    Du {
+        /// A file or directory inside a mounted pool.
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the key of an encrypted pool.
+    Key {
+        #[command(subcommand)]
+        action: KeyCmd,
     },
     /// Show a mounted pool's members, tiers, usage, I/O and error counters.
     Status {
@@ -171,6 +212,51 @@ enum Cmd {
         #[command(subcommand)]
         action: SnapshotCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Change the passphrase (or keyfile) of an unmounted encrypted pool: the master key is
+    /// wrapped again, no data is rewritten. Asks for the current passphrase, then the new one
+    /// twice (or reads them as two lines of stdin).
+    Change {
+        /// Every member device of the pool.
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+        /// The current key is in this file.
+        #[arg(long, value_name = "PATH")]
+        keyfile: Option<PathBuf>,
+        /// The new key is in this file.
+        #[arg(long, value_name = "PATH")]
+        new_keyfile: Option<PathBuf>,
+        #[command(flatten)]
+        kdf: KdfArgs,
+    },
+}
+
+/// Argon2id costs of a new passphrase's key derivation.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct KdfArgs {
+    /// Memory of the passphrase's key derivation in MiB (Argon2id).
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    kdf_memory: u32,
+    /// Passes of the key derivation.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=64))]
+    kdf_passes: u32,
+}
+
+impl KdfArgs {
+    fn params(self) -> KdfParams {
+        KdfParams {
+            memory_kib: self.kdf_memory * 1024,
+            iterations: self.kdf_passes,
+            parallelism: 1,
+        }
+    }
+}
+
+fn parse_compression(text: &str) -> Result<Compression, String> {
+    text.parse()
 }
 
 #[derive(Subcommand)]
@@ -443,6 +529,7 @@ fn mount_detached(
     mountpoint: &Path,
     no_uring: bool,
     tuning: &[String],
+    secret: Option<&fs_core::pool::Secret>,
 ) -> anyhow::Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
@@ -460,16 +547,34 @@ fn mount_detached(
     if no_uring {
         command.arg("--no-uring");
     }
+    if secret.is_some() {
+        // Through a pipe: arguments and the environment are visible to every user.
+        command.arg("--key-stdin");
+    }
     let mut child = command
         .args(tuning)
         .args(devices)
         .arg(&mountpoint)
-        .stdin(Stdio::null())
+        .stdin(if secret.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(log_file)
         .process_group(0)
         .spawn()
         .context("cannot start the serving process")?;
+    if let Some(secret) = secret {
+        use std::io::Write;
+        let mut stdin = child
+            .stdin
+            .take()
+            .context("no pipe to the serving process")?;
+        stdin
+            .write_all(secret.bytes())
+            .context("cannot pass the key to the serving process")?;
+    }
     let stdout = child
         .stdout
         .take()
@@ -582,6 +687,14 @@ fn superblock_json(sb: &Superblock) -> serde_json::Value {
         "tier": sb.tier.as_str(),
         "block_size": sb.block_size,
         "features": sb.features,
+        "encrypted": sb.encrypted(),
+        "dedup": sb.dedup(),
+        "key_derivation": sb.key_slot.map(|slot| serde_json::json!({
+            "algorithm": "argon2id",
+            "memory_kib": slot.kdf.memory_kib,
+            "passes": slot.kdf.iterations,
+            "lanes": slot.kdf.parallelism,
+        })),
         "created": sb.created,
         "device_size": sb.device_size,
         "metadata_region": {"offset": sb.meta_offset, "length": sb.meta_len},
@@ -589,7 +702,12 @@ fn superblock_json(sb: &Superblock) -> serde_json::Value {
     })
 }
 
-fn info_cmd(devices: &[PathBuf], json: bool, backend: Backend) -> anyhow::Result<()> {
+fn info_cmd(
+    devices: &[PathBuf],
+    key: &keys::KeyArgs,
+    json: bool,
+    backend: Backend,
+) -> anyhow::Result<()> {
     let sb = fs_core::pool::inspect_path(&devices[0])
         .with_context(|| format!("{} is not an AegisFS member", devices[0].display()))?;
     let uuid = uuid::Uuid::from_bytes(sb.pool_uuid).to_string();
@@ -599,7 +717,8 @@ fn info_cmd(devices: &[PathBuf], json: bool, backend: Backend) -> anyhow::Result
     let usage: Option<api::Status> = match live {
         Some((_, status)) => Some(status),
         None if devices.len() == sb.members.len() => {
-            let pool = fs_core::pool::open_paths(devices, backend)?;
+            let secret = keys::secret_for(devices, key)?;
+            let pool = fs_core::pool::open_paths_with(devices, backend, secret.as_ref())?;
             let fs = fs_core::fs::Filesystem::new(pool, fs_core::fs::FsConfig::default())?;
             Some(serve::api_status(&fs.status(), "", Instant::now()))
         }
@@ -646,6 +765,20 @@ fn info_cmd(devices: &[PathBuf], json: bool, backend: Backend) -> anyhow::Result
         fs_core::format::FORMAT_VERSION,
         human(u64::from(sb.block_size))
     );
+    let mut features = Vec::new();
+    if let Some(slot) = &sb.key_slot {
+        features.push(format!(
+            "encrypted (AES-256; key wrapped with Argon2id, {} MiB, {} passes)",
+            slot.kdf.memory_kib / 1024,
+            slot.kdf.iterations
+        ));
+    }
+    if sb.dedup() {
+        features.push("dedup".to_owned());
+    }
+    if !features.is_empty() {
+        println!("features  {}", features.join(", "));
+    }
     println!("members");
     for m in &sb.members {
         println!(
@@ -1158,9 +1291,9 @@ fn print_scrub(status: &api::ScrubStatus) {
 }
 
 fn print_properties(values: &[api::PropertyValue]) {
-    println!("{:<10} {:<8} source", "property", "value");
+    println!("{:<12} {:<8} source", "property", "value");
     for value in values {
-        println!("{:<10} {:<8} {}", value.name, value.value, value.source);
+        println!("{:<12} {:<8} {}", value.name, value.value, value.source);
     }
 }
 
@@ -1217,6 +1350,24 @@ fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()
         );
     }
     print_usage(&status);
+    let space = &status.space;
+    println!(
+        "data      {} of content stored in {} (compression {:.2}x), {} referenced (dedup {:.2}x){}",
+        human(space.logical_bytes),
+        human(space.stored_bytes),
+        space.compression_ratio,
+        human(space.referenced_bytes),
+        space.dedup_ratio,
+        if status.encrypted { ", encrypted" } else { "" }
+    );
+    if let Some(table) = &status.dedup {
+        println!(
+            "dedup     table {} entries of {} ({} of metadata)",
+            table.entries,
+            table.limit,
+            human(table.table_bytes)
+        );
+    }
     println!("inodes    {}", status.inodes);
     println!(
         "snapshots {} ({} held only by snapshots)",
@@ -1235,6 +1386,79 @@ fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()
             || "none yet".to_owned(),
             |ms| format!("{:.1} s ago", ms as f64 / 1000.0)
         )
+    );
+    Ok(())
+}
+
+fn du_cmd(path: &Path, json: bool) -> anyhow::Result<()> {
+    let (socket, _, inside) = api::pool_for_path(path)?;
+    let query = percent_encoding::utf8_percent_encode(&inside, percent_encoding::NON_ALPHANUMERIC);
+    let usage: api::DiskUsage = api::get(&socket, &format!("/v1/du?path={query}"))
+        .with_context(|| format!("cannot count the usage of {}", path.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&usage)?);
+        return Ok(());
+    }
+    println!("{}", path.display());
+    println!("  files {}  directories {}", usage.files, usage.directories);
+    println!(
+        "  apparent size  {:>10}  (sum of file sizes)",
+        human(usage.apparent_bytes)
+    );
+    println!(
+        "  content        {:>10}  (in blocks; holes excluded)",
+        human(usage.logical_bytes)
+    );
+    println!(
+        "  stored         {:>10}  (compression ratio {:.2}x)",
+        human(usage.stored_bytes),
+        usage.compression_ratio
+    );
+    println!(
+        "  space taken    {:>10}  (whole sectors, every copy)",
+        human(usage.allocated_bytes)
+    );
+    Ok(())
+}
+
+fn key_change_cmd(
+    devices: &[PathBuf],
+    keyfile: Option<&Path>,
+    new_keyfile: Option<&Path>,
+    kdf: KdfParams,
+) -> anyhow::Result<()> {
+    if let Some((_, status)) = serving_socket(devices) {
+        bail!(
+            "pool '{}' is mounted at {}: unmount it before changing its key",
+            status.label,
+            status.mountpoint
+        );
+    }
+    let sb = fs_core::pool::inspect_path(&devices[0])
+        .with_context(|| format!("{} is not an AegisFS member", devices[0].display()))?;
+    if !sb.encrypted() {
+        bail!(
+            "the pool on {} is not encrypted: it has no key to change",
+            devices[0].display()
+        );
+    }
+    let old = keys::existing_secret(
+        &keys::KeyArgs {
+            keyfile: keyfile.map(Path::to_path_buf),
+            ask_password: false,
+        },
+        "Current passphrase: ",
+    )?;
+    let new = keys::new_secret(new_keyfile, "New passphrase")?;
+    fs_core::pool::change_key(devices, &old, &new, kdf)?;
+    println!(
+        "changed the key of pool {} on {} member(s); no data was rewritten",
+        if sb.label.is_empty() {
+            "<no label>"
+        } else {
+            &sb.label
+        },
+        sb.members.len()
     );
     Ok(())
 }
@@ -1258,6 +1482,7 @@ fn fsck_cmd(
     devices: &[PathBuf],
     repair: bool,
     verify_data: bool,
+    key: &keys::KeyArgs,
     json: bool,
 ) -> anyhow::Result<u8> {
     let report = match serving_socket(devices) {
@@ -1281,7 +1506,8 @@ fn fsck_cmd(
             api::get::<api::FsckReport>(&socket, "/v1/fsck")?
         }
         None => {
-            let mut pool = fs_core::pool::open_paths(devices, Backend::Auto)
+            let secret = keys::secret_for(devices, key)?;
+            let mut pool = fs_core::pool::open_paths_with(devices, Backend::Auto, secret.as_ref())
                 .context("cannot open the pool")?;
             let report = if repair {
                 fs_core::fsck::repair(&mut pool, verify_data)?
@@ -1348,14 +1574,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             label,
             block_size,
             copies,
+            compression,
+            encrypt,
+            keyfile,
+            dedup,
+            kdf,
             force,
             no_uring,
         } => {
+            let encryption = if encrypt || keyfile.is_some() {
+                Some(keys::new_secret(
+                    keyfile.as_deref(),
+                    "Passphrase for the new pool",
+                )?)
+            } else {
+                None
+            };
             let options = FormatOptions {
                 label,
                 block_size: u32::try_from(block_size).context("block size too large")?,
                 force,
-                properties: vec![Property::Copies(copies)],
+                properties: vec![Property::Copies(copies), Property::Compression(compression)],
+                encryption,
+                kdf: kdf.params(),
+                dedup,
             };
             done(format_cmd(
                 &fast,
@@ -1373,9 +1615,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cache_size,
             fast_watermarks,
             heat_half_life,
+            key,
+            key_stdin,
             announce_ready,
         } => {
             let mountpoint = paths.pop().context("no mountpoint given")?;
+            let secret = if key_stdin {
+                Some(keys::piped_secret()?)
+            } else {
+                keys::secret_for(&paths, &key)?
+            };
             if remove_stale_mount(&mountpoint.to_string_lossy())? {
                 tracing::warn!(
                     mountpoint = %mountpoint.display(),
@@ -1402,6 +1651,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     &mountpoint,
                     announce_ready,
                     backend(no_uring),
+                    secret.as_ref(),
                     config,
                     policy,
                 )
@@ -1416,11 +1666,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(bytes) = cache_size {
                     tuning.push(format!("--cache-size={bytes}"));
                 }
-                mount_detached(&paths, &mountpoint, no_uring, &tuning)
+                mount_detached(&paths, &mountpoint, no_uring, &tuning, secret.as_ref())
             })
         }
         Cmd::Umount { target } => done(umount_cmd(&target)),
-        Cmd::Info { devices, json } => done(info_cmd(&devices, json, Backend::Auto)),
+        Cmd::Info { devices, key, json } => done(info_cmd(&devices, &key, json, Backend::Auto)),
+        Cmd::Du { path, json } => done(du_cmd(&path, json)),
+        Cmd::Key {
+            action:
+                KeyCmd::Change {
+                    devices,
+                    keyfile,
+                    new_keyfile,
+                    kdf,
+                },
+        } => done(key_change_cmd(
+            &devices,
+            keyfile.as_deref(),
+            new_keyfile.as_deref(),
+            kdf.params(),
+        )),
         Cmd::Status {
             target,
             clear_errors,
@@ -1436,12 +1701,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             devices,
             repair,
             verify_data,
+            key,
             json,
         } => {
-            let status = fsck_cmd(&devices, repair, verify_data, json).unwrap_or_else(|err| {
-                eprintln!("aegis: {err:#}");
-                FSCK_OPERATIONAL_ERROR
-            });
+            let status =
+                fsck_cmd(&devices, repair, verify_data, &key, json).unwrap_or_else(|err| {
+                    eprintln!("aegis: {err:#}");
+                    FSCK_OPERATIONAL_ERROR
+                });
             Ok(ExitCode::from(status))
         }
     }

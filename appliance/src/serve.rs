@@ -24,10 +24,11 @@ use fs_core::FsError;
 use tiering::migrate::Progress;
 
 use crate::api::{
-    self, ApiError, FsckReport, MemberStatus, MigrateRequest, MigrationEntry, MigrationPlan,
-    MigrationProgress, PinDone, PinRequest, PlannedFile, PropertyValue, RollbackDone,
-    RollbackRequest, ScrubStart, ScrubStatus, SetProperties, Snapshot, SnapshotChange,
-    SnapshotCreate, SnapshotDeleted, Status, TierHeat, TierStatus, TierUsage,
+    self, ApiError, DedupTable, DiskUsage, FsckReport, MemberStatus, MigrateRequest,
+    MigrationEntry, MigrationPlan, MigrationProgress, PinDone, PinRequest, PlannedFile,
+    PropertyValue, RollbackDone, RollbackRequest, ScrubStart, ScrubStatus, SetProperties, Snapshot,
+    SnapshotChange, SnapshotCreate, SnapshotDeleted, SpaceSavings, Status, TierHeat, TierStatus,
+    TierUsage,
 };
 
 /// Whether `path` is currently a mountpoint (per /proc/self/mounts).
@@ -93,6 +94,19 @@ pub fn api_status(fs: &FsStatus, mountpoint: &str, started: Instant) -> Status {
         metadata_capacity_bytes: fs.metadata_capacity,
         snapshots: fs.snapshots,
         snapshot_bytes: fs.snapshot_bytes,
+        encrypted: fs.encrypted,
+        space: SpaceSavings {
+            logical_bytes: fs.totals.logical,
+            stored_bytes: fs.totals.stored,
+            referenced_bytes: fs.totals.logical_refs,
+            compression_ratio: fs.totals.compression_ratio(),
+            dedup_ratio: fs.totals.dedup_ratio(),
+        },
+        dedup: fs.dedup.map(|d| DedupTable {
+            entries: d.entries,
+            limit: d.limit,
+            table_bytes: d.table_bytes,
+        }),
     }
 }
 
@@ -629,6 +643,29 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
             }
             Ok(json_response(200, &property_values(fs, ino)?))
         }
+        (Get, "/v1/du") => {
+            let target = query_param(query, "path")
+                .ok_or((400, "the path query parameter is missing".to_owned()))?;
+            let ino = resolve(fs, &target)?;
+            // Commit first: usage is read from the last commit.
+            let usage = fs
+                .fsync()
+                .and_then(|()| fs.usage(ino))
+                .map_err(|e| fs_error(&e))?;
+            Ok(json_response(
+                200,
+                &DiskUsage {
+                    path: target,
+                    files: usage.files,
+                    directories: usage.directories,
+                    apparent_bytes: usage.apparent,
+                    logical_bytes: usage.logical,
+                    stored_bytes: usage.stored,
+                    allocated_bytes: usage.allocated,
+                    compression_ratio: usage.compression_ratio(),
+                },
+            ))
+        }
         (Post, "/v1/errors/clear") => {
             fs.clear_errors().map_err(|e| fs_error(&e))?;
             Ok(json_response(200, &api.status()))
@@ -690,6 +727,7 @@ fn route(request: &mut tiny_http::Request, api: &Api) -> Reply {
         (
             _,
             "/v1/status"
+            | "/v1/du"
             | "/v1/fsck"
             | "/v1/properties"
             | "/v1/errors/clear"
@@ -783,6 +821,7 @@ pub fn serve(
     mountpoint: &Path,
     announce_ready: bool,
     backend: Backend,
+    secret: Option<&fs_core::pool::Secret>,
     config: FsConfig,
     policy: tiering::Policy,
 ) -> anyhow::Result<()> {
@@ -795,7 +834,8 @@ pub fn serve(
         bail!("{} is already a mountpoint", mountpoint.display());
     }
     let started = Instant::now();
-    let pool = fs_core::pool::open_paths(devices, backend).context("cannot open the pool")?;
+    let pool =
+        fs_core::pool::open_paths_with(devices, backend, secret).context("cannot open the pool")?;
     let label = pool.label().to_owned();
     let uuid = uuid::Uuid::from_bytes(pool.uuid()).to_string();
     let fs = Filesystem::new(pool, config).context("cannot load the filesystem")?;

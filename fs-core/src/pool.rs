@@ -414,7 +414,7 @@ pub fn read_superblock(device: &dyn BlockDevice) -> FsResult<Superblock> {
 }
 
 /// Opens an unencrypted pool from all of its member devices, in any order.
-pub fn open_devices(devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>) -> FsResult<Pool> {
+pub fn open_devices(devices: Vec<OpenedMember>) -> FsResult<Pool> {
     open_devices_with(devices, None)
 }
 
@@ -490,10 +490,7 @@ fn superblock_copies(device: &dyn BlockDevice) -> Vec<Superblock> {
 
 /// Opens a pool from all of its member devices, in any order, unlocking an encrypted one with
 /// `secret`.
-pub fn open_devices_with(
-    devices: Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>,
-    secret: Option<&Secret>,
-) -> FsResult<Pool> {
+pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) -> FsResult<Pool> {
     let mut members = Vec::new();
     for (device, path, lock) in devices {
         let superblock = read_superblock(device.as_ref())?;
@@ -794,11 +791,11 @@ pub fn open_paths(paths: &[PathBuf], backend: Backend) -> FsResult<Pool> {
     open_paths_with(paths, backend, None)
 }
 
+/// A member device as opened: the device, its path and its lock.
+pub type OpenedMember = (Arc<dyn BlockDevice>, PathBuf, Option<File>);
+
 /// Locks and opens the given member paths.
-fn open_members(
-    paths: &[PathBuf],
-    backend: Backend,
-) -> FsResult<Vec<(Arc<dyn BlockDevice>, PathBuf, Option<File>)>> {
+fn open_members(paths: &[PathBuf], backend: Backend) -> FsResult<Vec<OpenedMember>> {
     let mut devices = Vec::new();
     for path in paths {
         check_not_in_use(path)?;
@@ -816,11 +813,6 @@ pub fn open_paths_with(
     secret: Option<&Secret>,
 ) -> FsResult<Pool> {
     open_devices_with(open_members(paths, backend)?, secret)
-}
-
-/// Whether the pool `paths` belong to is encrypted (read from the first member's superblock).
-pub fn is_encrypted(path: &Path) -> FsResult<bool> {
-    Ok(inspect_path(path)?.encrypted())
 }
 
 /// Re-wraps the master key of the (unmounted) encrypted pool on `paths` under `new`, after
