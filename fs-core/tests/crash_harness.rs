@@ -39,9 +39,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use common::{pattern, read_all, TestPool};
+use fs_core::codec::crypt::KdfParams;
+use fs_core::codec::Compression;
 use fs_core::device::{CutMode, FaultPlan, SplitMix64 as Rng};
+use fs_core::fs::props::Property;
 use fs_core::fs::{Caller, Filesystem, NewNode, SetAttr};
 use fs_core::meta::records::FileKind;
+use fs_core::pool::{FormatOptions, Secret};
 use fs_core::types::InodeId;
 use fs_core::{FsError, FsResult};
 
@@ -441,9 +445,13 @@ fn step(fs: &Filesystem, model: &mut Model, rng: &mut Rng) {
         }
         2..=4 if !files.is_empty() => {
             let (path, id) = &files[rng.below(files.len() as u64) as usize];
-            let offset = rng.below(400_000);
+            let offset = if rng.below(2) == 0 {
+                rng.below(25) * BLOCK
+            } else {
+                rng.below(400_000)
+            };
             let len = 1 + rng.below(150_000) as usize;
-            let data = pattern(rng.next_u64(), len);
+            let data = write_data(rng, len);
             fs.write(resolve(fs, path), offset, &data).unwrap();
             let content = &mut model.files.get_mut(id).unwrap().content;
             let end = offset as usize + len;
@@ -818,12 +826,28 @@ fn fill_and_delete(fs: &Filesystem, rng: &mut Rng) {
         )
         .unwrap()
         .ino;
-    let chunk = pattern(rng.next_u64(), 1 << 20);
+    // Fresh random bytes each time: they neither compress nor deduplicate.
     let mut at = 0;
-    while fs.write(ino, at, &chunk).is_ok() {
+    while fs.write(ino, at, &pattern(rng.next_u64(), 1 << 20)).is_ok() {
         at += 1 << 20;
     }
     fs.unlink(InodeId::ROOT, name).unwrap();
+}
+
+/// Bytes for a write: random, zeros (holes in a compressed file), repetitive text
+/// (compresses) or one of three fixed patterns (identical blocks recur, for dedup).
+fn write_data(rng: &mut Rng, len: usize) -> Vec<u8> {
+    match rng.below(5) {
+        0 => vec![0; len],
+        1 => b"the crash harness writes this line again and again\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect(),
+        2 => pattern(rng.below(3), len),
+        _ => pattern(rng.next_u64(), len),
+    }
 }
 
 /// What a run of workloads did.
@@ -854,8 +878,8 @@ impl std::ops::AddAssign for Tally {
 /// One workload: random steps with commits (fsync and snapshot operations), and a power cut
 /// every so often, half of them inside a commit. Every fourth workload also fills the pool
 /// once.
-fn workload(seed: u64, crash_points: u64) -> Tally {
-    let pool = TestPool::with_block_size(64, 64, 16 * 1024);
+fn workload(seed: u64, crash_points: u64, features: &Features) -> Tally {
+    let pool = TestPool::with_options(64, 64, &features.options());
     let mut rng = Rng(seed);
     let mut fs: Arc<Filesystem> = pool.open();
     let mut live = Expected::default();
@@ -986,27 +1010,79 @@ fn workload(seed: u64, crash_points: u64) -> Tally {
     tally
 }
 
-#[test]
-fn power_cuts_keep_every_committed_state() {
+/// The harness's block size: small, so workloads touch many blocks.
+const BLOCK: u64 = 16 * 1024;
+
+/// The pool features a run formats with.
+#[derive(Debug, Clone, Copy)]
+enum Features {
+    /// None: the default pool.
+    Plain,
+    /// zstd, encryption, dedup and copies=2, all at once.
+    Every,
+}
+
+impl Features {
+    fn options(self) -> FormatOptions {
+        let plain = FormatOptions {
+            label: "crash".into(),
+            block_size: BLOCK as u32,
+            ..FormatOptions::default()
+        };
+        match self {
+            Features::Plain => plain,
+            Features::Every => FormatOptions {
+                properties: vec![
+                    Property::Compression(Compression::Zstd { level: 1 }),
+                    Property::Copies(2),
+                ],
+                encryption: Some(Secret::new(b"crash harness passphrase".to_vec())),
+                kdf: KdfParams::TEST,
+                dedup: true,
+                ..plain
+            },
+        }
+    }
+}
+
+/// Runs `AEGIS_CRASH_POINTS` crash points (default `default_points`) over workloads on pools
+/// with `features`, or replays `AEGIS_CRASH_SEED`.
+fn run_crash_points(features: Features, default_points: u64) {
     let total: u64 = std::env::var("AEGIS_CRASH_POINTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(default_points);
     if let Some(seed) = std::env::var("AEGIS_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        println!("replaying seed {seed}");
-        println!("{:?}", workload(seed, total.min(50)));
+        println!("replaying seed {seed} ({features:?})");
+        println!("{:?}", workload(seed, total.min(50), &features));
         return;
     }
     let per_workload = 20;
     let mut tally = Tally::default();
     let mut seed = 1;
     while tally.crash_points < total {
-        println!("workload seed {seed}");
-        tally += workload(seed, per_workload.min(total - tally.crash_points));
+        println!("workload seed {seed} ({features:?})");
+        tally += workload(
+            seed,
+            per_workload.min(total - tally.crash_points),
+            &features,
+        );
         seed += 1;
     }
     println!("{} workloads: {tally:?}", seed - 1);
+}
+
+#[test]
+fn power_cuts_keep_every_committed_state() {
+    run_crash_points(Features::Plain, 1000);
+}
+
+/// The same with compression, encryption, dedup and copies=2 on: zero blocks become holes,
+/// identical blocks are shared, every block and metadata page is encrypted.
+#[test]
+fn power_cuts_keep_every_committed_state_with_every_feature() {
+    run_crash_points(Features::Every, 300);
 }

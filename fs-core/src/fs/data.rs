@@ -231,7 +231,7 @@ impl Filesystem {
                     .book
                     .staged
                     .get(&(ino.0, index))
-                    .map_or(&[][..], Vec::as_slice);
+                    .map_or(&[][..], |block| block.content.as_slice());
                 let in_block = to_usize(lo - block_start);
                 let available = content
                     .len()

@@ -373,7 +373,7 @@ struct Book {
     open_counts: HashMap<u64, u32>,
     /// Staged block contents by (inode, block index): written to the devices in one batch at
     /// the next flush, so many small writes to a block cost one block write.
-    staged: BTreeMap<(u64, u64), Vec<u8>>,
+    staged: BTreeMap<(u64, u64), tx::StagedBlock>,
     staged_bytes: u64,
     /// Sectors reserved for staged blocks, so a staged write never meets ENOSPC at flush.
     reserved_sectors: u64,

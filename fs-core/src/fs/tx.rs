@@ -39,6 +39,14 @@ struct Placed {
     dedup_hash: Option<[u8; 32]>,
 }
 
+/// A block's new content, staged in memory until the next flush, and the sectors reserved
+/// for it (all of its copies).
+#[derive(Debug)]
+pub(super) struct StagedBlock {
+    pub content: Vec<u8>,
+    reserved: u64,
+}
+
 /// What becomes of one block of a [`Tx::store_blocks`] batch.
 enum Stored {
     /// Written to new sectors (`Placed` at this position of the batch's list).
@@ -389,8 +397,8 @@ impl Tx<'_> {
 
     /// Reads the content of logical block `index` of `ino` (empty for a hole).
     pub fn read_file_block(&self, ino: InodeId, index: u64) -> FsResult<Vec<u8>> {
-        if let Some(content) = self.book.staged.get(&(ino.0, index)) {
-            return Ok(content.clone());
+        if let Some(block) = self.book.staged.get(&(ino.0, index)) {
+            return Ok(block.content.clone());
         }
         match self.block_of(ino, index)? {
             None => Ok(Vec::new()),
@@ -549,8 +557,13 @@ impl Tx<'_> {
                 _ => None,
             };
             let (mut buf, encoding) =
-                crate::codec::encode_block(&content, compression, encryption, id)
-                    .map_err(|e| FsError::Corrupt(format!("encoding block {id}: {e}")))?;
+                match crate::codec::encode_block(&content, compression, encryption, id) {
+                    Ok(encoded) => encoded,
+                    Err(err) => {
+                        self.release_placed(&placed);
+                        return Err(FsError::Corrupt(format!("encoding block {id}: {err}")));
+                    }
+                };
             let stored_len = buf.len();
             let sectors = (stored_len as u64).div_ceil(SECTOR_SIZE).max(1);
             let Some((primary, mirror)) = self.place(sectors, placement, mirrored) else {
@@ -579,16 +592,18 @@ impl Tx<'_> {
             return Err(err);
         }
         self.mark_dirty();
+        // Every new block is entered and every shared one referenced before any mapping is
+        // replaced: replacing one may drop the last reference of a block a later entry of the
+        // batch shares.
+        let mut mappings: Vec<(u64, u64, BlockRecord, Option<u64>)> = Vec::new();
+        let mut holes = Vec::new();
         let mut placed: Vec<Option<Placed>> = placed.into_iter().map(Some).collect();
         for stored in plan {
             match stored {
-                Stored::Hole { index } => {
-                    let unmapped = self.unmap_range(inode.id, index..index + 1)?;
-                    inode.allocated = inode.allocated.saturating_sub(unmapped);
-                }
+                Stored::Hole { index } => holes.push(index),
                 Stored::Shared { index, id } => {
                     let record = self.ref_block(id)?;
-                    self.map_block(inode, index, id, &record, None)?;
+                    mappings.push((index, id, record, None));
                 }
                 Stored::New(at) => {
                     let Some(block) = placed.get_mut(at).and_then(Option::take) else {
@@ -596,10 +611,17 @@ impl Tx<'_> {
                     };
                     let record = self.add_block(block.id, &block)?;
                     self.fs.cache.insert(block.id, Arc::new(block.content));
-                    let written = record.stored_len as u64;
-                    self.map_block(inode, block.index, block.id, &record, Some(written))?;
+                    let written = u64::from(record.stored_len);
+                    mappings.push((block.index, block.id, record, Some(written)));
                 }
             }
+        }
+        for (index, id, record, written) in mappings {
+            self.map_block(inode, index, id, &record, written)?;
+        }
+        for index in holes {
+            let unmapped = self.unmap_range(inode.id, index..index + 1)?;
+            inode.allocated = inode.allocated.saturating_sub(unmapped);
         }
         Ok(())
     }
@@ -778,14 +800,14 @@ impl Tx<'_> {
                     .book
                     .staged
                     .get(&(inode.id.0, index))
-                    .map_or(0, Vec::len);
+                    .map_or(0, |block| block.content.len());
                 attr.blocks += (len as u64).div_ceil(SECTOR_SIZE) * (SECTOR_SIZE / 512);
             }
         }
         Ok(attr)
     }
 
-    /// Sectors reserved for one staged block.
+    /// Sectors one copy of a staged block reserves.
     fn sectors_per_block(&self) -> u64 {
         self.fs.block_size.div_ceil(SECTOR_SIZE)
     }
@@ -812,7 +834,8 @@ impl Tx<'_> {
             .iter()
             .filter(|(index, _)| !self.book.staged.contains_key(&(inode.id.0, *index)))
             .count() as u64;
-        let needed = fresh * self.sectors_per_block();
+        let per_block = self.sectors_per_block() * u64::from(self.copies(inode.id)?);
+        let needed = fresh * per_block;
         if self.book.free_sectors() < needed && !self.book.staged.is_empty() {
             // Reservations count whole blocks; writing out what is staged turns them into
             // the sectors the contents really take (a 1 KiB file's block takes 4 KiB).
@@ -829,8 +852,20 @@ impl Tx<'_> {
         self.book.reserved_sectors += needed;
         for (index, content) in blocks {
             self.book.staged_bytes += content.len() as u64;
-            if let Some(old) = self.book.staged.insert((inode.id.0, index), content) {
-                self.book.staged_bytes -= old.len() as u64;
+            match self.book.staged.get_mut(&(inode.id.0, index)) {
+                Some(block) => {
+                    self.book.staged_bytes -= block.content.len() as u64;
+                    block.content = content;
+                }
+                None => {
+                    self.book.staged.insert(
+                        (inode.id.0, index),
+                        StagedBlock {
+                            content,
+                            reserved: per_block,
+                        },
+                    );
+                }
             }
         }
         Ok(())
@@ -839,7 +874,8 @@ impl Tx<'_> {
     /// Overwrites part of a staged block in place, growing its content as needed.
     pub fn patch_staged(&mut self, ino: InodeId, index: u64, at: usize, data: &[u8]) {
         self.mark_dirty();
-        if let Some(content) = self.book.staged.get_mut(&(ino.0, index)) {
+        if let Some(block) = self.book.staged.get_mut(&(ino.0, index)) {
+            let content = &mut block.content;
             let end = at + data.len();
             if content.len() < end {
                 self.book.staged_bytes += (end - content.len()) as u64;
@@ -852,9 +888,9 @@ impl Tx<'_> {
     /// Forgets staged blocks of `ino` within `range` (truncated, punched or deleted).
     fn unstage_range(&mut self, ino: InodeId, range: std::ops::Range<u64>) {
         for index in self.staged_indices(ino, range) {
-            if let Some(content) = self.book.staged.remove(&(ino.0, index)) {
-                self.book.staged_bytes -= content.len() as u64;
-                self.book.reserved_sectors -= self.sectors_per_block();
+            if let Some(block) = self.book.staged.remove(&(ino.0, index)) {
+                self.book.staged_bytes -= block.content.len() as u64;
+                self.book.reserved_sectors -= block.reserved;
             }
         }
     }
@@ -884,7 +920,10 @@ impl Tx<'_> {
             };
             let blocks: Vec<(u64, Vec<u8>)> = keys
                 .iter()
-                .filter_map(|key| self.book.staged.get(key).map(|c| (key.1, c.clone())))
+                .filter_map(|key| {
+                    let block = self.book.staged.get(key)?;
+                    Some((key.1, block.content.clone()))
+                })
                 .collect();
             self.store_blocks(&mut inode, blocks)?;
             self.unstage_range(InodeId(ino), 0..u64::MAX);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use fs_core::device::{BlockDevice, FaultyDevice, MemDevice};
 use fs_core::fs::{Caller, Filesystem, FsConfig, NewNode};
 use fs_core::meta::records::FileKind;
-use fs_core::pool::{format_devices, open_devices, FormatOptions};
+use fs_core::pool::{format_devices, open_devices_with, FormatOptions, Secret};
 use fs_core::types::{InodeId, Tier};
 
 pub const MIB: u64 = 1024 * 1024;
@@ -18,6 +18,8 @@ pub const MIB: u64 = 1024 * 1024;
 pub struct TestPool {
     pub fast: Arc<FaultyDevice>,
     pub slow: Arc<FaultyDevice>,
+    /// The passphrase of an encrypted pool.
+    pub secret: Option<Secret>,
 }
 
 impl TestPool {
@@ -49,7 +51,11 @@ impl TestPool {
         let devices: Vec<(Arc<dyn BlockDevice>, Tier)> =
             vec![(fast.clone(), Tier::Fast), (slow.clone(), Tier::Slow)];
         format_devices(&devices, options).expect("format");
-        Self { fast, slow }
+        Self {
+            fast,
+            slow,
+            secret: options.encryption.clone(),
+        }
     }
 
     /// Opens the filesystem (commits only when asked: no background committer).
@@ -59,18 +65,26 @@ impl TestPool {
 
     /// Opens the pool alone (for fsck), without loading the filesystem.
     pub fn pool(&self) -> fs_core::FsResult<fs_core::pool::Pool> {
-        open_devices(vec![
-            (
-                self.fast.clone() as Arc<dyn BlockDevice>,
-                PathBuf::from("fast"),
-                None,
-            ),
-            (
-                self.slow.clone() as Arc<dyn BlockDevice>,
-                PathBuf::from("slow"),
-                None,
-            ),
-        ])
+        self.pool_with(self.secret.as_ref())
+    }
+
+    /// Opens the pool alone with the given secret.
+    pub fn pool_with(&self, secret: Option<&Secret>) -> fs_core::FsResult<fs_core::pool::Pool> {
+        open_devices_with(
+            vec![
+                (
+                    self.fast.clone() as Arc<dyn BlockDevice>,
+                    PathBuf::from("fast"),
+                    None,
+                ),
+                (
+                    self.slow.clone() as Arc<dyn BlockDevice>,
+                    PathBuf::from("slow"),
+                    None,
+                ),
+            ],
+            secret,
+        )
     }
 
     pub fn try_open(&self) -> fs_core::FsResult<Arc<Filesystem>> {
