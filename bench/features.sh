@@ -11,7 +11,8 @@
 #               line breaks; zstd:3 keeps it at roughly a third and no two 128 KiB blocks
 #               are alike (so dedup finds nothing to share: it measures the cost of looking)
 #   keyfile     32 random bytes, for the encrypted configurations
-# Both data files are kept between runs (remove them to regenerate).
+# Both data files are kept between runs (remove them to regenerate; the text takes about two
+# minutes to generate). A full run (8 configurations x 3) takes about five minutes more.
 #
 # Configurations (format options; data file):
 #   baseline          (none)                                  random, and text
@@ -246,7 +247,8 @@ done
 # ---------------------------------------------------------------- table
 echo
 echo "AegisFS features: $SIZE_MB MiB sequential write (1 MiB writes + fsync) and cold read" \
-    "(remount + drop_caches), medians of $REPEAT, $(($(date +%s) - started)) s in all"
+    "(remount + drop_caches), medians of $REPEAT, $(($(date +%s) - started)) s in all," \
+    "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 python3 - "$WORK/results" "$SIZE_MB" "${CONFIGS[@]}" <<'PY'
 import statistics, sys
