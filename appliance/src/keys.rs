@@ -136,13 +136,15 @@ pub fn piped_secret() -> anyhow::Result<Secret> {
     Ok(Secret::new(bytes.to_vec()))
 }
 
-/// The secret for the pool on `devices` when it is encrypted (`None` when it is not).
+/// The secret for the pool on `devices` when it is encrypted (`None` when it is not, or when
+/// no member has a readable superblock: opening the pool then says what is wrong).
 pub fn secret_for(devices: &[PathBuf], args: &KeyArgs) -> anyhow::Result<Option<Secret>> {
-    let Some(first) = devices.first() else {
+    let Some(sb) = devices
+        .iter()
+        .find_map(|device| fs_core::pool::inspect_path(device).ok())
+    else {
         return Ok(None);
     };
-    let sb = fs_core::pool::inspect_path(first)
-        .with_context(|| format!("{} is not an AegisFS member", first.display()))?;
     if !sb.encrypted() {
         return Ok(None);
     }

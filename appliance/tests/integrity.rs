@@ -46,13 +46,13 @@ fn copies_2_serves_and_heals_damage_written_under_the_pool() {
     fs::write(mnt.path("mirrored"), &mirrored).unwrap();
     fs::create_dir(mnt.path("scratch")).unwrap();
     let out = sb.ok(&["set", mnt.path("scratch").to_str().unwrap(), "copies=1"]);
-    assert!(out.contains("copies     1        local"), "{out}");
+    assert!(out.contains("copies       1        local"), "{out}");
     let single = pattern(2, 1 << 20);
     fs::write(mnt.path("scratch/single"), &single).unwrap();
     let got = sb.ok(&["get", mnt.path("scratch/single").to_str().unwrap()]);
-    assert!(got.contains("copies     1        local"), "{got}");
+    assert!(got.contains("copies       1        local"), "{got}");
     let got = sb.ok(&["get", mnt.path("mirrored").to_str().unwrap()]);
-    assert!(got.contains("copies     2        pool"), "{got}");
+    assert!(got.contains("copies       2        pool"), "{got}");
     let bad = sb.fails(&["set", mnt.path("scratch").to_str().unwrap(), "copies=5"]);
     assert!(bad.contains("copies must be 1 or 2"), "{bad}");
     mnt.unmount();

@@ -33,6 +33,21 @@ impl Sandbox {
             .expect("run aegis")
     }
 
+    /// Runs `aegis` with `input` on its stdin (a piped passphrase).
+    pub fn aegis_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(AEGIS)
+            .args(args)
+            .env("AEGIS_RUN_DIR", self.path("run"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run aegis");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().expect("wait for aegis")
+    }
+
     /// Runs `aegis`, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.aegis(args);
@@ -89,6 +104,30 @@ impl Sandbox {
     /// Mounts the pool at `mnt` in the sandbox.
     pub fn mount(&self, fast: &str, slow: &str) -> MountGuard<'_> {
         self.mount_at(fast, slow, "mnt")
+    }
+
+    /// Mounts the pool at `mnt`, `key_args` saying how to unlock it and `input` fed to stdin.
+    pub fn mount_unlocked(
+        &self,
+        fast: &str,
+        slow: &str,
+        key_args: &[&str],
+        input: &[u8],
+    ) -> Result<MountGuard<'_>, String> {
+        let mnt = self.path("mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mut args = vec!["mount", fast, slow, mnt.to_str().unwrap()];
+        args.extend_from_slice(key_args);
+        let out = self.aegis_with_stdin(&args, input);
+        let guard = MountGuard {
+            sandbox: self,
+            mountpoint: mnt,
+        };
+        if out.status.success() {
+            Ok(guard)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// Mounts the pool at the sandbox directory `name`, creating it.
