@@ -7,7 +7,9 @@
 # 2. runs pjdfstest inside the AegisFS mount and inside an ext4 loop mount;
 # 3. fails if a test passes on ext4 but not on AegisFS, unless docs/conformance.md's
 #    exception list (tests/conformance/exceptions.txt) names it;
-# 4. runs fsx for FSX_OPS operations (default 100000, profile FSX_PROFILE=full) on AegisFS.
+# 4. runs fsx for FSX_OPS operations (default 100000, profile FSX_PROFILE=full) on AegisFS;
+# 5. formats a second pool with zstd, encryption, dedup and copies=2 and runs fsx for
+#    FSX_FEATURE_OPS operations (default 50000, the same seed) on it.
 # Everything mounted is unmounted on exit, also on failure. Summaries are kept in
 # $CONFORMANCE_OUT (default target/conformance).
 set -euo pipefail
@@ -19,6 +21,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 OUT=${CONFORMANCE_OUT:-$ROOT/target/conformance}
 FSX_OPS=${FSX_OPS:-100000}
 FSX_SEED=${FSX_SEED:-$RANDOM$RANDOM}
+FSX_FEATURE_OPS=${FSX_FEATURE_OPS:-50000}
 export FSX_PROFILE=${FSX_PROFILE:-full}
 
 mkdir -p "$OUT"
@@ -32,11 +35,15 @@ source "$HERE/ext4-loop.sh"
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local status=$?
-    if mountpoint -q "$WORK/aegis"; then
-        "$AEGIS" umount "$WORK/aegis" || umount -l "$WORK/aegis" || true
-    fi
+    local mnt left=0
+    for mnt in "$WORK/aegis" "$WORK/aegis-features"; do
+        if mountpoint -q "$mnt"; then
+            "$AEGIS" umount "$mnt" || umount -l "$mnt" || true
+        fi
+        mountpoint -q "$mnt" 2>/dev/null && left=1
+    done
     ext4_loop_umount "$WORK/ext4" || true
-    if ! mountpoint -q "$WORK/aegis" 2>/dev/null; then
+    if [[ $left -eq 0 ]]; then
         rm -rf "$WORK"
     fi
     exit "$status"
@@ -63,4 +70,15 @@ echo "== fsx: $FSX_OPS operations, profile $FSX_PROFILE, seed $FSX_SEED"
 "$HERE/fsx.sh" "$WORK/aegis" "$FSX_OPS" "$FSX_SEED"
 
 "$AEGIS" status conformance
+"$AEGIS" umount "$WORK/aegis"
+
+echo "== fsx on a pool with every data feature: zstd, encryption, dedup, copies=2"
+head -c 32 /dev/urandom >"$WORK/pool.key"
+"$AEGIS" format --fast "$WORK/fast2.img" --fast-size 2G --slow "$WORK/slow2.img" --slow-size 4G \
+    --label conformance-features --compression zstd:1 --keyfile "$WORK/pool.key" --dedup \
+    --copies 2 --kdf-memory 8 --kdf-passes 1
+mkdir -p "$WORK/aegis-features"
+"$AEGIS" mount "$WORK/fast2.img" "$WORK/slow2.img" "$WORK/aegis-features" --keyfile "$WORK/pool.key"
+"$HERE/fsx.sh" "$WORK/aegis-features" "$FSX_FEATURE_OPS" "$FSX_SEED"
+"$AEGIS" status conformance-features
 echo "conformance: pjdfstest and fsx passed"
