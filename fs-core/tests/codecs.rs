@@ -16,7 +16,7 @@ use fs_core::fs::props::Property;
 use fs_core::fs::scrub::{ScrubPhase, Scrubber};
 use fs_core::fs::{Caller, NewNode, Whence};
 use fs_core::meta::records::{BlockRecord, FileKind};
-use fs_core::meta::{BLOCKS, DEDUP, FILE_BLOCKS};
+use fs_core::meta::{BLOCKS, DEDUP};
 use fs_core::pool::{FormatOptions, Secret};
 use fs_core::types::{InodeId, Tier};
 use fs_core::FsError;
@@ -56,21 +56,6 @@ fn block_records(pool: &TestPool) -> Vec<(u64, BlockRecord)> {
         .map(|entry| {
             let (id, raw) = entry.unwrap();
             (id.value(), BlockRecord::decode(raw.value()).unwrap())
-        })
-        .collect()
-}
-
-/// The block records of one file, in block order.
-fn file_records(pool: &TestPool, ino: InodeId) -> Vec<BlockRecord> {
-    let p = pool.pool().unwrap();
-    let txn = p.db.begin_read().unwrap();
-    let map = txn.open_table(FILE_BLOCKS).unwrap();
-    let blocks = txn.open_table(BLOCKS).unwrap();
-    map.range((ino.0, 0)..(ino.0 + 1, 0))
-        .unwrap()
-        .map(|entry| {
-            let id = entry.unwrap().1.value().0;
-            BlockRecord::decode(blocks.get(id).unwrap().unwrap().value()).unwrap()
         })
         .collect()
 }
@@ -178,7 +163,7 @@ fn a_flipped_ciphertext_byte_is_an_io_error_or_repaired_from_the_second_copy() {
         fs.write(f, 0, &content).unwrap();
         fs.shutdown().unwrap();
         drop(fs);
-        let record = file_records(&pool, f)[0];
+        let record = pool.file_records(f)[0];
         assert!(record.encoding.nonce.is_some());
         pool.member(record.device.0 == 0)
             .corrupt(record.sector * 4096 + 1000, 5)
@@ -239,10 +224,12 @@ fn text_is_stored_compressed_and_random_data_as_it_is() {
     assert_eq!(fs.usage(logs).unwrap().stored, MIB);
     drop(fs);
     // Each block decides alone: the text blocks are compressed, the random ones are not.
-    assert!(file_records(&pool, prose)
+    assert!(pool
+        .file_records(prose)
         .iter()
         .all(|r| r.encoding.compressed));
-    assert!(file_records(&pool, noise)
+    assert!(pool
+        .file_records(noise)
         .iter()
         .all(|r| !r.encoding.compressed && r.stored_len == r.logical_len));
     pool.assert_fsck_clean("compressed pool");
@@ -283,7 +270,7 @@ fn zero_blocks_of_compressed_files_are_holes() {
     fs.fsync().unwrap();
     assert_eq!(fs.getattr(g).unwrap().blocks * 512, 256 * 1024);
     drop(fs);
-    assert_eq!(file_records(&pool, g).len(), 2);
+    assert_eq!(pool.file_records(g).len(), 2);
     pool.assert_fsck_clean("holes");
 }
 
@@ -387,7 +374,7 @@ fn dedup_shares_blocks_with_snapshots_and_respects_copies() {
     fs.fsync().unwrap();
     assert_eq!(fs.status().totals.logical, 1024 * 1024);
     drop(fs);
-    assert!(file_records(&pool, c).iter().all(|r| r.mirror.is_some()));
+    assert!(pool.file_records(c).iter().all(|r| r.mirror.is_some()));
     pool.assert_fsck_clean("dedup with snapshots");
 }
 
@@ -404,7 +391,7 @@ fn migration_moves_compressed_encrypted_blocks_as_they_are() {
     fs.write(f, 0, &content).unwrap();
     fs.shutdown().unwrap();
     drop(fs);
-    let before = file_records(&pool, f);
+    let before = pool.file_records(f);
     assert!(before
         .iter()
         .all(|r| r.encoding.compressed && r.encoding.nonce.is_some()));
@@ -419,7 +406,7 @@ fn migration_moves_compressed_encrypted_blocks_as_they_are() {
     assert_eq!(moved.moved, ids.len() as u64);
     fs.fsync().unwrap();
     drop(fs);
-    let after = file_records(&pool, f);
+    let after = pool.file_records(f);
     for (old, new) in before.iter().zip(&after) {
         assert_ne!(old.device, new.device);
         assert_eq!(
@@ -447,7 +434,7 @@ fn scrub_verifies_and_repairs_encrypted_copies() {
     fs.write(f, 0, &content).unwrap();
     fs.shutdown().unwrap();
     drop(fs);
-    let records = file_records(&pool, f);
+    let records = pool.file_records(f);
     for record in records.iter().step_by(3) {
         pool.member(record.device.0 == 0)
             .corrupt(record.sector * 4096 + 10, 1)

@@ -13,12 +13,10 @@ use fs_core::device::{BlockDevice, FaultPlan, FaultyDevice};
 use fs_core::fs::props::{Property, Source};
 use fs_core::fs::scrub::{ScrubPhase, ScrubState, Scrubber};
 use fs_core::fs::ErrorCounts;
-use fs_core::meta::records::{BlockRecord, Location};
-use fs_core::meta::{BLOCKS, FILE_BLOCKS};
+use fs_core::meta::records::Location;
 use fs_core::pool::FormatOptions;
 use fs_core::types::{DeviceIndex, InodeId};
 use fs_core::FsError;
-use redb::ReadableDatabase;
 
 const ROOT: InodeId = InodeId::ROOT;
 const SECTOR: u64 = 4096;
@@ -33,21 +31,6 @@ fn pool_with_copies(copies: u8) -> TestPool {
             ..FormatOptions::default()
         },
     )
-}
-
-/// The block records of a file, by block index, as last committed.
-fn records(pool: &TestPool, ino: InodeId) -> Vec<BlockRecord> {
-    let p = pool.pool().unwrap();
-    let txn = p.db.begin_read().unwrap();
-    let map = txn.open_table(FILE_BLOCKS).unwrap();
-    let blocks = txn.open_table(BLOCKS).unwrap();
-    map.range((ino.0, 0)..(ino.0 + 1, 0))
-        .unwrap()
-        .map(|entry| {
-            let (id, _birth) = entry.unwrap().1.value();
-            BlockRecord::decode(blocks.get(id).unwrap().unwrap().value()).unwrap()
-        })
-        .collect()
 }
 
 fn device(pool: &TestPool, index: DeviceIndex) -> &FaultyDevice {
@@ -79,7 +62,7 @@ fn written(copies: u8) -> (TestPool, InodeId, Vec<u8>) {
 #[test]
 fn copies_2_puts_a_second_copy_of_every_block_on_the_other_device() {
     let (pool, file, _) = written(2);
-    let records = records(&pool, file);
+    let records = pool.file_records(file);
     assert_eq!(records.len(), 8);
     for record in &records {
         let mirror = record.mirror.expect("mirrored");
@@ -94,7 +77,7 @@ fn copies_2_puts_a_second_copy_of_every_block_on_the_other_device() {
 #[test]
 fn a_damaged_first_copy_is_served_from_the_second_and_rewritten() {
     let (pool, file, content) = written(2);
-    let records = records(&pool, file);
+    let records = pool.file_records(file);
     for record in &records {
         damage(&pool, record.primary());
     }
@@ -118,7 +101,7 @@ fn a_damaged_first_copy_is_served_from_the_second_and_rewritten() {
 #[test]
 fn an_unreadable_first_copy_is_served_from_the_second() {
     let (pool, file, content) = written(2);
-    let records = records(&pool, file);
+    let records = pool.file_records(file);
     let primary = records[3].primary();
     let at = primary.sector * SECTOR;
     device(&pool, primary.device).set_plan(FaultPlan {
@@ -133,7 +116,7 @@ fn an_unreadable_first_copy_is_served_from_the_second() {
 #[test]
 fn a_block_damaged_on_both_copies_is_an_error_and_the_rest_still_reads() {
     let (pool, file, content) = written(2);
-    let records = records(&pool, file);
+    let records = pool.file_records(file);
     for at in records[2].locations() {
         damage(&pool, at);
     }
@@ -151,7 +134,7 @@ fn a_block_damaged_on_both_copies_is_an_error_and_the_rest_still_reads() {
 #[test]
 fn with_one_copy_a_damaged_block_is_an_error() {
     let (pool, file, _) = written(1);
-    let records = records(&pool, file);
+    let records = pool.file_records(file);
     assert!(records.iter().all(|r| r.mirror.is_none()));
     damage(&pool, records[0].primary());
     let fs = pool.open();
@@ -205,9 +188,9 @@ fn a_directory_property_is_inherited_by_what_is_created_in_it_afterwards() {
     );
     fs.shutdown().unwrap();
     drop(fs);
-    assert!(records(&pool, before).iter().all(|r| r.mirror.is_none()));
+    assert!(pool.file_records(before).iter().all(|r| r.mirror.is_none()));
     for ino in [after, nested, in_old_sub] {
-        let records = records(&pool, ino);
+        let records = pool.file_records(ino);
         assert_eq!(records.len(), 2);
         assert!(records.iter().all(|r| r.mirror.is_some()));
     }
@@ -235,7 +218,7 @@ fn bad_properties_are_refused_by_name() {
 #[test]
 fn fsck_repair_rewrites_a_damaged_copy_from_the_intact_one() {
     let (pool, file, content) = written(2);
-    let records = records(&pool, file);
+    let records = pool.file_records(file);
     damage(&pool, records[1].mirror.unwrap());
     let report = fs_core::fsck::check(&mut pool.pool().unwrap(), true).unwrap();
     let finding = &report.findings[0];
@@ -290,7 +273,7 @@ fn scrub_to_end(fs: &fs_core::fs::Filesystem) -> ScrubState {
 fn copies_of(pool: &TestPool, files: &[(InodeId, &str)]) -> Vec<(String, Location, u64)> {
     let mut out = Vec::new();
     for (ino, name) in files {
-        for record in records(pool, *ino) {
+        for record in pool.file_records(*ino) {
             for at in record.locations() {
                 // Only the stored bytes count: the padding to a whole sector is not checked.
                 out.push(((*name).to_owned(), at, u64::from(record.stored_len)));

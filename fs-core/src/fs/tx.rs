@@ -1,7 +1,7 @@
 //! `Tx`: one operation's view of the open transaction group, with the record-level helpers
 //! every verb shares (inodes, directory entries, the block table, allocation and frees).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +13,7 @@ use super::versions::{
 };
 use super::{Book, Filesystem};
 use crate::alloc::Placement;
+use crate::codec::crypt::{BlockNonce, NonceSequence, PoolKeys};
 use crate::codec::{Compression, Encoding};
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
@@ -45,6 +46,44 @@ struct Placed {
 pub(super) struct StagedBlock {
     pub content: Vec<u8>,
     reserved: u64,
+}
+
+/// A new block of a [`Tx::store_blocks`] batch, before it is encoded.
+struct Fresh {
+    index: u64,
+    id: u64,
+    nonce: Option<BlockNonce>,
+    content: Vec<u8>,
+    dedup_hash: Option<[u8; 32]>,
+}
+
+type Encoded = Result<(Vec<u8>, Encoding), crate::codec::CodecError>;
+
+/// Compresses and encrypts `blocks`, in order, on one thread per core: zstd and AES-GCM take
+/// most of a flush's time, and the state lock is held meanwhile.
+fn encode_all(blocks: &[Fresh], compression: Compression, keys: Option<&PoolKeys>) -> Vec<Encoded> {
+    let encode = |block: &Fresh| {
+        crate::codec::encode_block(&block.content, compression, keys.zip(block.nonce), block.id)
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(blocks.len());
+    if threads <= 1 || (compression == Compression::Off && keys.is_none()) {
+        return blocks.iter().map(encode).collect();
+    }
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = blocks
+            .chunks(blocks.len().div_ceil(threads))
+            .map(|part| scope.spawn(move || part.iter().map(encode).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| {
+                part.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 /// What becomes of one block of a [`Tx::store_blocks`] batch.
@@ -528,8 +567,11 @@ impl Tx<'_> {
                 high_watermark: self.fs.config.fast_high_watermark,
             },
         };
-        let mut placed: Vec<Placed> = Vec::new();
+        // Each block becomes a hole, a reference to a block holding the same content, or a
+        // new block (ids and nonces are handed out in order).
         let mut plan: Vec<Stored> = Vec::with_capacity(blocks.len());
+        let mut fresh: Vec<Fresh> = Vec::new();
+        let mut batch_hashes: HashMap<[u8; 32], u64> = HashMap::new();
         for (index, content) in blocks {
             if compression != Compression::Off && crate::codec::compress::is_zero(&content) {
                 plan.push(Stored::Hole { index });
@@ -540,9 +582,8 @@ impl Tx<'_> {
                 .dedup
                 .map(|dedup| crate::codec::dedup_hash(&dedup.key, &content));
             if let Some(hash) = &dedup_hash {
-                let earlier = placed.iter().find(|p| p.dedup_hash.as_ref() == Some(hash));
-                let shared = match earlier {
-                    Some(earlier) => Some(earlier.id),
+                let shared = match batch_hashes.get(hash) {
+                    Some(&id) => Some(id),
                     None => self.shareable_block(hash, mirrored)?,
                 };
                 if let Some(id) = shared {
@@ -552,18 +593,31 @@ impl Tx<'_> {
             }
             let id = self.book.next_block;
             self.book.next_block += 1;
-            let encryption = match (self.fs.pool.keys(), &self.fs.nonces) {
-                (Some(keys), Some(nonces)) => Some((keys.as_ref(), nonces.next())),
-                _ => None,
+            if let Some(hash) = dedup_hash {
+                batch_hashes.insert(hash, id);
+            }
+            plan.push(Stored::New(fresh.len()));
+            fresh.push(Fresh {
+                index,
+                id,
+                nonce: self.fs.nonces.as_ref().map(NonceSequence::next),
+                content,
+                dedup_hash,
+            });
+        }
+        let encoded = encode_all(&fresh, compression, self.fs.pool.keys().map(AsRef::as_ref));
+        let mut placed: Vec<Placed> = Vec::with_capacity(fresh.len());
+        for (block, encoded) in fresh.into_iter().zip(encoded) {
+            let (mut buf, encoding) = match encoded {
+                Ok(encoded) => encoded,
+                Err(err) => {
+                    self.release_placed(&placed);
+                    return Err(FsError::Corrupt(format!(
+                        "encoding block {}: {err}",
+                        block.id
+                    )));
+                }
             };
-            let (mut buf, encoding) =
-                match crate::codec::encode_block(&content, compression, encryption, id) {
-                    Ok(encoded) => encoded,
-                    Err(err) => {
-                        self.release_placed(&placed);
-                        return Err(FsError::Corrupt(format!("encoding block {id}: {err}")));
-                    }
-                };
             let stored_len = buf.len();
             let sectors = (stored_len as u64).div_ceil(SECTOR_SIZE).max(1);
             let Some((primary, mirror)) = self.place(sectors, placement, mirrored) else {
@@ -574,17 +628,16 @@ impl Tx<'_> {
                 usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX),
                 0,
             );
-            plan.push(Stored::New(placed.len()));
             placed.push(Placed {
-                index,
-                id,
+                index: block.index,
+                id: block.id,
                 primary,
                 mirror,
                 buf,
                 stored_len,
                 encoding,
-                content,
-                dedup_hash,
+                content: block.content,
+                dedup_hash: block.dedup_hash,
             });
         }
         if let Err(err) = self.write_placed(&placed) {

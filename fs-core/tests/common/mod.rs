@@ -100,6 +100,26 @@ impl TestPool {
         )
     }
 
+    /// The block records of a file, in block order, as last committed (the filesystem must
+    /// be closed: this opens the pool beside it).
+    pub fn file_records(&self, ino: InodeId) -> Vec<fs_core::meta::records::BlockRecord> {
+        use redb::ReadableDatabase;
+        let pool = self.pool().unwrap();
+        let txn = pool.db.begin_read().unwrap();
+        let map = txn.open_table(fs_core::meta::FILE_BLOCKS).unwrap();
+        let blocks = txn.open_table(fs_core::meta::BLOCKS).unwrap();
+        map.range((ino.0, 0)..(ino.0 + 1, 0))
+            .unwrap()
+            .map(|entry| {
+                let id = entry.unwrap().1.value().0;
+                fs_core::meta::records::BlockRecord::decode(
+                    blocks.get(id).unwrap().unwrap().value(),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
     /// The fast member (`true`) or the slow one.
     pub fn member(&self, fast: bool) -> &Arc<FaultyDevice> {
         if fast {
