@@ -146,6 +146,9 @@ pub fn secret_for(devices: &[PathBuf], args: &KeyArgs) -> anyhow::Result<Option<
         return Ok(None);
     };
     if !sb.encrypted() {
+        if args.keyfile.is_some() || args.ask_password {
+            tracing::warn!("the pool is not encrypted: the key option is ignored");
+        }
         return Ok(None);
     }
     let name = if sb.label.is_empty() {

@@ -17,11 +17,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aes::cipher::KeyInit;
+use aes::cipher::array::Array;
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use aes::Aes256;
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::Aes256Gcm;
-use xts_mode::Xts128;
 use zeroize::Zeroizing;
 
 use super::CodecError;
@@ -174,8 +174,19 @@ impl KeySlot {
 /// The working keys of an unlocked pool, derived from its master key.
 pub struct PoolKeys {
     blocks: Aes256Gcm,
-    pages: Xts128<Aes256>,
+    /// XTS's data key and tweak key (IEEE 1619 AES-256-XTS).
+    pages: Aes256,
+    page_tweaks: Aes256,
     dedup: Zeroizing<[u8; KEY_LEN]>,
+}
+
+/// AES blocks in a metadata page.
+const PAGE_BLOCKS: usize = PAGE_LEN / 16;
+
+/// Multiplies an XTS tweak by the primitive element α of GF(2^128) (little-endian convention
+/// of IEEE 1619).
+fn next_tweak(tweak: u128) -> u128 {
+    (tweak << 1) ^ ((tweak >> 127) * 0x87)
 }
 
 impl std::fmt::Debug for PoolKeys {
@@ -201,10 +212,8 @@ impl PoolKeys {
         );
         Self {
             blocks: Aes256Gcm::new(&(*block_key).into()),
-            pages: Xts128::new(
-                Aes256::new(&(*page_key).into()),
-                Aes256::new(&(*tweak_key).into()),
-            ),
+            pages: Aes256::new(&(*page_key).into()),
+            page_tweaks: Aes256::new(&(*tweak_key).into()),
             dedup: derive("AegisFS 2026-11 dedup hash key (BLAKE3 keyed)", master),
         }
     }
@@ -234,26 +243,42 @@ impl PoolKeys {
             .map_err(|_| CodecError::Authentication)
     }
 
-    /// Encrypts whole metadata pages in place; `first_page` is the index of the first one.
+    /// Encrypts whole metadata pages in place (AES-256-XTS, the page index as the tweak);
+    /// `first_page` is the index of the first one.
     pub fn encrypt_pages(&self, first_page: u64, buf: &mut [u8]) {
-        debug_assert!(buf.len().is_multiple_of(PAGE_LEN));
-        self.pages.encrypt_area(
-            buf,
-            PAGE_LEN,
-            u128::from(first_page),
-            xts_mode::get_tweak_default,
-        );
+        self.xts_pages(first_page, buf, |blocks| self.pages.encrypt_blocks(blocks));
     }
 
     /// Decrypts whole metadata pages in place.
     pub fn decrypt_pages(&self, first_page: u64, buf: &mut [u8]) {
+        self.xts_pages(first_page, buf, |blocks| self.pages.decrypt_blocks(blocks));
+    }
+
+    /// XTS over whole pages: each 16-byte block is masked with its tweak before and after
+    /// `cipher` runs on the whole page at once (so AES pipelines many blocks, where a
+    /// block-at-a-time XTS spends 12 µs a page).
+    fn xts_pages(&self, first_page: u64, buf: &mut [u8], cipher: impl Fn(&mut [aes::Block])) {
         debug_assert!(buf.len().is_multiple_of(PAGE_LEN));
-        self.pages.decrypt_area(
-            buf,
-            PAGE_LEN,
-            u128::from(first_page),
-            xts_mode::get_tweak_default,
-        );
+        let mut tweaks = [0u128; PAGE_BLOCKS];
+        for (page, bytes) in (u128::from(first_page)..).zip(buf.chunks_exact_mut(PAGE_LEN)) {
+            let mut tweak = Array::from(page.to_le_bytes());
+            self.page_tweaks.encrypt_block(&mut tweak);
+            let mut tweak = u128::from_le_bytes(tweak.into());
+            for slot in &mut tweaks {
+                *slot = tweak;
+                tweak = next_tweak(tweak);
+            }
+            let (blocks, _) = Array::slice_as_chunks_mut(bytes);
+            let mask = |blocks: &mut [aes::Block]| {
+                for (block, tweak) in blocks.iter_mut().zip(&tweaks) {
+                    let masked = u128::from_le_bytes((*block).into()) ^ tweak;
+                    *block = Array::from(masked.to_le_bytes());
+                }
+            };
+            mask(blocks);
+            cipher(blocks);
+            mask(blocks);
+        }
     }
 
     /// The key of the dedup hash.
@@ -380,6 +405,42 @@ mod tests {
         for _ in 0..1000 {
             assert!(seen.insert(first.next()));
             assert!(seen.insert(second.next()));
+        }
+    }
+
+    #[test]
+    fn pages_are_standard_aes_256_xts() {
+        use aes::cipher::consts::U32;
+        // The xts-mode crate (one block at a time) as the reference, with the same keys.
+        let master = MasterKey::generate().expect("key");
+        let keys = PoolKeys::derive(&master);
+        let page_key = derive(
+            "AegisFS 2026-11 metadata page key (AES-256-XTS, data)",
+            &master,
+        );
+        let tweak_key = derive(
+            "AegisFS 2026-11 metadata page key (AES-256-XTS, tweak)",
+            &master,
+        );
+        let reference = xts_mode::Xts128::new(
+            Aes256::new(&Array::<u8, U32>::from(*page_key)),
+            Aes256::new(&Array::<u8, U32>::from(*tweak_key)),
+        );
+        let mut plain = vec![0u8; 3 * PAGE_LEN];
+        getrandom::fill(&mut plain).expect("random");
+        for first in [0u64, 1, 77, u64::MAX - 2] {
+            let mut ours = plain.clone();
+            keys.encrypt_pages(first, &mut ours);
+            let mut theirs = plain.clone();
+            reference.encrypt_area(
+                &mut theirs,
+                PAGE_LEN,
+                u128::from(first),
+                xts_mode::get_tweak_default,
+            );
+            assert_eq!(ours, theirs, "page {first}");
+            keys.decrypt_pages(first, &mut ours);
+            assert_eq!(ours, plain);
         }
     }
 
