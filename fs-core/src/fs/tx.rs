@@ -680,13 +680,16 @@ impl Tx<'_> {
     }
 
     /// A block of the dedup table holding content with `hash` that a file can share: one with
-    /// a second copy when `mirrored` asks for two.
+    /// a second copy when `mirrored` asks for two, and room for more references.
     fn shareable_block(&self, hash: &[u8; 32], mirrored: bool) -> FsResult<Option<u64>> {
         let Some(id) = self.txn.open_table(DEDUP)?.get(hash)?.map(|v| v.value()) else {
             return Ok(None);
         };
         let record = self.block_record(id)?;
-        Ok((record.mirror.is_some() || !mirrored).then_some(id))
+        // A block at the end of its reference count takes no more (a batch may add one per
+        // block it holds, hence the margin).
+        let room = record.refcount < u32::MAX / 2;
+        Ok((room && (record.mirror.is_some() || !mirrored)).then_some(id))
     }
 
     /// Enters a newly written block in the block table (and the dedup table while it has
