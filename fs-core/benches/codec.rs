@@ -40,6 +40,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use fs_core::codec::compress::{compress, decompress};
 use fs_core::codec::crypt::{MasterKey, NonceSequence, PoolKeys, PAGE_LEN, TAG_LEN};
 use fs_core::codec::{checksum64, decode_block, dedup_hash, encode_block, Compression};
+use fs_core::device::SplitMix64 as Rng;
 
 /// The default block size.
 const BLOCK: usize = 128 * 1024;
@@ -47,29 +48,15 @@ const LEVELS: [i32; 4] = [1, 3, 9, 19];
 /// The block id every encoded block is bound to (any will do).
 const BLOCK_ID: u64 = 42;
 
-/// A small deterministic generator (xorshift), so every run sees the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        // n is small; the modulo bias does not matter here.
-        (self.next() % n as u64) as usize
-    }
+/// An index below `n` (small: the modulo bias does not matter here).
+fn pick(rng: &mut Rng, n: usize) -> usize {
+    rng.below(n as u64) as usize
 }
 
 fn random_block() -> Vec<u8> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     (0..BLOCK / 8)
-        .flat_map(|_| rng.next().to_le_bytes())
+        .flat_map(|_| rng.next_u64().to_le_bytes())
         .collect()
 }
 
@@ -179,24 +166,24 @@ fn text_block() -> Vec<u8> {
     let mut out = String::with_capacity(BLOCK + 256);
     let mut seconds = 1_764_000_000u64;
     while out.len() < BLOCK {
-        seconds += rng.next() % 3;
-        let words = 6 + rng.below(14);
+        seconds += rng.next_u64() % 3;
+        let words = 6 + pick(&mut rng, 14);
         out.push_str(&format!(
             "{seconds}.{:06} {} [{}] ",
-            rng.next() % 1_000_000,
-            LEVELS[rng.below(LEVELS.len())],
-            WORDS[48 + rng.below(WORDS.len() - 48)],
+            rng.next_u64() % 1_000_000,
+            LEVELS[pick(&mut rng, LEVELS.len())],
+            WORDS[48 + pick(&mut rng, WORDS.len() - 48)],
         ));
         for w in 0..words {
             if w > 0 {
                 out.push(' ');
             }
-            out.push_str(WORDS[rng.below(WORDS.len())]);
-            if rng.below(8) == 0 {
-                out.push_str(&format!(" {}", rng.next() % 100_000));
+            out.push_str(WORDS[pick(&mut rng, WORDS.len())]);
+            if pick(&mut rng, 8) == 0 {
+                out.push_str(&format!(" {}", rng.next_u64() % 100_000));
             }
         }
-        out.push_str(if rng.below(4) == 0 { ".\n" } else { "\n" });
+        out.push_str(if pick(&mut rng, 4) == 0 { ".\n" } else { "\n" });
     }
     let mut bytes = out.into_bytes();
     bytes.truncate(BLOCK);

@@ -229,7 +229,7 @@ pub struct FsStatus {
     pub dedup: Option<DedupStatus>,
 }
 
-/// The size of a dedup pool's dedup table.
+/// The size of a dedup pool's dedup table, as of the last commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupStatus {
     pub entries: u64,
@@ -905,24 +905,28 @@ impl Filesystem {
         }
     }
 
+    /// The dedup table as of the last commit, read beside the open transaction group: measuring
+    /// its pages walks the whole table, which must not hold up I/O.
+    fn dedup_status(&self, dedup: Dedup) -> FsResult<DedupStatus> {
+        use redb::{ReadableDatabase, ReadableTableMetadata};
+        let txn = self.pool.db.begin_read()?;
+        let table = txn.open_table(meta::DEDUP)?;
+        let stats = table.stats()?;
+        Ok(DedupStatus {
+            entries: table.len()?,
+            limit: dedup.table_limit,
+            table_bytes: (stats.leaf_pages() + stats.branch_pages()) * crate::meta::backend::PAGE,
+        })
+    }
+
     /// Members, usage and counters.
     pub fn status(&self) -> FsStatus {
+        let dedup = self.dedup.and_then(|dedup| self.dedup_status(dedup).ok());
         let mut guard = self.lock_state();
         let snapshot_bytes = guard
             .reader(self)
             .and_then(|tx| tx.held_by_snapshots())
             .unwrap_or(0);
-        let dedup = self.dedup.and_then(|dedup| {
-            let tx = guard.reader(self).ok()?;
-            let table = tx.txn.open_table(meta::DEDUP).ok()?;
-            let stats = redb::ReadableTableMetadata::stats(&table).ok()?;
-            Some(DedupStatus {
-                entries: redb::ReadableTableMetadata::len(&table).ok()?,
-                limit: dedup.table_limit,
-                table_bytes: (stats.leaf_pages() + stats.branch_pages())
-                    * crate::meta::backend::PAGE,
-            })
-        });
         let state = &*guard;
         let members = self
             .pool
