@@ -67,6 +67,8 @@ pub struct TierUsage {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Status {
+    /// The name the API knows the pool by: its name in aegisd's config, else its label.
+    pub name: String,
     pub label: String,
     pub pool_uuid: String,
     pub mountpoint: String,
@@ -425,10 +427,12 @@ pub struct ScrubStatus {
     pub damaged_paths: Vec<String>,
 }
 
-/// An error body.
+/// An error body: a machine-readable code (`bad_request`, `not_found`, `conflict`, ...) and a
+/// message for the user.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
-    pub error: String,
+    pub code: String,
+    pub message: String,
 }
 
 /// Sends one request and returns the status code and body.
@@ -484,7 +488,7 @@ pub fn call<T: for<'de> Deserialize<'de>, B: Serialize>(
     let body = body.map(serde_json::to_string).transpose()?;
     let (code, answer) = request(socket, method, path, body.as_deref())?;
     if !(200..300).contains(&code) {
-        let message = serde_json::from_str::<ApiError>(&answer).map_or(answer, |e| e.error);
+        let message = serde_json::from_str::<ApiError>(&answer).map_or(answer, |e| e.message);
         bail!("{message}");
     }
     serde_json::from_str(&answer).with_context(|| format!("{path}: malformed JSON"))

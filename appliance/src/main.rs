@@ -1,9 +1,8 @@
 //! `aegis`: the AegisFS command line. Formats pools, mounts them (running the serving process),
 //! and talks to mounted pools through their control sockets.
 
-mod api;
-mod keys;
-mod serve;
+use appliance::units::{parse_size, parse_watermarks};
+use appliance::{api, keys, serve, service};
 
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::os::unix::process::CommandExt;
@@ -387,57 +386,6 @@ enum ScrubCmd {
     },
 }
 
-/// Parses sizes like `4096`, `512K`, `2G`, `1.5T` (binary units).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let trimmed = text.trim();
-    let upper = trimmed.to_ascii_uppercase();
-    let number_part = upper.trim_end_matches(['B', 'I']);
-    let (digits, multiplier) = match number_part.chars().last() {
-        Some('K') => (&number_part[..number_part.len() - 1], 1u64 << 10),
-        Some('M') => (&number_part[..number_part.len() - 1], 1 << 20),
-        Some('G') => (&number_part[..number_part.len() - 1], 1 << 30),
-        Some('T') => (&number_part[..number_part.len() - 1], 1 << 40),
-        _ => (number_part, 1),
-    };
-    let value: f64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (examples: 4096, 512M, 2G)"))?;
-    if !value.is_finite() || value <= 0.0 {
-        return Err(format!("'{text}' is not a positive size"));
-    }
-    #[allow(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss
-    )]
-    let bytes = (value * multiplier as f64) as u64;
-    Ok(bytes)
-}
-
-/// `LOW:HIGH` in percent, as fractions; `0 <= LOW <= HIGH <= 100`.
-fn parse_watermarks(text: &str) -> Result<(f64, f64), String> {
-    let (low, high) = text
-        .split_once(':')
-        .ok_or_else(|| format!("'{text}' is not LOW:HIGH (e.g. 70:85)"))?;
-    let percent = |part: &str| -> Result<f64, String> {
-        part.trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|p| (0.0..=100.0).contains(p))
-            .map(|p| p / 100.0)
-            .ok_or_else(|| format!("'{part}' is not a percentage from 0 to 100"))
-    };
-    let (low, high) = (percent(low)?, percent(high)?);
-    if low > high {
-        return Err(format!(
-            "the low watermark ({}) is above the high one ({})",
-            low * 100.0,
-            high * 100.0
-        ));
-    }
-    Ok((low, high))
-}
-
 fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     #[allow(clippy::cast_precision_loss)]
@@ -626,7 +574,7 @@ fn remove_stale_mount(target: &str) -> anyhow::Result<bool> {
     let path = std::path::absolute(target)?;
     let stale =
         std::fs::metadata(&path).is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
-    if !stale || !serve::is_mountpoint(&path) {
+    if !stale || !service::is_mountpoint(&path) {
         return Ok(false);
     }
     let result = Command::new("umount")
@@ -720,7 +668,7 @@ fn info_cmd(
             let secret = keys::secret_for(devices, key)?;
             let pool = fs_core::pool::open_paths_with(devices, backend, secret.as_ref())?;
             let fs = fs_core::fs::Filesystem::new(pool, fs_core::fs::FsConfig::default())?;
-            Some(serve::api_status(&fs.status(), "", Instant::now()))
+            Some(service::api_status(&fs.status(), "", "", Instant::now()))
         }
         None => None,
     };
@@ -1647,13 +1595,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             done(if foreground {
                 serve::serve(
-                    &paths,
-                    &mountpoint,
+                    service::MountRequest {
+                        name: None,
+                        devices: &paths,
+                        mountpoint: &mountpoint,
+                        backend: backend(no_uring),
+                        secret: secret.as_ref(),
+                        config,
+                        policy,
+                    },
                     announce_ready,
-                    backend(no_uring),
-                    secret.as_ref(),
-                    config,
-                    policy,
                 )
             } else {
                 let mut tuning = vec![

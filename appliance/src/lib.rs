@@ -1,0 +1,10 @@
+//! The AegisFS appliance: the `aegis` command line, the standalone serving process of `aegis
+//! mount`, and `aegisd`, the daemon that runs pools from a config file with schedules, a state
+//! database, metrics and alerts. Both binaries share the control API defined here.
+
+pub mod api;
+pub mod http;
+pub mod keys;
+pub mod serve;
+pub mod service;
+pub mod units;
