@@ -562,3 +562,31 @@ pub fn find_pool(target: &str) -> anyhow::Result<(PathBuf, Status)> {
         )
     })
 }
+
+/// One tier's I/O during one second (`GET /v1/stats/stream` events, `GET /v1/stats/history`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TierIo {
+    pub tier: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+/// One pool's I/O during one second.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PoolIo {
+    pub pool: String,
+    pub tiers: Vec<TierIo>,
+}
+
+/// A second of I/O across the daemon's pools: one event of the live stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IoSecond {
+    /// Seconds since the epoch at the end of the second.
+    pub time: i64,
+    pub pools: Vec<PoolIo>,
+}

@@ -5,8 +5,6 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use anyhow::Context;
-
 use crate::http::{respond, Workers};
 use crate::service::{route, MountRequest, MountedPool};
 
@@ -34,9 +32,7 @@ pub fn serve(request: MountRequest<'_>, announce_ready: bool) -> anyhow::Result<
         Ok(workers) => workers,
         Err(err) => {
             pool.request_unmount()?;
-            Arc::into_inner(pool)
-                .context("the pool is still shared")?
-                .wait()?;
+            pool.wait()?;
             return Err(err.context("this pool is already being served"));
         }
     };
@@ -72,7 +68,5 @@ pub fn serve(request: MountRequest<'_>, announce_ready: bool) -> anyhow::Result<
     let _ = signal_thread.join();
     workers.stop();
     let _ = std::fs::remove_file(&socket);
-    Arc::into_inner(pool)
-        .context("the pool is still shared after its session ended")?
-        .wait()
+    pool.wait()
 }

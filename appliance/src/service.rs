@@ -46,7 +46,8 @@ pub struct MountRequest<'a> {
 pub struct MountedPool {
     pub service: Arc<PoolService>,
     unmounter: Mutex<fuser::SessionUnmounter>,
-    session: std::thread::JoinHandle<std::io::Result<()>>,
+    /// The session's thread, until [`MountedPool::wait`] has joined it.
+    session: Mutex<Option<std::thread::JoinHandle<std::io::Result<()>>>>,
 }
 
 impl MountedPool {
@@ -99,7 +100,7 @@ impl MountedPool {
         Ok(Self {
             service,
             unmounter: Mutex::new(unmounter),
-            session,
+            session: Mutex::new(Some(session)),
         })
     }
 
@@ -114,14 +115,26 @@ impl MountedPool {
 
     /// Whether the FUSE session has ended (unmounted by us or from outside).
     pub fn is_unmounted(&self) -> bool {
-        self.session.is_finished()
+        self.session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished)
     }
 
     /// Waits for the session to end (after an unmount), stops a running scrub (its stored
-    /// progress lets the next mount resume it) and makes everything durable.
-    pub fn wait(self) -> anyhow::Result<()> {
-        let result = self
+    /// progress lets the next mount resume it) and makes everything durable. Only the first
+    /// call waits.
+    pub fn wait(&self) -> anyhow::Result<()> {
+        let session = self
             .session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(session) = session else {
+            return Ok(());
+        };
+        let result = session
             .join()
             .map_err(|_| anyhow::anyhow!("the FUSE session thread panicked"))?;
         drop(self.service.scrubber().take());
@@ -239,7 +252,7 @@ struct Migration {
 }
 
 impl PoolService {
-    fn status(&self) -> Status {
+    pub fn status(&self) -> Status {
         api_status(
             &self.fs.status(),
             &self.name,
@@ -268,7 +281,7 @@ impl PoolService {
     }
 
     /// The running scrub's state, else the stored one.
-    fn scrub_status(&self) -> Result<ScrubStatus, (u16, String)> {
+    pub fn scrub_status(&self) -> Result<ScrubStatus, (u16, String)> {
         let live = self.scrubber().as_ref().map(Scrubber::state);
         let state = match live {
             Some(state) => Some(state),
@@ -335,8 +348,7 @@ impl PoolService {
         let fs = &self.fs;
         match (request.method(), action) {
             (Delete, "") => {
-                let released = fs.snapshot_delete(&name).map_err(|e| fs_error(&e))?;
-                self.invalidator.snapshot_deleted(&name);
+                let released = self.delete_snapshot(&name)?;
                 Ok(json_response(
                     200,
                     &SnapshotDeleted {
@@ -377,7 +389,7 @@ impl PoolService {
 
     /// Takes a snapshot after writing the kernel's cached writes back, so it holds everything
     /// applications wrote before the request.
-    fn create_snapshot(&self, name: &str) -> Result<Snapshot, (u16, String)> {
+    pub fn create_snapshot(&self, name: &str) -> Result<Snapshot, (u16, String)> {
         // syncfs also reports errors of inodes that are gone (the kernel writes back their
         // times after an unlink): what it could write is written; the rest is logged.
         if let Err(err) = fs_core::fuse::write_back(Path::new(&self.mountpoint)) {
@@ -387,13 +399,26 @@ impl PoolService {
         Ok(api_snapshot(&info))
     }
 
+    /// Deletes a snapshot; returns the bytes it released.
+    pub fn delete_snapshot(&self, name: &str) -> Result<u64, (u16, String)> {
+        let released = self.fs.snapshot_delete(name).map_err(|e| fs_error(&e))?;
+        self.invalidator.snapshot_deleted(name);
+        Ok(released)
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, (u16, String)> {
+        let snapshots = self.fs.snapshots().map_err(|e| fs_error(&e))?;
+        Ok(snapshots.iter().map(api_snapshot).collect())
+    }
+
     fn migration(&self) -> MutexGuard<'_, Option<Migration>> {
         self.migration
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn migration_progress(&self) -> Option<MigrationProgress> {
+    pub fn migration_progress(&self) -> Option<MigrationProgress> {
         let slot = self.migration();
         let migration = slot.as_ref()?;
         let progress = migration
@@ -417,7 +442,7 @@ impl PoolService {
         })
     }
 
-    fn tier_status(&self) -> Result<TierStatus, (u16, String)> {
+    pub fn tier_status(&self) -> Result<TierStatus, (u16, String)> {
         let placements = self.fs.block_placements().map_err(|e| fs_error(&e))?;
         let fs_status = self.fs.status();
         let tiers = [Tier::Fast, Tier::Slow]
@@ -459,7 +484,7 @@ impl PoolService {
     }
 
     /// The plan (dry run), or a migration started on its own thread.
-    fn migrate(&self, request: &MigrateRequest) -> Reply {
+    pub fn migrate(&self, request: &MigrateRequest) -> Reply {
         if self
             .migration_progress()
             .is_some_and(|progress| progress.counts.running)
@@ -506,6 +531,17 @@ impl PoolService {
             .map_err(|e| (500, format!("cannot start the migration: {e}")))?;
         *self.migration() = Some(migration);
         Ok(json_response(200, &self.migration_progress()))
+    }
+
+    /// Asks the running migration to stop.
+    pub fn cancel_migration(&self) -> Result<(), Failure> {
+        if !self.migration_progress().is_some_and(|p| p.counts.running) {
+            return Err(Failure::new(409, "no migration is running"));
+        }
+        if let Some(migration) = self.migration().as_ref() {
+            migration.cancel.store(true, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn plan_summary(&self, plan: &tiering::Plan) -> Result<MigrationPlan, (u16, String)> {
@@ -589,7 +625,7 @@ impl PoolService {
         })
     }
 
-    fn start_scrub(&self, rate: u64) -> Result<ScrubStatus, (u16, String)> {
+    pub fn start_scrub(&self, rate: u64) -> Result<ScrubStatus, (u16, String)> {
         {
             let mut slot = self.scrubber();
             if slot.as_ref().is_some_and(|s| s.state().phase.is_running()) {
@@ -605,7 +641,7 @@ impl PoolService {
         self.scrub_status()
     }
 
-    fn cancel_scrub(&self) -> Result<ScrubStatus, (u16, String)> {
+    pub fn cancel_scrub(&self) -> Result<ScrubStatus, (u16, String)> {
         let scrubber = self.scrubber().take();
         let mut state = match scrubber {
             Some(scrubber) => {
@@ -765,12 +801,7 @@ pub fn route(request: &mut tiny_http::Request, api: &PoolService) -> Reply {
         }
         (Get, "/v1/tier/migrate") => Ok(json_response(200, &api.migration_progress())),
         (Post, "/v1/tier/migrate/cancel") => {
-            if !api.migration_progress().is_some_and(|p| p.counts.running) {
-                return Err(Failure::new(409, "no migration is running"));
-            }
-            if let Some(migration) = api.migration().as_ref() {
-                migration.cancel.store(true, Ordering::Relaxed);
-            }
+            api.cancel_migration()?;
             Ok(json_response(200, &api.migration_progress()))
         }
         (Get, "/v1/tier/history") => {
@@ -786,11 +817,7 @@ pub fn route(request: &mut tiny_http::Request, api: &PoolService) -> Reply {
             let wanted: PinRequest = read_json(request)?;
             Ok(json_response(200, &api.pin(&wanted)?))
         }
-        (Get, "/v1/snapshots") => {
-            let snapshots = fs.snapshots().map_err(|e| fs_error(&e))?;
-            let snapshots: Vec<Snapshot> = snapshots.iter().map(api_snapshot).collect();
-            Ok(json_response(200, &snapshots))
-        }
+        (Get, "/v1/snapshots") => Ok(json_response(200, &api.snapshots()?)),
         (Post, "/v1/snapshots") => {
             let wanted: SnapshotCreate = read_json(request)?;
             Ok(json_response(201, &api.create_snapshot(&wanted.name)?))

@@ -202,6 +202,19 @@ pub struct MemberStatus {
     pub errors: ErrorCounts,
 }
 
+/// One member's I/O and error counters since mount (errors: kept across mounts), read without
+/// taking any lock: cheap enough to sample every second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberCounters {
+    pub index: DeviceIndex,
+    pub tier: Tier,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+    pub errors: ErrorCounts,
+}
+
 /// A snapshot of the filesystem's state for status reports.
 #[derive(Debug, Clone)]
 pub struct FsStatus {
@@ -920,6 +933,24 @@ impl Filesystem {
     }
 
     /// Members, usage and counters.
+    /// Every member's counters, without locks or metadata reads (see [`Self::status`]).
+    pub fn member_counters(&self) -> Vec<MemberCounters> {
+        self.pool
+            .members
+            .iter()
+            .zip(&self.counters)
+            .map(|(member, counters)| MemberCounters {
+                index: member.superblock.device_index,
+                tier: member.superblock.tier,
+                bytes_read: counters.bytes_read.load(Ordering::Relaxed),
+                bytes_written: counters.bytes_written.load(Ordering::Relaxed),
+                read_ops: counters.read_ops.load(Ordering::Relaxed),
+                write_ops: counters.write_ops.load(Ordering::Relaxed),
+                errors: counters.error_counts(),
+            })
+            .collect()
+    }
+
     pub fn status(&self) -> FsStatus {
         let dedup = self.dedup.and_then(|dedup| self.dedup_status(dedup).ok());
         let mut guard = self.lock_state();

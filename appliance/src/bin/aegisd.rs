@@ -1,0 +1,70 @@
+//! `aegisd`: the AegisFS daemon. Reads its config, mounts the pools it names, runs their
+//! schedules and serves the control API until SIGTERM. See `appliance::daemon`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use appliance::daemon::config::{Config, DEFAULT_PATH};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "aegisd", version, about = "The AegisFS daemon")]
+struct Cli {
+    /// The config file.
+    #[arg(long, default_value = DEFAULT_PATH)]
+    config: PathBuf,
+    /// Check the config and exit: 0 when valid, 1 with the file, line and field otherwise.
+    #[arg(long)]
+    check_config: bool,
+}
+
+/// Logs to stderr: plain lines without timestamps under systemd (the journal adds its own),
+/// colour on a terminal. RUST_LOG overrides the config's level.
+fn init_logging(level: &str) {
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!under_journal && std::io::stderr().is_terminal());
+    if under_journal {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.check_config {
+        return match appliance::daemon::check_config(&cli.config) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("aegisd: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("aegisd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.daemon.log_level);
+    match appliance::daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("aegisd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

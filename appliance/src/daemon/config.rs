@@ -1,0 +1,533 @@
+//! `aegisd`'s configuration: the TOML file (default `/etc/aegis/aegis.toml`) naming the pools
+//! the daemon owns, their schedules, the snapshot tasks, the control API settings and the alert
+//! notifiers. Loading checks everything a daemon start would trip over later; every error names
+//! the file, the line and the field.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::schedule::{self, Retention, Schedule, Zone};
+
+/// Where `aegisd` looks for its config unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/aegis/aegis.toml";
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub daemon: DaemonSettings,
+    pub api: ApiSettings,
+    pub pools: Vec<PoolConfig>,
+    pub snapshots: Vec<SnapshotTask>,
+    pub alerts: AlertSettings,
+}
+
+/// `[daemon]`: where the daemon keeps its socket and state, and how much it logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonSettings {
+    pub socket: PathBuf,
+    /// The group that may use the socket (mode 0660); empty for root only.
+    pub socket_group: String,
+    pub state_db: PathBuf,
+    /// A tracing filter (`info`, `debug`, `aegisd=debug,info`); `RUST_LOG` overrides it.
+    #[serde(deserialize_with = "log_filter")]
+    pub log_level: String,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/aegis/aegisd.sock"),
+            socket_group: "aegis".into(),
+            state_db: PathBuf::from("/var/lib/aegis/aegis.db"),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// `[api]`: the optional TCP listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    pub tcp: Option<TcpSettings>,
+}
+
+/// `[api.tcp]`: off unless present; every request needs the token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSettings {
+    pub listen: SocketAddr,
+    /// A file holding the bearer token (at least 16 characters; not readable by others).
+    pub token_file: PathBuf,
+}
+
+/// `[[pool]]`: one pool the daemon mounts at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    pub devices: Vec<PathBuf>,
+    pub mountpoint: PathBuf,
+    /// The key of an encrypted pool: a file, or a passphrase asked through
+    /// systemd-ask-password.
+    pub keyfile: Option<PathBuf>,
+    #[serde(default)]
+    pub ask_password: bool,
+    /// `auto` (io_uring where it works) or `pread`.
+    #[serde(default = "default_io", deserialize_with = "io_backend")]
+    pub io: String,
+    #[serde(default, deserialize_with = "optional_size")]
+    pub cache_size: Option<u64>,
+    /// The fast tier's low and high watermarks, as fractions.
+    #[serde(
+        default = "default_watermarks",
+        deserialize_with = "watermarks",
+        rename = "fast_watermarks"
+    )]
+    pub watermarks: (f64, f64),
+    #[serde(default = "default_half_life", deserialize_with = "duration")]
+    pub heat_half_life: Duration,
+    /// When to migrate blocks between tiers (`off` for never).
+    #[serde(default = "weekly", deserialize_with = "optional_schedule")]
+    pub migration: Option<Schedule>,
+    #[serde(default, deserialize_with = "optional_size")]
+    pub migration_rate: Option<u64>,
+    /// When to scrub (`off` for never).
+    #[serde(default = "monthly", deserialize_with = "optional_schedule")]
+    pub scrub: Option<Schedule>,
+    #[serde(default, deserialize_with = "optional_size")]
+    pub scrub_rate: Option<u64>,
+}
+
+/// `[[snapshots]]`: a snapshot task with retention.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotTask {
+    /// The pool; may be left out when the config has one.
+    #[serde(default)]
+    pub pool: String,
+    #[serde(deserialize_with = "required_schedule")]
+    pub schedule: Schedule,
+    /// Snapshot names are `<prefix>-YYYYMMDD-HHMMSS`; retention only deletes snapshots with
+    /// this prefix.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    #[serde(default)]
+    pub keep: Retention,
+}
+
+impl SnapshotTask {
+    /// The job's name in `aegis jobs` and the state database.
+    pub fn job_name(&self) -> String {
+        format!("snapshot:{}:{}", self.pool, self.prefix)
+    }
+}
+
+/// `[alerts]`: who hears about failures.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertSettings {
+    /// A URL that receives each alert as a JSON POST.
+    #[serde(deserialize_with = "optional_url")]
+    pub webhook: Option<String>,
+    /// A shell command that receives each alert as text on stdin (`sendmail`, `ntfy publish`).
+    pub command: Option<String>,
+    /// Alert when the fast tier stays above its high watermark this long.
+    #[serde(deserialize_with = "duration")]
+    pub fast_tier_full_after: Duration,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            command: None,
+            fast_tier_full_after: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The file's shape; cross-field checks need the positions of a few values.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    daemon: DaemonSettings,
+    #[serde(default)]
+    api: ApiSettings,
+    #[serde(default, rename = "pool")]
+    pools: Vec<Spanned<PoolConfig>>,
+    #[serde(default)]
+    snapshots: Vec<Spanned<SnapshotTask>>,
+    #[serde(default)]
+    alerts: AlertSettings,
+}
+
+impl Config {
+    /// Reads and checks the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        Self::parse(&text, &path)
+    }
+
+    /// Checks config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let at = |span: Option<Range<usize>>, message: String| {
+            let offset = span.map_or(0, |s| s.start).min(text.len());
+            let before = &text[..offset];
+            ConfigError::Invalid {
+                path: path.to_owned(),
+                line: before.matches('\n').count() + 1,
+                column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+                message,
+            }
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|mut err| {
+            let span = err.span();
+            // Without the input, the message ends with the field's key path ("in `a.b`").
+            err.set_input(None);
+            at(span, err.to_string().trim_end().replace('\n', " "))
+        })?;
+
+        if raw.pools.is_empty() {
+            return Err(at(
+                None,
+                "no [[pool]] section: the daemon needs at least one pool to serve".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut mountpoints = HashSet::new();
+        let mut devices = HashSet::new();
+        for (index, pool) in raw.pools.iter().enumerate() {
+            let field = |name: &str| format!("pool[{index}].{name}");
+            let (span, pool) = (pool.span(), pool.get_ref());
+            check_name(&pool.name).map_err(|m| at(Some(span.clone()), field(&m)))?;
+            if !names.insert(pool.name.as_str()) {
+                let message = format!("name: a second pool is named '{}'", pool.name);
+                return Err(at(Some(span), field(&message)));
+            }
+            if pool.devices.is_empty() {
+                let message = "devices: give the pool's member devices".to_owned();
+                return Err(at(Some(span), field(&message)));
+            }
+            for device in &pool.devices {
+                if !devices.insert(device.as_path()) {
+                    let message = format!("devices: {} is listed twice", device.display());
+                    return Err(at(Some(span), field(&message)));
+                }
+            }
+            if !pool.mountpoint.is_absolute() {
+                let message = format!(
+                    "mountpoint: {} is not an absolute path",
+                    pool.mountpoint.display()
+                );
+                return Err(at(Some(span), field(&message)));
+            }
+            if !mountpoints.insert(pool.mountpoint.as_path()) {
+                let message = format!(
+                    "mountpoint: {} is used by two pools",
+                    pool.mountpoint.display()
+                );
+                return Err(at(Some(span), field(&message)));
+            }
+            if pool.keyfile.is_some() && pool.ask_password {
+                let message =
+                    "keyfile and ask_password: give one way to get the key, not both".to_owned();
+                return Err(at(Some(span), field(&message)));
+            }
+        }
+        let pools: Vec<PoolConfig> = raw.pools.into_iter().map(Spanned::into_inner).collect();
+
+        let mut snapshots = Vec::new();
+        let mut jobs = HashSet::new();
+        for (index, task) in raw.snapshots.into_iter().enumerate() {
+            let span = task.span();
+            let mut task = task.into_inner();
+            let field = |m: String| format!("snapshots[{index}].{m}");
+            if task.pool.is_empty() {
+                match pools.as_slice() {
+                    [only] => task.pool = only.name.clone(),
+                    _ => {
+                        let message = "pool: name the pool (the config has several)".to_owned();
+                        return Err(at(Some(span), field(message)));
+                    }
+                }
+            } else if !pools.iter().any(|p| p.name == task.pool) {
+                let message = format!("pool: no [[pool]] is named '{}'", task.pool);
+                return Err(at(Some(span), field(message)));
+            }
+            check_name(&task.prefix).map_err(|m| at(Some(span.clone()), field(m)))?;
+            if !jobs.insert(task.job_name()) {
+                let message = format!(
+                    "prefix: another snapshot task of pool '{}' uses prefix '{}'; give each its own",
+                    task.pool, task.prefix
+                );
+                return Err(at(Some(span), field(message)));
+            }
+            snapshots.push(task);
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            daemon: raw.daemon,
+            api: raw.api,
+            pools,
+            snapshots,
+            alerts: raw.alerts,
+        })
+    }
+}
+
+/// Names of pools and snapshot prefixes: they appear in job names, snapshot names and URLs.
+fn check_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "name: '{name}' is not a valid name (1-64 letters, digits, '-', '_' or '.', not starting with '.')"
+        ))
+    }
+}
+
+fn default_io() -> String {
+    "auto".into()
+}
+
+fn default_watermarks() -> (f64, f64) {
+    (0.70, 0.85)
+}
+
+fn default_half_life() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_prefix() -> String {
+    "auto".into()
+}
+
+fn weekly() -> Option<Schedule> {
+    Schedule::parse_in("weekly", Zone::Local).ok()
+}
+
+fn monthly() -> Option<Schedule> {
+    Schedule::parse_in("monthly", Zone::Local).ok()
+}
+
+fn io_backend<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let text = String::deserialize(de)?;
+    match text.as_str() {
+        "auto" | "pread" => Ok(text),
+        other => Err(serde::de::Error::custom(format!(
+            "'{other}' is not an I/O backend: use auto (io_uring where it works) or pread"
+        ))),
+    }
+}
+
+fn log_filter<'de, D: Deserializer<'de>>(de: D) -> Result<String, D::Error> {
+    let text = String::deserialize(de)?;
+    tracing_subscriber::EnvFilter::try_new(&text)
+        .map_err(|e| serde::de::Error::custom(format!("'{text}' is not a log level: {e}")))?;
+    Ok(text)
+}
+
+fn optional_size<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(de)?;
+    crate::units::parse_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn watermarks<'de, D: Deserializer<'de>>(de: D) -> Result<(f64, f64), D::Error> {
+    let text = String::deserialize(de)?;
+    crate::units::parse_watermarks(&text).map_err(serde::de::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(de)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "'{text}' is not a duration ({e}); examples: 30m, 12h, 7d"
+        ))
+    })
+}
+
+fn optional_schedule<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Schedule>, D::Error> {
+    let text = String::deserialize(de)?;
+    schedule::parse_optional(&text, Zone::Local).map_err(serde::de::Error::custom)
+}
+
+fn required_schedule<'de, D: Deserializer<'de>>(de: D) -> Result<Schedule, D::Error> {
+    let text = String::deserialize(de)?;
+    Schedule::parse_in(&text, Zone::Local).map_err(serde::de::Error::custom)
+}
+
+fn optional_url<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(de)?;
+    if text.starts_with("http://") || text.starts_with("https://") {
+        Ok(Some(text))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "'{text}' is not an http:// or https:// URL"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/aegis/aegis.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).expect_err("the config is invalid").to_string()
+    }
+
+    const MINIMAL: &str = r#"
+[[pool]]
+name = "tank"
+devices = ["/dev/fast", "/dev/slow"]
+mountpoint = "/mnt/tank"
+"#;
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.daemon.socket, Path::new("/run/aegis/aegisd.sock"));
+        assert_eq!(config.daemon.state_db, Path::new("/var/lib/aegis/aegis.db"));
+        let pool = &config.pools[0];
+        assert_eq!(
+            pool.migration.as_ref().map(Schedule::cron),
+            Some("0 0 * * 0")
+        );
+        assert_eq!(pool.scrub.as_ref().map(Schedule::cron), Some("0 0 1 * *"));
+        assert_eq!(pool.watermarks, (0.70, 0.85));
+        assert!(config.api.tcp.is_none());
+    }
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../../../systemd/aegis.toml");
+        let config = parse(text).expect("the shipped example config is valid");
+        assert_eq!(config.pools.len(), 1);
+        assert!(!config.snapshots.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text = format!("{MINIMAL}mountpiont = \"/x\"\n");
+        let message = error(&text);
+        assert!(message.starts_with("/etc/aegis/aegis.toml:6:"), "{message}");
+        assert!(message.contains("mountpiont"), "{message}");
+    }
+
+    #[test]
+    fn bad_schedule_names_its_line() {
+        let text = format!("{MINIMAL}scrub = \"fortnightly\"\n");
+        let message = error(&text);
+        assert!(message.starts_with("/etc/aegis/aegis.toml:6:"), "{message}");
+        assert!(message.contains("fortnightly"), "{message}");
+    }
+
+    #[test]
+    fn bad_size_and_duration_are_named() {
+        assert!(
+            error(&format!("{MINIMAL}scrub_rate = \"fast\"\n")).contains("'fast' is not a size")
+        );
+        assert!(error(&format!(
+            "{MINIMAL}[alerts]\nfast_tier_full_after = \"soon\"\n"
+        ))
+        .contains("'soon' is not a duration"));
+    }
+
+    #[test]
+    fn snapshot_task_must_name_an_existing_pool() {
+        let text = format!("{MINIMAL}\n[[snapshots]]\npool = \"tonk\"\nschedule = \"hourly\"\n");
+        let message = error(&text);
+        assert!(
+            message.contains("snapshots[0].pool: no [[pool]] is named 'tonk'"),
+            "{message}"
+        );
+        assert!(message.starts_with("/etc/aegis/aegis.toml:7:"), "{message}");
+    }
+
+    #[test]
+    fn snapshot_task_defaults_to_the_only_pool() {
+        let text = format!(
+            "{MINIMAL}\n[[snapshots]]\nschedule = \"hourly\"\nkeep = {{ hourly = 24, daily = 7 }}\n"
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.snapshots[0].pool, "tank");
+        assert_eq!(config.snapshots[0].keep.hourly, 24);
+        assert_eq!(config.snapshots[0].job_name(), "snapshot:tank:auto");
+        let typo =
+            format!("{MINIMAL}\n[[snapshots]]\nschedule = \"hourly\"\nkeep = {{ hourlly = 24 }}\n");
+        assert!(error(&typo).contains("hourlly"));
+    }
+
+    #[test]
+    fn duplicate_pools_devices_and_mountpoints_are_refused() {
+        let twice = format!("{MINIMAL}{MINIMAL}");
+        assert!(error(&twice).contains("pool[1].name: a second pool is named 'tank'"));
+        let shared = format!(
+            "{MINIMAL}[[pool]]\nname = \"b\"\ndevices = [\"/dev/slow\"]\nmountpoint = \"/mnt/b\"\n"
+        );
+        assert!(error(&shared).contains("/dev/slow is listed twice"));
+        let relative = MINIMAL.replace("/mnt/tank", "mnt/tank");
+        assert!(error(&relative).contains("not an absolute path"));
+    }
+
+    #[test]
+    fn missing_pool_and_malformed_toml_are_clear() {
+        assert!(error("").contains("no [[pool]] section"));
+        let message = error("[[pool]\nname = 1\n");
+        assert!(message.starts_with("/etc/aegis/aegis.toml:1:"), "{message}");
+        let message = error(&MINIMAL.replace("\"tank\"", "42"));
+        assert!(message.contains("string"), "{message}");
+    }
+
+    #[test]
+    fn tcp_listener_needs_an_address_and_a_token() {
+        let text = format!("{MINIMAL}[api.tcp]\nlisten = \"127.0.0.1:9460\"\n");
+        assert!(error(&text).contains("token_file"));
+        let text = format!(
+            "{MINIMAL}[api.tcp]\nlisten = \"localhost\"\ntoken_file = \"/etc/aegis/token\"\n"
+        );
+        assert!(error(&text).contains("listen"));
+    }
+}

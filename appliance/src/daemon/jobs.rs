@@ -1,0 +1,360 @@
+//! The jobs `aegisd` runs: snapshot tasks with retention, tier migrations and scrubs. Each run
+//! is recorded in the state database (start, end, outcome, bytes, error), raises an event and,
+//! when it fails, an alert. A job never runs twice at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::config::{Config, SnapshotTask};
+use super::schedule::{self, Schedule, Zone};
+use super::state::{Level, RunId, RunOutcome};
+use super::Daemon;
+use crate::api::MigrateRequest;
+use crate::http::Failure;
+use crate::service::PoolService;
+
+/// How often a job thread looks at the progress of a migration or scrub it started.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What a job does.
+#[derive(Debug, Clone)]
+pub enum Work {
+    Snapshot(Box<SnapshotTask>),
+    Migration { rate: Option<u64> },
+    Scrub { rate: Option<u64> },
+}
+
+impl Work {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Snapshot(_) => "snapshot",
+            Self::Migration { .. } => "migration",
+            Self::Scrub { .. } => "scrub",
+        }
+    }
+}
+
+/// A job: its name, pool, schedule (none: run only on request) and work.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub pool: String,
+    pub schedule: Option<Schedule>,
+    pub work: Work,
+}
+
+/// Every job the config defines: per pool a migration and a scrub (scheduled unless `off`),
+/// and each snapshot task.
+pub fn from_config(config: &Config) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for pool in &config.pools {
+        jobs.push(Job {
+            name: format!("migration:{}", pool.name),
+            pool: pool.name.clone(),
+            schedule: pool.migration.clone(),
+            work: Work::Migration {
+                rate: pool.migration_rate,
+            },
+        });
+        jobs.push(Job {
+            name: format!("scrub:{}", pool.name),
+            pool: pool.name.clone(),
+            schedule: pool.scrub.clone(),
+            work: Work::Scrub {
+                rate: pool.scrub_rate,
+            },
+        });
+    }
+    for task in &config.snapshots {
+        jobs.push(Job {
+            name: task.job_name(),
+            pool: task.pool.clone(),
+            schedule: Some(task.schedule.clone()),
+            work: Work::Snapshot(Box::new(task.clone())),
+        });
+    }
+    jobs
+}
+
+/// How a run ended.
+struct Ended {
+    outcome: RunOutcome,
+    bytes: u64,
+    error: Option<String>,
+    detail: Option<String>,
+}
+
+impl Ended {
+    fn failed(error: impl Into<String>) -> Self {
+        Self {
+            outcome: RunOutcome::Failed,
+            bytes: 0,
+            error: Some(error.into()),
+            detail: None,
+        }
+    }
+}
+
+/// Starts `job` on a thread of its own; `scheduled_for` is the schedule occurrence it serves
+/// (none for a run on request). Refused with 409 while the job runs.
+pub fn start(
+    daemon: &Arc<Daemon>,
+    job: &Job,
+    scheduled_for: Option<DateTime<Utc>>,
+) -> Result<RunId, Failure> {
+    let mut running = daemon.running_jobs();
+    if running.contains(&job.name) {
+        return Err(Failure::new(
+            409,
+            format!("{} is still running from an earlier start", job.name),
+        ));
+    }
+    let now = daemon.clock.now();
+    let id = daemon
+        .state
+        .run_started(
+            &job.name,
+            job.work.kind(),
+            now.timestamp(),
+            scheduled_for.map(|t| t.timestamp()),
+        )
+        .map_err(|e| Failure::new(500, format!("cannot record the run: {e}")))?;
+    running.insert(job.name.clone());
+    drop(running);
+    daemon.event(
+        Level::Info,
+        job.work.kind(),
+        Some(&job.pool),
+        &format!("{} started (run {id})", job.name),
+    );
+    let (daemon_for_thread, job_for_thread) = (Arc::clone(daemon), job.clone());
+    let spawned = std::thread::Builder::new()
+        .name(format!("aegis-job-{}", job.work.kind()))
+        .spawn(move || run(&daemon_for_thread, &job_for_thread, id));
+    if let Err(err) = spawned {
+        daemon.running_jobs().remove(&job.name);
+        let _ = daemon.state.run_finished(
+            id,
+            now.timestamp(),
+            RunOutcome::Failed,
+            0,
+            Some(&format!("cannot start a thread: {err}")),
+            None,
+        );
+        return Err(Failure::new(
+            500,
+            format!("cannot start {}: {err}", job.name),
+        ));
+    }
+    Ok(id)
+}
+
+/// Runs the job, records how it ended and tells the operator.
+fn run(daemon: &Arc<Daemon>, job: &Job, id: RunId) {
+    let ended = match daemon.service(&job.pool) {
+        Ok(service) => match &job.work {
+            Work::Snapshot(task) => snapshot(daemon, &service, task),
+            Work::Migration { rate } => migration(daemon, &service, *rate),
+            Work::Scrub { rate } => scrub(daemon, &service, *rate),
+        },
+        Err(failure) => Ended::failed(failure.message),
+    };
+    let finished = daemon.clock.now().timestamp();
+    if let Err(err) = daemon.state.run_finished(
+        id,
+        finished,
+        ended.outcome,
+        ended.bytes,
+        ended.error.as_deref(),
+        ended.detail.as_deref(),
+    ) {
+        tracing::error!(job = %job.name, error = %err, "cannot record the end of a run");
+    }
+    daemon.running_jobs().remove(&job.name);
+    let summary = match (&ended.error, &ended.detail) {
+        (Some(error), _) => format!("{} {}: {error}", job.name, ended.outcome.as_str()),
+        (None, Some(detail)) => format!("{} {}: {detail}", job.name, ended.outcome.as_str()),
+        (None, None) => format!("{} {}", job.name, ended.outcome.as_str()),
+    };
+    let failed = ended.outcome == RunOutcome::Failed;
+    let level = if failed { Level::Error } else { Level::Info };
+    daemon.event(level, job.work.kind(), Some(&job.pool), &summary);
+    let alert = format!("job-failed:{}", job.name);
+    if failed {
+        daemon.alerts.raise(&alert, Some(&job.pool), &summary);
+    } else if ended.outcome == RunOutcome::Succeeded {
+        daemon.alerts.clear(
+            &alert,
+            Some(&job.pool),
+            &format!("{} succeeded again", job.name),
+        );
+    }
+}
+
+/// Takes `<prefix>-YYYYMMDD-HHMMSS` and deletes the task's snapshots retention lets go.
+fn snapshot(daemon: &Daemon, service: &PoolService, task: &SnapshotTask) -> Ended {
+    let now = daemon.clock.now();
+    let name = format!(
+        "{}-{}",
+        task.prefix,
+        now.with_timezone(&chrono::Local).format("%Y%m%d-%H%M%S")
+    );
+    if let Err((_, message)) = service.create_snapshot(&name) {
+        return Ended::failed(format!("cannot create snapshot {name}: {message}"));
+    }
+    let snapshots = match service.snapshots() {
+        Ok(snapshots) => snapshots,
+        Err((_, message)) => {
+            return Ended::failed(format!("created {name}; cannot list snapshots: {message}"))
+        }
+    };
+    let own: Vec<(String, DateTime<Utc>)> = snapshots
+        .into_iter()
+        .filter(|s| is_task_snapshot(&s.name, &task.prefix))
+        .filter_map(|s| Some((s.name, DateTime::from_timestamp(s.created, 0)?)))
+        .collect();
+    let mut released = 0;
+    let mut deleted = Vec::new();
+    for expired in schedule::expired(&own, task.keep, Zone::Local) {
+        match service.delete_snapshot(&expired) {
+            Ok(bytes) => {
+                released += bytes;
+                deleted.push(expired);
+            }
+            Err((_, message)) => {
+                return Ended::failed(format!(
+                    "created {name}; cannot delete expired snapshot {expired}: {message}"
+                ))
+            }
+        }
+    }
+    let detail = if deleted.is_empty() {
+        format!("created {name}")
+    } else {
+        format!("created {name}; deleted {}", deleted.join(", "))
+    };
+    Ended {
+        outcome: RunOutcome::Succeeded,
+        bytes: released,
+        error: None,
+        detail: Some(detail),
+    }
+}
+
+/// Whether `name` is one of the task's own snapshots: `<prefix>-YYYYMMDD-HHMMSS`. Snapshots
+/// taken by hand never match, so retention never deletes them.
+pub fn is_task_snapshot(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|stamp| chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S").ok())
+        .is_some()
+}
+
+fn migration(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
+    let request = MigrateRequest {
+        dry_run: false,
+        limit_bytes: None,
+        rate_bytes_per_sec: rate,
+    };
+    if let Err(failure) = service.migrate(&request) {
+        return Ended::failed(failure.message);
+    }
+    loop {
+        let Some(progress) = service.migration_progress() else {
+            return Ended::failed("the migration disappeared");
+        };
+        if !progress.counts.running {
+            let outcome = progress.outcome.unwrap_or_default();
+            let detail = format!(
+                "{outcome}: promoted {} blocks ({} bytes), demoted {} blocks ({} bytes)",
+                progress.counts.promoted_blocks,
+                progress.counts.promoted_bytes,
+                progress.counts.demoted_blocks,
+                progress.counts.demoted_bytes
+            );
+            let (outcome, error) = match outcome.as_str() {
+                "finished" | "stopped at its limit" => (RunOutcome::Succeeded, None),
+                "cancelled" => (RunOutcome::Cancelled, None),
+                _ => (RunOutcome::Failed, Some(outcome.clone())),
+            };
+            return Ended {
+                outcome,
+                bytes: progress.counts.moved_bytes(),
+                error,
+                detail: Some(detail),
+            };
+        }
+        if daemon.is_stopping() {
+            let _ = service.cancel_migration();
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
+    if let Err((_, message)) = service.start_scrub(rate.unwrap_or(0)) {
+        return Ended::failed(message);
+    }
+    loop {
+        let status = match service.scrub_status() {
+            Ok(status) => status,
+            Err((_, message)) => return Ended::failed(message),
+        };
+        if !status.running {
+            let detail = format!(
+                "{}: {} blocks checked, {} damaged copies found, {} repaired, {} unrecoverable",
+                status.state,
+                status.blocks_checked,
+                status.errors_found,
+                status.repaired,
+                status.unrecoverable
+            );
+            let (outcome, error) = if status.unrecoverable > 0 {
+                let paths = status.damaged_paths.join(", ");
+                (
+                    RunOutcome::Failed,
+                    Some(format!(
+                        "{} blocks have no intact copy; damaged files: {paths}",
+                        status.unrecoverable
+                    )),
+                )
+            } else if status.state == "cancelled" {
+                (RunOutcome::Cancelled, None)
+            } else {
+                (RunOutcome::Succeeded, None)
+            };
+            return Ended {
+                outcome,
+                bytes: status.bytes_checked,
+                error,
+                detail: Some(detail),
+            };
+        }
+        if daemon.is_stopping() {
+            // The stored progress lets the scrub resume at the next mount.
+            return Ended {
+                outcome: RunOutcome::Interrupted,
+                bytes: status.bytes_checked,
+                error: None,
+                detail: Some("the daemon stopped; the scrub resumes at the next start".into()),
+            };
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_tasks_own_snapshots_match() {
+        assert!(is_task_snapshot("auto-20261125-140000", "auto"));
+        assert!(!is_task_snapshot("auto-20261125-1400", "auto"));
+        assert!(!is_task_snapshot("auto-before-upgrade", "auto"));
+        assert!(!is_task_snapshot("autox-20261125-140000", "auto"));
+        assert!(!is_task_snapshot("daily-20261125-140000", "auto"));
+    }
+}

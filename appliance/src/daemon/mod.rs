@@ -1,0 +1,479 @@
+//! `aegisd`, the daemon: mounts the pools its config names, runs their schedules (snapshots
+//! with retention, tier migration, scrub), records job runs, events, the audit log and I/O
+//! history in its state database, serves the control API on one Unix socket (and optionally
+//! TCP), exports Prometheus metrics, sends alerts, and talks to systemd.
+
+pub mod alerts;
+pub mod config;
+pub mod jobs;
+pub mod metrics;
+pub mod notify;
+pub mod routes;
+pub mod schedule;
+pub mod state;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use fs_core::device::Backend;
+use fs_core::fs::FsConfig;
+
+use self::config::{Config, PoolConfig};
+use self::jobs::Job;
+use self::schedule::{JobState, Planner};
+use self::state::{Level, NewEvent, StateDb};
+use crate::http::Failure;
+use crate::service::{MountRequest, MountedPool, PoolService};
+
+/// Where time comes from: the system clock, or one a test moves by hand.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that stays where it is set (for schedule tests).
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new(at: DateTime<Utc>) -> Self {
+        Self(Mutex::new(at))
+    }
+
+    pub fn set(&self, at: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = at;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A pool of the config: mounted, or why not.
+pub enum PoolSlot {
+    Mounted(Arc<MountedPool>),
+    Failed(String),
+}
+
+/// The running daemon, shared by the API threads, the scheduler, the sampler and job threads.
+pub struct Daemon {
+    pub config: Config,
+    pub state: StateDb,
+    pub pools: BTreeMap<String, PoolSlot>,
+    pub jobs: Vec<Job>,
+    pub clock: Arc<dyn Clock>,
+    pub alerts: alerts::Alerts,
+    pub stats: stats::Stats,
+    pub started: Instant,
+    running: Mutex<HashSet<String>>,
+    planner: Mutex<Planner>,
+    stopping: AtomicBool,
+}
+
+impl Daemon {
+    /// Opens the state database and mounts every pool of the config. A pool that cannot be
+    /// mounted is reported (event, alert, `aegis status`), and the others are served.
+    pub fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
+        let state = StateDb::open(&config.daemon.state_db)?;
+        let now = clock.now();
+        let interrupted = state.close_interrupted_runs(now.timestamp())?;
+        let alerts = alerts::Alerts::new(config.alerts.clone());
+        let jobs = jobs::from_config(&config);
+        let mut job_states = Vec::new();
+        for job in &jobs {
+            let marks = state.note_job_seen(&job.name, now.timestamp())?;
+            if let Some(schedule) = &job.schedule {
+                job_states.push(JobState {
+                    name: job.name.clone(),
+                    schedule: schedule.clone(),
+                    handled: marks.handled.and_then(|t| DateTime::from_timestamp(t, 0)),
+                    first_seen: DateTime::from_timestamp(marks.first_seen, 0).unwrap_or(now),
+                });
+            }
+        }
+        let mut pools = BTreeMap::new();
+        for pool in &config.pools {
+            let slot = match mount(pool) {
+                Ok(mounted) => PoolSlot::Mounted(Arc::new(mounted)),
+                Err(err) => PoolSlot::Failed(format!("{err:#}")),
+            };
+            pools.insert(pool.name.clone(), slot);
+        }
+        let daemon = Arc::new(Self {
+            stats: stats::Stats::default(),
+            config,
+            state,
+            pools,
+            jobs,
+            clock,
+            alerts,
+            started: Instant::now(),
+            running: Mutex::new(HashSet::new()),
+            planner: Mutex::new(Planner::new(job_states)),
+            stopping: AtomicBool::new(false),
+        });
+        daemon.event(
+            Level::Info,
+            "daemon",
+            None,
+            &format!(
+                "aegisd {} started with {}",
+                env!("CARGO_PKG_VERSION"),
+                daemon.config.path.display()
+            ),
+        );
+        if interrupted > 0 {
+            daemon.event(
+                Level::Warning,
+                "daemon",
+                None,
+                &format!("{interrupted} job run(s) were interrupted when aegisd last stopped"),
+            );
+        }
+        for (name, slot) in &daemon.pools {
+            match slot {
+                PoolSlot::Mounted(pool) => daemon.event(
+                    Level::Info,
+                    "pool",
+                    Some(name),
+                    &format!("mounted at {}", pool.service.mountpoint),
+                ),
+                PoolSlot::Failed(error) => {
+                    let message = format!("cannot mount pool {name}: {error}");
+                    daemon.event(Level::Error, "pool", Some(name), &message);
+                    daemon
+                        .alerts
+                        .raise(&format!("pool-unavailable:{name}"), Some(name), &message);
+                }
+            }
+        }
+        Ok(daemon)
+    }
+
+    /// Records an event and logs it.
+    pub fn event(&self, level: Level, kind: &str, pool: Option<&str>, message: &str) {
+        match level {
+            Level::Info => tracing::info!(kind, pool, "{message}"),
+            Level::Warning => tracing::warn!(kind, pool, "{message}"),
+            Level::Error => tracing::error!(kind, pool, "{message}"),
+        }
+        let event = NewEvent {
+            time: self.clock.now().timestamp(),
+            level,
+            kind,
+            pool,
+            message,
+        };
+        if let Err(err) = self.state.record_event(&event) {
+            tracing::error!(error = %err, "cannot record an event");
+        }
+    }
+
+    /// The service of a mounted pool; 404 for an unknown pool, 503 for one not mounted.
+    pub fn service(&self, pool: &str) -> Result<Arc<PoolService>, Failure> {
+        match self.pools.get(pool) {
+            Some(PoolSlot::Mounted(mounted)) if !mounted.is_unmounted() => {
+                Ok(Arc::clone(&mounted.service))
+            }
+            Some(PoolSlot::Mounted(mounted)) => Err(Failure::new(
+                503,
+                format!(
+                    "pool {pool} is no longer mounted at {} (unmounted outside aegisd; restart aegisd to mount it again)",
+                    mounted.service.mountpoint
+                ),
+            )),
+            Some(PoolSlot::Failed(error)) => Err(Failure::new(
+                503,
+                format!("pool {pool} is not mounted: {error}"),
+            )),
+            None => Err(Failure::new(404, format!("aegisd serves no pool named '{pool}'"))),
+        }
+    }
+
+    /// The mounted pools.
+    pub fn mounted(&self) -> impl Iterator<Item = (&String, &Arc<MountedPool>)> {
+        self.pools.iter().filter_map(|(name, slot)| match slot {
+            PoolSlot::Mounted(pool) if !pool.is_unmounted() => Some((name, pool)),
+            _ => None,
+        })
+    }
+
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|job| job.name == name)
+    }
+
+    fn running_jobs(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn is_running(&self, job: &str) -> bool {
+        self.running_jobs().contains(job)
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// A job's next scheduled run.
+    pub fn next_run(&self, job: &str) -> Option<DateTime<Utc>> {
+        self.planner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_run(job, self.clock.now())
+    }
+
+    /// Starts every job whose time has come. A run missed while the daemon was down runs once,
+    /// with an event and an alert saying how many runs were missed; a job still running from
+    /// before is recorded as skipped.
+    pub fn run_due_jobs(self: &Arc<Self>) {
+        let now = self.clock.now();
+        let due = self
+            .planner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .due(now);
+        for due in due {
+            let Some(job) = self.job(&due.job) else {
+                continue;
+            };
+            if let Err(err) =
+                self.state
+                    .set_job_handled(&job.name, due.occurrence.timestamp(), now.timestamp())
+            {
+                tracing::error!(job = %job.name, error = %err, "cannot record the schedule");
+            }
+            let late = now - due.occurrence > chrono::TimeDelta::minutes(1);
+            if due.missed > 0 || late {
+                let message = format!(
+                    "{} missed {} scheduled run(s) while aegisd was not running (last due {}); running it once now",
+                    job.name,
+                    due.missed + 1,
+                    due.occurrence.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M")
+                );
+                self.event(Level::Warning, "schedule", Some(&job.pool), &message);
+                self.alerts
+                    .raise(&format!("missed:{}", job.name), Some(&job.pool), &message);
+            } else {
+                self.alerts.clear(
+                    &format!("missed:{}", job.name),
+                    Some(&job.pool),
+                    &format!("{} runs on schedule again", job.name),
+                );
+            }
+            if self.is_running(&job.name) {
+                let started = self.state.run_started(
+                    &job.name,
+                    job.work.kind(),
+                    now.timestamp(),
+                    Some(due.occurrence.timestamp()),
+                );
+                if let Ok(id) = started {
+                    let _ = self.state.run_finished(
+                        id,
+                        now.timestamp(),
+                        state::RunOutcome::Skipped,
+                        0,
+                        None,
+                        Some("the previous run was still going"),
+                    );
+                }
+                self.event(
+                    Level::Warning,
+                    "schedule",
+                    Some(&job.pool),
+                    &format!("{} skipped: the previous run is still going", job.name),
+                );
+                continue;
+            }
+            if let Err(failure) = jobs::start(self, job, Some(due.occurrence)) {
+                self.event(
+                    Level::Error,
+                    "schedule",
+                    Some(&job.pool),
+                    &format!("cannot start {}: {}", job.name, failure.message),
+                );
+            }
+        }
+    }
+
+    /// Stops the schedules, asks running jobs to stop, unmounts every pool (each makes its
+    /// data durable) and waits for the job threads.
+    pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
+        self.stopping.store(true, Ordering::Relaxed);
+        for (_, pool) in self.mounted() {
+            if let Err(err) = pool.request_unmount() {
+                tracing::error!(error = %err, "unmount failed");
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.running_jobs().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut failures = Vec::new();
+        for (name, slot) in &self.pools {
+            if let PoolSlot::Mounted(pool) = slot {
+                // Waits for the FUSE session; the pool's last commit follows.
+                match pool.wait() {
+                    Ok(()) => self.event(Level::Info, "pool", Some(name), "unmounted cleanly"),
+                    Err(err) => failures.push(format!("{name}: {err:#}")),
+                }
+            }
+        }
+        self.event(Level::Info, "daemon", None, "aegisd stopped");
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("{}", failures.join("; "))
+        }
+    }
+}
+
+/// Opens and mounts one pool of the config.
+fn mount(pool: &PoolConfig) -> anyhow::Result<MountedPool> {
+    std::fs::create_dir_all(&pool.mountpoint)
+        .with_context(|| format!("cannot create mountpoint {}", pool.mountpoint.display()))?;
+    let key = crate::keys::KeyArgs {
+        keyfile: pool.keyfile.clone(),
+        ask_password: pool.ask_password,
+    };
+    let secret = if key.keyfile.is_some() || key.ask_password {
+        Some(crate::keys::existing_secret(
+            &key,
+            &format!("Passphrase for AegisFS pool {}", pool.name),
+        )?)
+    } else {
+        None
+    };
+    let (low, high) = pool.watermarks;
+    let mut config = FsConfig {
+        fast_high_watermark: high,
+        heat_half_life: pool.heat_half_life,
+        ..FsConfig::default()
+    };
+    if let Some(bytes) = pool.cache_size {
+        config.cache_bytes = bytes;
+    }
+    MountedPool::mount(MountRequest {
+        name: Some(pool.name.clone()),
+        devices: &pool.devices,
+        mountpoint: &pool.mountpoint,
+        backend: if pool.io == "pread" {
+            Backend::File
+        } else {
+            Backend::Auto
+        },
+        secret: secret.as_ref(),
+        config,
+        policy: tiering::Policy {
+            low,
+            high,
+            ..tiering::Policy::default()
+        },
+    })
+    .with_context(|| format!("pool {}", pool.name))
+}
+
+/// Runs the daemon until SIGTERM or SIGINT: mounts, serves, schedules, then unmounts.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let socket_path = config.daemon.socket.clone();
+    let daemon = Daemon::start(config, Arc::new(SystemClock))?;
+    let servers = match routes::listen(&daemon) {
+        Ok(servers) => servers,
+        Err(err) => {
+            let _ = Arc::clone(&daemon).shutdown();
+            return Err(err);
+        }
+    };
+    let background = stats::spawn_background(&daemon)?;
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])?;
+    let mounted = daemon.mounted().count();
+    notify::ready(&format!(
+        "serving {mounted} of {} pool(s) on {}",
+        daemon.pools.len(),
+        socket_path.display()
+    ));
+    wait_for_stop(&daemon, signals);
+    notify::stopping();
+    let result = Arc::clone(&daemon).shutdown();
+    background.stop();
+    servers.stop();
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}
+
+/// Sends watchdog pings while the background work keeps ticking, and waits for a stop signal
+/// (SIGHUP is logged: the config is read at start only).
+fn wait_for_stop(daemon: &Daemon, mut signals: signal_hook::iterator::Signals) {
+    let watchdog = notify::watchdog_interval();
+    let mut last_ping = Instant::now();
+    loop {
+        for signal in signals.pending() {
+            if signal == signal_hook::consts::SIGHUP {
+                daemon.event(
+                    Level::Warning,
+                    "daemon",
+                    None,
+                    "SIGHUP ignored: aegisd reads its config at start; restart it to apply changes",
+                );
+            } else {
+                tracing::info!(signal, "stopping on signal");
+                return;
+            }
+        }
+        if let Some(interval) = watchdog {
+            let healthy = daemon
+                .stats
+                .since_last_tick()
+                .is_none_or(|since| since < interval);
+            if healthy && last_ping.elapsed() >= interval / 2 {
+                notify::watchdog();
+                last_ping = Instant::now();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Checks a config file the way a start would, without mounting anything; returns a summary.
+pub fn check_config(path: &Path) -> anyhow::Result<String> {
+    let config = Config::load(path)?;
+    let jobs = jobs::from_config(&config);
+    let mut lines = vec![format!("{}: valid", path.display())];
+    for pool in &config.pools {
+        lines.push(format!(
+            "pool {}: {} device(s), mountpoint {}",
+            pool.name,
+            pool.devices.len(),
+            pool.mountpoint.display()
+        ));
+    }
+    for job in &jobs {
+        lines.push(format!(
+            "job {}: {}",
+            job.name,
+            job.schedule
+                .as_ref()
+                .map_or_else(|| "off (on request only)".to_owned(), |s| s.to_string())
+        ));
+    }
+    Ok(lines.join("\n"))
+}

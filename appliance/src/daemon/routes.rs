@@ -1,0 +1,489 @@
+//! The daemon's control API: the Unix socket (mode 0660, the configured group) and the
+//! optional TCP listener (bearer token). Daemon endpoints (pools, jobs, events, audit, alerts,
+//! statistics, metrics) are answered here; pool endpoints go to the pool named by `?pool=`
+//! (optional while the daemon serves one pool). Every request that changes something is
+//! written to the audit log with who asked and how it ended.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use tiny_http::Method;
+
+use super::state::{
+    AuditEntry, AuditVerdict, Event, EventFilter, IoSample, JobRun, Level, NewAudit,
+};
+use super::{jobs, Daemon, PoolSlot};
+use crate::api::Status;
+use crate::http::{
+    json_response, query_param, read_json, respond, text_response, Failure, Reply, Workers,
+};
+
+/// Threads answering requests (a live stream takes a thread of its own).
+const API_THREADS: usize = 8;
+/// The most events, runs or audit entries one request returns.
+const MAX_LIST: usize = 10_000;
+
+/// A pool as `GET /v1/pools` lists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PoolEntry {
+    pub name: String,
+    pub mounted: bool,
+    /// Why the pool is not mounted.
+    pub error: Option<String>,
+    pub status: Option<Status>,
+}
+
+/// `GET /v1/daemon`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config: String,
+    pub socket: String,
+    pub pools: Vec<String>,
+    pub alerts_firing: usize,
+}
+
+/// A job as `GET /v1/jobs` lists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobInfo {
+    pub name: String,
+    pub kind: String,
+    pub pool: String,
+    /// The schedule as written, or none for a job that runs only on request.
+    pub schedule: Option<String>,
+    /// The schedule as a cron expression.
+    pub cron: Option<String>,
+    /// Seconds since the epoch.
+    pub next_run: Option<i64>,
+    pub running: bool,
+    pub last_run: Option<JobRun>,
+}
+
+/// `POST /v1/jobs/run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunRequest {
+    pub job: String,
+}
+
+/// The answer to `POST /v1/jobs/run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunStarted {
+    pub job: String,
+    pub run: i64,
+}
+
+/// Where a request came from.
+#[derive(Clone, Copy)]
+enum Origin {
+    Unix,
+    Tcp,
+}
+
+/// The daemon's listeners.
+pub struct Servers {
+    unix: Workers,
+    tcp: Option<Workers>,
+}
+
+impl Servers {
+    pub fn stop(self) {
+        self.unix.stop();
+        if let Some(tcp) = self.tcp {
+            tcp.stop();
+        }
+    }
+}
+
+/// Binds the Unix socket (and the TCP listener when configured) and starts answering.
+pub fn listen(daemon: &Arc<Daemon>) -> anyhow::Result<Servers> {
+    let settings = &daemon.config.daemon;
+    let group = match settings.socket_group.as_str() {
+        "" => None,
+        group if crate::http::group_id(group).is_ok() => Some(group),
+        group => {
+            daemon.event(
+                Level::Warning,
+                "daemon",
+                None,
+                &format!(
+                    "group {group} does not exist: only root can use {} (create it with: groupadd --system {group})",
+                    settings.socket.display()
+                ),
+            );
+            None
+        }
+    };
+    let server = crate::http::bind_socket(&settings.socket, group)?;
+    let handler_daemon = Arc::clone(daemon);
+    let unix = Workers::spawn(
+        server,
+        API_THREADS,
+        "aegis-api",
+        Arc::new(move |request| handle(&handler_daemon, request, Origin::Unix, None)),
+    )?;
+    let tcp = match &daemon.config.api.tcp {
+        None => None,
+        Some(tcp) => {
+            let token = read_token(&tcp.token_file)?;
+            let server = tiny_http::Server::http(tcp.listen)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", tcp.listen))?;
+            let handler_daemon = Arc::clone(daemon);
+            let token = Arc::new(token);
+            daemon.event(
+                Level::Info,
+                "daemon",
+                None,
+                &format!("control API listening on tcp {}", tcp.listen),
+            );
+            Some(Workers::spawn(
+                server,
+                API_THREADS,
+                "aegis-tcp",
+                Arc::new(move |request| {
+                    handle(&handler_daemon, request, Origin::Tcp, Some(&token));
+                }),
+            )?)
+        }
+    };
+    Ok(Servers { unix, tcp })
+}
+
+/// The API token: the file's first line, at least 16 characters, in a file only its owner
+/// (and group) can read.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+    if metadata.permissions().mode() & 0o007 != 0 {
+        bail!(
+            "the API token file {} is readable by other users: chmod 600 it",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the API token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.len() < 16 {
+        bail!(
+            "the API token in {} is shorter than 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Whether the request carries the token (compared through their hashes, so the comparison
+/// takes the same time wherever they differ).
+fn authorized(request: &tiny_http::Request, token: &str) -> bool {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .is_some_and(|given| {
+            blake3::hash(given.trim().as_bytes()) == blake3::hash(token.as_bytes())
+        })
+}
+
+/// Who asked: the user the CLI reports on the socket (anyone who can open it is an admin),
+/// or the token holder's address over TCP.
+fn actor(request: &tiny_http::Request, origin: Origin) -> String {
+    match origin {
+        Origin::Unix => {
+            let user = request
+                .headers()
+                .iter()
+                .find(|h| h.field.equiv("X-Aegis-User"))
+                .map_or("unknown", |h| h.value.as_str());
+            format!("{user} (unix socket)")
+        }
+        Origin::Tcp => format!(
+            "token holder at {}",
+            request
+                .remote_addr()
+                .map_or_else(|| "?".to_owned(), ToString::to_string)
+        ),
+    }
+}
+
+fn handle(
+    daemon: &Arc<Daemon>,
+    mut request: tiny_http::Request,
+    origin: Origin,
+    token: Option<&str>,
+) {
+    if let Some(token) = token {
+        if !authorized(&request, token) {
+            let failure =
+                Failure::new(401, "this listener needs \"Authorization: Bearer <token>\"");
+            respond(request, failure.response());
+            return;
+        }
+    }
+    let url = request.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    if *request.method() == Method::Get && path == "/v1/stats/stream" {
+        stream(daemon, request);
+        return;
+    }
+    let method = request.method().clone();
+    let result = route(daemon, &mut request, path, query);
+    if !matches!(method, Method::Get | Method::Head) {
+        let result_text = match &result {
+            Ok(response) => format!("ok ({})", response.status_code().0),
+            Err(failure) => format!("failed ({}): {}", failure.status, failure.message),
+        };
+        let target = query_param(query, "pool")
+            .or_else(|| single_pool(daemon))
+            .unwrap_or_else(|| "-".into());
+        let entry = NewAudit {
+            time: daemon.clock.now().timestamp(),
+            actor: &actor(&request, origin),
+            action: &format!("{method} {path}"),
+            target: &target,
+            result: &result_text,
+        };
+        if let Err(err) = daemon.state.audit(&entry) {
+            tracing::error!(error = %err, "cannot write the audit log");
+        }
+    }
+    respond(request, result.unwrap_or_else(|f| f.response()));
+}
+
+/// The pool's name while the daemon has exactly one.
+fn single_pool(daemon: &Daemon) -> Option<String> {
+    match daemon.pools.keys().collect::<Vec<_>>().as_slice() {
+        [only] => Some((*only).clone()),
+        _ => None,
+    }
+}
+
+fn number<T: std::str::FromStr>(query: &str, name: &str) -> Result<Option<T>, Failure> {
+    query_param(query, name)
+        .map(|text| {
+            text.parse()
+                .map_err(|_| Failure::bad_request(format!("{name}={text} is not a number")))
+        })
+        .transpose()
+}
+
+fn internal(err: impl std::fmt::Display) -> Failure {
+    Failure::new(500, err.to_string())
+}
+
+fn route(daemon: &Arc<Daemon>, request: &mut tiny_http::Request, path: &str, query: &str) -> Reply {
+    use Method::{Get, Post};
+    match (request.method(), path) {
+        (Get, "/metrics") => Ok(text_response(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            super::metrics::render(daemon),
+        )),
+        (Get, "/v1/daemon") => Ok(json_response(
+            200,
+            &DaemonInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: std::process::id(),
+                uptime_secs: daemon.started.elapsed().as_secs(),
+                config: daemon.config.path.display().to_string(),
+                socket: daemon.config.daemon.socket.display().to_string(),
+                pools: daemon.pools.keys().cloned().collect(),
+                alerts_firing: daemon.alerts.firing().len(),
+            },
+        )),
+        (Get, "/v1/pools") => Ok(json_response(200, &pools(daemon))),
+        (Get, "/v1/jobs") => Ok(json_response(200, &job_list(daemon)?)),
+        (Get, "/v1/jobs/history") => {
+            let job = query_param(query, "job");
+            if let Some(job) = &job {
+                if daemon.job(job).is_none() {
+                    return Err(Failure::new(404, format!("no job named '{job}'")));
+                }
+            }
+            let limit = number(query, "limit")?.unwrap_or(50).min(MAX_LIST);
+            let runs: Vec<JobRun> = daemon.state.runs(job.as_deref(), limit).map_err(internal)?;
+            Ok(json_response(200, &runs))
+        }
+        (Post, "/v1/jobs/run") => {
+            let wanted: RunRequest = read_json(request)?;
+            let job = daemon.job(&wanted.job).ok_or_else(|| {
+                Failure::new(
+                    404,
+                    format!("no job named '{}' (see aegis jobs list)", wanted.job),
+                )
+            })?;
+            let run = jobs::start(daemon, job, None)?;
+            Ok(json_response(
+                202,
+                &RunStarted {
+                    job: job.name.clone(),
+                    run,
+                },
+            ))
+        }
+        (Get, "/v1/events") => {
+            let min_level = query_param(query, "level")
+                .map(|text| {
+                    text.parse::<Level>().map_err(|_| {
+                        Failure::bad_request(format!("level={text}: use info, warning or error"))
+                    })
+                })
+                .transpose()?;
+            let filter = EventFilter {
+                after_id: number(query, "after")?,
+                min_level,
+                kind: query_param(query, "kind"),
+                pool: query_param(query, "pool"),
+                limit: number(query, "limit")?.unwrap_or(100).clamp(1, MAX_LIST),
+            };
+            let events: Vec<Event> = daemon.state.events(&filter).map_err(internal)?;
+            Ok(json_response(200, &events))
+        }
+        (Get, "/v1/audit") => {
+            let limit = number(query, "limit")?.unwrap_or(100).min(MAX_LIST);
+            let entries: Vec<AuditEntry> = daemon.state.audit_entries(limit).map_err(internal)?;
+            Ok(json_response(200, &entries))
+        }
+        (Get, "/v1/audit/verify") => {
+            let verdict: AuditVerdict = daemon.state.audit_verify().map_err(internal)?;
+            Ok(json_response(200, &verdict))
+        }
+        (Get, "/v1/alerts") => Ok(json_response(200, &daemon.alerts.firing())),
+        (Get, "/v1/stats") => Ok(json_response(200, &daemon.stats.latest())),
+        (Get, "/v1/stats/history") => {
+            let pool = query_param(query, "pool")
+                .or_else(|| single_pool(daemon))
+                .ok_or_else(|| Failure::bad_request("give ?pool=NAME"))?;
+            let now = daemon.clock.now().timestamp();
+            let since = number(query, "since")?.unwrap_or(now - 3600);
+            let until = number(query, "until")?.unwrap_or(now);
+            let samples: Vec<IoSample> = daemon
+                .state
+                .io_history(&pool, since, until)
+                .map_err(internal)?;
+            Ok(json_response(200, &samples))
+        }
+        (_, "/v1/backups") => Err(Failure::new(
+            501,
+            "backup jobs are not built yet: they come with the backup runner",
+        )),
+        (
+            _,
+            "/metrics" | "/v1/daemon" | "/v1/pools" | "/v1/jobs" | "/v1/jobs/history"
+            | "/v1/jobs/run" | "/v1/events" | "/v1/audit" | "/v1/audit/verify" | "/v1/alerts"
+            | "/v1/stats" | "/v1/stats/history",
+        ) => Err(Failure::new(405, "method not allowed")),
+        (_, path) if path.starts_with("/v1/") => {
+            let pool = match query_param(query, "pool") {
+                Some(pool) => pool,
+                None => single_pool(daemon).ok_or_else(|| {
+                    let names: Vec<&str> = daemon.pools.keys().map(String::as_str).collect();
+                    Failure::bad_request(format!(
+                        "aegisd serves several pools ({}): add ?pool=NAME",
+                        names.join(", ")
+                    ))
+                })?,
+            };
+            let service = daemon.service(&pool)?;
+            crate::service::route(request, &service)
+        }
+        _ => Err(Failure::new(404, format!("no such endpoint: {path}"))),
+    }
+}
+
+fn pools(daemon: &Daemon) -> Vec<PoolEntry> {
+    daemon
+        .pools
+        .iter()
+        .map(|(name, slot)| match (slot, daemon.service(name)) {
+            (_, Ok(service)) => PoolEntry {
+                name: name.clone(),
+                mounted: true,
+                error: None,
+                status: Some(service.status()),
+            },
+            (PoolSlot::Failed(error), _) => PoolEntry {
+                name: name.clone(),
+                mounted: false,
+                error: Some(error.clone()),
+                status: None,
+            },
+            (PoolSlot::Mounted(_), Err(failure)) => PoolEntry {
+                name: name.clone(),
+                mounted: false,
+                error: Some(failure.message),
+                status: None,
+            },
+        })
+        .collect()
+}
+
+fn job_list(daemon: &Daemon) -> Result<Vec<JobInfo>, Failure> {
+    daemon
+        .jobs
+        .iter()
+        .map(|job| {
+            Ok(JobInfo {
+                name: job.name.clone(),
+                kind: job.work.kind().into(),
+                pool: job.pool.clone(),
+                schedule: job.schedule.as_ref().map(ToString::to_string),
+                cron: job.schedule.as_ref().map(|s| s.cron().to_owned()),
+                next_run: daemon.next_run(&job.name).map(|t| t.timestamp()),
+                running: daemon.is_running(&job.name),
+                last_run: daemon.state.last_run(&job.name).map_err(internal)?,
+            })
+        })
+        .collect()
+}
+
+/// `GET /v1/stats/stream`: server-sent events, one `data:` line of [`crate::api::IoSecond`]
+/// JSON a second, until the client goes away or the daemon stops. It runs on a thread of its
+/// own so a watcher never holds an API thread.
+fn stream(daemon: &Daemon, request: tiny_http::Request) {
+    let receiver = daemon.stats.subscribe();
+    let spawned = std::thread::Builder::new()
+        .name("aegis-stream".into())
+        .spawn(move || {
+            let header = |name: &str, value: &str| {
+                tiny_http::Header::from_bytes(name, value).expect("static header is valid")
+            };
+            let response = tiny_http::Response::empty(200)
+                .with_header(header("Content-Type", "text/event-stream"))
+                .with_header(header("Cache-Control", "no-cache"));
+            // An "upgrade" hands over the connection: events go out as they come, unbuffered
+            // and unchunked, until either side closes it.
+            let mut connection = request.upgrade("text/event-stream", response);
+            if connection
+                .write_all(b"retry: 1000\n\n")
+                .and_then(|()| connection.flush())
+                .is_err()
+            {
+                return;
+            }
+            while let Ok(second) = receiver.recv_timeout(Duration::from_secs(30)) {
+                let Ok(json) = serde_json::to_string(&*second) else {
+                    continue;
+                };
+                let sent = connection
+                    .write_all(format!("event: io\ndata: {json}\n\n").as_bytes())
+                    .and_then(|()| connection.flush());
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::error!(error = %err, "cannot start a stream thread");
+    }
+}

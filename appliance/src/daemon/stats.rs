@@ -1,0 +1,288 @@
+//! The daemon's once-a-second background work: samples every pool's I/O counters into
+//! per-tier deltas (kept in the state database, sent to live-stream subscribers), starts due
+//! jobs, folds old I/O history, and watches the conditions that raise alerts (checksum errors,
+//! a fast tier past its high watermark for long, a pool unmounted behind the daemon's back).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use fs_core::fs::MemberCounters;
+
+use super::state::{IoSample, Level};
+use super::Daemon;
+use crate::api::{IoSecond, PoolIo, TierIo};
+
+/// Seconds between checks of the fast tier's fill level (a full status report).
+const CAPACITY_CHECK_EVERY: u64 = 10;
+/// Seconds between folds of old I/O history.
+const DOWNSAMPLE_EVERY: u64 = 60;
+/// Seconds of stream events a slow subscriber may fall behind before it is dropped.
+const SUBSCRIBER_BACKLOG: usize = 30;
+
+/// Live I/O statistics and what the sampler remembers between seconds.
+#[derive(Default)]
+pub struct Stats {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    previous: HashMap<String, Vec<MemberCounters>>,
+    latest: Option<IoSecond>,
+    subscribers: Vec<SyncSender<Arc<IoSecond>>>,
+    last_tick: Option<Instant>,
+    fast_full_since: HashMap<String, Instant>,
+    unmounted_reported: HashMap<String, bool>,
+}
+
+impl Stats {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The last second's I/O.
+    pub fn latest(&self) -> Option<IoSecond> {
+        self.inner().latest.clone()
+    }
+
+    /// A receiver of every following second's I/O. It closes when the daemon stops or when
+    /// the subscriber falls too far behind.
+    pub fn subscribe(&self) -> Receiver<Arc<IoSecond>> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(SUBSCRIBER_BACKLOG);
+        self.inner().subscribers.push(sender);
+        receiver
+    }
+
+    /// How long ago the background thread last ran (the watchdog's health check).
+    pub fn since_last_tick(&self) -> Option<Duration> {
+        self.inner().last_tick.map(|t| t.elapsed())
+    }
+
+    fn publish(&self, second: IoSecond) {
+        let second = Arc::new(second);
+        let mut inner = self.inner();
+        inner.latest = Some((*second).clone());
+        inner
+            .subscribers
+            .retain(|s| match s.try_send(Arc::clone(&second)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            });
+    }
+
+    fn close_subscribers(&self) {
+        self.inner().subscribers.clear();
+    }
+}
+
+/// The background thread; stops on [`Background::stop`].
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Background {
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Starts the once-a-second work.
+pub fn spawn_background(daemon: &Arc<Daemon>) -> anyhow::Result<Background> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (daemon, stop_flag) = (Arc::clone(daemon), Arc::clone(&stop));
+    let thread = std::thread::Builder::new()
+        .name("aegis-sampler".into())
+        .spawn(move || {
+            let mut tick: u64 = 0;
+            let mut next = Instant::now();
+            while !stop_flag.load(Ordering::Relaxed) {
+                next += Duration::from_secs(1);
+                sample(&daemon);
+                daemon.run_due_jobs();
+                if tick.is_multiple_of(CAPACITY_CHECK_EVERY) {
+                    check_capacity(&daemon);
+                }
+                if tick.is_multiple_of(DOWNSAMPLE_EVERY) {
+                    if let Err(err) = daemon.state.downsample_io(daemon.clock.now().timestamp()) {
+                        tracing::error!(error = %err, "cannot fold the I/O history");
+                    }
+                }
+                daemon.stats.inner().last_tick = Some(Instant::now());
+                tick += 1;
+                while Instant::now() < next && !stop_flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50).min(next - Instant::now()));
+                }
+                next = next.max(Instant::now());
+            }
+            daemon.stats.close_subscribers();
+        })?;
+    Ok(Background { stop, thread })
+}
+
+/// One second of I/O: counters now minus counters a second ago, summed per tier.
+fn sample(daemon: &Daemon) {
+    let now = daemon.clock.now().timestamp();
+    let mut second = IoSecond {
+        time: now,
+        pools: Vec::new(),
+    };
+    let mut rows = Vec::new();
+    for (name, pool) in &daemon.pools {
+        let super::PoolSlot::Mounted(mounted) = pool else {
+            continue;
+        };
+        if mounted.is_unmounted() {
+            report_unmounted(daemon, name, &mounted.service.mountpoint);
+            continue;
+        }
+        let fs = &mounted.service.fs;
+        let counters = fs.member_counters();
+        check_checksum_errors(daemon, name, &counters);
+        let previous = daemon
+            .stats
+            .inner()
+            .previous
+            .insert(name.clone(), counters.clone())
+            .unwrap_or_else(|| counters.clone());
+        let mut tiers: Vec<TierIo> = Vec::new();
+        for (now_c, before) in counters.iter().zip(&previous) {
+            let tier = now_c.tier.to_string();
+            let entry = match tiers.iter_mut().position(|t| t.tier == tier) {
+                Some(i) => &mut tiers[i],
+                None => {
+                    tiers.push(TierIo {
+                        tier,
+                        ..TierIo::default()
+                    });
+                    tiers.last_mut().expect("just pushed")
+                }
+            };
+            entry.read_bytes += now_c.bytes_read.saturating_sub(before.bytes_read);
+            entry.write_bytes += now_c.bytes_written.saturating_sub(before.bytes_written);
+            entry.read_ops += now_c.read_ops.saturating_sub(before.read_ops);
+            entry.write_ops += now_c.write_ops.saturating_sub(before.write_ops);
+        }
+        rows.extend(tiers.iter().map(|t| IoSample {
+            time: now,
+            seconds: 1,
+            pool: name.clone(),
+            tier: t.tier.clone(),
+            read_bytes: t.read_bytes,
+            write_bytes: t.write_bytes,
+            read_ops: t.read_ops,
+            write_ops: t.write_ops,
+        }));
+        second.pools.push(PoolIo {
+            pool: name.clone(),
+            tiers,
+        });
+    }
+    if let Err(err) = daemon.state.record_io(&rows) {
+        tracing::error!(error = %err, "cannot record I/O statistics");
+    }
+    daemon.stats.publish(second);
+}
+
+fn report_unmounted(daemon: &Daemon, pool: &str, mountpoint: &str) {
+    if daemon.is_stopping() {
+        return;
+    }
+    let first = daemon
+        .stats
+        .inner()
+        .unmounted_reported
+        .insert(pool.to_owned(), true)
+        .is_none();
+    if first {
+        let message = format!(
+            "pool {pool} was unmounted from {mountpoint} outside aegisd; restart aegisd to mount it again"
+        );
+        daemon.event(Level::Error, "pool", Some(pool), &message);
+        daemon
+            .alerts
+            .raise(&format!("pool-unavailable:{pool}"), Some(pool), &message);
+    }
+}
+
+fn check_checksum_errors(daemon: &Daemon, pool: &str, counters: &[MemberCounters]) {
+    let errors: u64 = counters.iter().map(|c| c.errors.checksum).sum();
+    let key = format!("checksum-errors:{pool}");
+    if errors > 0 {
+        daemon.alerts.raise(
+            &key,
+            Some(pool),
+            &format!(
+                "pool {pool} has found {errors} checksum error(s); see `aegis status` and run a scrub"
+            ),
+        );
+    } else {
+        daemon.alerts.clear(
+            &key,
+            Some(pool),
+            &format!("the checksum error counters of pool {pool} were cleared"),
+        );
+    }
+}
+
+/// Alerts when a pool's fast tier stays above its high watermark longer than configured.
+fn check_capacity(daemon: &Daemon) {
+    let limit = daemon.config.alerts.fast_tier_full_after;
+    for (name, mounted) in daemon.mounted() {
+        let status = mounted.service.fs.status();
+        let (size, free) = status
+            .members
+            .iter()
+            .filter(|m| m.tier == fs_core::types::Tier::Fast)
+            .fold((0u64, 0u64), |(s, f), m| {
+                (s + m.data_bytes, f + m.free_bytes)
+            });
+        if size == 0 {
+            continue;
+        }
+        let used = (size - free) as f64 / size as f64;
+        let high = daemon
+            .config
+            .pools
+            .iter()
+            .find(|p| &p.name == name)
+            .map_or(0.85, |p| p.watermarks.1);
+        let key = format!("fast-tier-full:{name}");
+        let since = {
+            let mut inner = daemon.stats.inner();
+            if used > high {
+                Some(
+                    *inner
+                        .fast_full_since
+                        .entry(name.clone())
+                        .or_insert_with(Instant::now),
+                )
+            } else {
+                inner.fast_full_since.remove(name);
+                None
+            }
+        };
+        match since {
+            Some(since) if since.elapsed() >= limit => daemon.alerts.raise(
+                &key,
+                Some(name),
+                &format!(
+                    "the fast tier of pool {name} has been {:.0}% full (above its {:.0}% high watermark) for {}; run `aegis tier migrate` or add space",
+                    used * 100.0,
+                    high * 100.0,
+                    humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+                ),
+            ),
+            Some(_) => {}
+            None => daemon.alerts.clear(
+                &key,
+                Some(name),
+                &format!("the fast tier of pool {name} is below its high watermark again"),
+            ),
+        }
+    }
+}
