@@ -1,33 +1,13 @@
-//! The control API: HTTP/JSON over a Unix socket. Types shared by the server (the serving
-//! process) and its clients (`aegis`, later `aegis-tui`), and a minimal client.
-//!
-//! Endpoints:
-//! - `GET /v1/status` → [`Status`]
-//! - `GET /v1/fsck` → [`FsckReport`]: a read-only check of the mounted pool's metadata
-//! - `GET /v1/properties?path=P` → [`PropertyValue`]s of `P` (a path inside the pool, from its
-//!   root, percent-encoded)
-//! - `PUT /v1/properties` with [`SetProperties`] → the [`PropertyValue`]s after the change
-//! - `POST /v1/errors/clear` → [`Status`] with every member's error counters reset
-//! - `POST /v1/sync` → [`Status`] once everything written so far is durable (a commit)
-//! - `POST /v1/scrub/start` with [`ScrubStart`] → [`ScrubStatus`] (409 if one is running)
-//! - `GET /v1/scrub` → [`ScrubStatus`] of the running or last scrub
-//! - `POST /v1/scrub/cancel` → [`ScrubStatus`]
-//!
-//! Errors are [`ApiError`] bodies: 400 for a bad request, 404 for a missing path, 409 when
-//! the pool is read-only, 500 otherwise.
+//! The control API's types, shared by its servers (a standalone serving process, `aegisd`)
+//! and its clients (`aegis`, `aegis-tui`). Every endpoint, request and response is described
+//! in docs/api.md. Errors are [`ApiError`] bodies.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-/// Where control sockets live: `$AEGIS_RUN_DIR` or `/run/aegis`.
-pub fn run_dir() -> PathBuf {
-    std::env::var_os("AEGIS_RUN_DIR").map_or_else(|| PathBuf::from("/run/aegis"), PathBuf::from)
-}
+pub use crate::daemon::alerts::Alert;
+pub use crate::daemon::state::{
+    AuditEntry, AuditVerdict, Event, IoSample, JobRun, Level, RunOutcome,
+};
 
 /// One member of a pool as the API reports it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -435,134 +415,6 @@ pub struct ApiError {
     pub message: String,
 }
 
-/// Sends one request and returns the status code and body.
-pub fn request(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> anyhow::Result<(u16, String)> {
-    let mut stream = UnixStream::connect(socket)
-        .with_context(|| format!("cannot connect to {}", socket.display()))?;
-    // Rollback and diff walk metadata proportional to the pool: allow them minutes.
-    stream.set_read_timeout(Some(Duration::from_secs(600)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: aegisd\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).context("response is not UTF-8")?;
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("malformed HTTP response from {}", socket.display());
-    };
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("malformed status line from {}", socket.display()))?;
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        bail!("unexpected chunked response from {}", socket.display());
-    }
-    Ok((code, body.to_owned()))
-}
-
-/// `GET` a JSON resource.
-pub fn get<T: for<'de> Deserialize<'de>>(socket: &Path, path: &str) -> anyhow::Result<T> {
-    call(socket, "GET", path, None::<&()>)
-}
-
-/// Sends `body` (as JSON, if any) with `method` and decodes the JSON answer; an error status
-/// becomes an error carrying the server's message.
-pub fn call<T: for<'de> Deserialize<'de>, B: Serialize>(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&B>,
-) -> anyhow::Result<T> {
-    let body = body.map(serde_json::to_string).transpose()?;
-    let (code, answer) = request(socket, method, path, body.as_deref())?;
-    if !(200..300).contains(&code) {
-        let message = serde_json::from_str::<ApiError>(&answer).map_or(answer, |e| e.message);
-        bail!("{message}");
-    }
-    serde_json::from_str(&answer).with_context(|| format!("{path}: malformed JSON"))
-}
-
-/// Finds the live pool whose mount holds `path`; returns its socket, its status and `path`
-/// from the pool's root (`/` for the mountpoint itself).
-pub fn pool_for_path(path: &Path) -> anyhow::Result<(PathBuf, Status, String)> {
-    let full = std::fs::canonicalize(path)
-        .with_context(|| format!("cannot resolve {}", path.display()))?;
-    let (socket, status) = live_pools()
-        .into_iter()
-        .filter(|(_, status)| full.starts_with(&status.mountpoint))
-        .max_by_key(|(_, status)| status.mountpoint.len())
-        .with_context(|| {
-            format!(
-                "{} is not inside a mounted AegisFS pool (looked for control sockets in {})",
-                full.display(),
-                run_dir().display()
-            )
-        })?;
-    let inside = full
-        .strip_prefix(&status.mountpoint)
-        .context("path outside its mount")?;
-    let inside = format!("/{}", inside.display());
-    Ok((socket, status, inside))
-}
-
-/// Every live pool's status, by asking each control socket in the run directory.
-pub fn live_pools() -> Vec<(PathBuf, Status)> {
-    let Ok(entries) = std::fs::read_dir(run_dir()) else {
-        return Vec::new();
-    };
-    let mut pools = Vec::new();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "sock") {
-            if let Ok(status) = get::<Status>(&path, "/v1/status") {
-                pools.push((path, status));
-            }
-        }
-    }
-    pools
-}
-
-/// Finds the live pool mounted at `target` (a path) or labelled `target`.
-pub fn find_pool(target: &str) -> anyhow::Result<(PathBuf, Status)> {
-    let wanted = std::fs::canonicalize(target).ok();
-    let mut found: Vec<(PathBuf, Status)> = live_pools()
-        .into_iter()
-        .filter(|(_, status)| {
-            status.label == target
-                || status.pool_uuid == target
-                || wanted
-                    .as_deref()
-                    .is_some_and(|w| Path::new(&status.mountpoint) == w)
-        })
-        .collect();
-    if found.len() > 1 {
-        let mountpoints: Vec<&str> = found.iter().map(|(_, s)| s.mountpoint.as_str()).collect();
-        bail!(
-            "'{target}' names {} mounted pools ({}): give a mountpoint or pool UUID",
-            found.len(),
-            mountpoints.join(", ")
-        );
-    }
-    found.pop().with_context(|| {
-        format!(
-            "no mounted AegisFS pool at or labelled '{target}' (looked for control sockets in {})",
-            run_dir().display()
-        )
-    })
-}
-
 /// One tier's I/O during one second (`GET /v1/stats/stream` events, `GET /v1/stats/history`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -589,4 +441,61 @@ pub struct IoSecond {
     /// Seconds since the epoch at the end of the second.
     pub time: i64,
     pub pools: Vec<PoolIo>,
+}
+
+/// A pool as `GET /v1/pools` lists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PoolEntry {
+    pub name: String,
+    pub mounted: bool,
+    /// Why the pool is not mounted.
+    pub error: Option<String>,
+    pub status: Option<Status>,
+}
+
+/// `GET /v1/daemon`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DaemonInfo {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub config: String,
+    pub socket: String,
+    pub pools: Vec<String>,
+    pub alerts_firing: usize,
+}
+
+/// A job as `GET /v1/jobs` lists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobInfo {
+    pub name: String,
+    /// `snapshot`, `migration` or `scrub`.
+    pub kind: String,
+    pub pool: String,
+    /// The schedule as written, or none for a job that runs only on request.
+    pub schedule: Option<String>,
+    /// The schedule as a cron expression.
+    pub cron: Option<String>,
+    /// Seconds since the epoch.
+    pub next_run: Option<i64>,
+    pub running: bool,
+    pub last_run: Option<JobRun>,
+}
+
+/// `POST /v1/jobs/run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunRequest {
+    pub job: String,
+}
+
+/// The answer to `POST /v1/jobs/run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunStarted {
+    pub job: String,
+    pub run: i64,
 }

@@ -3,6 +3,7 @@
 //! database, metrics and alerts. Both binaries share the control API defined here.
 
 pub mod api;
+pub mod client;
 pub mod daemon;
 pub mod http;
 pub mod keys;

@@ -1,8 +1,10 @@
 //! `aegis`: the AegisFS command line. Formats pools, mounts them (running the serving process),
 //! and talks to mounted pools through their control sockets.
 
+mod cli_daemon;
+
 use appliance::units::{parse_size, parse_watermarks};
-use appliance::{api, keys, serve, service};
+use appliance::{api, client, keys, serve, service};
 
 use std::io::{BufRead, BufReader, IsTerminal};
 use std::os::unix::process::CommandExt;
@@ -28,6 +30,10 @@ use fs_core::types::Tier;
     about = "AegisFS: a tiered, checksummed storage pool"
 )]
 struct Cli {
+    /// aegisd's control socket; only aegisd's pools are then reachable (default:
+    /// /run/aegis/aegisd.sock, and the sockets of pools mounted with `aegis mount`).
+    #[arg(long, global = true, env = "AEGIS_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -160,10 +166,11 @@ enum Cmd {
         #[command(subcommand)]
         action: KeyCmd,
     },
-    /// Show a mounted pool's members, tiers, usage, I/O and error counters.
+    /// Show a mounted pool's members, tiers, usage, I/O and error counters (every live pool
+    /// when no pool is named).
     Status {
-        /// Mountpoint or pool label.
-        target: String,
+        /// Mountpoint, pool name or label.
+        target: Option<String>,
         /// Reset every member's read, write, checksum and repair counters first.
         #[arg(long)]
         clear_errors: bool,
@@ -210,6 +217,18 @@ enum Cmd {
     Snapshot {
         #[command(subcommand)]
         action: SnapshotCmd,
+    },
+    /// aegisd's scheduled jobs: snapshots, tier migration, scrub.
+    Jobs {
+        #[command(subcommand)]
+        action: cli_daemon::JobsCmd,
+    },
+    /// What happened: jobs, mounts, errors, admin actions (aegisd).
+    Events(cli_daemon::EventsArgs),
+    /// aegisd's hash-chained log of admin actions.
+    Audit {
+        #[command(subcommand)]
+        action: cli_daemon::AuditCmd,
     },
 }
 
@@ -469,7 +488,7 @@ fn log_path(mountpoint: &Path) -> PathBuf {
         .trim_matches('/')
         .replace('/', "-");
     let name = if name.is_empty() { "root".into() } else { name };
-    api::run_dir().join("logs").join(format!("{name}.log"))
+    client::run_dir().join("logs").join(format!("{name}.log"))
 }
 
 fn mount_detached(
@@ -589,7 +608,7 @@ fn remove_stale_mount(target: &str) -> anyhow::Result<bool> {
 }
 
 fn umount_cmd(target: &str) -> anyhow::Result<()> {
-    let (_, status) = match api::find_pool(target) {
+    let (endpoint, status) = match client::find_pool(target) {
         Ok(found) => found,
         Err(err) => {
             if remove_stale_mount(target)? {
@@ -602,6 +621,13 @@ fn umount_cmd(target: &str) -> anyhow::Result<()> {
             return Err(err);
         }
     };
+    if let Some(pool) = &endpoint.pool {
+        bail!(
+            "pool {pool} at {} is served by aegisd ({}): stop aegisd (systemctl stop aegisd) to unmount it, or remove it from aegisd's config",
+            status.mountpoint,
+            endpoint.socket.display()
+        );
+    }
     let result = Command::new("umount")
         .arg(&status.mountpoint)
         .status()
@@ -659,7 +685,7 @@ fn info_cmd(
     let sb = fs_core::pool::inspect_path(&devices[0])
         .with_context(|| format!("{} is not an AegisFS member", devices[0].display()))?;
     let uuid = uuid::Uuid::from_bytes(sb.pool_uuid).to_string();
-    let live = api::live_pools()
+    let live = client::live_pools()
         .into_iter()
         .find(|(_, s)| s.pool_uuid == uuid);
     let usage: Option<api::Status> = match live {
@@ -760,8 +786,8 @@ fn print_usage(status: &api::Status) {
 }
 
 fn sync_cmd(target: &str) -> anyhow::Result<()> {
-    let (socket, _) = api::find_pool(target)?;
-    let status: api::Status = api::call(&socket, "POST", "/v1/sync", None::<&()>)?;
+    let (socket, _) = client::find_pool(target)?;
+    let status: api::Status = socket.call("POST", "/v1/sync", None::<&()>)?;
     println!(
         "{}: everything written so far is durable",
         status.mountpoint
@@ -770,24 +796,24 @@ fn sync_cmd(target: &str) -> anyhow::Result<()> {
 }
 
 fn set_cmd(path: &Path, properties: &[String]) -> anyhow::Result<()> {
-    let (socket, _, inside) = api::pool_for_path(path)?;
+    let (socket, _, inside) = client::pool_for_path(path)?;
     let request = api::SetProperties {
         path: inside,
         properties: properties.to_vec(),
     };
-    let values: Vec<api::PropertyValue> =
-        api::call(&socket, "PUT", "/v1/properties", Some(&request))
-            .with_context(|| format!("cannot set properties on {}", path.display()))?;
+    let values: Vec<api::PropertyValue> = socket
+        .call("PUT", "/v1/properties", Some(&request))
+        .with_context(|| format!("cannot set properties on {}", path.display()))?;
     print_properties(&values);
     Ok(())
 }
 
 fn get_cmd(path: &Path, json: bool) -> anyhow::Result<()> {
-    let (socket, _, inside) = api::pool_for_path(path)?;
+    let (socket, _, inside) = client::pool_for_path(path)?;
     let query = percent_encoding::utf8_percent_encode(&inside, percent_encoding::NON_ALPHANUMERIC);
-    let values: Vec<api::PropertyValue> =
-        api::get(&socket, &format!("/v1/properties?path={query}"))
-            .with_context(|| format!("cannot read the properties of {}", path.display()))?;
+    let values: Vec<api::PropertyValue> = socket
+        .get(&format!("/v1/properties?path={query}"))
+        .with_context(|| format!("cannot read the properties of {}", path.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&values)?);
     } else {
@@ -799,12 +825,12 @@ fn get_cmd(path: &Path, json: bool) -> anyhow::Result<()> {
 fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
     match action {
         ScrubCmd::Start { target, rate, wait } => {
-            let (socket, _) = api::find_pool(&target)?;
+            let (socket, _) = client::find_pool(&target)?;
             let request = api::ScrubStart {
                 rate_bytes_per_sec: rate.unwrap_or(0),
             };
             let mut status: api::ScrubStatus =
-                api::call(&socket, "POST", "/v1/scrub/start", Some(&request))?;
+                socket.call("POST", "/v1/scrub/start", Some(&request))?;
             if !wait {
                 println!("scrub started");
                 print_scrub(&status);
@@ -824,7 +850,7 @@ fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
                     std::io::Write::flush(&mut std::io::stdout())?;
                 }
                 std::thread::sleep(Duration::from_millis(500));
-                status = api::get(&socket, "/v1/scrub")?;
+                status = socket.get("/v1/scrub")?;
             }
             if interactive {
                 println!();
@@ -833,8 +859,8 @@ fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
             Ok(())
         }
         ScrubCmd::Status { target, json } => {
-            let (socket, _) = api::find_pool(&target)?;
-            let status: api::ScrubStatus = api::get(&socket, "/v1/scrub")?;
+            let (socket, _) = client::find_pool(&target)?;
+            let status: api::ScrubStatus = socket.get("/v1/scrub")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -843,9 +869,8 @@ fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
             Ok(())
         }
         ScrubCmd::Cancel { target } => {
-            let (socket, _) = api::find_pool(&target)?;
-            let status: api::ScrubStatus =
-                api::call(&socket, "POST", "/v1/scrub/cancel", None::<&()>)?;
+            let (socket, _) = client::find_pool(&target)?;
+            let status: api::ScrubStatus = socket.call("POST", "/v1/scrub/cancel", None::<&()>)?;
             print_scrub(&status);
             Ok(())
         }
@@ -855,8 +880,8 @@ fn scrub_cmd(action: ScrubCmd) -> anyhow::Result<()> {
 fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
     match action {
         TierCmd::Status { target, json } => {
-            let (socket, _) = api::find_pool(&target)?;
-            let status: api::TierStatus = api::get(&socket, "/v1/tier")?;
+            let (socket, _) = client::find_pool(&target)?;
+            let status: api::TierStatus = socket.get("/v1/tier")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
                 return Ok(());
@@ -918,7 +943,7 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
             background,
             json,
         } => {
-            let (socket, _) = api::find_pool(&target)?;
+            let (socket, _) = client::find_pool(&target)?;
             let request = api::MigrateRequest {
                 dry_run,
                 limit_bytes: limit,
@@ -926,7 +951,7 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
             };
             if dry_run {
                 let plan: api::MigrationPlan =
-                    api::call(&socket, "POST", "/v1/tier/migrate", Some(&request))?;
+                    socket.call("POST", "/v1/tier/migrate", Some(&request))?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&plan)?);
                 } else {
@@ -935,7 +960,7 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             let mut progress: api::MigrationProgress =
-                api::call(&socket, "POST", "/v1/tier/migrate", Some(&request))?;
+                socket.call("POST", "/v1/tier/migrate", Some(&request))?;
             if !background {
                 let interactive = std::io::stdout().is_terminal();
                 while progress.counts.running {
@@ -951,7 +976,7 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
                         std::io::Write::flush(&mut std::io::stdout())?;
                     }
                     std::thread::sleep(Duration::from_millis(500));
-                    progress = api::get(&socket, "/v1/tier/migrate")?;
+                    progress = socket.get("/v1/tier/migrate")?;
                 }
                 if interactive {
                     println!();
@@ -971,16 +996,17 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
             }
         }
         TierCmd::Cancel { target } => {
-            let (socket, _) = api::find_pool(&target)?;
+            let (socket, _) = client::find_pool(&target)?;
             let progress: api::MigrationProgress =
-                api::call(&socket, "POST", "/v1/tier/migrate/cancel", None::<&()>)?;
+                socket.call("POST", "/v1/tier/migrate/cancel", None::<&()>)?;
             println!("cancelling the migration");
             print_migration(&progress);
         }
         TierCmd::Pin { path, tier } => {
-            let (socket, _, inside) = api::pool_for_path(&path)?;
+            let (socket, _, inside) = client::pool_for_path(&path)?;
             let request = api::PinRequest { path: inside, tier };
-            let done: api::PinDone = api::call(&socket, "POST", "/v1/tier/pin", Some(&request))
+            let done: api::PinDone = socket
+                .call("POST", "/v1/tier/pin", Some(&request))
                 .with_context(|| format!("cannot pin {}", path.display()))?;
             println!(
                 "{} pinned to {} ({} entries); the next migration moves its blocks",
@@ -990,8 +1016,8 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
             );
         }
         TierCmd::History { target, json } => {
-            let (socket, _) = api::find_pool(&target)?;
-            let history: Vec<api::MigrationEntry> = api::get(&socket, "/v1/tier/history")?;
+            let (socket, _) = client::find_pool(&target)?;
+            let history: Vec<api::MigrationEntry> = socket.get("/v1/tier/history")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&history)?);
                 return Ok(());
@@ -1089,19 +1115,19 @@ fn snapshot_path(name: &str, action: &str) -> String {
 fn snapshot_cmd(action: SnapshotCmd) -> anyhow::Result<()> {
     match action {
         SnapshotCmd::Create { target, name } => {
-            let (socket, status) = api::find_pool(&target)?;
+            let (socket, status) = client::find_pool(&target)?;
             let request = api::SnapshotCreate { name };
-            let snapshot: api::Snapshot =
-                api::call(&socket, "POST", "/v1/snapshots", Some(&request))
-                    .context("cannot take the snapshot")?;
+            let snapshot: api::Snapshot = socket
+                .call("POST", "/v1/snapshots", Some(&request))
+                .context("cannot take the snapshot")?;
             println!(
                 "snapshot {} taken: {}/.snapshots/{}",
                 snapshot.name, status.mountpoint, snapshot.name
             );
         }
         SnapshotCmd::List { target, json } => {
-            let (socket, _) = api::find_pool(&target)?;
-            let snapshots: Vec<api::Snapshot> = api::get(&socket, "/v1/snapshots")?;
+            let (socket, _) = client::find_pool(&target)?;
+            let snapshots: Vec<api::Snapshot> = socket.get("/v1/snapshots")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&snapshots)?);
                 return Ok(());
@@ -1132,14 +1158,14 @@ fn snapshot_cmd(action: SnapshotCmd) -> anyhow::Result<()> {
             to,
             json,
         } => {
-            let (socket, _) = api::find_pool(&target)?;
+            let (socket, _) = client::find_pool(&target)?;
             let mut path = snapshot_path(&from, "/diff");
             if let Some(to) = &to {
                 let to =
                     percent_encoding::utf8_percent_encode(to, percent_encoding::NON_ALPHANUMERIC);
                 path.push_str(&format!("?to={to}"));
             }
-            let changes: Vec<api::SnapshotChange> = api::get(&socket, &path)?;
+            let changes: Vec<api::SnapshotChange> = socket.get(&path)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&changes)?);
                 return Ok(());
@@ -1162,15 +1188,11 @@ fn snapshot_cmd(action: SnapshotCmd) -> anyhow::Result<()> {
             name,
             force,
         } => {
-            let (socket, status) = api::find_pool(&target)?;
+            let (socket, status) = client::find_pool(&target)?;
             let request = api::RollbackRequest { force };
-            let done: api::RollbackDone = api::call(
-                &socket,
-                "POST",
-                &snapshot_path(&name, "/rollback"),
-                Some(&request),
-            )
-            .with_context(|| format!("cannot roll back to {name}"))?;
+            let done: api::RollbackDone = socket
+                .call("POST", &snapshot_path(&name, "/rollback"), Some(&request))
+                .with_context(|| format!("cannot roll back to {name}"))?;
             for destroyed in &done.destroyed {
                 println!("destroyed newer snapshot {destroyed}");
             }
@@ -1180,10 +1202,10 @@ fn snapshot_cmd(action: SnapshotCmd) -> anyhow::Result<()> {
             );
         }
         SnapshotCmd::Delete { target, name } => {
-            let (socket, _) = api::find_pool(&target)?;
-            let deleted: api::SnapshotDeleted =
-                api::call(&socket, "DELETE", &snapshot_path(&name, ""), None::<&()>)
-                    .with_context(|| format!("cannot delete snapshot {name}"))?;
+            let (socket, _) = client::find_pool(&target)?;
+            let deleted: api::SnapshotDeleted = socket
+                .call("DELETE", &snapshot_path(&name, ""), None::<&()>)
+                .with_context(|| format!("cannot delete snapshot {name}"))?;
             println!(
                 "snapshot {} deleted, {} released",
                 deleted.name,
@@ -1245,10 +1267,33 @@ fn print_properties(values: &[api::PropertyValue]) {
     }
 }
 
+/// `aegis status` without a pool: every live pool.
+fn status_all(clear_errors: bool, json: bool) -> anyhow::Result<()> {
+    let pools = client::live_pools();
+    if pools.is_empty() {
+        bail!(
+            "no mounted AegisFS pool: aegisd is not answering at {} and no pool was mounted with `aegis mount`",
+            client::daemon_socket().display()
+        );
+    }
+    if json && !clear_errors {
+        let statuses: Vec<&api::Status> = pools.iter().map(|(_, status)| status).collect();
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+        return Ok(());
+    }
+    for (i, (_, status)) in pools.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        status_cmd(&status.pool_uuid, clear_errors, json)?;
+    }
+    Ok(())
+}
+
 fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()> {
-    let (socket, status) = api::find_pool(target)?;
+    let (socket, status) = client::find_pool(target)?;
     let status: api::Status = if clear_errors {
-        api::call(&socket, "POST", "/v1/errors/clear", None::<&()>)?
+        socket.call("POST", "/v1/errors/clear", None::<&()>)?
     } else {
         status
     };
@@ -1270,7 +1315,7 @@ fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()
         status.mountpoint,
         status.pid,
         status.uptime_secs,
-        socket.display()
+        socket.socket.display()
     );
     match &status.read_only_cause {
         Some(cause) => println!(
@@ -1339,9 +1384,10 @@ fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()
 }
 
 fn du_cmd(path: &Path, json: bool) -> anyhow::Result<()> {
-    let (socket, _, inside) = api::pool_for_path(path)?;
+    let (socket, _, inside) = client::pool_for_path(path)?;
     let query = percent_encoding::utf8_percent_encode(&inside, percent_encoding::NON_ALPHANUMERIC);
-    let usage: api::DiskUsage = api::get(&socket, &format!("/v1/du?path={query}"))
+    let usage: api::DiskUsage = socket
+        .get(&format!("/v1/du?path={query}"))
         .with_context(|| format!("cannot count the usage of {}", path.display()))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&usage)?);
@@ -1418,10 +1464,10 @@ const FSCK_ERRORS_LEFT: u8 = 4;
 const FSCK_OPERATIONAL_ERROR: u8 = 8;
 
 /// The control socket of the process serving the pool `devices[0]` belongs to, if it is mounted.
-fn serving_socket(devices: &[PathBuf]) -> Option<(PathBuf, api::Status)> {
+fn serving_socket(devices: &[PathBuf]) -> Option<(client::Endpoint, api::Status)> {
     let sb = fs_core::pool::inspect_path(&devices[0]).ok()?;
     let uuid = uuid::Uuid::from_bytes(sb.pool_uuid).to_string();
-    api::live_pools()
+    client::live_pools()
         .into_iter()
         .find(|(_, status)| status.pool_uuid == uuid)
 }
@@ -1451,7 +1497,7 @@ fn fsck_cmd(
                     status.label, status.mountpoint
                 );
             }
-            api::get::<api::FsckReport>(&socket, "/v1/fsck")?
+            socket.get::<api::FsckReport>("/v1/fsck")?
         }
         None => {
             let secret = keys::secret_for(devices, key)?;
@@ -1641,8 +1687,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             target,
             clear_errors,
             json,
-        } => done(status_cmd(&target, clear_errors, json)),
+        } => done(match target {
+            Some(target) => status_cmd(&target, clear_errors, json),
+            None => status_all(clear_errors, json),
+        }),
         Cmd::Sync { target } => done(sync_cmd(&target)),
+        Cmd::Jobs { action } => done(cli_daemon::jobs(action)),
+        Cmd::Events(args) => done(cli_daemon::events(args)),
+        Cmd::Audit { action } => done(cli_daemon::audit(action)),
         Cmd::Set { path, properties } => done(set_cmd(&path, &properties)),
         Cmd::Get { path, json } => done(get_cmd(&path, json)),
         Cmd::Scrub { action } => done(scrub_cmd(action)),
@@ -1675,6 +1727,9 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    if let Some(socket) = &cli.socket {
+        client::choose_daemon_socket(socket.clone());
+    }
     if !matches!(cli.command, Cmd::Mount { .. }) {
         // SAFETY: restores the default SIGPIPE action before any thread starts, so a closed
         // pipe (`aegis status | head`) ends a reporting command quietly instead of a failed

@@ -15,7 +15,7 @@ const API_THREADS: usize = 4;
 pub fn serve(request: MountRequest<'_>, announce_ready: bool) -> anyhow::Result<()> {
     let pool = Arc::new(MountedPool::mount(request)?);
     let service = Arc::clone(&pool.service);
-    let socket = crate::api::run_dir().join(format!("{}.sock", service.fs.status().pool_uuid));
+    let socket = crate::client::run_dir().join(format!("{}.sock", service.fs.status().pool_uuid));
     let workers = match crate::http::bind_socket(&socket, None) {
         Ok(server) => Workers::spawn(
             server,

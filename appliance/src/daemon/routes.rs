@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 use tiny_http::Method;
 
 use super::state::{
     AuditEntry, AuditVerdict, Event, EventFilter, IoSample, JobRun, Level, NewAudit,
 };
 use super::{jobs, Daemon, PoolSlot};
-use crate::api::Status;
+use crate::api::{DaemonInfo, JobInfo, PoolEntry, RunRequest, RunStarted};
 use crate::http::{
     json_response, query_param, read_json, respond, text_response, Failure, Reply, Workers,
 };
@@ -26,62 +25,6 @@ use crate::http::{
 const API_THREADS: usize = 8;
 /// The most events, runs or audit entries one request returns.
 const MAX_LIST: usize = 10_000;
-
-/// A pool as `GET /v1/pools` lists it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PoolEntry {
-    pub name: String,
-    pub mounted: bool,
-    /// Why the pool is not mounted.
-    pub error: Option<String>,
-    pub status: Option<Status>,
-}
-
-/// `GET /v1/daemon`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DaemonInfo {
-    pub version: String,
-    pub pid: u32,
-    pub uptime_secs: u64,
-    pub config: String,
-    pub socket: String,
-    pub pools: Vec<String>,
-    pub alerts_firing: usize,
-}
-
-/// A job as `GET /v1/jobs` lists it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct JobInfo {
-    pub name: String,
-    pub kind: String,
-    pub pool: String,
-    /// The schedule as written, or none for a job that runs only on request.
-    pub schedule: Option<String>,
-    /// The schedule as a cron expression.
-    pub cron: Option<String>,
-    /// Seconds since the epoch.
-    pub next_run: Option<i64>,
-    pub running: bool,
-    pub last_run: Option<JobRun>,
-}
-
-/// `POST /v1/jobs/run`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RunRequest {
-    pub job: String,
-}
-
-/// The answer to `POST /v1/jobs/run`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RunStarted {
-    pub job: String,
-    pub run: i64,
-}
 
 /// Where a request came from.
 #[derive(Clone, Copy)]
