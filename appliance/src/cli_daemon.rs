@@ -226,7 +226,10 @@ pub fn events(args: EventsArgs) -> anyhow::Result<()> {
     for event in &events {
         show(event)?;
     }
-    while args.follow {
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
         std::thread::sleep(Duration::from_secs(1));
         let newer: Vec<Event> =
             daemon.get(&format!("/v1/events?after={last}&limit=1000{filter}"))?;
@@ -235,7 +238,6 @@ pub fn events(args: EventsArgs) -> anyhow::Result<()> {
             last = event.id;
         }
     }
-    Ok(())
 }
 
 pub fn audit(action: AuditCmd) -> anyhow::Result<()> {
