@@ -212,8 +212,8 @@ fn snapshot(daemon: &Daemon, service: &PoolService, task: &SnapshotTask) -> Ende
     };
     let own: Vec<(String, DateTime<Utc>)> = snapshots
         .into_iter()
-        .filter(|s| is_task_snapshot(&s.name, &task.prefix))
-        .filter_map(|s| Some((s.name, DateTime::from_timestamp(s.created, 0)?)))
+        .filter_map(|s| Some((task_snapshot_time(&s.name, &task.prefix)?, s.name)))
+        .map(|(taken, name)| (name, taken))
         .collect();
     let mut released = 0;
     let mut deleted = Vec::new();
@@ -243,13 +243,15 @@ fn snapshot(daemon: &Daemon, service: &PoolService, task: &SnapshotTask) -> Ende
     }
 }
 
-/// Whether `name` is one of the task's own snapshots: `<prefix>-YYYYMMDD-HHMMSS`. Snapshots
-/// taken by hand never match, so retention never deletes them.
-pub fn is_task_snapshot(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('-'))
-        .and_then(|stamp| chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S").ok())
-        .is_some()
+/// When the task took `name`, if it is one of the task's own snapshots
+/// (`<prefix>-YYYYMMDD-HHMMSS`, local time). Snapshots taken by hand never match, so retention
+/// never deletes them; it goes by the time in the name, the daemon's clock when it took them.
+pub fn task_snapshot_time(name: &str, prefix: &str) -> Option<DateTime<Utc>> {
+    let stamp = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let local = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S").ok()?;
+    // The earlier of two readings when clocks went back.
+    let taken = local.and_local_timezone(chrono::Local).earliest()?;
+    Some(taken.with_timezone(&Utc))
 }
 
 fn migration(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
@@ -258,8 +260,11 @@ fn migration(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended
         limit_bytes: None,
         rate_bytes_per_sec: rate,
     };
-    if let Err(failure) = service.migrate(&request) {
-        return Ended::failed(failure.message);
+    match service.migrate(&request) {
+        Ok(_) => {}
+        // Started by hand meanwhile: this run follows it to its end.
+        Err(failure) if failure.status == 409 => {}
+        Err(failure) => return Ended::failed(failure.message),
     }
     loop {
         let Some(progress) = service.migration_progress() else {
@@ -294,8 +299,11 @@ fn migration(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended
 }
 
 fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
-    if let Err((_, message)) = service.start_scrub(rate.unwrap_or(0)) {
-        return Ended::failed(message);
+    match service.start_scrub(rate.unwrap_or(0)) {
+        Ok(_) => {}
+        // Resumed after a restart, or started by hand: this run follows it to its end.
+        Err((409, _)) if service.scrub_status().is_ok_and(|s| s.running) => {}
+        Err((_, message)) => return Ended::failed(message),
     }
     loop {
         let status = match service.scrub_status() {
@@ -351,10 +359,17 @@ mod tests {
 
     #[test]
     fn only_the_tasks_own_snapshots_match() {
-        assert!(is_task_snapshot("auto-20261125-140000", "auto"));
-        assert!(!is_task_snapshot("auto-20261125-1400", "auto"));
-        assert!(!is_task_snapshot("auto-before-upgrade", "auto"));
-        assert!(!is_task_snapshot("autox-20261125-140000", "auto"));
-        assert!(!is_task_snapshot("daily-20261125-140000", "auto"));
+        let taken = task_snapshot_time("auto-20261125-140000", "auto").expect("matches");
+        let local = taken.with_timezone(&chrono::Local);
+        assert_eq!(local.format("%Y%m%d-%H%M%S").to_string(), "20261125-140000");
+        for other in [
+            "auto-20261125-1400",
+            "auto-before-upgrade",
+            "autox-20261125-140000",
+            "daily-20261125-140000",
+            "auto-20261325-140000",
+        ] {
+            assert!(task_snapshot_time(other, "auto").is_none(), "{other}");
+        }
     }
 }

@@ -1,0 +1,662 @@
+//! End-to-end tests of `aegisd`: a real daemon process on a pool of image files, talking to
+//! systemd's notify protocol, serving every endpoint on its socket, refusing bad configs and
+//! bad requests, serving concurrent clients under write load, and stopping cleanly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use appliance::client::Endpoint;
+use common::{is_mounted, pattern, Sandbox};
+
+const AEGISD: &str = env!("CARGO_BIN_EXE_aegisd");
+
+/// A running aegisd; SIGTERM and a wait on drop, then whatever mount is left is removed.
+struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+    mountpoint: PathBuf,
+}
+
+impl Daemon {
+    /// Starts aegisd on `config` and waits until its socket answers.
+    fn start(sandbox: &Sandbox, config: &Path, envs: &[(&str, &str)]) -> Self {
+        let child = Command::new(AEGISD)
+            .arg("--config")
+            .arg(config)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(sandbox.path("aegisd.log")).unwrap())
+            .spawn()
+            .expect("start aegisd");
+        let daemon = Self {
+            child: Some(child),
+            socket: sandbox.path("aegisd.sock"),
+            mountpoint: sandbox.path("mnt"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while daemon
+            .endpoint()
+            .request("GET", "/v1/daemon", None)
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "aegisd did not answer within 60 s:\n{}",
+                std::fs::read_to_string(sandbox.path("aegisd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            socket: self.socket.clone(),
+            pool: None,
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        self.endpoint().request("GET", path, None).unwrap()
+    }
+
+    fn json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.get(path);
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn send(&self, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let (code, text) = self.endpoint().request(method, path, Some(body)).unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "aegisd ignored SIGTERM for 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        for _ in 0..8 {
+            if !is_mounted(&self.mountpoint) {
+                break;
+            }
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+/// Formats the sandbox's pool and writes a config serving it; `extra` is appended.
+fn setup(sandbox: &Sandbox, extra: &str) -> PathBuf {
+    let (fast, slow) = sandbox.format("256M", "512M");
+    let config = sandbox.path("aegis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[daemon]
+socket = "{socket}"
+socket_group = ""
+state_db = "{state}"
+
+[[pool]]
+name = "tank"
+devices = ["{fast}", "{slow}"]
+mountpoint = "{mnt}"
+io = "pread"
+{extra}"#,
+            socket = sandbox.path("aegisd.sock").display(),
+            state = sandbox.path("state/aegis.db").display(),
+            mnt = sandbox.path("mnt").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Runs `aegis` against the daemon's socket.
+fn aegis(sandbox: &Sandbox, args: &[&str]) -> Output {
+    Command::new(common::AEGIS)
+        .args(args)
+        .env("AEGIS_RUN_DIR", sandbox.path("run"))
+        .env("AEGIS_SOCKET", sandbox.path("aegisd.sock"))
+        .output()
+        .unwrap()
+}
+
+fn aegis_ok(sandbox: &Sandbox, args: &[&str]) -> String {
+    let out = aegis(sandbox, args);
+    assert!(
+        out.status.success(),
+        "aegis {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn notifies_systemd_pings_the_watchdog_and_stops_cleanly_on_sigterm() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let notify_path = sandbox.path("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut daemon = Daemon::start(
+        &sandbox,
+        &config,
+        &[
+            ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let mut messages = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(messages.contains("READY=1") && messages.contains("WATCHDOG=1")) {
+        assert!(Instant::now() < deadline, "got only: {messages}");
+        let n = notify.recv(&mut buf).unwrap();
+        messages.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        messages.contains("STATUS=serving 1 of 1 pool(s)"),
+        "{messages}"
+    );
+
+    let data = pattern(7, 3 << 20);
+    std::fs::write(daemon.mountpoint.join("kept"), &data).unwrap();
+    let status = daemon.stop();
+    assert!(status.success(), "aegisd exited with {status}");
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(!is_mounted(&daemon.mountpoint));
+    assert!(!daemon.socket.exists(), "the socket is removed at exit");
+    let fast = sandbox.path("fast.img").display().to_string();
+    let slow = sandbox.path("slow.img").display().to_string();
+    let fsck = sandbox.aegis(&["fsck", &fast, &slow]);
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+
+    // Everything written before the SIGTERM is there after the next start.
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    assert_eq!(std::fs::read(daemon.mountpoint.join("kept")).unwrap(), data);
+    let events = daemon.json("/v1/events?kind=pool");
+    let messages: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(messages.contains(&"unmounted cleanly"), "{messages:?}");
+}
+
+#[test]
+fn bad_configs_are_refused_naming_file_line_and_field() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "scrub = \"every other tuesday\"\n");
+    let out = Command::new(AEGISD)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:11:", config.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pool.scrub"), "{stderr}");
+    assert!(!is_mounted(&sandbox.path("mnt")));
+
+    std::fs::write(&config, "[daemon]\nsokcet = \"/tmp/x\"\n").unwrap();
+    let out = Command::new(AEGISD)
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":2:1: unknown field `sokcet`"), "{stderr}");
+
+    let out = Command::new(AEGISD)
+        .args(["--check-config", "--config", "/nonexistent/aegis.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/aegis.toml"));
+
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/aegis.toml");
+    let out = Command::new(AEGISD)
+        .args(["--check-config", "--config", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every endpoint, with and without the pool named, and the error answers.
+#[test]
+fn every_endpoint_answers_and_errors_are_json() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    std::fs::create_dir(daemon.mountpoint.join("docs")).unwrap();
+    std::fs::write(daemon.mountpoint.join("docs/a"), pattern(1, 1 << 20)).unwrap();
+
+    assert_eq!(daemon.json("/v1/daemon")["pools"][0], "tank");
+    assert_eq!(daemon.json("/v1/pools")[0]["status"]["name"], "tank");
+    assert_eq!(
+        daemon.json("/v1/status")["mountpoint"],
+        daemon.mountpoint.to_str().unwrap()
+    );
+    assert_eq!(daemon.json("/v1/status?pool=tank")["label"], "tank");
+    let (code, _) = daemon.get("/v1/status?pool=nope");
+    assert_eq!(code, 404);
+    assert_eq!(daemon.send("POST", "/v1/sync", "").0, 200);
+    assert_eq!(daemon.json("/v1/fsck")["clean"], true);
+    assert_eq!(daemon.json("/v1/du?path=/docs")["files"], 1);
+    let (code, props) = daemon.send(
+        "PUT",
+        "/v1/properties",
+        r#"{"path":"/docs","properties":["copies=2"]}"#,
+    );
+    assert_eq!(code, 200, "{props}");
+    assert!(daemon
+        .json("/v1/properties?path=/docs")
+        .to_string()
+        .contains("\"copies\""));
+    assert_eq!(daemon.send("POST", "/v1/errors/clear", "").0, 200);
+
+    let (code, scrub) = daemon.send("POST", "/v1/scrub/start", "{}");
+    assert_eq!(code, 200, "{scrub}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while daemon.json("/v1/scrub")["running"] == true {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(daemon.json("/v1/scrub")["state"], "finished");
+    assert_eq!(daemon.send("POST", "/v1/scrub/cancel", "").0, 409);
+
+    assert!(daemon.json("/v1/tier")["tiers"].as_array().is_some());
+    let (code, plan) = daemon.send("POST", "/v1/tier/migrate", r#"{"dry_run":true}"#);
+    assert_eq!(code, 200, "{plan}");
+    assert_eq!(daemon.send("POST", "/v1/tier/migrate/cancel", "").0, 409);
+    assert!(daemon.json("/v1/tier/history").is_array());
+    assert_eq!(
+        daemon
+            .send("POST", "/v1/tier/pin", r#"{"path":"/docs","tier":"fast"}"#)
+            .0,
+        200
+    );
+
+    assert_eq!(
+        daemon.send("POST", "/v1/snapshots", r#"{"name":"s1"}"#).0,
+        201
+    );
+    assert_eq!(daemon.json("/v1/snapshots")[0]["name"], "s1");
+    assert!(daemon.json("/v1/snapshots/s1/diff").is_array());
+    assert_eq!(daemon.send("DELETE", "/v1/snapshots/s1", "").0, 200);
+
+    let jobs = daemon.json("/v1/jobs");
+    let names: Vec<&str> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["migration:tank", "scrub:tank"]);
+    let (code, started) = daemon.send("POST", "/v1/jobs/run", r#"{"job":"migration:tank"}"#);
+    assert_eq!(code, 202, "{started}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let history = daemon.json("/v1/jobs/history?job=migration:tank");
+        if history[0]["outcome"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{history}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        daemon.send("POST", "/v1/jobs/run", r#"{"job":"nope"}"#).0,
+        404
+    );
+    assert_eq!(daemon.get("/v1/jobs/history?job=nope").0, 404);
+    assert!(!daemon
+        .json("/v1/events?level=info&limit=5")
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(daemon.get("/v1/events?level=loud").0, 400);
+    let audit = daemon.json("/v1/audit");
+    assert!(audit.as_array().unwrap().len() >= 10, "{audit}");
+    assert_eq!(daemon.json("/v1/audit/verify")["intact"], true);
+    assert!(daemon.json("/v1/alerts").is_array());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(daemon.json("/v1/stats")["pools"][0]["tiers"].is_array());
+    assert!(!daemon
+        .json("/v1/stats/history")
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_eq!(daemon.get("/v1/backups").0, 501);
+
+    let (code, metrics) = daemon.get("/metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "aegis_tier_capacity_bytes{pool=\"tank\",tier=\"fast\"}",
+        "aegis_tier_written_bytes_total{pool=\"tank\",tier=\"fast\"}",
+        "aegis_device_errors_total{pool=\"tank\",device=\"0\",tier=\"fast\",kind=\"checksum\"} 0",
+        "aegis_tier_blocks{pool=\"tank\",tier=\"fast\",heat=\"hot\"}",
+        "aegis_scrub_progress_ratio{pool=\"tank\"} 1",
+        "aegis_job_last_success{job=\"migration:tank\",kind=\"migration\",pool=\"tank\"} 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+
+    // The live stream: server-sent events, one a second.
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/stats/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("event: io").count() < 2 {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stream closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    let data = seen.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let second: appliance::api::IoSecond = serde_json::from_str(data).unwrap();
+    assert_eq!(second.pools[0].pool, "tank");
+    drop(stream);
+
+    // Errors: JSON with a code and a message, and the daemon keeps serving.
+    let (code, body) = daemon.get("/v1/nothing");
+    assert_eq!(code, 404);
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["code"], "not_found");
+    assert!(error["message"].as_str().unwrap().contains("/v1/nothing"));
+    assert_eq!(daemon.send("DELETE", "/v1/jobs", "").0, 405);
+    let (code, error) = daemon.send("POST", "/v1/snapshots", "{\"name\":");
+    assert_eq!(code, 400);
+    assert_eq!(error["code"], "bad_request");
+    let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(1 << 20));
+    let (code, error) = daemon.send("POST", "/v1/snapshots", &huge);
+    assert_eq!(code, 413, "{error}");
+    let mut raw = UnixStream::connect(&daemon.socket).unwrap();
+    raw.write_all(b"\x00\x01garbage\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 4"),
+        "{answer:?}"
+    );
+    assert_eq!(daemon.json("/v1/status")["name"], "tank");
+}
+
+#[test]
+fn the_cli_reaches_the_daemon_by_socket_name_and_mountpoint() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let mnt = daemon.mountpoint.to_str().unwrap();
+    assert!(aegis_ok(&sandbox, &["status"]).contains(mnt));
+    assert!(aegis_ok(&sandbox, &["status", "tank"]).contains(mnt));
+    assert!(aegis_ok(&sandbox, &["status", mnt]).contains("pool      tank"));
+    aegis_ok(&sandbox, &["snapshot", "create", "tank", "before"]);
+    assert!(aegis_ok(&sandbox, &["snapshot", "list", mnt]).contains("before"));
+    let jobs = aegis_ok(&sandbox, &["jobs", "list"]);
+    assert!(
+        jobs.contains("scrub:tank") && jobs.contains("monthly"),
+        "{jobs}"
+    );
+    let run = aegis_ok(&sandbox, &["jobs", "run", "scrub:tank", "--wait"]);
+    assert!(run.contains("succeeded"), "{run}");
+    assert!(aegis_ok(&sandbox, &["jobs", "history", "scrub:tank"]).contains("blocks checked"));
+    let history: serde_json::Value =
+        serde_json::from_str(&aegis_ok(&sandbox, &["jobs", "history", "--json"])).unwrap();
+    assert_eq!(history[0]["job"], "scrub:tank");
+    assert_eq!(history[0]["outcome"], "succeeded");
+    let events = aegis_ok(&sandbox, &["events", "--kind", "scrub"]);
+    assert!(events.contains("scrub:tank succeeded"), "{events}");
+    let audit = aegis_ok(&sandbox, &["audit", "list"]);
+    assert!(
+        audit.contains("POST /v1/snapshots") && audit.contains("(uid 0)"),
+        "{audit}"
+    );
+    assert!(aegis_ok(&sandbox, &["audit", "verify"]).contains("intact"));
+    let out = aegis(&sandbox, &["umount", mnt]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("served by aegisd"));
+    assert!(is_mounted(&daemon.mountpoint));
+
+    // Without the daemon: a clear message naming where the CLI looked.
+    let out = Command::new(common::AEGIS)
+        .args(["jobs", "list", "--socket", "/nonexistent.sock"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.sock"));
+}
+
+#[test]
+fn a_tampered_audit_log_fails_verification() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let mut daemon = Daemon::start(&sandbox, &config, &[]);
+    for name in ["a", "b", "c"] {
+        aegis_ok(&sandbox, &["snapshot", "create", "tank", name]);
+    }
+    assert!(aegis_ok(&sandbox, &["audit", "verify"]).contains("3 entries"));
+    assert!(daemon.stop().success());
+    let db = rusqlite::Connection::open(sandbox.path("state/aegis.db")).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE audit_log SET actor = 'someone else' WHERE id = 2",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(db);
+    let _daemon = Daemon::start(&sandbox, &config, &[]);
+    let out = aegis(&sandbox, &["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DAMAGED at entry 2"));
+}
+
+#[test]
+fn a_pool_that_cannot_be_mounted_is_reported_and_the_daemon_serves_on() {
+    let sandbox = Sandbox::new();
+    let config = setup(
+        &sandbox,
+        &format!(
+            "\n[[pool]]\nname = \"gone\"\ndevices = [\"{}\"]\nmountpoint = \"{}\"\n",
+            sandbox.path("missing.img").display(),
+            sandbox.path("gone").display()
+        ),
+    );
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let pools = daemon.json("/v1/pools");
+    assert_eq!(pools[0]["name"], "gone");
+    assert_eq!(pools[0]["mounted"], false);
+    assert!(
+        pools[0]["error"].as_str().unwrap().contains("missing.img"),
+        "{pools}"
+    );
+    assert_eq!(pools[1]["mounted"], true);
+    let (code, body) = daemon.get("/v1/status?pool=gone");
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = daemon.get("/v1/status");
+    assert_eq!(code, 400, "several pools need ?pool=: {body}");
+    let alerts = daemon.json("/v1/alerts");
+    assert_eq!(alerts[0]["alert"], "pool-unavailable:gone");
+    let events = daemon.json("/v1/events?level=error");
+    assert!(
+        events.to_string().contains("cannot mount pool gone"),
+        "{events}"
+    );
+}
+
+#[test]
+fn tcp_listener_needs_the_token() {
+    let sandbox = Sandbox::new();
+    let token = sandbox.path("token");
+    std::fs::write(&token, "0123456789abcdef-secret\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let config = setup(
+        &sandbox,
+        &format!(
+            "\n[api.tcp]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+            token.display()
+        ),
+    );
+    let _daemon = Daemon::start(&sandbox, &config, &[]);
+    let ask = |auth: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET /v1/daemon HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(ask("").starts_with("HTTP/1.1 401"));
+    assert!(ask("Authorization: Bearer wrong-token-000000\r\n").starts_with("HTTP/1.1 401"));
+    let answer = ask("Authorization: Bearer 0123456789abcdef-secret\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"pools\":[\"tank\"]"));
+}
+
+#[test]
+fn a_thousand_requests_from_eight_clients_while_fio_writes() {
+    if Command::new("fio").arg("--version").output().is_err() {
+        panic!("fio is not installed (scripts/install-deps.sh installs it)");
+    }
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let mut fio = Command::new("fio")
+        .args([
+            "--name=load",
+            "--rw=randwrite",
+            "--bs=64k",
+            "--size=64M",
+            "--numjobs=2",
+            "--time_based",
+            "--runtime=600",
+            "--ioengine=psync",
+        ])
+        .arg(format!("--directory={}", daemon.mountpoint.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        // Its own process group: fio's job processes are stopped with it.
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let paths = [
+        "/v1/status",
+        "/v1/daemon",
+        "/v1/jobs",
+        "/v1/events?limit=10",
+        "/metrics",
+        "/v1/stats",
+        "/v1/snapshots",
+        "/v1/scrub",
+    ];
+    let started = Instant::now();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|client| {
+                let endpoint = daemon.endpoint();
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    for i in 0..125 {
+                        let path = paths[(client + i) % paths.len()];
+                        match endpoint.request("GET", path, None) {
+                            Ok((200, _)) => {}
+                            Ok((code, body)) => failures.push(format!("{path}: {code} {body}")),
+                            Err(err) => failures.push(format!("{path}: {err:#}")),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let fio_alive = fio.try_wait().unwrap().is_none();
+    Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", fio.id())])
+        .status()
+        .unwrap();
+    let fio_out = fio.wait_with_output().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        fio_alive,
+        "fio stopped early: {}",
+        String::from_utf8_lossy(&fio_out.stderr)
+    );
+    eprintln!("1000 requests from 8 clients under fio load in {elapsed:?}");
+    assert_eq!(
+        daemon.json("/v1/status")["read_only_cause"],
+        serde_json::Value::Null
+    );
+}
