@@ -5,7 +5,8 @@
 #
 # Installs what is missing (scripts/install-deps.sh), then: format check, clippy, unit and
 # integration tests (in-memory pools, fault injection, real FUSE mounts of the `aegis`
-# binary), and the conformance run (pjdfstest against ext4 on a loop device, fsx 100,000
+# binary, a real `aegisd` on its socket), `systemd-analyze verify` of the units, and the
+# conformance run (pjdfstest against ext4 on a loop device, fsx 100,000
 # operations) against a live mount of the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,9 +35,10 @@ stage() {
 
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-stage "shellcheck" shellcheck scripts/*.sh tests/conformance/*.sh bench/*.sh .ci/run
+stage "shellcheck" shellcheck scripts/*.sh tests/conformance/*.sh bench/*.sh systemd/*.sh .ci/run
 stage "cargo test" cargo test --workspace --locked
 stage "release build" cargo build --release --locked
+stage "systemd-analyze verify" systemd/verify.sh target/release/aegisd
 stage "conformance (pjdfstest, fsx)" tests/conformance/run.sh target/release/aegis
 
 echo

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Checks the systemd units with `systemd-analyze verify`, which must print nothing: it exits 0
+# even for unknown keys and bad values, so any output counts as a failure. The units name
+# /usr/bin/aegisd; the check points them at a built binary instead.
+#
+#   systemd/verify.sh target/release/aegisd
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+aegisd=$(realpath "${1:?usage: $0 PATH/TO/aegisd}")
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+for unit in systemd/*.service; do
+    sed "s#/usr/bin/aegisd#$aegisd#g" "$unit" > "$work/$(basename "$unit")"
+done
+output=$(systemd-analyze verify "$work"/*.service 2>&1) || { echo "$output"; exit 1; }
+if [[ -n $output ]]; then
+    echo "$output"
+    exit 1
+fi
+echo "systemd units verified: $(cd systemd && echo ./*.service)"
