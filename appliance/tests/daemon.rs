@@ -386,10 +386,24 @@ fn every_endpoint_answers_and_errors_are_json() {
         "aegis_device_errors_total{pool=\"tank\",device=\"0\",tier=\"fast\",kind=\"checksum\"} 0",
         "aegis_tier_blocks{pool=\"tank\",tier=\"fast\",heat=\"hot\"}",
         "aegis_scrub_progress_ratio{pool=\"tank\"} 1",
+        "aegis_tier_write_latency_seconds_bucket{pool=\"tank\",tier=\"fast\",le=\"+Inf\"}",
+        "aegis_tier_read_latency_seconds_count{pool=\"tank\",tier=\"fast\"}",
         "aegis_job_last_success{job=\"migration:tank\",kind=\"migration\",pool=\"tank\"} 1",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+    let writes: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("aegis_tier_write_latency_seconds_count{pool=\"tank\",tier=\"fast\"} ")
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        writes >= 8.0,
+        "the 1 MiB file took at least 8 block writes: {writes}"
+    );
 
     // The live stream: server-sent events, one a second.
     let mut stream = UnixStream::connect(&daemon.socket).unwrap();

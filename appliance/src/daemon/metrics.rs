@@ -167,6 +167,7 @@ fn pools(e: &mut Exposition, services: &[(String, std::sync::Arc<PoolService>)])
             }
         }
     }
+    latency_histograms(e, services);
     e.family(
         "aegis_device_errors_total",
         "counter",
@@ -272,6 +273,61 @@ fn pools(e: &mut Exposition, services: &[(String, std::sync::Arc<PoolService>)])
                 &[("pool", pool)],
                 scrub.unrecoverable as f64,
             );
+        }
+    }
+}
+
+/// Read and write latency per tier: how long each device submission took.
+fn latency_histograms(e: &mut Exposition, services: &[(String, std::sync::Arc<PoolService>)]) {
+    use fs_core::fs::latency::{Latency, BUCKET_BOUNDS_US};
+    type Pick = fn(&fs_core::fs::MemberCounters) -> &Latency;
+    let kinds: [(&str, &str, Pick); 2] = [
+        (
+            "aegis_tier_read_latency_seconds",
+            "How long reads from a tier's devices took.",
+            |c| &c.read_latency,
+        ),
+        (
+            "aegis_tier_write_latency_seconds",
+            "How long writes to a tier's devices took.",
+            |c| &c.write_latency,
+        ),
+    ];
+    for (metric, help, pick) in kinds {
+        e.family(metric, "histogram", help);
+        for (pool, service) in services {
+            let counters = service.fs.member_counters();
+            for tier in [fs_core::types::Tier::Fast, fs_core::types::Tier::Slow] {
+                let mut total = Latency::default();
+                let mut present = false;
+                for c in counters.iter().filter(|c| c.tier == tier) {
+                    total.add(pick(c));
+                    present = true;
+                }
+                if !present {
+                    continue;
+                }
+                let tier = tier.to_string();
+                let mut cumulative = 0;
+                for (bound, count) in BUCKET_BOUNDS_US.iter().zip(total.buckets) {
+                    cumulative += count;
+                    let le = (*bound as f64 / 1e6).to_string();
+                    e.sample(
+                        &format!("{metric}_bucket"),
+                        &[("pool", pool), ("tier", &tier), ("le", &le)],
+                        cumulative as f64,
+                    );
+                }
+                let count = total.count() as f64;
+                e.sample(
+                    &format!("{metric}_bucket"),
+                    &[("pool", pool), ("tier", &tier), ("le", "+Inf")],
+                    count,
+                );
+                let labels = [("pool", pool.as_str()), ("tier", tier.as_str())];
+                e.sample(&format!("{metric}_sum"), &labels, total.sum_us as f64 / 1e6);
+                e.sample(&format!("{metric}_count"), &labels, count);
+            }
         }
     }
 }

@@ -33,6 +33,7 @@
 
 mod cache;
 mod data;
+pub mod latency;
 mod namespace;
 pub mod props;
 pub mod scrub;
@@ -213,6 +214,9 @@ pub struct MemberCounters {
     pub read_ops: u64,
     pub write_ops: u64,
     pub errors: ErrorCounts,
+    /// How long reads and writes took.
+    pub read_latency: latency::Latency,
+    pub write_latency: latency::Latency,
 }
 
 /// A snapshot of the filesystem's state for status reports.
@@ -258,6 +262,8 @@ struct DeviceCounters {
     bytes_written: AtomicU64,
     read_ops: AtomicU64,
     write_ops: AtomicU64,
+    read_latency: latency::LatencyRecorder,
+    write_latency: latency::LatencyRecorder,
     /// Error counts, persisted at each commit (see [`ErrorCounts`]).
     errors: [AtomicU64; 4],
 }
@@ -947,6 +953,8 @@ impl Filesystem {
                 read_ops: counters.read_ops.load(Ordering::Relaxed),
                 write_ops: counters.write_ops.load(Ordering::Relaxed),
                 errors: counters.error_counts(),
+                read_latency: counters.read_latency.snapshot(),
+                write_latency: counters.write_latency.snapshot(),
             })
             .collect()
     }
@@ -1057,10 +1065,19 @@ impl Filesystem {
             .ok_or_else(|| FsError::Corrupt(format!("block on unknown {index}")))
     }
 
-    fn count_read(&self, index: DeviceIndex, bytes: usize) {
+    /// Counts the reads of one device submission that took `elapsed`, `sizes` bytes each.
+    fn count_reads(
+        &self,
+        index: DeviceIndex,
+        sizes: impl ExactSizeIterator<Item = usize>,
+        elapsed: Duration,
+    ) {
         if let Some(c) = self.counters.get(usize::from(index.0)) {
-            c.read_ops.fetch_add(1, Ordering::Relaxed);
-            c.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
+            let ops = sizes.len() as u64;
+            c.read_ops.fetch_add(ops, Ordering::Relaxed);
+            c.bytes_read
+                .fetch_add(sizes.map(|s| s as u64).sum(), Ordering::Relaxed);
+            c.read_latency.observe(elapsed, ops);
         }
     }
 
@@ -1070,10 +1087,19 @@ impl Filesystem {
         }
     }
 
-    fn count_write(&self, index: DeviceIndex, bytes: usize) {
+    /// Counts the writes of one device submission that took `elapsed`, `sizes` bytes each.
+    fn count_writes(
+        &self,
+        index: DeviceIndex,
+        sizes: impl ExactSizeIterator<Item = usize>,
+        elapsed: Duration,
+    ) {
         if let Some(c) = self.counters.get(usize::from(index.0)) {
-            c.write_ops.fetch_add(1, Ordering::Relaxed);
-            c.bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
+            let ops = sizes.len() as u64;
+            c.write_ops.fetch_add(ops, Ordering::Relaxed);
+            c.bytes_written
+                .fetch_add(sizes.map(|s| s as u64).sum(), Ordering::Relaxed);
+            c.write_latency.observe(elapsed, ops);
         }
     }
 
@@ -1154,11 +1180,10 @@ impl Filesystem {
                     buf: buf.as_mut_slice(),
                 })
                 .collect();
+            let started = Instant::now();
             match device.read_batch(&mut ops) {
                 Ok(()) => {
-                    for op in &ops {
-                        self.count_read(index, op.buf.len());
-                    }
+                    self.count_reads(index, ops.iter().map(|op| op.buf.len()), started.elapsed());
                 }
                 // Each block of the batch is retried alone below, so one bad sector costs
                 // only the blocks it holds.
@@ -1190,6 +1215,7 @@ impl Filesystem {
     /// Reads one copy of a block and verifies it; returns its stored bytes.
     fn read_copy(&self, id: u64, record: &BlockRecord, at: Location) -> FsResult<Vec<u8>> {
         let mut buf = vec![0u8; record.padded_len()];
+        let started = Instant::now();
         let read = self
             .device(at.device)?
             .read_at(at.sector * SECTOR_SIZE, &mut buf);
@@ -1197,7 +1223,7 @@ impl Filesystem {
             self.count_error(at.device, ErrorKind::Read);
             return Err(FsError::Device(err));
         }
-        self.count_read(at.device, buf.len());
+        self.count_reads(at.device, std::iter::once(buf.len()), started.elapsed());
         self.check_copy(id, record, at, &buf)?;
         buf.truncate(record.stored_len as usize);
         Ok(buf)
@@ -1263,13 +1289,14 @@ impl Filesystem {
     fn heal_copy(&self, id: u64, record: &BlockRecord, content: &[u8], at: Location) -> bool {
         let mut padded = content.to_vec();
         padded.resize(record.padded_len(), 0);
+        let started = Instant::now();
         let written = self.device(at.device).and_then(|d| {
             d.write_at(at.sector * SECTOR_SIZE, &padded)
                 .map_err(FsError::Device)
         });
         match written {
             Ok(()) => {
-                self.count_write(at.device, padded.len());
+                self.count_writes(at.device, std::iter::once(padded.len()), started.elapsed());
                 self.count_error(at.device, ErrorKind::Repaired);
                 tracing::warn!(
                     block = id,

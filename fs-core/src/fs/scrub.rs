@@ -620,22 +620,26 @@ impl Filesystem {
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for (group, buf) in groups {
+                    let started = std::time::Instant::now();
                     let result = read_runs(device.as_ref(), group, buf);
-                    if ready.send((group, &*buf, result)).is_err() {
+                    if ready
+                        .send((group, &*buf, result, started.elapsed()))
+                        .is_err()
+                    {
                         return;
                     }
                 }
             });
             let mut checked = Vec::with_capacity(copies.len());
-            for (group, buf, result) in read {
+            for (group, buf, result, elapsed) in read {
                 if let Err(err) = result {
                     tracing::warn!(device = index.0, error = %err, "scrub: batched read failed; reading those blocks one by one");
                     continue;
                 }
+                self.count_reads(index, group.iter().map(|(_, r, _)| r.padded_len()), elapsed);
                 let mut at_byte = 0;
                 for (id, record, at) in group {
                     let len = record.padded_len();
-                    self.count_read(index, len);
                     let copy = &buf[at_byte..at_byte + len];
                     checked.push(((*id, *at), self.check_copy(*id, record, *at, copy).is_ok()));
                     at_byte += len;

@@ -332,12 +332,15 @@ impl Filesystem {
             });
         }
         for (device, ops) in by_device {
+            let started = std::time::Instant::now();
             self.device(device)?
                 .write_batch(&ops)
                 .map_err(FsError::DeviceWrite)?;
-            for op in &ops {
-                self.count_write(device, op.data.len());
-            }
+            self.count_writes(
+                device,
+                ops.iter().map(|op| op.data.len()),
+                started.elapsed(),
+            );
         }
         Ok(())
     }

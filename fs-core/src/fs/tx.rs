@@ -835,13 +835,13 @@ impl Tx<'_> {
             }
         }
         for (index, ops) in by_device {
+            let started = std::time::Instant::now();
             self.fs
                 .device(index)?
                 .write_batch(&ops)
                 .map_err(FsError::DeviceWrite)?;
-            for op in &ops {
-                self.fs.count_write(index, op.data.len());
-            }
+            self.fs
+                .count_writes(index, ops.iter().map(|op| op.data.len()), started.elapsed());
         }
         Ok(())
     }
