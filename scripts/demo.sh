@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The AegisFS demo: two sparse image files stand in for an NVMe partition (2 GiB) and an HDD
-# partition (8 GiB); they are formatted as one pool, mounted, filled with sample data, and the
-# pool's status is printed. The pool stays mounted for you to explore.
+# partition (8 GiB); they are formatted as one pool, which aegisd (the daemon) mounts and
+# serves from a config file with hourly snapshots; sample data is written, and the pool's
+# status, jobs and events are printed. aegisd keeps running for you to explore.
 #
-#   scripts/demo.sh            # images and mountpoint under /var/tmp/aegis-demo
+#   scripts/demo.sh            # images, config, state and mountpoint under /var/tmp/aegis-demo
 #   AEGIS_DEMO_DIR=/somewhere scripts/demo.sh
 #
-# Unmount with: target/release/aegis umount demo
+# Stop it with: kill $(cat /var/tmp/aegis-demo/aegisd.pid)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,14 +15,24 @@ scripts/install-deps.sh
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cargo build --release --locked --quiet
 AEGIS=$PWD/target/release/aegis
+AEGISD=$PWD/target/release/aegisd
 DIR=${AEGIS_DEMO_DIR:-/var/tmp/aegis-demo}
 MNT=$DIR/mnt
+# The demo's daemon has a socket of its own, so it never meets a real aegisd.
+export AEGIS_SOCKET=$DIR/aegisd.sock
 
 mkdir -p "$MNT"
+if [[ -s $DIR/aegisd.pid ]] && kill -0 "$(cat "$DIR/aegisd.pid")" 2>/dev/null; then
+    echo "== stopping the previous demo's aegisd"
+    pid=$(cat "$DIR/aegisd.pid")
+    kill -TERM "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+fi
 if mountpoint -q "$MNT"; then
     echo "== unmounting the previous demo"
-    "$AEGIS" umount "$MNT"
+    env -u AEGIS_SOCKET "$AEGIS" umount "$MNT"
 fi
+rm -rf "$DIR/state"
 
 # Fresh images: formatting does not erase what an earlier demo left in the unused space.
 rm -f "$DIR/fast.img" "$DIR/slow.img"
@@ -35,8 +46,39 @@ echo "   encrypted with the keyfile $KEY, zstd-compressed by default"
 "$AEGIS" format --fast "$DIR/fast.img" --fast-size 2G --slow "$DIR/slow.img" --slow-size 8G \
     --label demo --keyfile "$KEY" --compression zstd --force
 
-echo "== mounting at $MNT"
-"$AEGIS" mount "$DIR/fast.img" "$DIR/slow.img" "$MNT" --keyfile "$KEY"
+echo "== starting aegisd: it mounts the pool at $MNT and serves $AEGIS_SOCKET"
+cat >"$DIR/aegis.toml" <<EOF
+# The demo's aegisd config (systemd/aegis.toml explains every setting).
+[daemon]
+socket = "$AEGIS_SOCKET"
+socket_group = ""
+state_db = "$DIR/state/aegis.db"
+
+[[pool]]
+name = "demo"
+devices = ["$DIR/fast.img", "$DIR/slow.img"]
+mountpoint = "$MNT"
+keyfile = "$KEY"
+migration = "weekly sun 03:00"
+scrub = "monthly 1 04:00"
+
+[[snapshots]]
+schedule = "hourly"
+keep = { hourly = 24, daily = 7, weekly = 4 }
+EOF
+"$AEGISD" --check-config --config "$DIR/aegis.toml"
+setsid "$AEGISD" --config "$DIR/aegis.toml" </dev/null >"$DIR/aegisd.log" 2>&1 &
+echo $! >"$DIR/aegisd.pid"
+for _ in $(seq 1 600); do
+    if "$AEGIS" status demo >/dev/null 2>&1; then
+        break
+    fi
+    sleep 0.1
+done
+if ! "$AEGIS" status demo >/dev/null; then
+    cat "$DIR/aegisd.log"
+    exit 1
+fi
 
 echo "== writing sample data (photos/ keeps two copies of every block, one per device)"
 mkdir -p "$MNT/photos/2026" "$MNT/documents" "$MNT/backups"
@@ -93,11 +135,19 @@ echo "== tiers: pin the backups to the slow tier, then migrate"
 echo "== scrub: every copy of every block and metadata page verified, online"
 "$AEGIS" scrub start demo --wait
 
-echo "== pool status"
+echo "== pool status (from aegisd)"
 "$AEGIS" status demo
 
+echo "== aegisd: scheduled jobs, what happened, the audit log, metrics"
+"$AEGIS" jobs list
+"$AEGIS" events --limit 15
+"$AEGIS" audit verify
+curl -s --unix-socket "$AEGIS_SOCKET" http://localhost/metrics | grep -E '^aegis_tier_(used|capacity)_bytes'
+
 echo
-echo "The pool is mounted at $MNT. Explore it, then unmount with:"
-echo "  $AEGIS umount demo"
-echo "Mount it again with:"
-echo "  $AEGIS mount $DIR/fast.img $DIR/slow.img $MNT --keyfile $KEY"
+echo "aegisd (pid $(cat "$DIR/aegisd.pid")) serves the pool at $MNT; its log is $DIR/aegisd.log."
+echo "Talk to it with:"
+echo "  export AEGIS_SOCKET=$AEGIS_SOCKET"
+echo "  $AEGIS status; $AEGIS jobs list; $AEGIS events --follow"
+echo "Stop it (the pool is unmounted cleanly) with:"
+echo "  kill \$(cat $DIR/aegisd.pid)"

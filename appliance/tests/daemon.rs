@@ -332,7 +332,13 @@ fn every_endpoint_answers_and_errors_are_json() {
         201
     );
     assert_eq!(daemon.json("/v1/snapshots")[0]["name"], "s1");
-    assert!(daemon.json("/v1/snapshots/s1/diff").is_array());
+    std::fs::write(daemon.mountpoint.join("docs/after"), b"written after s1").unwrap();
+    let diff = daemon.json("/v1/snapshots/s1/diff");
+    assert_eq!(diff[1]["path"], "/docs/after", "{diff}");
+    assert_eq!(diff[1]["change"], "added", "{diff}");
+    let (code, body) = daemon.send("POST", "/v1/snapshots/s1/rollback", "{}");
+    assert_eq!(code, 200, "{body}");
+    assert!(!daemon.mountpoint.join("docs/after").exists());
     assert_eq!(daemon.send("DELETE", "/v1/snapshots/s1", "").0, 200);
 
     let jobs = daemon.json("/v1/jobs");
@@ -476,6 +482,8 @@ fn the_cli_reaches_the_daemon_by_socket_name_and_mountpoint() {
     assert_eq!(history[0]["outcome"], "succeeded");
     let events = aegis_ok(&sandbox, &["events", "--kind", "scrub"]);
     assert!(events.contains("scrub:tank succeeded"), "{events}");
+    let admin = aegis_ok(&sandbox, &["events", "--kind", "admin"]);
+    assert!(admin.contains("POST /v1/snapshots → ok (201)"), "{admin}");
     let audit = aegis_ok(&sandbox, &["audit", "list"]);
     assert!(
         audit.contains("POST /v1/snapshots") && audit.contains("(uid 0)"),

@@ -199,6 +199,18 @@ fn handle(
         if let Err(err) = daemon.state.audit(&entry) {
             tracing::error!(error = %err, "cannot write the audit log");
         }
+        let pool = (target != "-").then_some(target.as_str());
+        let level = if result.is_ok() {
+            Level::Info
+        } else {
+            Level::Warning
+        };
+        daemon.event(
+            level,
+            "admin",
+            pool,
+            &format!("{}: {} → {result_text}", entry.actor, entry.action),
+        );
     }
     respond(request, result.unwrap_or_else(|f| f.response()));
 }

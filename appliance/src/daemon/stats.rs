@@ -1,7 +1,8 @@
 //! The daemon's once-a-second background work: samples every pool's I/O counters into
 //! per-tier deltas (kept in the state database, sent to live-stream subscribers), starts due
-//! jobs, folds old I/O history, and watches the conditions that raise alerts (checksum errors,
-//! a fast tier past its high watermark for long, a pool unmounted behind the daemon's back).
+//! jobs, folds old I/O history, keeps systemd's status line current, and watches the conditions
+//! that raise alerts (device errors, a fast tier past its high watermark for long, a pool
+//! unmounted behind the daemon's back).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,6 +107,7 @@ pub fn spawn_background(daemon: &Arc<Daemon>) -> anyhow::Result<Background> {
                 daemon.run_due_jobs();
                 if tick.is_multiple_of(CAPACITY_CHECK_EVERY) {
                     check_capacity(&daemon);
+                    super::notify::status(&summary(&daemon));
                 }
                 if tick.is_multiple_of(DOWNSAMPLE_EVERY) {
                     if let Err(err) = daemon.state.downsample_io(daemon.clock.now().timestamp()) {
@@ -142,7 +144,7 @@ fn sample(daemon: &Daemon) {
         }
         let fs = &mounted.service.fs;
         let counters = fs.member_counters();
-        check_checksum_errors(daemon, name, &counters);
+        check_device_errors(daemon, name, &counters);
         let previous = daemon
             .stats
             .inner()
@@ -209,24 +211,59 @@ fn report_unmounted(daemon: &Daemon, pool: &str, mountpoint: &str) {
     }
 }
 
-fn check_checksum_errors(daemon: &Daemon, pool: &str, counters: &[MemberCounters]) {
-    let errors: u64 = counters.iter().map(|c| c.errors.checksum).sum();
-    let key = format!("checksum-errors:{pool}");
-    if errors > 0 {
+/// Alerts while any member has counted read, write or checksum errors (until the counters
+/// are cleared with `aegis status --clear-errors`).
+fn check_device_errors(daemon: &Daemon, pool: &str, counters: &[MemberCounters]) {
+    let failing: Vec<String> = counters
+        .iter()
+        .filter(|c| c.errors.read + c.errors.write + c.errors.checksum > 0)
+        .map(|c| {
+            format!(
+                "device {} ({}): {} read, {} write, {} checksum error(s)",
+                c.index.0, c.tier, c.errors.read, c.errors.write, c.errors.checksum
+            )
+        })
+        .collect();
+    let key = format!("device-errors:{pool}");
+    if failing.is_empty() {
+        daemon.alerts.clear(
+            &key,
+            Some(pool),
+            &format!("the error counters of pool {pool} were cleared"),
+        );
+    } else {
         daemon.alerts.raise(
             &key,
             Some(pool),
             &format!(
-                "pool {pool} has found {errors} checksum error(s); see `aegis status` and run a scrub"
+                "pool {pool} has device errors: {}; see `aegis status`, run a scrub and check the disk",
+                failing.join("; ")
             ),
         );
-    } else {
-        daemon.alerts.clear(
-            &key,
-            Some(pool),
-            &format!("the checksum error counters of pool {pool} were cleared"),
-        );
     }
+}
+
+/// The status line systemd shows: pools served, jobs running, alerts firing.
+fn summary(daemon: &Daemon) -> String {
+    let running: Vec<&str> = daemon
+        .jobs
+        .iter()
+        .filter(|job| daemon.is_running(&job.name))
+        .map(|job| job.name.as_str())
+        .collect();
+    let mut line = format!(
+        "serving {} of {} pool(s)",
+        daemon.mounted().count(),
+        daemon.pools.len()
+    );
+    if !running.is_empty() {
+        line.push_str(&format!("; running {}", running.join(", ")));
+    }
+    let alerts = daemon.alerts.firing().len();
+    if alerts > 0 {
+        line.push_str(&format!("; {alerts} alert(s) firing"));
+    }
+    line
 }
 
 /// Alerts when a pool's fast tier stays above its high watermark longer than configured.
