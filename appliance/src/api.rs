@@ -309,8 +309,8 @@ pub struct TierStatus {
     pub high_watermark: f64,
     pub migration: Option<MigrationProgress>,
     pub last_migration: Option<MigrationEntry>,
-    /// When the next migration runs (`None`: none is scheduled; the aegisd scheduler runs
-    /// them weekly once it exists).
+    /// When the next scheduled migration runs (seconds since the epoch): set under aegisd;
+    /// `None` for a pool mounted with `aegis mount` or with `migration = "off"`.
     pub next_migration: Option<i64>,
 }
 

@@ -64,6 +64,7 @@ pub fn error_code(status: u16) -> &'static str {
         405 => "method_not_allowed",
         409 => "conflict",
         413 => "payload_too_large",
+        501 => "not_implemented",
         503 => "unavailable",
         _ => "internal",
     }
@@ -91,18 +92,19 @@ pub fn text_response(status: u16, content_type: &str, body: String) -> Response 
         .with_header(header)
 }
 
-/// The request's JSON body; an empty body reads as `{}`.
-pub fn read_json<T: for<'de> serde::Deserialize<'de>>(
-    request: &mut tiny_http::Request,
-) -> Result<T, Failure> {
+/// The request's body, refused with 413 beyond [`MAX_BODY`].
+pub fn read_body(request: &mut tiny_http::Request) -> Result<String, Failure> {
+    let too_large = || {
+        Failure::new(
+            413,
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        )
+    };
     if request
         .body_length()
         .is_some_and(|len| len as u64 > MAX_BODY)
     {
-        return Err(Failure::new(
-            413,
-            format!("the request body is larger than {MAX_BODY} bytes"),
-        ));
+        return Err(too_large());
     }
     let mut body = String::new();
     request
@@ -111,15 +113,15 @@ pub fn read_json<T: for<'de> serde::Deserialize<'de>>(
         .read_to_string(&mut body)
         .map_err(|e| Failure::bad_request(format!("cannot read the request body: {e}")))?;
     if body.len() as u64 > MAX_BODY {
-        return Err(Failure::new(
-            413,
-            format!("the request body is larger than {MAX_BODY} bytes"),
-        ));
+        return Err(too_large());
     }
-    if body.trim().is_empty() {
-        body = "{}".into();
-    }
-    serde_json::from_str(&body)
+    Ok(body)
+}
+
+/// A request body as JSON; an empty body reads as `{}`.
+pub fn parse_json<T: for<'de> serde::Deserialize<'de>>(body: &str) -> Result<T, Failure> {
+    let body = if body.trim().is_empty() { "{}" } else { body };
+    serde_json::from_str(body)
         .map_err(|e| Failure::bad_request(format!("malformed request body: {e}")))
 }
 

@@ -184,7 +184,8 @@ enum Cmd {
         target: String,
     },
     /// Set properties on a file or directory of a mounted pool; what is created in a
-    /// directory afterwards inherits them. Properties: copies=1|2.
+    /// directory afterwards inherits them. Properties: copies=1|2, tier=fast|slow|auto,
+    /// compression=off|zstd|zstd:N, snapdir=hidden|visible (the pool's root only).
     Set {
         /// A file or directory inside the mount.
         path: PathBuf,

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use crate::http::{respond, Workers};
+use crate::http::{read_body, respond, Workers};
 use crate::service::{route, MountRequest, MountedPool};
 
 /// Threads answering the control socket.
@@ -22,7 +22,9 @@ pub fn serve(request: MountRequest<'_>, announce_ready: bool) -> anyhow::Result<
             API_THREADS,
             "aegis-api",
             Arc::new(move |mut request: tiny_http::Request| {
-                let response = route(&mut request, &service).unwrap_or_else(|f| f.response());
+                let response = read_body(&mut request)
+                    .and_then(|body| route(&request, &body, &service))
+                    .unwrap_or_else(|f| f.response());
                 respond(request, response);
             }),
         ),

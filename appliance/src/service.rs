@@ -28,7 +28,7 @@ use crate::api::{
     RollbackRequest, ScrubStart, ScrubStatus, SetProperties, Snapshot, SnapshotChange,
     SnapshotCreate, SnapshotDeleted, SpaceSavings, Status, TierHeat, TierStatus, TierUsage,
 };
-use crate::http::{json_response, query_param, read_json, Failure, Reply};
+use crate::http::{json_response, parse_json, query_param, Failure, Reply};
 
 /// How to open and mount one pool.
 pub struct MountRequest<'a> {
@@ -91,6 +91,7 @@ impl MountedPool {
             invalidator: Invalidator::new(&session),
             migration: Mutex::new(None),
             policy: request.policy,
+            next_migration: Mutex::new(None),
         });
         let session = std::thread::Builder::new()
             .name("aegis-fuse".into())
@@ -240,6 +241,9 @@ pub struct PoolService {
     migration: Mutex<Option<Migration>>,
     /// The migration policy (the fast tier's watermarks) this pool was mounted with.
     policy: tiering::Policy,
+    /// When the next scheduled migration runs (seconds since the epoch), if one is scheduled:
+    /// aegisd keeps it current.
+    next_migration: Mutex<Option<i64>>,
 }
 
 /// A tier migration on its own thread.
@@ -338,7 +342,13 @@ impl PoolService {
     }
 
     /// `/v1/snapshots/{name}[/rollback|/diff]`.
-    fn snapshot_route(&self, request: &mut tiny_http::Request, rest: &str, query: &str) -> Reply {
+    fn snapshot_route(
+        &self,
+        request: &tiny_http::Request,
+        body: &str,
+        rest: &str,
+        query: &str,
+    ) -> Reply {
         use tiny_http::Method::{Delete, Get, Post};
         let (name, action) = rest.split_once('/').unwrap_or((rest, ""));
         let name = percent_encoding::percent_decode_str(name)
@@ -358,7 +368,7 @@ impl PoolService {
                 ))
             }
             (Post, "rollback") => {
-                let wanted: RollbackRequest = read_json(request)?;
+                let wanted: RollbackRequest = parse_json(body)?;
                 let report = fs
                     .snapshot_rollback(&name, wanted.force)
                     .map_err(|e| fs_error(&e))?;
@@ -397,6 +407,14 @@ impl PoolService {
         }
         let info = self.fs.snapshot_create(name).map_err(|e| fs_error(&e))?;
         Ok(api_snapshot(&info))
+    }
+
+    /// Records when the next scheduled migration runs.
+    pub fn set_next_migration(&self, at: Option<i64>) {
+        *self
+            .next_migration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = at;
     }
 
     /// Deletes a snapshot; returns the bytes it released.
@@ -479,7 +497,10 @@ impl PoolService {
             high_watermark: self.policy.high,
             migration: self.migration_progress(),
             last_migration,
-            next_migration: None,
+            next_migration: *self
+                .next_migration
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         })
     }
 
@@ -665,12 +686,17 @@ impl PoolService {
 /// The HTTP status for a filesystem error, and its message.
 fn fs_error(err: &FsError) -> (u16, String) {
     let code = match err {
-        FsError::NotFound => 404,
+        FsError::NotFound | FsError::NoSnapshot(_) => 404,
         FsError::BadProperty(_)
         | FsError::BadSnapshot(_)
         | FsError::Invalid(_)
         | FsError::NotDir => 400,
-        FsError::ReadOnly | FsError::Busy(_) | FsError::Conflict(_) => 409,
+        FsError::Access | FsError::NotPermitted => 403,
+        FsError::ReadOnly
+        | FsError::SnapshotReadOnly
+        | FsError::Busy(_)
+        | FsError::Conflict(_)
+        | FsError::Exists => 409,
         _ => 500,
     };
     (code, err.to_string())
@@ -718,8 +744,9 @@ fn api_change(change: &Change) -> SnapshotChange {
     }
 }
 
-/// Answers one request for this pool's `/v1/...` endpoints.
-pub fn route(request: &mut tiny_http::Request, api: &PoolService) -> Reply {
+/// Answers one request for this pool's `/v1/...` endpoints; `body` is the request's body,
+/// already read.
+pub fn route(request: &tiny_http::Request, body: &str, api: &PoolService) -> Reply {
     use tiny_http::Method::{Get, Post, Put};
     let fs = &api.fs;
     let url = request.url().to_owned();
@@ -741,7 +768,7 @@ pub fn route(request: &mut tiny_http::Request, api: &PoolService) -> Reply {
             Ok(json_response(200, &property_values(fs, ino)?))
         }
         (Put, "/v1/properties") => {
-            let wanted: SetProperties = read_json(request)?;
+            let wanted: SetProperties = parse_json(body)?;
             let properties = wanted
                 .properties
                 .iter()
@@ -787,7 +814,7 @@ pub fn route(request: &mut tiny_http::Request, api: &PoolService) -> Reply {
         }
         (Get, "/v1/scrub") => Ok(json_response(200, &api.scrub_status()?)),
         (Post, "/v1/scrub/start") => {
-            let start: ScrubStart = read_json(request)?;
+            let start: ScrubStart = parse_json(body)?;
             Ok(json_response(
                 200,
                 &api.start_scrub(start.rate_bytes_per_sec)?,
@@ -796,7 +823,7 @@ pub fn route(request: &mut tiny_http::Request, api: &PoolService) -> Reply {
         (Post, "/v1/scrub/cancel") => Ok(json_response(200, &api.cancel_scrub()?)),
         (Get, "/v1/tier") => Ok(json_response(200, &api.tier_status()?)),
         (Post, "/v1/tier/migrate") => {
-            let wanted: MigrateRequest = read_json(request)?;
+            let wanted: MigrateRequest = parse_json(body)?;
             api.migrate(&wanted)
         }
         (Get, "/v1/tier/migrate") => Ok(json_response(200, &api.migration_progress())),
@@ -814,17 +841,17 @@ pub fn route(request: &mut tiny_http::Request, api: &PoolService) -> Reply {
             Ok(json_response(200, &history))
         }
         (Post, "/v1/tier/pin") => {
-            let wanted: PinRequest = read_json(request)?;
+            let wanted: PinRequest = parse_json(body)?;
             Ok(json_response(200, &api.pin(&wanted)?))
         }
         (Get, "/v1/snapshots") => Ok(json_response(200, &api.snapshots()?)),
         (Post, "/v1/snapshots") => {
-            let wanted: SnapshotCreate = read_json(request)?;
+            let wanted: SnapshotCreate = parse_json(body)?;
             Ok(json_response(201, &api.create_snapshot(&wanted.name)?))
         }
         (_, path) if path.starts_with("/v1/snapshots/") => {
             let rest = path.trim_start_matches("/v1/snapshots/").to_owned();
-            api.snapshot_route(request, &rest, query)
+            api.snapshot_route(request, body, &rest, query)
         }
         (
             _,

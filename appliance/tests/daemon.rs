@@ -398,6 +398,24 @@ fn every_endpoint_answers_and_errors_are_json() {
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
+    // Each family's samples follow its TYPE line, as the text format requires.
+    let mut family = String::new();
+    let mut seen_families = std::collections::HashSet::new();
+    for line in metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            family = rest.split_whitespace().next().unwrap().to_owned();
+            assert!(seen_families.insert(family.clone()), "{family} twice");
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let base = name
+                .strip_suffix("_bucket")
+                .or_else(|| name.strip_suffix("_sum"))
+                .or_else(|| name.strip_suffix("_count"))
+                .filter(|base| *base == family)
+                .unwrap_or(name);
+            assert_eq!(base, family, "{line} outside its family");
+        }
+    }
     let writes: f64 = metrics
         .lines()
         .find_map(|l| {
@@ -483,7 +501,10 @@ fn the_cli_reaches_the_daemon_by_socket_name_and_mountpoint() {
     let events = aegis_ok(&sandbox, &["events", "--kind", "scrub"]);
     assert!(events.contains("scrub:tank succeeded"), "{events}");
     let admin = aegis_ok(&sandbox, &["events", "--kind", "admin"]);
-    assert!(admin.contains("POST /v1/snapshots → ok (201)"), "{admin}");
+    assert!(
+        admin.contains("POST /v1/snapshots {\"name\":\"before\"} → ok (201)"),
+        "{admin}"
+    );
     let audit = aegis_ok(&sandbox, &["audit", "list"]);
     assert!(
         audit.contains("POST /v1/snapshots") && audit.contains("(uid 0)"),

@@ -67,6 +67,9 @@ pub enum FsError {
     SnapshotReadOnly,
     #[error("{0}")]
     BadSnapshot(String),
+    /// No snapshot has this name.
+    #[error("no snapshot named '{0}'")]
+    NoSnapshot(String),
     /// Refused because of the pool's state (newer snapshots, open files, …).
     #[error("{0}")]
     Conflict(String),
@@ -113,6 +116,7 @@ impl FsError {
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::ReadOnly | FsError::SnapshotReadOnly => libc::EROFS,
             FsError::BadSnapshot(_) => libc::EINVAL,
+            FsError::NoSnapshot(_) => libc::ENOENT,
             FsError::Checksum { .. }
             | FsError::Corrupt(_)
             | FsError::Failed

@@ -586,9 +586,10 @@ enum SnapOp {
 /// Why the filesystem must refuse a snapshot operation (nothing changes, nothing commits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
-    /// No snapshot of that name (delete, rollback), or one exists (create).
-    BadSnapshot,
-    /// Newer snapshots without force, or a file of the live tree open (rollback).
+    /// No snapshot of that name (delete, rollback).
+    NoSnapshot,
+    /// One of that name exists (create), newer snapshots without force, or a file of the
+    /// live tree open (rollback).
     Conflict,
 }
 
@@ -604,19 +605,19 @@ impl Expected {
         match op {
             SnapOp::Create(name) => {
                 if self.position(name).is_some() {
-                    return Err(Refusal::BadSnapshot);
+                    return Err(Refusal::Conflict);
                 }
                 next.snapshots
                     .push((name.clone(), Arc::new(self.live.clone())));
                 Ok((next, Vec::new()))
             }
             SnapOp::Delete(name) => {
-                let at = self.position(name).ok_or(Refusal::BadSnapshot)?;
+                let at = self.position(name).ok_or(Refusal::NoSnapshot)?;
                 next.snapshots.remove(at);
                 Ok((next, Vec::new()))
             }
             SnapOp::Rollback { name, force } => {
-                let at = self.position(name).ok_or(Refusal::BadSnapshot)?;
+                let at = self.position(name).ok_or(Refusal::NoSnapshot)?;
                 let newer = &self.snapshots[at + 1..];
                 if (!newer.is_empty() && !force) || live_open {
                     return Err(Refusal::Conflict);
@@ -763,7 +764,7 @@ fn snapshot_step(
             }
             Some(format!("{op:?}"))
         }
-        (Err(FsError::BadSnapshot(_)), Err(Refusal::BadSnapshot))
+        (Err(FsError::NoSnapshot(_)), Err(Refusal::NoSnapshot))
         | (Err(FsError::Conflict(_)), Err(Refusal::Conflict)) => None,
         (got, want) => panic!(
             "{context}: {op:?} (open: {open:?}) gave {:?}, expected {:?}",

@@ -239,11 +239,11 @@ fn snapshot_names_are_checked() {
     fs.snapshot_create("ok-1.2_x y").unwrap();
     assert!(matches!(
         fs.snapshot_create("ok-1.2_x y"),
-        Err(FsError::BadSnapshot(message)) if message.contains("exists")
+        Err(FsError::Conflict(message)) if message.contains("exists")
     ));
     assert!(matches!(
         fs.snapshot_delete("missing"),
-        Err(FsError::BadSnapshot(_))
+        Err(FsError::NoSnapshot(name)) if name == "missing"
     ));
     assert_eq!(fs.snapshots().unwrap().len(), 1);
 }

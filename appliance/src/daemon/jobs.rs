@@ -51,7 +51,7 @@ pub fn from_config(config: &Config) -> Vec<Job> {
     let mut jobs = Vec::new();
     for pool in &config.pools {
         jobs.push(Job {
-            name: format!("migration:{}", pool.name),
+            name: migration_job(&pool.name),
             pool: pool.name.clone(),
             schedule: pool.migration.clone(),
             work: Work::Migration {
@@ -76,6 +76,11 @@ pub fn from_config(config: &Config) -> Vec<Job> {
         });
     }
     jobs
+}
+
+/// The name of a pool's migration job.
+pub fn migration_job(pool: &str) -> String {
+    format!("migration:{pool}")
 }
 
 /// How a run ended.

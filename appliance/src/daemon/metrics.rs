@@ -8,30 +8,71 @@ use std::fmt::Write;
 use super::Daemon;
 use crate::service::PoolService;
 
-/// Builds one exposition: each family's HELP and TYPE once, then its samples.
+/// Builds one exposition. Samples may be added in any order; each family's HELP, TYPE and
+/// samples come out together, as the format requires.
 struct Exposition {
-    out: String,
+    families: Vec<Family>,
+}
+
+struct Family {
+    name: String,
+    kind: &'static str,
+    help: &'static str,
+    samples: String,
 }
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    fn new() -> Self {
+        Self {
+            families: Vec::new(),
+        }
     }
 
+    fn family(&mut self, name: &str, kind: &'static str, help: &'static str) {
+        self.families.push(Family {
+            name: name.to_owned(),
+            kind,
+            help,
+            samples: String::new(),
+        });
+    }
+
+    /// A sample of the family `name` belongs to (a histogram's `_bucket`, `_sum` and
+    /// `_count` belong to the histogram).
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
+        let Some(family) = self.families.iter_mut().rev().find(|f| {
+            name == f.name
+                || (f.kind == "histogram"
+                    && name
+                        .strip_prefix(f.name.as_str())
+                        .is_some_and(|suffix| matches!(suffix, "_bucket" | "_sum" | "_count")))
+        }) else {
+            debug_assert!(false, "metric {name} has no family");
+            return;
+        };
+        let out = &mut family.samples;
+        out.push_str(name);
         if !labels.is_empty() {
-            self.out.push('{');
+            out.push('{');
             for (i, (key, value)) in labels.iter().enumerate() {
                 if i > 0 {
-                    self.out.push(',');
+                    out.push(',');
                 }
-                let _ = write!(self.out, "{key}=\"{}\"", escape(value));
+                let _ = write!(out, "{key}=\"{}\"", escape(value));
             }
-            self.out.push('}');
+            out.push('}');
         }
-        let _ = writeln!(self.out, " {value}");
+        let _ = writeln!(out, " {value}");
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for family in &self.families {
+            let _ = writeln!(out, "# HELP {} {}", family.name, family.help);
+            let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind);
+            out.push_str(&family.samples);
+        }
+        out
     }
 }
 
@@ -53,7 +94,7 @@ fn flag(value: bool) -> f64 {
 
 /// Every metric of the daemon, as of now.
 pub fn render(daemon: &Daemon) -> String {
-    let mut e = Exposition { out: String::new() };
+    let mut e = Exposition::new();
     e.family("aegis_up", "gauge", "1 while aegisd runs.");
     e.sample("aegis_up", &[("version", env!("CARGO_PKG_VERSION"))], 1.0);
     e.family(
@@ -95,7 +136,7 @@ pub fn render(daemon: &Daemon) -> String {
         &[],
         daemon.alerts.firing().len() as f64,
     );
-    e.out
+    e.render()
 }
 
 /// A metric drawn from one field: its name, help and the field.
@@ -415,12 +456,29 @@ mod tests {
 
     #[test]
     fn label_values_are_escaped() {
-        let mut e = Exposition { out: String::new() };
+        let mut e = Exposition::new();
         e.family("aegis_x", "gauge", "Help.");
         e.sample("aegis_x", &[("pool", "a\"b\\c\nd")], 1.5);
         assert_eq!(
-            e.out,
+            e.render(),
             "# HELP aegis_x Help.\n# TYPE aegis_x gauge\naegis_x{pool=\"a\\\"b\\\\c\\nd\"} 1.5\n"
+        );
+    }
+
+    #[test]
+    fn samples_are_grouped_under_their_family() {
+        let mut e = Exposition::new();
+        e.family("aegis_a", "gauge", "A.");
+        e.family("aegis_h_seconds", "histogram", "H.");
+        e.sample("aegis_a", &[("pool", "p")], 1.0);
+        e.sample("aegis_h_seconds_bucket", &[("le", "+Inf")], 2.0);
+        e.sample("aegis_a", &[("pool", "q")], 3.0);
+        e.sample("aegis_h_seconds_count", &[], 2.0);
+        assert_eq!(
+            e.render(),
+            "# HELP aegis_a A.\n# TYPE aegis_a gauge\naegis_a{pool=\"p\"} 1\naegis_a{pool=\"q\"} 3\n\
+             # HELP aegis_h_seconds H.\n# TYPE aegis_h_seconds histogram\n\
+             aegis_h_seconds_bucket{le=\"+Inf\"} 2\naegis_h_seconds_count 2\n"
         );
     }
 }

@@ -18,7 +18,8 @@ use super::state::{
 use super::{jobs, Daemon, PoolSlot};
 use crate::api::{DaemonInfo, JobInfo, PoolEntry, RunRequest, RunStarted};
 use crate::http::{
-    json_response, query_param, read_json, respond, text_response, Failure, Reply, Workers,
+    json_response, parse_json, query_param, read_body, respond, text_response, Failure, Reply,
+    Workers,
 };
 
 /// Threads answering requests (a live stream takes a thread of its own).
@@ -159,60 +160,105 @@ fn actor(request: &tiny_http::Request, origin: Origin) -> String {
     }
 }
 
+/// The longest request body the audit log keeps of an action.
+const AUDITED_BODY: usize = 256;
+
 fn handle(
     daemon: &Arc<Daemon>,
     mut request: tiny_http::Request,
     origin: Origin,
     token: Option<&str>,
 ) {
+    let url = request.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
+    let method = request.method().clone();
     if let Some(token) = token {
         if !authorized(&request, token) {
             let failure =
                 Failure::new(401, "this listener needs \"Authorization: Bearer <token>\"");
+            audit(
+                daemon,
+                &request,
+                origin,
+                &format!("{method} {path}"),
+                query,
+                &Err(failure.clone()),
+            );
             respond(request, failure.response());
             return;
         }
     }
-    let url = request.url().to_owned();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    if *request.method() == Method::Get && path == "/v1/stats/stream" {
+    if method == Method::Get && path == "/v1/stats/stream" {
         stream(daemon, request);
         return;
     }
-    let method = request.method().clone();
-    let result = route(daemon, &mut request, path, query);
-    if !matches!(method, Method::Get | Method::Head) {
-        let result_text = match &result {
-            Ok(response) => format!("ok ({})", response.status_code().0),
-            Err(failure) => format!("failed ({}): {}", failure.status, failure.message),
-        };
-        let target = query_param(query, "pool")
-            .or_else(|| single_pool(daemon))
-            .unwrap_or_else(|| "-".into());
-        let entry = NewAudit {
-            time: daemon.clock.now().timestamp(),
-            actor: &actor(&request, origin),
-            action: &format!("{method} {path}"),
-            target: &target,
-            result: &result_text,
-        };
-        if let Err(err) = daemon.state.audit(&entry) {
-            tracing::error!(error = %err, "cannot write the audit log");
+    let body = match read_body(&mut request) {
+        Ok(body) => body,
+        Err(failure) => {
+            audit(
+                daemon,
+                &request,
+                origin,
+                &format!("{method} {path}"),
+                query,
+                &Err(failure.clone()),
+            );
+            respond(request, failure.response());
+            return;
         }
-        let pool = (target != "-").then_some(target.as_str());
-        let level = if result.is_ok() {
-            Level::Info
-        } else {
-            Level::Warning
-        };
-        daemon.event(
-            level,
-            "admin",
-            pool,
-            &format!("{}: {} → {result_text}", entry.actor, entry.action),
-        );
+    };
+    let result = route(daemon, &request, &body, path, query);
+    if !matches!(method, Method::Get | Method::Head) {
+        let mut action = format!("{method} {path}");
+        if !body.trim().is_empty() {
+            let shown: String = body.trim().chars().take(AUDITED_BODY).collect();
+            action = format!("{action} {shown}");
+        }
+        audit(daemon, &request, origin, &action, query, &result);
     }
     respond(request, result.unwrap_or_else(|f| f.response()));
+}
+
+/// Appends a request that changes something (or was refused) to the audit log, and raises
+/// an `admin` event for it.
+fn audit(
+    daemon: &Daemon,
+    request: &tiny_http::Request,
+    origin: Origin,
+    action: &str,
+    query: &str,
+    result: &Result<crate::http::Response, Failure>,
+) {
+    let result_text = match result {
+        Ok(response) => format!("ok ({})", response.status_code().0),
+        Err(failure) => format!("failed ({}): {}", failure.status, failure.message),
+    };
+    let target = query_param(query, "pool")
+        .or_else(|| single_pool(daemon))
+        .unwrap_or_else(|| "-".into());
+    let actor = actor(request, origin);
+    let entry = NewAudit {
+        time: daemon.clock.now().timestamp(),
+        actor: &actor,
+        action,
+        target: &target,
+        result: &result_text,
+    };
+    if let Err(err) = daemon.state.audit(&entry) {
+        tracing::error!(error = %err, "cannot write the audit log");
+    }
+    let pool = (target != "-").then_some(target.as_str());
+    let level = if result.is_ok() {
+        Level::Info
+    } else {
+        Level::Warning
+    };
+    daemon.event(
+        level,
+        "admin",
+        pool,
+        &format!("{actor}: {action} → {result_text}"),
+    );
 }
 
 /// The pool's name while the daemon has exactly one.
@@ -236,7 +282,13 @@ fn internal(err: impl std::fmt::Display) -> Failure {
     Failure::new(500, err.to_string())
 }
 
-fn route(daemon: &Arc<Daemon>, request: &mut tiny_http::Request, path: &str, query: &str) -> Reply {
+fn route(
+    daemon: &Arc<Daemon>,
+    request: &tiny_http::Request,
+    body: &str,
+    path: &str,
+    query: &str,
+) -> Reply {
     use Method::{Get, Post};
     match (request.method(), path) {
         (Get, "/metrics") => Ok(text_response(
@@ -265,12 +317,12 @@ fn route(daemon: &Arc<Daemon>, request: &mut tiny_http::Request, path: &str, que
                     return Err(Failure::new(404, format!("no job named '{job}'")));
                 }
             }
-            let limit = number(query, "limit")?.unwrap_or(50).min(MAX_LIST);
+            let limit = number(query, "limit")?.unwrap_or(50).clamp(1, MAX_LIST);
             let runs: Vec<JobRun> = daemon.state.runs(job.as_deref(), limit).map_err(internal)?;
             Ok(json_response(200, &runs))
         }
         (Post, "/v1/jobs/run") => {
-            let wanted: RunRequest = read_json(request)?;
+            let wanted: RunRequest = parse_json(body)?;
             let job = daemon.job(&wanted.job).ok_or_else(|| {
                 Failure::new(
                     404,
@@ -305,7 +357,7 @@ fn route(daemon: &Arc<Daemon>, request: &mut tiny_http::Request, path: &str, que
             Ok(json_response(200, &events))
         }
         (Get, "/v1/audit") => {
-            let limit = number(query, "limit")?.unwrap_or(100).min(MAX_LIST);
+            let limit = number(query, "limit")?.unwrap_or(100).clamp(1, MAX_LIST);
             let entries: Vec<AuditEntry> = daemon.state.audit_entries(limit).map_err(internal)?;
             Ok(json_response(200, &entries))
         }
@@ -319,6 +371,12 @@ fn route(daemon: &Arc<Daemon>, request: &mut tiny_http::Request, path: &str, que
             let pool = query_param(query, "pool")
                 .or_else(|| single_pool(daemon))
                 .ok_or_else(|| Failure::bad_request("give ?pool=NAME"))?;
+            if !daemon.pools.contains_key(&pool) {
+                return Err(Failure::new(
+                    404,
+                    format!("aegisd serves no pool named '{pool}'"),
+                ));
+            }
             let now = daemon.clock.now().timestamp();
             let since = number(query, "since")?.unwrap_or(now - 3600);
             let until = number(query, "until")?.unwrap_or(now);
@@ -336,7 +394,7 @@ fn route(daemon: &Arc<Daemon>, request: &mut tiny_http::Request, path: &str, que
             _,
             "/metrics" | "/v1/daemon" | "/v1/pools" | "/v1/jobs" | "/v1/jobs/history"
             | "/v1/jobs/run" | "/v1/events" | "/v1/audit" | "/v1/audit/verify" | "/v1/alerts"
-            | "/v1/stats" | "/v1/stats/history",
+            | "/v1/stats" | "/v1/stats/history" | "/v1/stats/stream",
         ) => Err(Failure::new(405, "method not allowed")),
         (_, path) if path.starts_with("/v1/") => {
             let pool = match query_param(query, "pool") {
@@ -350,7 +408,7 @@ fn route(daemon: &Arc<Daemon>, request: &mut tiny_http::Request, path: &str, que
                 })?,
             };
             let service = daemon.service(&pool)?;
-            crate::service::route(request, &service)
+            crate::service::route(request, body, &service)
         }
         _ => Err(Failure::new(404, format!("no such endpoint: {path}"))),
     }

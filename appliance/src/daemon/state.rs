@@ -386,7 +386,9 @@ pub struct EventFilter {
     pub kind: Option<String>,
     /// Only events about this pool.
     pub pool: Option<String>,
-    /// At most this many (the newest matching); 0 means no limit.
+    /// At most this many; 0 means no limit. Without `after_id` these are the newest matching
+    /// events; with it, the first ones after that id (so a reader following the log by its
+    /// last id never skips any).
     pub limit: usize,
 }
 
@@ -657,19 +659,25 @@ impl StateDb {
         })
     }
 
-    /// The newest `filter.limit` matching events, oldest first (so a tail reads naturally).
+    /// Matching events, oldest first: the newest `filter.limit`, or with `after_id` the first
+    /// `filter.limit` after it.
     pub fn events(&self, filter: &EventFilter) -> Result<Vec<Event>, StateError> {
         let limit = match filter.limit {
             0 => -1, // SQLite: a negative LIMIT means no limit
             limit => sql_limit(limit),
         };
+        let newest_first = if filter.after_id.is_some() {
+            ""
+        } else {
+            "DESC"
+        };
         self.with_conn(|conn| {
-            let mut statement = conn.prepare_cached(
+            let mut statement = conn.prepare_cached(&format!(
                 "SELECT * FROM (SELECT id, time, level, kind, pool, message FROM events \
                  WHERE (?1 IS NULL OR id > ?1) AND (?2 IS NULL OR level >= ?2) \
                  AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR pool = ?4) \
-                 ORDER BY id DESC LIMIT ?5) ORDER BY id",
-            )?;
+                 ORDER BY id {newest_first} LIMIT ?5) ORDER BY id"
+            ))?;
             let params = params![
                 filter.after_id,
                 filter.min_level,
@@ -1312,7 +1320,15 @@ mod tests {
             kind: None,
             limit: 1,
         };
-        assert_eq!(ids(filter), [3]);
+        assert_eq!(ids(filter), [2], "after an id: the first match after it");
+        assert_eq!(
+            ids(EventFilter {
+                after_id: Some(2),
+                limit: 3,
+                ..Default::default()
+            }),
+            [3, 4, 5]
+        );
         let stored = &db.events(&EventFilter::default()).unwrap()[2];
         assert_eq!(
             (stored.level, stored.kind.as_str()),

@@ -105,6 +105,10 @@ pub fn spawn_background(daemon: &Arc<Daemon>) -> anyhow::Result<Background> {
                 next += Duration::from_secs(1);
                 sample(&daemon);
                 daemon.run_due_jobs();
+                for (name, pool) in daemon.mounted() {
+                    let next = daemon.next_run(&super::jobs::migration_job(name));
+                    pool.service.set_next_migration(next.map(|t| t.timestamp()));
+                }
                 if tick.is_multiple_of(CAPACITY_CHECK_EVERY) {
                     check_capacity(&daemon);
                     super::notify::status(&summary(&daemon));
@@ -170,7 +174,8 @@ fn sample(daemon: &Daemon) {
             entry.write_ops += now_c.write_ops.saturating_sub(before.write_ops);
         }
         rows.extend(tiers.iter().map(|t| IoSample {
-            time: now,
+            // The second that ended now.
+            time: now - 1,
             seconds: 1,
             pool: name.clone(),
             tier: t.tier.clone(),

@@ -125,7 +125,7 @@ impl Tx<'_> {
             .iter()
             .find(|(_, record)| record.name == name)
             .map(|(epoch, _)| *epoch)
-            .ok_or_else(|| FsError::BadSnapshot(format!("no snapshot named '{name}'")))
+            .ok_or_else(|| FsError::NoSnapshot(name.to_owned()))
     }
 
     /// The root directory of the snapshot listed as `name` in `/.snapshots`.
@@ -518,7 +518,7 @@ impl Filesystem {
         let state = &mut *guard;
         let info = self.run_locked(state, |tx| {
             if tx.book.snapshots.values().any(|s| s.name == name) {
-                return Err(FsError::BadSnapshot(format!(
+                return Err(FsError::Conflict(format!(
                     "a snapshot named '{name}' exists"
                 )));
             }
