@@ -588,31 +588,11 @@ fn mount_detached(
     bail!("mount failed: {reason} (log: {})", log.display());
 }
 
-/// Removes the mount left behind by a serving process that died: the kernel answers every
-/// access to it with ENOTCONN until it is unmounted.
-fn remove_stale_mount(target: &str) -> anyhow::Result<bool> {
-    let path = std::path::absolute(target)?;
-    let stale =
-        std::fs::metadata(&path).is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
-    if !stale || !service::is_mountpoint(&path) {
-        return Ok(false);
-    }
-    let result = Command::new("umount")
-        .arg("-l")
-        .arg(&path)
-        .status()
-        .context("cannot run umount")?;
-    if !result.success() {
-        bail!("cannot remove the stale mount at {}", path.display());
-    }
-    Ok(true)
-}
-
 fn umount_cmd(target: &str) -> anyhow::Result<()> {
     let (endpoint, status) = match client::find_pool(target) {
         Ok(found) => found,
         Err(err) => {
-            if remove_stale_mount(target)? {
+            if service::remove_stale_mount(Path::new(target))? {
                 println!(
                     "the serving process of {target} had exited; removed its stale mount. The \
                      pool holds everything up to its last commit: mount it again."
@@ -1620,7 +1600,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 keys::secret_for(&paths, &key)?
             };
-            if remove_stale_mount(&mountpoint.to_string_lossy())? {
+            if service::remove_stale_mount(&mountpoint)? {
                 tracing::warn!(
                     mountpoint = %mountpoint.display(),
                     "removed the stale mount of a serving process that had exited"

@@ -30,6 +30,26 @@ use crate::api::{
 };
 use crate::http::{json_response, parse_json, query_param, Failure, Reply};
 
+/// Removes the mount a serving process (or aegisd) left behind when it died: the kernel
+/// answers every access to it with ENOTCONN until it is unmounted. Whether there was one.
+pub fn remove_stale_mount(path: &Path) -> anyhow::Result<bool> {
+    let path = std::path::absolute(path)?;
+    let stale =
+        std::fs::metadata(&path).is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN));
+    if !stale || !is_mountpoint(&path) {
+        return Ok(false);
+    }
+    let result = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&path)
+        .status()
+        .context("cannot run umount")?;
+    if !result.success() {
+        bail!("cannot remove the stale mount at {}", path.display());
+    }
+    Ok(true)
+}
+
 /// How to open and mount one pool.
 pub struct MountRequest<'a> {
     /// The name the API knows the pool by: the config's name under aegisd, else its label.

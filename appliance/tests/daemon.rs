@@ -703,3 +703,34 @@ fn a_thousand_requests_from_eight_clients_while_fio_writes() {
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn after_sigkill_the_next_start_replaces_the_dead_mount_and_keeps_synced_data() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let mut daemon = Daemon::start(&sandbox, &config, &[]);
+    let synced = pattern(11, 2 << 20);
+    {
+        let mut file = std::fs::File::create(daemon.mountpoint.join("synced")).unwrap();
+        file.write_all(&synced).unwrap();
+        file.sync_all().unwrap();
+    }
+    std::fs::write(
+        daemon.mountpoint.join("unsynced"),
+        b"may or may not survive",
+    )
+    .unwrap();
+    let mut child = daemon.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The kernel keeps the dead FUSE mount: every access fails until it is removed.
+    assert!(is_mounted(&daemon.mountpoint));
+
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    assert_eq!(
+        std::fs::read(daemon.mountpoint.join("synced")).unwrap(),
+        synced
+    );
+    assert_eq!(common::mount_count(&daemon.mountpoint), 1);
+    assert_eq!(daemon.json("/v1/fsck")["clean"], true);
+}

@@ -345,6 +345,12 @@ impl Daemon {
 
 /// Opens and mounts one pool of the config.
 fn mount(pool: &PoolConfig) -> anyhow::Result<MountedPool> {
+    if crate::service::remove_stale_mount(&pool.mountpoint)? {
+        tracing::warn!(
+            mountpoint = %pool.mountpoint.display(),
+            "removed the dead mount a crashed aegisd left; the pool holds everything up to its last commit"
+        );
+    }
     std::fs::create_dir_all(&pool.mountpoint)
         .with_context(|| format!("cannot create mountpoint {}", pool.mountpoint.display()))?;
     let key = crate::keys::KeyArgs {
