@@ -1251,7 +1251,23 @@ fn print_properties(values: &[api::PropertyValue]) {
 /// `aegis status` without a pool: every live pool.
 fn status_all(clear_errors: bool, json: bool) -> anyhow::Result<()> {
     let pools = client::live_pools();
-    if pools.is_empty() {
+    // Pools aegisd could not mount, with the reason.
+    let unmounted: Vec<api::PoolEntry> = client::Endpoint::daemon()
+        .get::<Vec<api::PoolEntry>>("/v1/pools")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| !entry.mounted)
+        .collect();
+    if !json {
+        for entry in &unmounted {
+            println!(
+                "pool      {}: NOT MOUNTED: {}\n",
+                entry.name,
+                entry.error.as_deref().unwrap_or("unknown reason")
+            );
+        }
+    }
+    if pools.is_empty() && unmounted.is_empty() {
         bail!(
             "no mounted AegisFS pool: aegisd is not answering at {} and no pool was mounted with `aegis mount`",
             client::daemon_socket().display()

@@ -576,6 +576,12 @@ fn a_pool_that_cannot_be_mounted_is_reported_and_the_daemon_serves_on() {
     assert_eq!(code, 400, "several pools need ?pool=: {body}");
     let alerts = daemon.json("/v1/alerts");
     assert_eq!(alerts[0]["alert"], "pool-unavailable:gone");
+    let status = aegis_ok(&sandbox, &["status"]);
+    assert!(
+        status.contains("pool      gone: NOT MOUNTED: pool gone"),
+        "{status}"
+    );
+    assert!(status.contains("pool      tank ("), "{status}");
     let events = daemon.json("/v1/events?level=error");
     assert!(
         events.to_string().contains("cannot mount pool gone"),
