@@ -105,15 +105,7 @@ impl Drop for Daemon {
         if self.child.is_some() {
             let _ = self.stop();
         }
-        for _ in 0..8 {
-            if !is_mounted(&self.mountpoint) {
-                break;
-            }
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
+        common::unmount_whatever_is_left(&self.mountpoint);
     }
 }
 

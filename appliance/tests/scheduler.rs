@@ -13,7 +13,7 @@ use appliance::daemon::config::Config;
 use appliance::daemon::state::RunOutcome;
 use appliance::daemon::{Daemon, ManualClock};
 use chrono::{DateTime, Local, TimeZone, Utc};
-use common::{is_mounted, pattern, Sandbox};
+use common::{pattern, Sandbox};
 
 /// Shuts the daemon down (unmounting its pool) even when the test fails.
 struct Running {
@@ -67,15 +67,7 @@ impl Drop for Running {
         if let Some(daemon) = self.daemon.take() {
             let _ = daemon.shutdown();
         }
-        for _ in 0..8 {
-            if !is_mounted(&self.mountpoint) {
-                break;
-            }
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
+        common::unmount_whatever_is_left(&self.mountpoint);
     }
 }
 

@@ -172,38 +172,24 @@ fn handle(
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let method = request.method().clone();
-    if let Some(token) = token {
-        if !authorized(&request, token) {
-            let failure =
-                Failure::new(401, "this listener needs \"Authorization: Bearer <token>\"");
-            audit(
-                daemon,
-                &request,
-                origin,
-                &format!("{method} {path}"),
-                query,
-                &Err(failure.clone()),
-            );
-            respond(request, failure.response());
-            return;
-        }
-    }
-    if method == Method::Get && path == "/v1/stats/stream" {
+    let allowed = match token {
+        Some(token) if !authorized(&request, token) => Err(Failure::new(
+            401,
+            "this listener needs \"Authorization: Bearer <token>\"",
+        )),
+        _ => Ok(()),
+    };
+    if allowed.is_ok() && method == Method::Get && path == "/v1/stats/stream" {
         stream(daemon, request);
         return;
     }
-    let body = match read_body(&mut request) {
+    let body = match allowed.and_then(|()| read_body(&mut request)) {
         Ok(body) => body,
         Err(failure) => {
-            audit(
-                daemon,
-                &request,
-                origin,
-                &format!("{method} {path}"),
-                query,
-                &Err(failure.clone()),
-            );
-            respond(request, failure.response());
+            let response = failure.response();
+            let action = format!("{method} {path}");
+            audit(daemon, &request, origin, &action, query, &Err(failure));
+            respond(request, response);
             return;
         }
     };

@@ -155,6 +155,17 @@ pub fn is_mounted(path: &Path) -> bool {
     mount_count(path) > 0
 }
 
+/// Lazily unmounts every mount left on `path`, dead mounts stacked under a live one included
+/// (the last resort of the guards that undo a test's mounts).
+pub fn unmount_whatever_is_left(path: &Path) {
+    for _ in 0..8 {
+        if !is_mounted(path) {
+            break;
+        }
+        let _ = Command::new("umount").arg("-l").arg(path).status();
+    }
+}
+
 /// Unmounts on drop, even when the test failed half-way.
 pub struct MountGuard<'a> {
     sandbox: &'a Sandbox,
@@ -187,16 +198,7 @@ impl Drop for MountGuard<'_> {
                 .sandbox
                 .aegis(&["umount", self.mountpoint.to_str().unwrap()]);
         }
-        // Whatever is left, dead mounts stacked under a live one included.
-        for _ in 0..8 {
-            if !is_mounted(&self.mountpoint) {
-                break;
-            }
-            let _ = Command::new("umount")
-                .arg("-l")
-                .arg(&self.mountpoint)
-                .status();
-        }
+        unmount_whatever_is_left(&self.mountpoint);
     }
 }
 
