@@ -15,7 +15,7 @@ set -euo pipefail
 
 readonly APT_PACKAGES=(
     fuse3 libfuse3-dev pkg-config e2fsprogs rsync tmux util-linux
-    fio python3 shellcheck systemd curl
+    fio python3 shellcheck systemd curl rclone
 )
 # Versions verified with `cargo info` and used to validate the harness.
 readonly PJDFSTEST_VERSION=0.2.2

@@ -59,7 +59,7 @@ pub struct EventsArgs {
     /// Only events at least this serious: info, warning, error.
     #[arg(long)]
     level: Option<String>,
-    /// Only events of this kind (daemon, pool, snapshot, migration, scrub, schedule).
+    /// Only events of this kind (daemon, pool, admin, snapshot, migration, scrub, schedule).
     #[arg(long)]
     kind: Option<String>,
     /// Only events of this pool.

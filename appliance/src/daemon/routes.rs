@@ -172,6 +172,9 @@ fn handle(
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let method = request.method().clone();
+    // Reads change nothing: only requests that would are audited (a scraper with a wrong
+    // token must not flood the audit log, which is never pruned).
+    let changes = !matches!(method, Method::Get | Method::Head);
     let allowed = match token {
         Some(token) if !authorized(&request, token) => Err(Failure::new(
             401,
@@ -187,14 +190,18 @@ fn handle(
         Ok(body) => body,
         Err(failure) => {
             let response = failure.response();
-            let action = format!("{method} {path}");
-            audit(daemon, &request, origin, &action, query, &Err(failure));
+            if changes {
+                let action = format!("{method} {path}");
+                audit(daemon, &request, origin, &action, query, &Err(failure));
+            } else {
+                tracing::warn!(status = failure.status, %path, "refused a request: {}", failure.message);
+            }
             respond(request, response);
             return;
         }
     };
     let result = route(daemon, &request, &body, path, query);
-    if !matches!(method, Method::Get | Method::Head) {
+    if changes {
         let mut action = format!("{method} {path}");
         if !body.trim().is_empty() {
             let shown: String = body.trim().chars().take(AUDITED_BODY).collect();
