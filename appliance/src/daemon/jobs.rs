@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::config::{Config, SnapshotTask};
 use super::schedule::{self, Schedule, Zone};
-use super::state::{Level, RunId, RunOutcome};
+use super::state::{Level, RunEnd, RunId, RunOutcome};
 use super::Daemon;
 use crate::api::MigrateRequest;
 use crate::http::Failure;
@@ -87,8 +87,10 @@ pub fn migration_job(pool: &str) -> String {
 struct Ended {
     outcome: RunOutcome,
     bytes: u64,
+    files: u64,
     error: Option<String>,
     detail: Option<String>,
+    log_tail: Option<String>,
 }
 
 impl Ended {
@@ -96,8 +98,23 @@ impl Ended {
         Self {
             outcome: RunOutcome::Failed,
             bytes: 0,
+            files: 0,
             error: Some(error.into()),
             detail: None,
+            log_tail: None,
+        }
+    }
+
+    /// The record of this end at `finished`.
+    fn at(&self, finished: i64) -> RunEnd<'_> {
+        RunEnd {
+            finished,
+            outcome: self.outcome,
+            bytes: self.bytes,
+            files: self.files,
+            error: self.error.as_deref(),
+            detail: self.detail.as_deref(),
+            log_tail: self.log_tail.as_deref(),
         }
     }
 }
@@ -140,14 +157,8 @@ pub fn start(
         .spawn(move || run(&daemon_for_thread, &job_for_thread, id));
     if let Err(err) = spawned {
         daemon.running_jobs().remove(&job.name);
-        let _ = daemon.state.run_finished(
-            id,
-            now.timestamp(),
-            RunOutcome::Failed,
-            0,
-            Some(&format!("cannot start a thread: {err}")),
-            None,
-        );
+        let ended = Ended::failed(format!("cannot start a thread: {err}"));
+        let _ = daemon.state.run_finished(id, &ended.at(now.timestamp()));
         return Err(Failure::new(
             500,
             format!("cannot start {}: {err}", job.name),
@@ -167,14 +178,7 @@ fn run(daemon: &Arc<Daemon>, job: &Job, id: RunId) {
         Err(failure) => Ended::failed(failure.message),
     };
     let finished = daemon.clock.now().timestamp();
-    if let Err(err) = daemon.state.run_finished(
-        id,
-        finished,
-        ended.outcome,
-        ended.bytes,
-        ended.error.as_deref(),
-        ended.detail.as_deref(),
-    ) {
+    if let Err(err) = daemon.state.run_finished(id, &ended.at(finished)) {
         tracing::error!(job = %job.name, error = %err, "cannot record the end of a run");
     }
     daemon.running_jobs().remove(&job.name);
@@ -241,6 +245,8 @@ fn snapshot(daemon: &Daemon, service: &PoolService, task: &SnapshotTask) -> Ende
         format!("created {name}; deleted {}", deleted.join(", "))
     };
     Ended {
+        files: 0,
+        log_tail: None,
         outcome: RunOutcome::Succeeded,
         bytes: released,
         error: None,
@@ -290,6 +296,8 @@ fn migration(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended
                 _ => (RunOutcome::Failed, Some(outcome.clone())),
             };
             return Ended {
+                files: 0,
+                log_tail: None,
                 outcome,
                 bytes: progress.counts.moved_bytes(),
                 error,
@@ -339,6 +347,8 @@ fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
                 (RunOutcome::Succeeded, None)
             };
             return Ended {
+                files: 0,
+                log_tail: None,
                 outcome,
                 bytes: status.bytes_checked,
                 error,
@@ -348,6 +358,8 @@ fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
         if daemon.is_stopping() {
             // The stored progress lets the scrub resume at the next mount.
             return Ended {
+                files: 0,
+                log_tail: None,
                 outcome: RunOutcome::Interrupted,
                 bytes: status.bytes_checked,
                 error: None,

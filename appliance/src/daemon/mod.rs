@@ -283,14 +283,16 @@ impl Daemon {
                     Some(due.occurrence.timestamp()),
                 );
                 if let Ok(id) = started {
-                    let _ = self.state.run_finished(
-                        id,
-                        now.timestamp(),
-                        state::RunOutcome::Skipped,
-                        0,
-                        None,
-                        Some("the previous run was still going"),
-                    );
+                    let end = state::RunEnd {
+                        finished: now.timestamp(),
+                        outcome: state::RunOutcome::Skipped,
+                        bytes: 0,
+                        files: 0,
+                        error: None,
+                        detail: Some("the previous run was still going"),
+                        log_tail: None,
+                    };
+                    let _ = self.state.run_finished(id, &end);
                 }
                 self.event(
                     Level::Warning,

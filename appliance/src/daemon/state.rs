@@ -15,7 +15,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, ToSql, Tra
 use tracing::{debug, info, warn};
 
 /// Schema migrations; the batch at index `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE job_runs (
     id            INTEGER PRIMARY KEY,
     job           TEXT    NOT NULL,
@@ -65,7 +66,12 @@ CREATE TABLE io_minutes (
     PRIMARY KEY (pool, time, tier)
 ) WITHOUT ROWID;
 CREATE INDEX io_minutes_by_time ON io_minutes (time);
-"#];
+"#,
+    r#"
+ALTER TABLE job_runs ADD COLUMN files INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE job_runs ADD COLUMN log_tail TEXT;
+"#,
+];
 
 /// The schema version this build migrates to.
 const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -332,6 +338,30 @@ pub struct JobRun {
     pub error: Option<String>,
     /// Free-form detail (e.g. the snapshot name).
     pub detail: Option<String>,
+    /// Files the run handled (backups).
+    #[serde(default)]
+    pub files: u64,
+    /// The last lines of the tool's output (backups).
+    #[serde(default)]
+    pub log_tail: Option<String>,
+}
+
+/// How a run ended, for [`StateDb::run_finished`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunEnd<'a> {
+    /// End time (unix seconds).
+    pub finished: i64,
+    pub outcome: RunOutcome,
+    /// Bytes the run processed.
+    pub bytes: u64,
+    /// Files the run handled.
+    pub files: u64,
+    /// Why it failed.
+    pub error: Option<&'a str>,
+    /// What it did.
+    pub detail: Option<&'a str>,
+    /// The last lines of the tool's output.
+    pub log_tail: Option<&'a str>,
 }
 
 /// The scheduler's bookkeeping for one job.
@@ -529,28 +559,22 @@ impl StateDb {
     }
 
     /// Records the end of a run; fails with [`StateError::Invalid`] unless the run is in progress.
-    pub fn run_finished(
-        &self,
-        id: RunId,
-        finished: i64,
-        outcome: RunOutcome,
-        bytes: u64,
-        error: Option<&str>,
-        detail: Option<&str>,
-    ) -> Result<(), StateError> {
+    pub fn run_finished(&self, id: RunId, end: &RunEnd<'_>) -> Result<(), StateError> {
         self.with_conn(|conn| {
             let updated = conn
                 .prepare_cached(
                     "UPDATE job_runs SET finished = ?2, outcome = ?3, bytes = ?4, error = ?5, \
-                     detail = ?6 WHERE id = ?1 AND finished IS NULL",
+                     detail = ?6, files = ?7, log_tail = ?8 WHERE id = ?1 AND finished IS NULL",
                 )?
                 .execute(params![
                     id,
-                    finished,
-                    outcome,
-                    sql_u64(bytes)?,
-                    error,
-                    detail
+                    end.finished,
+                    end.outcome,
+                    sql_u64(end.bytes)?,
+                    end.error,
+                    end.detail,
+                    sql_u64(end.files)?,
+                    end.log_tail
                 ])?;
             match updated {
                 0 => Err(Fault::Invalid(format!(
@@ -566,7 +590,8 @@ impl StateDb {
         self.with_conn(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT id, job, kind, started, scheduled_for, finished, outcome, bytes, error, \
-                 detail FROM job_runs WHERE ?1 IS NULL OR job = ?1 ORDER BY id DESC LIMIT ?2",
+                 detail, files, log_tail FROM job_runs WHERE ?1 IS NULL OR job = ?1 \
+                 ORDER BY id DESC LIMIT ?2",
             )?;
             let runs = statement.query_map(params![job, sql_limit(limit)], job_run_from_row)?;
             Ok(runs.collect::<rusqlite::Result<_>>()?)
@@ -1003,6 +1028,8 @@ fn job_run_from_row(row: &Row<'_>) -> rusqlite::Result<JobRun> {
         bytes: get_u64(row, 7)?,
         error: row.get(8)?,
         detail: row.get(9)?,
+        files: get_u64(row, 10)?,
+        log_tail: row.get(11)?,
     })
 }
 
@@ -1117,7 +1144,7 @@ mod tests {
                 error,
                 StateError::TooNew {
                     found: 99,
-                    supported: 1,
+                    supported: 2,
                     ..
                 }
             ),
@@ -1139,6 +1166,38 @@ mod tests {
         assert!(matches!(error, StateError::Damaged { .. }), "{error}");
     }
 
+    /// An end with nothing but its time and outcome.
+    fn ended(finished: i64, outcome: RunOutcome) -> RunEnd<'static> {
+        RunEnd {
+            finished,
+            outcome,
+            bytes: 0,
+            files: 0,
+            error: None,
+            detail: None,
+            log_tail: None,
+        }
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_backup_columns_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aegis.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "INSERT INTO job_runs (job, kind, started, finished, outcome, bytes) \
+                 VALUES ('scrub:tank', 'scrub', 1, 2, 'succeeded', 7); PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 2);
+        let run = db.last_run("scrub:tank").unwrap().unwrap();
+        assert_eq!((run.bytes, run.files, run.log_tail), (7, 0, None));
+    }
+
     #[test]
     fn job_runs_lifecycle() {
         let db = memory_db();
@@ -1151,15 +1210,19 @@ mod tests {
             .unwrap();
         db.run_finished(
             first,
-            150,
-            RunOutcome::Succeeded,
-            4096,
-            None,
-            Some("tank@n1"),
+            &RunEnd {
+                finished: 150,
+                outcome: RunOutcome::Succeeded,
+                bytes: 4096,
+                files: 12,
+                error: None,
+                detail: Some("tank@n1"),
+                log_tail: Some("sent 4096 bytes"),
+            },
         )
         .unwrap();
         for id in [first, 999] {
-            let again = db.run_finished(id, 160, RunOutcome::Failed, 0, Some("x"), None);
+            let again = db.run_finished(id, &ended(160, RunOutcome::Failed));
             assert!(matches!(again, Err(StateError::Invalid { .. })));
         }
         let ids = |job, limit| -> Vec<RunId> {
@@ -1180,6 +1243,10 @@ mod tests {
         assert_eq!(
             (done.bytes, done.detail.as_deref()),
             (4096, Some("tank@n1"))
+        );
+        assert_eq!(
+            (done.files, done.log_tail.as_deref()),
+            (12, Some("sent 4096 bytes"))
         );
         assert_eq!(
             (done.scheduled_for, done.error.as_deref()),
@@ -1214,8 +1281,7 @@ mod tests {
         assert!("fatal".parse::<Level>().is_err());
         let db = memory_db();
         let id = db.run_started("nightly", "snapshot", 1, None).unwrap();
-        db.run_finished(id, 2, RunOutcome::Skipped, 0, None, None)
-            .unwrap();
+        db.run_finished(id, &ended(2, RunOutcome::Skipped)).unwrap();
         tamper(&db, "UPDATE job_runs SET outcome = 'exploded'");
         assert!(matches!(db.runs(None, 1), Err(StateError::Damaged { .. })));
     }
