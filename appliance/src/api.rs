@@ -499,3 +499,40 @@ pub struct RunStarted {
     pub job: String,
     pub run: i64,
 }
+
+pub use crate::daemon::backups::BackupProgress;
+pub use backup::run::RunReport as BackupReport;
+pub use backup::verify::VerifyReport;
+
+/// A backup job as `GET /v1/backups` lists it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackupInfo {
+    pub name: String,
+    pub pool: String,
+    /// `rsync` or `rclone`.
+    pub engine: String,
+    /// The path inside the pool it copies.
+    pub source: String,
+    pub destination: String,
+    /// `sync` or `copy`.
+    pub mode: String,
+    /// The schedule as written, or none for a backup that runs only on request.
+    pub schedule: Option<String>,
+    pub keep_versions: u32,
+    /// Seconds since the epoch.
+    pub next_run: Option<i64>,
+    pub running: bool,
+    /// What the running backup is doing.
+    pub progress: Option<BackupProgress>,
+    pub last_run: Option<JobRun>,
+}
+
+/// `POST /v1/backups/run`, `/v1/backups/verify` and `/v1/backups/cancel`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupRequest {
+    pub name: String,
+    /// `run` only: report what would transfer, change nothing.
+    pub dry_run: bool,
+}

@@ -1,5 +1,5 @@
-//! `aegis jobs`, `aegis events` and `aegis audit`: the commands that talk to aegisd itself
-//! rather than to one pool.
+//! `aegis jobs`, `aegis events`, `aegis audit` and `aegis backup`: the commands that talk to
+//! aegisd itself rather than to one pool.
 
 use std::time::Duration;
 
@@ -285,4 +285,307 @@ pub fn audit(action: AuditCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// Every backup job: engine, source, destination, schedule, last result.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One backup (or all): running now with its progress, next run, last result.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Past runs, newest first: start, duration, bytes, files, result.
+    History {
+        name: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a backup now (from a fresh snapshot) and follow its progress.
+    Run {
+        name: String,
+        /// Only show what would transfer; change nothing at the destination.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start it and return at once.
+        #[arg(long, conflicts_with = "dry_run")]
+        detach: bool,
+        /// Show the engine's last output lines when the run ends.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Compare the destination with the snapshot the last completed run copied.
+    Verify {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a running backup (its version is discarded).
+    Cancel { name: String },
+}
+
+fn backup_request(name: &str, dry_run: bool) -> api::BackupRequest {
+    api::BackupRequest {
+        name: name.to_owned(),
+        dry_run,
+    }
+}
+
+fn progress_line(progress: &api::BackupProgress) -> String {
+    let mut line = format!("{}: {}", progress.phase, crate::human(progress.bytes_done));
+    if let Some(total) = progress.bytes_total {
+        line.push_str(&format!(" of {}", crate::human(total)));
+    }
+    line.push_str(&format!(", {} files", progress.files_done));
+    if let Some(total) = progress.files_total {
+        line.push_str(&format!(" of {total}"));
+    }
+    line.push_str(&format!(
+        ", {}/s",
+        crate::human(progress.rate_bytes_per_sec)
+    ));
+    if let Some(eta) = progress.eta_secs {
+        line.push_str(&format!(", ETA {eta} s"));
+    }
+    line
+}
+
+fn print_backup(info: &api::BackupInfo) {
+    println!("backup    {} (pool {})", info.name, info.pool);
+    println!(
+        "copies    {}{} with {} ({}), keeping {} version(s)",
+        if info.source.is_empty() { "/" } else { "" },
+        info.source,
+        info.engine,
+        info.mode,
+        info.keep_versions
+    );
+    println!("to        {}", info.destination);
+    println!(
+        "schedule  {} (next {})",
+        info.schedule.as_deref().unwrap_or("off (on request)"),
+        info.next_run.map_or_else(|| "-".into(), local_time)
+    );
+    match (&info.progress, &info.last_run) {
+        (Some(progress), _) => println!("running   {}", progress_line(progress)),
+        (None, Some(run)) => println!(
+            "last run  {} {} ({} bytes, {} files)",
+            local_time(run.started),
+            outcome(run),
+            run.bytes,
+            run.files
+        ),
+        (None, None) => println!("last run  never"),
+    }
+}
+
+pub fn backup(action: BackupCmd) -> anyhow::Result<()> {
+    let daemon = Endpoint::daemon();
+    match action {
+        BackupCmd::List { json } => {
+            let backups: Vec<api::BackupInfo> = daemon.get("/v1/backups")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&backups)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<7} {:<16} {:<32} {:<18} LAST RUN",
+                "NAME", "ENGINE", "SOURCE", "DESTINATION", "SCHEDULE"
+            );
+            for info in backups {
+                let last = match (&info.progress, &info.last_run) {
+                    (Some(progress), _) => format!("running: {}", progress_line(progress)),
+                    (None, Some(run)) => format!("{} {}", local_time(run.started), outcome(run)),
+                    (None, None) => "never".into(),
+                };
+                println!(
+                    "{:<20} {:<7} {:<16} {:<32} {:<18} {last}",
+                    info.name,
+                    info.engine,
+                    if info.source.is_empty() {
+                        "/"
+                    } else {
+                        &info.source
+                    },
+                    info.destination,
+                    info.schedule.as_deref().unwrap_or("off"),
+                );
+            }
+        }
+        BackupCmd::Status { name, json } => {
+            let backups: Vec<api::BackupInfo> = daemon.get("/v1/backups")?;
+            let chosen: Vec<&api::BackupInfo> = backups
+                .iter()
+                .filter(|info| name.as_ref().is_none_or(|n| *n == info.name))
+                .collect();
+            if let (Some(name), true) = (&name, chosen.is_empty()) {
+                bail!("no backup named '{name}' (see aegis backup list)");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&chosen)?);
+                return Ok(());
+            }
+            for (i, info) in chosen.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print_backup(info);
+            }
+        }
+        BackupCmd::History { name, limit, json } => {
+            let mut path = format!("/v1/backups/history?limit={limit}");
+            if let Some(name) = &name {
+                path.push_str(&format!("&name={}", encode(name)));
+            }
+            let runs: Vec<JobRun> = daemon.get(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+                return Ok(());
+            }
+            println!(
+                "{:<6} {:<24} {:<20} {:>8} {:>10} {:>7}  RESULT",
+                "RUN", "BACKUP", "STARTED", "TOOK", "BYTES", "FILES"
+            );
+            for run in runs {
+                let took = run
+                    .finished
+                    .map_or_else(|| "-".into(), |end| format!("{} s", end - run.started));
+                println!(
+                    "{:<6} {:<24} {:<20} {:>8} {:>10} {:>7}  {}",
+                    run.id,
+                    run.job.trim_start_matches("backup:"),
+                    local_time(run.started),
+                    took,
+                    crate::human(run.bytes),
+                    run.files,
+                    outcome(&run)
+                );
+            }
+        }
+        BackupCmd::Run {
+            name,
+            dry_run: true,
+            ..
+        } => {
+            let report: api::BackupReport = daemon.call(
+                "POST",
+                "/v1/backups/run",
+                Some(&backup_request(&name, true)),
+            )?;
+            for change in &report.dry_run_changes {
+                println!("{change}");
+            }
+            println!(
+                "dry run: {} file(s), {} would transfer; nothing was changed",
+                report.files,
+                crate::human(report.bytes)
+            );
+        }
+        BackupCmd::Run {
+            name, detach, log, ..
+        } => {
+            let started: RunStarted = daemon.call(
+                "POST",
+                "/v1/backups/run",
+                Some(&backup_request(&name, false)),
+            )?;
+            println!("started backup {name} (run {})", started.run);
+            if detach {
+                return Ok(());
+            }
+            follow_backup(&daemon, &name, started.run, log)?;
+        }
+        BackupCmd::Verify { name, json } => {
+            let report: api::VerifyReport = daemon.call(
+                "POST",
+                "/v1/backups/verify",
+                Some(&backup_request(&name, false)),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for difference in &report.differences {
+                    println!("{difference}");
+                }
+                if report.identical {
+                    println!(
+                        "the destination matches the snapshot of the last run{}",
+                        report
+                            .checked_files
+                            .map_or_else(String::new, |n| format!(" ({n} files checked)"))
+                    );
+                }
+            }
+            if !report.identical {
+                bail!(
+                    "the destination differs from the snapshot of the last run in {} place(s)",
+                    report.differences.len()
+                );
+            }
+        }
+        BackupCmd::Cancel { name } => {
+            let _: Vec<api::BackupInfo> = daemon.call(
+                "POST",
+                "/v1/backups/cancel",
+                Some(&backup_request(&name, false)),
+            )?;
+            println!("asked backup {name} to stop");
+        }
+    }
+    Ok(())
+}
+
+/// Shows a run's progress (on a terminal) until it ends, then its result.
+fn follow_backup(daemon: &Endpoint, name: &str, run: i64, show_log: bool) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let history = format!("/v1/backups/history?name={}&limit=20", encode(name));
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let runs: Vec<JobRun> = daemon.get(&history)?;
+        let Some(this) = runs.iter().find(|r| r.id == run) else {
+            bail!("run {run} is no longer in the history");
+        };
+        if this.outcome.is_some() {
+            if terminal {
+                print!("\r\x1b[2K");
+            }
+            if show_log || this.outcome != Some(api::RunOutcome::Succeeded) {
+                for line in this.log_tail.as_deref().unwrap_or("").lines() {
+                    println!("  | {line}");
+                }
+            }
+            println!(
+                "{} ({} in {} file(s)){}",
+                outcome(this),
+                crate::human(this.bytes),
+                this.files,
+                this.detail
+                    .as_deref()
+                    .map_or_else(String::new, |d| format!(": {d}"))
+            );
+            if this.outcome != Some(api::RunOutcome::Succeeded) {
+                bail!("backup {name} did not succeed");
+            }
+            return Ok(());
+        }
+        if terminal {
+            let backups: Vec<api::BackupInfo> = daemon.get("/v1/backups")?;
+            if let Some(progress) = backups
+                .iter()
+                .find(|b| b.name == name)
+                .and_then(|b| b.progress.as_ref())
+            {
+                print!("\r\x1b[2K{}", progress_line(progress));
+                std::io::stdout().flush()?;
+            }
+        }
+    }
 }

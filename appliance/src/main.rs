@@ -231,6 +231,11 @@ enum Cmd {
         #[command(subcommand)]
         action: cli_daemon::AuditCmd,
     },
+    /// Backups with rsync or rclone, each from a fresh snapshot (aegisd's `[[backup]]` jobs).
+    Backup {
+        #[command(subcommand)]
+        action: cli_daemon::BackupCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1692,6 +1697,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Jobs { action } => done(cli_daemon::jobs(action)),
         Cmd::Events(args) => done(cli_daemon::events(args)),
         Cmd::Audit { action } => done(cli_daemon::audit(action)),
+        Cmd::Backup { action } => done(cli_daemon::backup(action)),
         Cmd::Set { path, properties } => done(set_cmd(&path, &properties)),
         Cmd::Get { path, json } => done(get_cmd(&path, json)),
         Cmd::Scrub { action } => done(scrub_cmd(action)),

@@ -374,7 +374,13 @@ fn every_endpoint_answers_and_errors_are_json() {
         .as_array()
         .unwrap()
         .is_empty());
-    assert_eq!(daemon.get("/v1/backups").0, 501);
+    assert_eq!(daemon.json("/v1/backups"), serde_json::json!([]));
+    assert_eq!(
+        daemon
+            .send("POST", "/v1/backups/run", r#"{"name":"nope"}"#)
+            .0,
+        404
+    );
 
     let (code, metrics) = daemon.get("/metrics");
     assert_eq!(code, 200);

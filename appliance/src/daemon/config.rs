@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use backup::job::{BackupJob, Remotes};
+
 use super::schedule::{self, Retention, Schedule, Zone};
 
 /// Where `aegisd` looks for its config unless told otherwise.
@@ -43,7 +45,25 @@ pub struct Config {
     pub api: ApiSettings,
     pub pools: Vec<PoolConfig>,
     pub snapshots: Vec<SnapshotTask>,
+    pub backups: Vec<BackupTask>,
+    /// `[remotes.NAME]`: inline rclone remotes.
+    pub remotes: Remotes,
     pub alerts: AlertSettings,
+}
+
+/// `[[backup]]`: a backup job and when it runs.
+#[derive(Debug, Clone)]
+pub struct BackupTask {
+    pub job: BackupJob,
+    /// `None` for `schedule = "off"`: on request only.
+    pub schedule: Option<Schedule>,
+}
+
+impl BackupTask {
+    /// The job's name in `aegis jobs` and the state database.
+    pub fn job_name(&self) -> String {
+        format!("backup:{}", self.job.name)
+    }
 }
 
 /// `[daemon]`: where the daemon keeps its socket and state, and how much it logs.
@@ -57,6 +77,9 @@ pub struct DaemonSettings {
     /// A tracing filter (`info`, `debug`, `aegisd=debug,info`); `RUST_LOG` overrides it.
     #[serde(deserialize_with = "log_filter")]
     pub log_level: String,
+    /// The rclone.conf backup jobs use for remotes not defined inline; unset, rclone looks
+    /// for its own (`$RCLONE_CONFIG`, else `~/.config/rclone/rclone.conf` of root).
+    pub rclone_config: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -66,6 +89,7 @@ impl Default for DaemonSettings {
             socket_group: "aegis".into(),
             state_db: PathBuf::from("/var/lib/aegis/aegis.db"),
             log_level: "info".into(),
+            rclone_config: None,
         }
     }
 }
@@ -184,6 +208,10 @@ struct RawConfig {
     pools: Vec<Spanned<PoolConfig>>,
     #[serde(default)]
     snapshots: Vec<Spanned<SnapshotTask>>,
+    #[serde(default, rename = "backup")]
+    backups: Vec<Spanned<BackupJob>>,
+    #[serde(default)]
+    remotes: Option<Spanned<Remotes>>,
     #[serde(default)]
     alerts: AlertSettings,
 }
@@ -295,12 +323,53 @@ impl Config {
             }
             snapshots.push(task);
         }
+
+        let remotes = match raw.remotes {
+            Some(remotes) => {
+                let span = remotes.span();
+                let remotes = remotes.into_inner();
+                remotes
+                    .validate()
+                    .map_err(|err| at(Some(span), err.to_string()))?;
+                remotes
+            }
+            None => Remotes::default(),
+        };
+        let mut backups: Vec<BackupTask> = Vec::new();
+        for (index, job) in raw.backups.into_iter().enumerate() {
+            let span = job.span();
+            let mut job = job.into_inner();
+            let field = |m: String| format!("backup[{index}].{m}");
+            if job.pool.is_empty() {
+                match pools.as_slice() {
+                    [only] => job.pool = only.name.clone(),
+                    _ => {
+                        let message = "pool: name the pool (the config has several)".to_owned();
+                        return Err(at(Some(span), field(message)));
+                    }
+                }
+            } else if !pools.iter().any(|p| p.name == job.pool) {
+                let message = format!("pool: no [[pool]] is named '{}'", job.pool);
+                return Err(at(Some(span), field(message)));
+            }
+            job.validate(&remotes)
+                .map_err(|err| at(Some(span.clone()), format!("backup[{index}]: {err}")))?;
+            if backups.iter().any(|b| b.job.name == job.name) {
+                let message = format!("name: a second backup is named '{}'", job.name);
+                return Err(at(Some(span), field(message)));
+            }
+            let schedule = schedule::parse_optional(&job.schedule, Zone::Local)
+                .map_err(|err| at(Some(span.clone()), field(format!("schedule: {err}"))))?;
+            backups.push(BackupTask { job, schedule });
+        }
         Ok(Self {
             path: path.to_owned(),
             daemon: raw.daemon,
             api: raw.api,
             pools,
             snapshots,
+            backups,
+            remotes,
             alerts: raw.alerts,
         })
     }
@@ -519,6 +588,38 @@ mountpoint = "/mnt/tank"
         assert!(message.starts_with("/etc/aegis/aegis.toml:1:"), "{message}");
         let message = error(&MINIMAL.replace("\"tank\"", "42"));
         assert!(message.contains("string"), "{message}");
+    }
+
+    #[test]
+    fn backup_jobs_and_inline_remotes_are_checked_with_their_line() {
+        let job = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[[backup]]\nname = \"photos\"\nengine = \"rclone\"\nsource = \"photos\"\n\
+                 destination = \"crypt:tank/photos\"\nschedule = \"daily 02:30\"\n{extra}"
+            )
+        };
+        let config = parse(&job(
+            "keep_versions = 30\n[remotes.crypt]\ntype = \"crypt\"\nremote = \"b2:bucket\"\n",
+        ))
+        .expect("valid");
+        let task = &config.backups[0];
+        assert_eq!(task.job.pool, "tank");
+        assert_eq!(task.job_name(), "backup:photos");
+        assert_eq!(
+            task.schedule.as_ref().map(Schedule::cron),
+            Some("30 2 * * *")
+        );
+        assert!(config.remotes.0.contains_key("crypt"));
+
+        let message = error(&job("bandwidth = \"fast\"\n"));
+        assert!(message.starts_with("/etc/aegis/aegis.toml:7:"), "{message}");
+        assert!(message.contains("`bandwidth`"), "{message}");
+        let message = error(&job("").replace("daily 02:30", "nightly"));
+        assert!(message.contains("backup[0].schedule"), "{message}");
+        let message = error(&job("destnation = \"x\"\n"));
+        assert!(message.contains("destnation"), "{message}");
+        let off = parse(&job("").replace("daily 02:30", "off")).expect("valid");
+        assert!(off.backups[0].schedule.is_none());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The jobs `aegisd` runs: snapshot tasks with retention, tier migrations and scrubs. Each run
+//! The jobs `aegisd` runs: snapshot tasks with retention, tier migrations, scrubs and backups. Each run
 //! is recorded in the state database (start, end, outcome, bytes, error), raises an event and,
 //! when it fails, an alert. A job never runs twice at once.
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::config::{Config, SnapshotTask};
+use super::config::{BackupTask, Config, SnapshotTask};
 use super::schedule::{self, Schedule, Zone};
 use super::state::{Level, RunEnd, RunId, RunOutcome};
 use super::Daemon;
@@ -24,6 +24,7 @@ pub enum Work {
     Snapshot(Box<SnapshotTask>),
     Migration { rate: Option<u64> },
     Scrub { rate: Option<u64> },
+    Backup(Box<BackupTask>),
 }
 
 impl Work {
@@ -32,6 +33,7 @@ impl Work {
             Self::Snapshot(_) => "snapshot",
             Self::Migration { .. } => "migration",
             Self::Scrub { .. } => "scrub",
+            Self::Backup(_) => "backup",
         }
     }
 }
@@ -73,6 +75,14 @@ pub fn from_config(config: &Config) -> Vec<Job> {
             pool: task.pool.clone(),
             schedule: Some(task.schedule.clone()),
             work: Work::Snapshot(Box::new(task.clone())),
+        });
+    }
+    for task in &config.backups {
+        jobs.push(Job {
+            name: task.job_name(),
+            pool: task.job.pool.clone(),
+            schedule: task.schedule.clone(),
+            work: Work::Backup(Box::new(task.clone())),
         });
     }
     jobs
@@ -174,6 +184,7 @@ fn run(daemon: &Arc<Daemon>, job: &Job, id: RunId) {
             Work::Snapshot(task) => snapshot(daemon, &service, task),
             Work::Migration { rate } => migration(daemon, &service, *rate),
             Work::Scrub { rate } => scrub(daemon, &service, *rate),
+            Work::Backup(task) => backup(daemon, &service, task),
         },
         Err(failure) => Ended::failed(failure.message),
     };
@@ -367,6 +378,24 @@ fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
             };
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// A backup from a fresh snapshot (see [`super::backups`]).
+fn backup(daemon: &Daemon, service: &PoolService, task: &BackupTask) -> Ended {
+    match super::backups::run(daemon, service, task) {
+        Ok(report) => {
+            let (outcome, error) = super::backups::run_outcome(&report);
+            Ended {
+                outcome,
+                bytes: report.bytes,
+                files: report.files,
+                error,
+                detail: Some(report.message.clone()),
+                log_tail: (!report.log_tail.is_empty()).then(|| report.log_tail.join("\n")),
+            }
+        }
+        Err(message) => Ended::failed(message),
     }
 }
 

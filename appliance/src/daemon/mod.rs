@@ -1,9 +1,10 @@
 //! `aegisd`, the daemon: mounts the pools its config names, runs their schedules (snapshots
-//! with retention, tier migration, scrub), records job runs, events, the audit log and I/O
+//! with retention, tier migration, scrub, backups), records job runs, events, the audit log and I/O
 //! history in its state database, serves the control API on one Unix socket (and optionally
 //! TCP), exports Prometheus metrics, sends alerts, and talks to systemd.
 
 pub mod alerts;
+pub mod backups;
 pub mod config;
 pub mod jobs;
 pub mod metrics;
@@ -79,6 +80,8 @@ pub struct Daemon {
     pub clock: Arc<dyn Clock>,
     pub alerts: alerts::Alerts,
     pub stats: stats::Stats,
+    /// Live progress of the backups running now.
+    pub backups: backups::Running,
     pub started: Instant,
     running: Mutex<HashSet<String>>,
     planner: Mutex<Planner>,
@@ -116,6 +119,7 @@ impl Daemon {
         }
         let daemon = Arc::new(Self {
             stats: stats::Stats::default(),
+            backups: backups::Running::default(),
             config,
             state,
             pools,
@@ -317,14 +321,25 @@ impl Daemon {
     /// data durable) and waits for the job threads.
     pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
         self.stopping.store(true, Ordering::Relaxed);
-        for (_, pool) in self.mounted() {
-            if let Err(err) = pool.request_unmount() {
-                tracing::error!(error = %err, "unmount failed");
-            }
-        }
+        self.backups.cancel_all();
+        // Jobs end first: a backup's copier holds files of the mount open.
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.running_jobs().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
+        }
+        for (name, pool) in self.mounted() {
+            if let Err(err) = pool.request_unmount() {
+                // Busy (a process of the system has a file open there): detach it, so the
+                // session ends once the last file is closed and the pool commits.
+                tracing::warn!(pool = %name, error = %err, "unmount refused; detaching the mount");
+                let detached = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&pool.service.mountpoint)
+                    .status();
+                if !detached.is_ok_and(|status| status.success()) {
+                    tracing::error!(pool = %name, "cannot detach the mount");
+                }
+            }
         }
         let mut failures = Vec::new();
         for (name, slot) in &self.pools {

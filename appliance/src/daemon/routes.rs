@@ -12,11 +12,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tiny_http::Method;
 
+use super::config::BackupTask;
 use super::state::{
     AuditEntry, AuditVerdict, Event, EventFilter, IoSample, JobRun, Level, NewAudit,
 };
 use super::{jobs, Daemon, PoolSlot};
-use crate::api::{DaemonInfo, JobInfo, PoolEntry, RunRequest, RunStarted};
+use crate::api::{
+    BackupInfo, BackupRequest, DaemonInfo, JobInfo, PoolEntry, RunRequest, RunStarted,
+};
 use crate::http::{
     json_response, parse_json, query_param, read_body, respond, text_response, Failure, Reply,
     Workers,
@@ -379,15 +382,109 @@ fn route(
                 .map_err(internal)?;
             Ok(json_response(200, &samples))
         }
-        (_, "/v1/backups") => Err(Failure::new(
-            501,
-            "backup jobs are not built yet: they come with the backup runner",
-        )),
+        (Get, "/v1/backups") => Ok(json_response(200, &backup_list(daemon)?)),
+        (Get, "/v1/backups/history") => {
+            let limit = number(query, "limit")?.unwrap_or(50).clamp(1, MAX_LIST);
+            let runs: Vec<JobRun> = match query_param(query, "name") {
+                Some(name) => {
+                    let task = backup_task(daemon, &name)?;
+                    daemon
+                        .state
+                        .runs(Some(&task.job_name()), limit)
+                        .map_err(internal)?
+                }
+                None => {
+                    let mut runs = Vec::new();
+                    for task in &daemon.config.backups {
+                        runs.extend(
+                            daemon
+                                .state
+                                .runs(Some(&task.job_name()), limit)
+                                .map_err(internal)?,
+                        );
+                    }
+                    runs.sort_by_key(|run| std::cmp::Reverse(run.id));
+                    runs.truncate(limit);
+                    runs
+                }
+            };
+            Ok(json_response(200, &runs))
+        }
+        (Post, "/v1/backups/run") => {
+            let wanted: BackupRequest = parse_json(body)?;
+            let task = backup_task(daemon, &wanted.name)?;
+            if wanted.dry_run {
+                let service = daemon.service(&task.job.pool)?;
+                let report = super::backups::dry_run(daemon, &service, task)?;
+                return Ok(json_response(200, &report));
+            }
+            let job = daemon
+                .job(&task.job_name())
+                .ok_or_else(|| Failure::new(500, "the backup has no job"))?;
+            let run = jobs::start(daemon, job, None)?;
+            Ok(json_response(
+                202,
+                &RunStarted {
+                    job: job.name.clone(),
+                    run,
+                },
+            ))
+        }
+        (Post, "/v1/backups/verify") => {
+            let wanted: BackupRequest = parse_json(body)?;
+            let task = backup_task(daemon, &wanted.name)?;
+            let service = daemon.service(&task.job.pool)?;
+            let report = super::backups::verify(daemon, &service, task)?;
+            let (level, verdict) = if report.identical {
+                (Level::Info, "matches".to_owned())
+            } else {
+                (
+                    Level::Warning,
+                    format!("differs in {} place(s) from", report.differences.len()),
+                )
+            };
+            daemon.event(
+                level,
+                "backup",
+                Some(&task.job.pool),
+                &format!(
+                    "verify of backup {}: the destination {verdict} the snapshot of its last run",
+                    task.job.name
+                ),
+            );
+            Ok(json_response(200, &report))
+        }
+        (Post, "/v1/backups/cancel") => {
+            let wanted: BackupRequest = parse_json(body)?;
+            let task = backup_task(daemon, &wanted.name)?;
+            if !daemon.backups.cancel(&task.job.name) {
+                return Err(Failure::new(
+                    409,
+                    format!("backup {} is not running", task.job.name),
+                ));
+            }
+            Ok(json_response(200, &backup_list(daemon)?))
+        }
         (
             _,
-            "/metrics" | "/v1/daemon" | "/v1/pools" | "/v1/jobs" | "/v1/jobs/history"
-            | "/v1/jobs/run" | "/v1/events" | "/v1/audit" | "/v1/audit/verify" | "/v1/alerts"
-            | "/v1/stats" | "/v1/stats/history" | "/v1/stats/stream",
+            "/metrics"
+            | "/v1/daemon"
+            | "/v1/pools"
+            | "/v1/jobs"
+            | "/v1/jobs/history"
+            | "/v1/jobs/run"
+            | "/v1/events"
+            | "/v1/audit"
+            | "/v1/audit/verify"
+            | "/v1/alerts"
+            | "/v1/stats"
+            | "/v1/stats/history"
+            | "/v1/stats/stream"
+            | "/v1/backups"
+            | "/v1/backups/history"
+            | "/v1/backups/run"
+            | "/v1/backups/verify"
+            | "/v1/backups/cancel",
         ) => Err(Failure::new(405, "method not allowed")),
         (_, path) if path.starts_with("/v1/") => {
             let pool = match query_param(query, "pool") {
@@ -430,6 +527,50 @@ fn pools(daemon: &Daemon) -> Vec<PoolEntry> {
                 error: Some(failure.message),
                 status: None,
             },
+        })
+        .collect()
+}
+
+/// The backup named `name`.
+fn backup_task<'a>(daemon: &'a Daemon, name: &str) -> Result<&'a BackupTask, Failure> {
+    daemon
+        .config
+        .backups
+        .iter()
+        .find(|task| task.job.name == name)
+        .ok_or_else(|| {
+            Failure::new(
+                404,
+                format!("no backup named '{name}' (see aegis backup list)"),
+            )
+        })
+}
+
+fn backup_list(daemon: &Daemon) -> Result<Vec<BackupInfo>, Failure> {
+    daemon
+        .config
+        .backups
+        .iter()
+        .map(|task| {
+            let job = task.job_name();
+            Ok(BackupInfo {
+                name: task.job.name.clone(),
+                pool: task.job.pool.clone(),
+                engine: task.job.engine.binary().into(),
+                source: task.job.source.clone(),
+                destination: task.job.destination.clone(),
+                mode: match task.job.mode {
+                    backup::job::Mode::Sync => "sync",
+                    backup::job::Mode::Copy => "copy",
+                }
+                .into(),
+                schedule: task.schedule.as_ref().map(ToString::to_string),
+                keep_versions: task.job.keep_versions,
+                next_run: daemon.next_run(&job).map(|t| t.timestamp()),
+                running: daemon.is_running(&job),
+                progress: daemon.backups.progress(&task.job.name),
+                last_run: daemon.state.last_run(&job).map_err(internal)?,
+            })
         })
         .collect()
 }
