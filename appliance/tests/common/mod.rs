@@ -2,6 +2,8 @@
 //! guard that undoes every mount even when a test fails, and test data.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod daemon;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,319 @@
+//! Backups under a real aegisd: rsync and rclone jobs copy from a snapshot (files changed
+//! during the copy do not change what is copied), keep versions that restore, verify, report
+//! a bad remote or a missing binary clearly (event, alert, metric), and reach an rclone WebDAV
+//! server started by the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::{aegis, aegis_ok, setup, Daemon};
+use common::{pattern, Sandbox};
+
+/// Every regular file under `dir`, by path relative to it, with its content.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let name = path.strip_prefix(dir).unwrap().display().to_string();
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Waits until the backup `name` is copying (its snapshot is taken).
+fn wait_until_copying(daemon: &Daemon, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let backups = daemon.json("/v1/backups");
+        let info = backups
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .unwrap()
+            .clone();
+        if info["progress"]["phase"] == "copying" {
+            return;
+        }
+        assert!(info["last_run"]["outcome"].is_null(), "ended early: {info}");
+        assert!(Instant::now() < deadline, "never copying: {info}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn last_run(daemon: &Daemon, name: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs = daemon.json(&format!("/v1/backups/history?name={name}"));
+        if !runs[0]["outcome"].is_null() {
+            return runs[0].clone();
+        }
+        assert!(Instant::now() < deadline, "{runs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn rsync_backups_copy_a_snapshot_keep_versions_that_restore_and_verify() {
+    let sandbox = Sandbox::new();
+    let dest = sandbox.path("dest");
+    let config = setup(
+        &sandbox,
+        &format!(
+            r#"
+[[backup]]
+name = "photos"
+engine = "rsync"
+source = "photos"
+destination = "{}"
+schedule = "off"
+keep_versions = 2
+bandwidth = "4M"
+"#,
+            dest.display()
+        ),
+    );
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let photos = daemon.mountpoint.join("photos");
+    std::fs::create_dir_all(photos.join("2026")).unwrap();
+    let raw = pattern(1, 12 << 20);
+    std::fs::write(photos.join("2026/big.raw"), &raw).unwrap();
+    std::fs::write(photos.join("notes.txt"), b"first version").unwrap();
+    let before = tree(&photos);
+
+    // Files changed while the (throttled) copy runs do not change what it copies.
+    let started = aegis_ok(&sandbox, &["backup", "run", "photos", "--detach"]);
+    assert!(started.contains("started backup photos"), "{started}");
+    wait_until_copying(&daemon, "photos");
+    std::fs::write(photos.join("notes.txt"), b"changed during the backup").unwrap();
+    std::fs::write(photos.join("2026/big.raw"), b"truncated during the backup").unwrap();
+    std::fs::write(photos.join("new.txt"), b"created during the backup").unwrap();
+    let first = last_run(&daemon, "photos");
+    assert_eq!(first["outcome"], "succeeded", "{first}");
+    assert_eq!(first["files"], 2, "{first}");
+    assert!(first["bytes"].as_u64().unwrap() >= 12 << 20, "{first}");
+    assert_eq!(tree(&dest.join("latest")), before);
+
+    // A second run keeps both versions; the older one restores the first content.
+    let second = aegis_ok(&sandbox, &["backup", "run", "photos"]);
+    assert!(second.contains("succeeded"), "{second}");
+    let mut versions: Vec<String> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != "latest")
+        .collect();
+    versions.sort();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert_eq!(tree(&dest.join("latest")), tree(&photos));
+    let restored = sandbox.path("restored.txt");
+    std::fs::copy(dest.join(&versions[0]).join("notes.txt"), &restored).unwrap();
+    assert_eq!(std::fs::read(&restored).unwrap(), b"first version");
+    assert_eq!(
+        std::fs::read(dest.join(&versions[0]).join("2026/big.raw")).unwrap(),
+        raw
+    );
+
+    // Only the last run's snapshot is kept, for verify.
+    let snapshots = aegis_ok(&sandbox, &["snapshot", "list", "tank"]);
+    assert_eq!(
+        snapshots.matches("backup-photos-").count(),
+        1,
+        "{snapshots}"
+    );
+    assert!(aegis_ok(&sandbox, &["backup", "verify", "photos"]).contains("matches"));
+    std::fs::write(dest.join("latest/notes.txt"), b"tampered").unwrap();
+    let out = aegis(&sandbox, &["backup", "verify", "photos"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("notes.txt"), "{stdout}");
+
+    // A dry run lists what would transfer and changes nothing.
+    std::fs::write(photos.join("later.txt"), b"not yet backed up").unwrap();
+    let before_dry = tree(&dest);
+    let dry = aegis_ok(&sandbox, &["backup", "run", "photos", "--dry-run"]);
+    assert!(dry.contains("later.txt"), "{dry}");
+    assert_eq!(tree(&dest), before_dry);
+    let history = aegis_ok(&sandbox, &["backup", "history", "photos"]);
+    assert_eq!(history.matches("succeeded").count(), 2, "{history}");
+}
+
+/// `rclone serve webdav` on a free loopback port, killed on drop.
+struct WebDav {
+    child: Child,
+    port: u16,
+}
+
+impl WebDav {
+    fn start(root: &Path) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("rclone")
+            .args(["serve", "webdav"])
+            .arg(root)
+            .args([
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--user",
+                "u",
+                "--pass",
+                "secret-pass",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone is installed (scripts/install-deps.sh)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "rclone serve webdav did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for WebDav {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn rclone_backs_up_to_webdav_and_failures_are_clear() {
+    let sandbox = Sandbox::new();
+    let served = sandbox.path("webdav");
+    std::fs::create_dir_all(&served).unwrap();
+    let server = WebDav::start(&served);
+    let obscured = Command::new("rclone")
+        .args(["obscure", "secret-pass"])
+        .output()
+        .unwrap();
+    let obscured = String::from_utf8(obscured.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    // rclone without a usable binary: a PATH with the tools aegisd needs but no rclone.
+    let bin = sandbox.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["sh", "umount", "rsync"] {
+        let path = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        let path = String::from_utf8(path.stdout).unwrap();
+        std::os::unix::fs::symlink(path.trim(), bin.join(tool)).unwrap();
+    }
+    let config = setup(
+        &sandbox,
+        &format!(
+            r#"
+[[backup]]
+name = "offsite"
+engine = "rclone"
+source = "docs"
+destination = "dav:tank/docs"
+schedule = "daily 02:30"
+keep_versions = 3
+
+[[backup]]
+name = "nowhere"
+engine = "rclone"
+source = "docs"
+destination = "unknown-remote:docs"
+schedule = "off"
+
+[remotes.dav]
+type = "webdav"
+url = "http://127.0.0.1:{port}"
+vendor = "other"
+user = "u"
+pass = "{obscured}"
+"#,
+            port = server.port
+        ),
+    );
+    let mut daemon = Daemon::start(&sandbox, &config, &[]);
+    let docs = daemon.mountpoint.join("docs");
+    std::fs::create_dir_all(docs.join("2026")).unwrap();
+    for i in 0..20 {
+        std::fs::write(
+            docs.join(format!("2026/report-{i}.txt")),
+            pattern(i, 40_000),
+        )
+        .unwrap();
+    }
+    std::fs::write(docs.join("big.bin"), pattern(99, 8 << 20)).unwrap();
+    let out = aegis_ok(&sandbox, &["backup", "run", "offsite"]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(tree(&served.join("tank/docs")), tree(&docs));
+    assert!(aegis_ok(&sandbox, &["backup", "verify", "offsite"]).contains("matches"));
+
+    // A changed file's old content goes to a dated version directory at the destination.
+    let old = std::fs::read(docs.join("2026/report-3.txt")).unwrap();
+    std::fs::write(docs.join("2026/report-3.txt"), b"rewritten").unwrap();
+    assert!(aegis_ok(&sandbox, &["backup", "run", "offsite"]).contains("succeeded"));
+    let versions = served.join("tank/docs/.aegis-versions");
+    let version = std::fs::read_dir(&versions)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(
+        std::fs::read(version.join("2026/report-3.txt")).unwrap(),
+        old
+    );
+
+    // An unknown remote fails clearly: run record, event, alert, metric.
+    let out = aegis(&sandbox, &["backup", "run", "nowhere"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("unknown-remote"), "{stdout}");
+    let alerts = daemon.json("/v1/alerts");
+    assert!(
+        alerts.to_string().contains("job-failed:backup:nowhere"),
+        "{alerts}"
+    );
+    let events = daemon.json("/v1/events?kind=backup&level=error");
+    assert!(
+        events.to_string().contains("backup:nowhere failed"),
+        "{events}"
+    );
+    let (_, metrics) = daemon.get("/metrics");
+    assert!(
+        metrics.contains(
+            "aegis_job_last_success{job=\"backup:nowhere\",kind=\"backup\",pool=\"tank\"} 0"
+        ),
+        "{metrics}"
+    );
+    assert!(daemon.stop().success());
+
+    // rclone missing from PATH: the run names the package to install.
+    let path = bin.display().to_string();
+    let daemon = Daemon::start(&sandbox, &config, &[("PATH", &path)]);
+    let out = aegis(&sandbox, &["backup", "run", "offsite"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("rclone is not installed"), "{stdout}");
+    assert!(stdout.contains("`rclone` package"), "{stdout}");
+    drop(daemon);
+}
