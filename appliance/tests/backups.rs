@@ -98,6 +98,11 @@ bandwidth = "4M"
     let started = aegis_ok(&sandbox, &["backup", "run", "photos", "--detach"]);
     assert!(started.contains("started backup photos"), "{started}");
     wait_until_copying(&daemon, "photos");
+    let (_, metrics) = daemon.get("/metrics");
+    assert!(
+        metrics.contains("aegis_backup_running{backup=\"photos\",pool=\"tank\"} 1"),
+        "{metrics}"
+    );
     std::fs::write(photos.join("notes.txt"), b"changed during the backup").unwrap();
     std::fs::write(photos.join("2026/big.raw"), b"truncated during the backup").unwrap();
     std::fs::write(photos.join("new.txt"), b"created during the backup").unwrap();

@@ -1,7 +1,8 @@
 //! Prometheus metrics (text exposition format 0.0.4) for `GET /metrics`: per-tier capacity,
-//! I/O bytes and operations, device errors, the heat histogram, migration and scrub progress,
-//! the last result of every job, and firing alerts. Names follow Prometheus conventions: an
-//! `aegis_` prefix, base units (bytes, seconds) in the name, `_total` on counters.
+//! I/O bytes and operations, latency histograms, device errors, the heat histogram, migration,
+//! scrub and backup progress, the last result of every job, and firing alerts. Names follow
+//! Prometheus conventions: an `aegis_` prefix, base units (bytes, seconds) in the name,
+//! `_total` on counters.
 
 use std::fmt::Write;
 
@@ -126,6 +127,7 @@ pub fn render(daemon: &Daemon) -> String {
         .collect();
     pools(&mut e, &services);
     jobs(&mut e, daemon);
+    backups(&mut e, daemon);
     e.family(
         "aegis_alerts_firing",
         "gauge",
@@ -369,6 +371,52 @@ fn latency_histograms(e: &mut Exposition, services: &[(String, std::sync::Arc<Po
                 e.sample(&format!("{metric}_sum"), &labels, total.sum_us as f64 / 1e6);
                 e.sample(&format!("{metric}_count"), &labels, count);
             }
+        }
+    }
+}
+
+/// The progress of running backups (their results are the `aegis_job_last_*` of kind
+/// `backup`).
+fn backups(e: &mut Exposition, daemon: &Daemon) {
+    e.family("aegis_backup_running", "gauge", "1 while the backup runs.");
+    e.family(
+        "aegis_backup_transferred_bytes",
+        "gauge",
+        "Bytes the running backup has transferred so far.",
+    );
+    e.family(
+        "aegis_backup_transferred_files",
+        "gauge",
+        "Files the running backup has handled so far.",
+    );
+    e.family(
+        "aegis_backup_rate_bytes_per_second",
+        "gauge",
+        "How fast the running backup transfers.",
+    );
+    for task in &daemon.config.backups {
+        let labels = [
+            ("backup", task.job.name.as_str()),
+            ("pool", task.job.pool.as_str()),
+        ];
+        let progress = daemon.backups.progress(&task.job.name);
+        e.sample("aegis_backup_running", &labels, flag(progress.is_some()));
+        if let Some(progress) = progress {
+            e.sample(
+                "aegis_backup_transferred_bytes",
+                &labels,
+                progress.bytes_done as f64,
+            );
+            e.sample(
+                "aegis_backup_transferred_files",
+                &labels,
+                progress.files_done as f64,
+            );
+            e.sample(
+                "aegis_backup_rate_bytes_per_second",
+                &labels,
+                progress.rate_bytes_per_sec as f64,
+            );
         }
     }
 }
