@@ -101,7 +101,7 @@ fn snapshot_prefix(task: &BackupTask) -> String {
     format!("backup-{}-", task.job.name)
 }
 
-/// The job's own snapshots (`backup-<job>-YYYYMMDD-HHMMSS`), oldest first.
+/// The job's own snapshots (`backup-<job>-YYYYMMDD-HHMMSS[-N]`), oldest first.
 fn own_snapshots(service: &PoolService, task: &BackupTask) -> Result<Vec<String>, String> {
     let prefix = snapshot_prefix(task);
     let mut names: Vec<String> = service
@@ -110,13 +110,24 @@ fn own_snapshots(service: &PoolService, task: &BackupTask) -> Result<Vec<String>
         .into_iter()
         .map(|s| s.name)
         .filter(|name| {
-            name.strip_prefix(&prefix).is_some_and(|stamp| {
+            name.strip_prefix(&prefix).is_some_and(|rest| {
+                let (stamp, n) = rest.split_at(rest.len().min(15));
                 chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d-%H%M%S").is_ok()
+                    && (n.is_empty()
+                        || n.strip_prefix('-')
+                            .is_some_and(|n| n.parse::<u32>().is_ok()))
             })
         })
         .collect();
-    // The stamp sorts by time.
-    names.sort();
+    // The stamp sorts by time, and a second run within one second after the first.
+    names.sort_by_key(|name| {
+        let rest = &name[prefix.len()..];
+        let (stamp, n) = rest.split_at(15);
+        (
+            stamp.to_owned(),
+            n.trim_start_matches('-').parse::<u32>().unwrap_or(1),
+        )
+    });
     Ok(names)
 }
 
@@ -143,18 +154,23 @@ fn request(
     }
 }
 
-/// Takes the run's snapshot: `backup-<job>-YYYYMMDD-HHMMSS`.
-fn take_snapshot(
-    service: &PoolService,
-    task: &BackupTask,
-    at: DateTime<Utc>,
-) -> Result<String, String> {
+/// Takes a snapshot named `<prefix>YYYYMMDD-HHMMSS`, with `-2`, `-3`, ... appended when a
+/// snapshot of that second exists already.
+fn take_snapshot(service: &PoolService, prefix: &str, at: DateTime<Utc>) -> Result<String, String> {
     let stamp = at.with_timezone(&chrono::Local).format("%Y%m%d-%H%M%S");
-    let name = format!("{}{stamp}", snapshot_prefix(task));
-    service
-        .create_snapshot(&name)
-        .map(|_| name.clone())
-        .map_err(|(_, message)| format!("cannot take snapshot {name}: {message}"))
+    let base = format!("{prefix}{stamp}");
+    let mut n = 1;
+    loop {
+        let name = match n {
+            1 => base.clone(),
+            n => format!("{base}-{n}"),
+        };
+        match service.create_snapshot(&name) {
+            Ok(_) => return Ok(name),
+            Err((409, _)) if n < 100 => n += 1,
+            Err((_, message)) => return Err(format!("cannot take snapshot {name}: {message}")),
+        }
+    }
 }
 
 /// A real run: snapshot, copy with live progress (cancelled when `cancel` is set or the
@@ -176,7 +192,7 @@ fn run_tracked(
     cancel: &AtomicBool,
 ) -> Result<RunReport, String> {
     let name = &task.job.name;
-    let snapshot = take_snapshot(service, task, at)?;
+    let snapshot = take_snapshot(service, &snapshot_prefix(task), at)?;
     daemon.backups.update(name, |p| p.phase = "copying".into());
     let request = request(daemon, service, task, &snapshot, at, false);
     let mut on_progress = |progress: &backup::run::Progress| {
@@ -224,7 +240,9 @@ pub fn dry_run(
     task: &BackupTask,
 ) -> Result<RunReport, Failure> {
     let at = daemon.clock.now();
-    let snapshot = take_snapshot(service, task, at).map_err(|m| Failure::new(500, m))?;
+    // Named apart from the runs' snapshots, which verify compares with.
+    let prefix = format!("dry-run-{}", snapshot_prefix(task));
+    let snapshot = take_snapshot(service, &prefix, at).map_err(|m| Failure::new(500, m))?;
     let request = request(daemon, service, task, &snapshot, at, true);
     let never = AtomicBool::new(false);
     let result = backup::run::run(&request, &mut |_| {}, &never);
