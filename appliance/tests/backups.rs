@@ -287,6 +287,16 @@ pass = "{obscured}"
         std::fs::read(version.join("2026/report-3.txt")).unwrap(),
         old
     );
+    // Back-to-back runs (possibly within one second) still keep only the last snapshot.
+    for _ in 0..3 {
+        assert!(aegis_ok(&sandbox, &["backup", "run", "offsite"]).contains("succeeded"));
+    }
+    let snapshots = aegis_ok(&sandbox, &["snapshot", "list", "tank"]);
+    assert_eq!(
+        snapshots.matches("backup-offsite-").count(),
+        1,
+        "{snapshots}"
+    );
 
     // An unknown remote fails clearly: run record, event, alert, metric.
     let out = aegis(&sandbox, &["backup", "run", "nowhere"]);
