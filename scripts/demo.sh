@@ -65,6 +65,14 @@ scrub = "monthly 1 04:00"
 [[snapshots]]
 schedule = "hourly"
 keep = { hourly = 24, daily = 7, weekly = 4 }
+
+[[backup]]
+name = "documents"
+engine = "rsync"
+source = "documents"
+destination = "$DIR/backup/documents"
+schedule = "daily 02:30"
+keep_versions = 7
 EOF
 "$AEGISD" --check-config --config "$DIR/aegis.toml"
 setsid "$AEGISD" --config "$DIR/aegis.toml" </dev/null >"$DIR/aegisd.log" 2>&1 &
@@ -134,6 +142,12 @@ echo "== tiers: pin the backups to the slow tier, then migrate"
 
 echo "== scrub: every copy of every block and metadata page verified, online"
 "$AEGIS" scrub start demo --wait
+
+echo "== backups: rsync from a snapshot into dated versions under $DIR/backup"
+rm -rf "$DIR/backup"
+"$AEGIS" backup run documents
+"$AEGIS" backup verify documents
+ls "$DIR/backup/documents"
 
 echo "== pool status (from aegisd)"
 "$AEGIS" status demo
