@@ -339,19 +339,23 @@ fn backup_request(name: &str, dry_run: bool) -> api::BackupRequest {
 }
 
 fn progress_line(progress: &api::BackupProgress) -> String {
-    let mut line = format!("{}: {}", progress.phase, crate::human(progress.bytes_done));
-    if let Some(total) = progress.bytes_total {
+    let mut line = format!(
+        "{}: {}",
+        progress.phase,
+        crate::human(progress.copied.bytes_done)
+    );
+    if let Some(total) = progress.copied.bytes_total {
         line.push_str(&format!(" of {}", crate::human(total)));
     }
-    line.push_str(&format!(", {} files", progress.files_done));
-    if let Some(total) = progress.files_total {
+    line.push_str(&format!(", {} files", progress.copied.files_done));
+    if let Some(total) = progress.copied.files_total {
         line.push_str(&format!(" of {total}"));
     }
     line.push_str(&format!(
         ", {}/s",
-        crate::human(progress.rate_bytes_per_sec)
+        crate::human(progress.copied.rate_bytes_per_sec)
     ));
-    if let Some(eta) = progress.eta_secs {
+    if let Some(eta) = progress.copied.eta_secs {
         line.push_str(&format!(", ETA {eta} s"));
     }
     line

@@ -26,13 +26,9 @@ pub struct BackupProgress {
     pub phase: String,
     /// Seconds since the epoch.
     pub started: i64,
-    pub bytes_done: u64,
-    /// rclone only (rsync does not know what it will transfer).
-    pub bytes_total: Option<u64>,
-    pub files_done: u64,
-    pub files_total: Option<u64>,
-    pub rate_bytes_per_sec: u64,
-    pub eta_secs: Option<u64>,
+    /// What the engine reported last (bytes, files, rate, ETA).
+    #[serde(flatten)]
+    pub copied: backup::run::Progress,
 }
 
 struct Live {
@@ -196,14 +192,7 @@ fn run_tracked(
     daemon.backups.update(name, |p| p.phase = "copying".into());
     let request = request(daemon, service, task, &snapshot, at, false);
     let mut on_progress = |progress: &backup::run::Progress| {
-        daemon.backups.update(name, |p| {
-            p.bytes_done = progress.bytes_done;
-            p.bytes_total = progress.bytes_total;
-            p.files_done = progress.files_done;
-            p.files_total = progress.files_total;
-            p.rate_bytes_per_sec = progress.rate_bytes_per_sec;
-            p.eta_secs = progress.eta_secs;
-        });
+        daemon.backups.update(name, |p| p.copied = progress.clone());
     };
     let result = backup::run::run(&request, &mut on_progress, cancel);
     daemon

@@ -405,17 +405,17 @@ fn backups(e: &mut Exposition, daemon: &Daemon) {
             e.sample(
                 "aegis_backup_transferred_bytes",
                 &labels,
-                progress.bytes_done as f64,
+                progress.copied.bytes_done as f64,
             );
             e.sample(
                 "aegis_backup_transferred_files",
                 &labels,
-                progress.files_done as f64,
+                progress.copied.files_done as f64,
             );
             e.sample(
                 "aegis_backup_rate_bytes_per_second",
                 &labels,
-                progress.rate_bytes_per_sec as f64,
+                progress.copied.rate_bytes_per_sec as f64,
             );
         }
     }
