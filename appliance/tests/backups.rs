@@ -98,6 +98,8 @@ bandwidth = "4M"
     let started = aegis_ok(&sandbox, &["backup", "run", "photos", "--detach"]);
     assert!(started.contains("started backup photos"), "{started}");
     wait_until_copying(&daemon, "photos");
+    let (code, body) = daemon.send("POST", "/v1/backups/verify", r#"{"name":"photos"}"#);
+    assert_eq!(code, 409, "no verify while the run copies: {body}");
     let (_, metrics) = daemon.get("/metrics");
     assert!(
         metrics.contains("aegis_backup_running{backup=\"photos\",pool=\"tank\"} 1"),
@@ -331,4 +333,46 @@ pass = "{obscured}"
     assert!(stdout.contains("rclone is not installed"), "{stdout}");
     assert!(stdout.contains("`rclone` package"), "{stdout}");
     drop(daemon);
+}
+
+#[test]
+fn a_backup_cut_by_a_daemon_crash_leaves_the_last_good_snapshot_to_verify_against() {
+    let sandbox = Sandbox::new();
+    let dest = sandbox.path("dest");
+    let config = setup(
+        &sandbox,
+        &format!(
+            "\n[[backup]]\nname = \"docs\"\nengine = \"rsync\"\nsource = \"docs\"\n\
+             destination = \"{}\"\nschedule = \"off\"\nkeep_versions = 3\nbandwidth = \"2M\"\n",
+            dest.display()
+        ),
+    );
+    let mut daemon = Daemon::start(&sandbox, &config, &[]);
+    let docs = daemon.mountpoint.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("small.txt"), b"backed up once").unwrap();
+    assert!(aegis_ok(&sandbox, &["backup", "run", "docs"]).contains("succeeded"));
+    std::fs::write(docs.join("big.bin"), pattern(5, 16 << 20)).unwrap();
+    aegis_ok(&sandbox, &["backup", "run", "docs", "--detach"]);
+    wait_until_copying(&daemon, "docs");
+    let snapshots = aegis_ok(&sandbox, &["snapshot", "list", "tank"]);
+    assert_eq!(snapshots.matches("backup-docs-").count(), 2, "{snapshots}");
+
+    let mut child = daemon.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Without systemd to stop the unit's processes, the copier outlives the daemon.
+    let _ = Command::new("pkill")
+        .args(["-f", &format!("rsync.*{}", dest.display())])
+        .status();
+    drop(daemon);
+
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let snapshots = aegis_ok(&sandbox, &["snapshot", "list", "tank"]);
+    assert_eq!(snapshots.matches("backup-docs-").count(), 1, "{snapshots}");
+    let history = daemon.json("/v1/backups/history?name=docs");
+    assert_eq!(history[0]["outcome"], "interrupted", "{history}");
+    assert_eq!(history[1]["outcome"], "succeeded", "{history}");
+    let verify = aegis_ok(&sandbox, &["backup", "verify", "docs"]);
+    assert!(verify.contains("matches"), "{verify}");
 }

@@ -1,8 +1,8 @@
 //! Backup jobs under aegisd: every run takes a snapshot of the pool and copies the job's
 //! source from `<mountpoint>/.snapshots/<snapshot>/`, so files changing during the copy do not
-//! tear it. The snapshot of the last completed run is kept, so `verify` compares the
-//! destination with exactly what was copied; older ones are released (all are kept with
-//! `keep_snapshot = true`). The copying itself is the `backup` crate's.
+//! tear it. The snapshot of the last successful run (recorded with the run) is kept, so
+//! `verify` compares the destination with exactly what was copied; the others are released
+//! (all are kept with `keep_snapshot = true`). The copying itself is the `backup` crate's.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,8 +170,13 @@ fn take_snapshot(service: &PoolService, prefix: &str, at: DateTime<Utc>) -> Resu
 }
 
 /// A real run: snapshot, copy with live progress (cancelled when `cancel` is set or the
-/// daemon stops), then release the snapshots no longer needed.
-pub fn run(daemon: &Daemon, service: &PoolService, task: &BackupTask) -> Result<RunReport, String> {
+/// daemon stops), then release the snapshots no longer needed. Returns the report and the
+/// snapshot it copied from.
+pub fn run(
+    daemon: &Daemon,
+    service: &PoolService,
+    task: &BackupTask,
+) -> Result<(RunReport, String), String> {
     let name = task.job.name.clone();
     let at = daemon.clock.now();
     let cancel = daemon.backups.begin(&name, at.timestamp());
@@ -186,7 +191,7 @@ fn run_tracked(
     task: &BackupTask,
     at: DateTime<Utc>,
     cancel: &AtomicBool,
-) -> Result<RunReport, String> {
+) -> Result<(RunReport, String), String> {
     let name = &task.job.name;
     let snapshot = take_snapshot(service, &snapshot_prefix(task), at)?;
     daemon.backups.update(name, |p| p.phase = "copying".into());
@@ -198,28 +203,55 @@ fn run_tracked(
     daemon
         .backups
         .update(name, |p| p.phase = "releasing snapshots".into());
-    let completed = matches!(
-        &result,
-        Ok(report) if matches!(report.outcome, Outcome::Succeeded | Outcome::Partial)
-    );
-    // A completed run's snapshot replaces the previous one; a failed run's is dropped, so the
-    // last completed copy stays verifiable.
-    let release: Vec<String> = if task.job.keep_snapshot {
-        Vec::new()
-    } else if completed {
-        own_snapshots(service, task)?
-            .into_iter()
-            .filter(|s| *s != snapshot)
-            .collect()
+    let succeeded = matches!(&result, Ok(report) if report.outcome == Outcome::Succeeded);
+    // A successful run's snapshot replaces the previous one; any other run's is dropped, so
+    // the last successful copy stays verifiable.
+    let keep = if succeeded {
+        Some(snapshot.clone())
     } else {
-        vec![snapshot]
+        verified_snapshot(daemon, task)
     };
-    for old in release {
-        if let Err((_, message)) = service.delete_snapshot(&old) {
-            tracing::warn!(backup = %name, snapshot = %old, "cannot release a backup snapshot: {message}");
+    release_snapshots(service, task, keep.as_deref());
+    let report = result.map_err(|err| err.to_string())?;
+    Ok((report, snapshot))
+}
+
+/// The snapshot the job's last successful run copied, as recorded with the run.
+fn verified_snapshot(daemon: &Daemon, task: &BackupTask) -> Option<String> {
+    daemon
+        .state
+        .runs(Some(&task.job_name()), 1_000)
+        .ok()?
+        .into_iter()
+        .find(|run| {
+            run.outcome == Some(super::state::RunOutcome::Succeeded) && run.snapshot.is_some()
+        })
+        .and_then(|run| run.snapshot)
+}
+
+/// Releases the job's snapshots but `keep` (none with `keep_snapshot = true`).
+fn release_snapshots(service: &PoolService, task: &BackupTask, keep: Option<&str>) {
+    if task.job.keep_snapshot {
+        return;
+    }
+    let own = match own_snapshots(service, task) {
+        Ok(own) => own,
+        Err(message) => {
+            tracing::warn!(backup = %task.job.name, "{message}");
+            return;
+        }
+    };
+    for old in own.iter().filter(|s| Some(s.as_str()) != keep) {
+        if let Err((_, message)) = service.delete_snapshot(old) {
+            tracing::warn!(backup = %task.job.name, snapshot = %old, "cannot release a backup snapshot: {message}");
         }
     }
-    result.map_err(|err| err.to_string())
+}
+
+/// At start: releases the snapshots of runs a crash interrupted, keeping the last successful
+/// run's.
+pub fn release_orphans(daemon: &Daemon, service: &PoolService, task: &BackupTask) {
+    release_snapshots(service, task, verified_snapshot(daemon, task).as_deref());
 }
 
 /// What a run would transfer now, from a snapshot taken for the purpose and released after.
@@ -241,23 +273,43 @@ pub fn dry_run(
     result.map_err(|err| Failure::new(500, err.to_string()))
 }
 
-/// Compares the destination with the snapshot the last completed run copied.
+/// Compares the destination with the snapshot the last successful run copied.
 pub fn verify(
     daemon: &Daemon,
     service: &PoolService,
     task: &BackupTask,
 ) -> Result<VerifyReport, Failure> {
-    let snapshots = own_snapshots(service, task).map_err(|m| Failure::new(500, m))?;
-    let Some(snapshot) = snapshots.last() else {
+    if daemon.is_running(&task.job_name()) {
         return Err(Failure::new(
             409,
             format!(
-                "backup {} has no completed run to verify against: run it first",
+                "backup {} is running: verify it when the run has ended",
+                task.job.name
+            ),
+        ));
+    }
+    let Some(snapshot) = verified_snapshot(daemon, task) else {
+        return Err(Failure::new(
+            409,
+            format!(
+                "backup {} has no successful run to verify against: run it first",
                 task.job.name
             ),
         ));
     };
-    let request = request(daemon, service, task, snapshot, daemon.clock.now(), false);
+    let present = own_snapshots(service, task)
+        .map_err(|m| Failure::new(500, m))?
+        .contains(&snapshot);
+    if !present {
+        return Err(Failure::new(
+            409,
+            format!(
+                "snapshot {snapshot} of the last successful run of backup {} is gone: run the backup again",
+                task.job.name
+            ),
+        ));
+    }
+    let request = request(daemon, service, task, &snapshot, daemon.clock.now(), false);
     backup::verify::verify(&request).map_err(|err| Failure::new(500, err.to_string()))
 }
 

@@ -101,6 +101,8 @@ struct Ended {
     error: Option<String>,
     detail: Option<String>,
     log_tail: Option<String>,
+    /// The snapshot a backup read from.
+    snapshot: Option<String>,
 }
 
 impl Ended {
@@ -112,6 +114,7 @@ impl Ended {
             error: Some(error.into()),
             detail: None,
             log_tail: None,
+            snapshot: None,
         }
     }
 
@@ -125,6 +128,7 @@ impl Ended {
             error: self.error.as_deref(),
             detail: self.detail.as_deref(),
             log_tail: self.log_tail.as_deref(),
+            snapshot: self.snapshot.as_deref(),
         }
     }
 }
@@ -258,6 +262,7 @@ fn snapshot(daemon: &Daemon, service: &PoolService, task: &SnapshotTask) -> Ende
     Ended {
         files: 0,
         log_tail: None,
+        snapshot: None,
         outcome: RunOutcome::Succeeded,
         bytes: released,
         error: None,
@@ -309,6 +314,7 @@ fn migration(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended
             return Ended {
                 files: 0,
                 log_tail: None,
+                snapshot: None,
                 outcome,
                 bytes: progress.counts.moved_bytes(),
                 error,
@@ -360,6 +366,7 @@ fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
             return Ended {
                 files: 0,
                 log_tail: None,
+                snapshot: None,
                 outcome,
                 bytes: status.bytes_checked,
                 error,
@@ -371,6 +378,7 @@ fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
             return Ended {
                 files: 0,
                 log_tail: None,
+                snapshot: None,
                 outcome: RunOutcome::Interrupted,
                 bytes: status.bytes_checked,
                 error: None,
@@ -384,14 +392,18 @@ fn scrub(daemon: &Daemon, service: &PoolService, rate: Option<u64>) -> Ended {
 /// A backup from a fresh snapshot (see [`super::backups`]).
 fn backup(daemon: &Daemon, service: &PoolService, task: &BackupTask) -> Ended {
     match super::backups::run(daemon, service, task) {
-        Ok(report) => {
-            let (outcome, error) = super::backups::run_outcome(&report);
+        Ok((report, snapshot)) => {
+            let (mut outcome, error) = super::backups::run_outcome(&report);
+            if outcome == RunOutcome::Cancelled && daemon.is_stopping() {
+                outcome = RunOutcome::Interrupted;
+            }
             Ended {
                 outcome,
                 bytes: report.bytes,
                 files: report.files,
+                detail: error.is_none().then(|| report.message.clone()),
                 error,
-                detail: Some(report.message.clone()),
+                snapshot: Some(snapshot),
                 log_tail: (!report.log_tail.is_empty()).then(|| report.log_tail.join("\n")),
             }
         }

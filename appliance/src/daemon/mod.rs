@@ -141,6 +141,11 @@ impl Daemon {
                 daemon.config.path.display()
             ),
         );
+        for task in &daemon.config.backups {
+            if let Ok(service) = daemon.service(&task.job.pool) {
+                backups::release_orphans(&daemon, &service, task);
+            }
+        }
         if interrupted > 0 {
             daemon.event(
                 Level::Warning,
@@ -295,6 +300,7 @@ impl Daemon {
                         error: None,
                         detail: Some("the previous run was still going"),
                         log_tail: None,
+                        snapshot: None,
                     };
                     let _ = self.state.run_finished(id, &end);
                 }

@@ -71,6 +71,9 @@ CREATE INDEX io_minutes_by_time ON io_minutes (time);
 ALTER TABLE job_runs ADD COLUMN files INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE job_runs ADD COLUMN log_tail TEXT;
 "#,
+    r#"
+ALTER TABLE job_runs ADD COLUMN snapshot TEXT;
+"#,
 ];
 
 /// The schema version this build migrates to.
@@ -344,6 +347,9 @@ pub struct JobRun {
     /// The last lines of the tool's output (backups).
     #[serde(default)]
     pub log_tail: Option<String>,
+    /// The snapshot the run read from (backups).
+    #[serde(default)]
+    pub snapshot: Option<String>,
 }
 
 /// How a run ended, for [`StateDb::run_finished`].
@@ -362,6 +368,8 @@ pub struct RunEnd<'a> {
     pub detail: Option<&'a str>,
     /// The last lines of the tool's output.
     pub log_tail: Option<&'a str>,
+    /// The snapshot the run read from.
+    pub snapshot: Option<&'a str>,
 }
 
 /// The scheduler's bookkeeping for one job.
@@ -564,7 +572,8 @@ impl StateDb {
             let updated = conn
                 .prepare_cached(
                     "UPDATE job_runs SET finished = ?2, outcome = ?3, bytes = ?4, error = ?5, \
-                     detail = ?6, files = ?7, log_tail = ?8 WHERE id = ?1 AND finished IS NULL",
+                     detail = ?6, files = ?7, log_tail = ?8, snapshot = ?9 \
+                     WHERE id = ?1 AND finished IS NULL",
                 )?
                 .execute(params![
                     id,
@@ -574,7 +583,8 @@ impl StateDb {
                     end.error,
                     end.detail,
                     sql_u64(end.files)?,
-                    end.log_tail
+                    end.log_tail,
+                    end.snapshot
                 ])?;
             match updated {
                 0 => Err(Fault::Invalid(format!(
@@ -590,7 +600,7 @@ impl StateDb {
         self.with_conn(|conn| {
             let mut statement = conn.prepare_cached(
                 "SELECT id, job, kind, started, scheduled_for, finished, outcome, bytes, error, \
-                 detail, files, log_tail FROM job_runs WHERE ?1 IS NULL OR job = ?1 \
+                 detail, files, log_tail, snapshot FROM job_runs WHERE ?1 IS NULL OR job = ?1 \
                  ORDER BY id DESC LIMIT ?2",
             )?;
             let runs = statement.query_map(params![job, sql_limit(limit)], job_run_from_row)?;
@@ -1030,6 +1040,7 @@ fn job_run_from_row(row: &Row<'_>) -> rusqlite::Result<JobRun> {
         detail: row.get(9)?,
         files: get_u64(row, 10)?,
         log_tail: row.get(11)?,
+        snapshot: row.get(12)?,
     })
 }
 
@@ -1144,7 +1155,7 @@ mod tests {
                 error,
                 StateError::TooNew {
                     found: 99,
-                    supported: 2,
+                    supported: 3,
                     ..
                 }
             ),
@@ -1176,11 +1187,12 @@ mod tests {
             error: None,
             detail: None,
             log_tail: None,
+            snapshot: None,
         }
     }
 
     #[test]
-    fn a_version_1_database_gains_the_backup_columns_and_keeps_its_runs() {
+    fn a_version_1_database_gains_the_newer_columns_and_keeps_its_runs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("aegis.db");
         {
@@ -1193,7 +1205,7 @@ mod tests {
             .unwrap();
         }
         let db = StateDb::open(&path).unwrap();
-        assert_eq!(db.schema_version().unwrap(), 2);
+        assert_eq!(db.schema_version().unwrap(), 3);
         let run = db.last_run("scrub:tank").unwrap().unwrap();
         assert_eq!((run.bytes, run.files, run.log_tail), (7, 0, None));
     }
@@ -1218,6 +1230,7 @@ mod tests {
                 error: None,
                 detail: Some("tank@n1"),
                 log_tail: Some("sent 4096 bytes"),
+                snapshot: Some("backup-x-20261125-010000"),
             },
         )
         .unwrap();
@@ -1248,6 +1261,7 @@ mod tests {
             (done.files, done.log_tail.as_deref()),
             (12, Some("sent 4096 bytes"))
         );
+        assert_eq!(done.snapshot.as_deref(), Some("backup-x-20261125-010000"));
         assert_eq!(
             (done.scheduled_for, done.error.as_deref()),
             (Some(90), None)
