@@ -312,6 +312,17 @@ pub struct TierStatus {
     /// When the next scheduled migration runs (seconds since the epoch): set under aegisd;
     /// `None` for a pool mounted with `aegis mount` or with `migration = "off"`.
     pub next_migration: Option<i64>,
+    /// The pinned trees: each path whose `tier` is set and differs from its parent's.
+    pub pins: Vec<Pin>,
+}
+
+/// A path pinned to a tier (and everything below it that has the same pin).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pin {
+    pub path: String,
+    /// `fast`, `slow`, or `auto` (set back to placement by heat below a pinned directory).
+    pub tier: String,
 }
 
 /// `POST /v1/tier/migrate`.
@@ -501,6 +512,7 @@ pub struct RunStarted {
 }
 
 pub use crate::daemon::backups::BackupProgress;
+pub use backup::run::Progress as BackupEngineProgress;
 pub use backup::run::RunReport as BackupReport;
 pub use backup::verify::VerifyReport;
 

@@ -920,6 +920,12 @@ fn tier_cmd(action: TierCmd) -> anyhow::Result<()> {
                     format_time
                 )
             );
+            if status.pins.is_empty() {
+                println!("pins            none");
+            }
+            for pin in &status.pins {
+                println!("pin             {} {}", pin.tier, pin.path);
+            }
         }
         TierCmd::Migrate {
             target,

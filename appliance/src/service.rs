@@ -24,7 +24,7 @@ use tiering::migrate::Progress;
 
 use crate::api::{
     DedupTable, DiskUsage, FsckReport, MemberStatus, MigrateRequest, MigrationEntry, MigrationPlan,
-    MigrationProgress, PinDone, PinRequest, PlannedFile, PropertyValue, RollbackDone,
+    MigrationProgress, Pin, PinDone, PinRequest, PlannedFile, PropertyValue, RollbackDone,
     RollbackRequest, ScrubStart, ScrubStatus, SetProperties, Snapshot, SnapshotChange,
     SnapshotCreate, SnapshotDeleted, SpaceSavings, Status, TierHeat, TierStatus, TierUsage,
 };
@@ -521,7 +521,39 @@ impl PoolService {
                 .next_migration
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
+            pins: self.pins()?,
         })
+    }
+
+    /// The roots of pinned trees: paths with a `tier` of their own whose nearest pinned
+    /// ancestor (if any) has another value. `aegis tier pin` sets the value on every entry
+    /// below the path, so listing each would repeat the tree.
+    fn pins(&self) -> Result<Vec<Pin>, (u16, String)> {
+        let values: HashMap<u64, String> = self
+            .fs
+            .local_values("tier")
+            .map_err(|e| fs_error(&e))?
+            .into_iter()
+            .map(|(ino, value)| (ino.0, value.value()))
+            .collect();
+        let inodes: BTreeSet<u64> = values.keys().copied().collect();
+        let mut pinned: Vec<(String, String)> = self
+            .fs
+            .paths_of(&inodes)
+            .map_err(|e| fs_error(&e))?
+            .into_iter()
+            .filter_map(|(ino, path)| Some((path?, values.get(&ino)?.clone())))
+            .collect();
+        pinned.sort();
+        let mut pins: Vec<Pin> = Vec::new();
+        for (path, tier) in pinned {
+            let below = |pin: &&Pin| pin.path == "/" || path.starts_with(&format!("{}/", pin.path));
+            let nearest = pins.iter().rev().find(below);
+            if nearest.is_none_or(|pin| pin.tier != tier) {
+                pins.push(Pin { path, tier });
+            }
+        }
+        Ok(pins)
     }
 
     /// The plan (dry run), or a migration started on its own thread.

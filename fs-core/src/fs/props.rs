@@ -244,6 +244,26 @@ impl Filesystem {
         })
     }
 
+    /// The files and directories with `name` set on them (not inherited), with the value;
+    /// the pool's default is not among them.
+    pub fn local_values(&self, name: &str) -> FsResult<Vec<(InodeId, Property)>> {
+        self.view(|tx| {
+            let table = tx.txn.open_table(PROPERTIES)?;
+            let mut found = Vec::new();
+            for entry in table.iter()? {
+                let (key, value) = entry?;
+                let (ino, key_name) = key.value();
+                if ino == POOL || key_name != name {
+                    continue;
+                }
+                let property = Property::from_parts(name, value.value())
+                    .map_err(|e| FsError::Corrupt(format!("property of inode {ino}: {e}")))?;
+                found.push((InodeId(ino), property));
+            }
+            Ok(found)
+        })
+    }
+
     /// Every property's effective value on `ino`, and where it comes from.
     pub fn properties(&self, ino: InodeId) -> FsResult<Vec<(Property, Source)>> {
         self.view(|tx| {
