@@ -2,7 +2,8 @@
 # The AegisFS demo: two sparse image files stand in for an NVMe partition (2 GiB) and an HDD
 # partition (8 GiB); they are formatted as one pool, which aegisd (the daemon) mounts and
 # serves from a config file with hourly snapshots; sample data is written, and the pool's
-# status, jobs and events are printed. aegisd keeps running for you to explore.
+# status, jobs and events are printed. aegisd keeps running for you to explore, and on a
+# terminal the console (aegis-tui) opens on it.
 #
 #   scripts/demo.sh            # images, config, state and mountpoint under /var/tmp/aegis-demo
 #   AEGIS_DEMO_DIR=/somewhere scripts/demo.sh
@@ -163,5 +164,12 @@ echo "aegisd (pid $(cat "$DIR/aegisd.pid")) serves the pool at $MNT; its log is 
 echo "Talk to it with:"
 echo "  export AEGIS_SOCKET=$AEGIS_SOCKET"
 echo "  $AEGIS status; $AEGIS jobs list; $AEGIS events --follow"
+echo "  $PWD/target/release/aegis-tui      # the live console"
 echo "Stop it (the pool is unmounted cleanly) with:"
 echo "  kill \$(cat $DIR/aegisd.pid)"
+if [[ -t 0 && -t 1 ]]; then
+    echo
+    echo "== opening the console (q quits it; aegisd keeps running)"
+    sleep 2
+    "$PWD/target/release/aegis-tui" --pool demo
+fi
