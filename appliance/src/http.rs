@@ -1,9 +1,14 @@
 //! HTTP plumbing shared by the control API servers (a standalone serving process and
 //! `aegisd`): binding the Unix socket, worker threads, JSON responses, request bodies with a
-//! size limit, query strings and the JSON error shape.
+//! size limit, query strings and the JSON error shape. The standalone process answers with
+//! tiny_http ([`Workers`]); aegisd with [`server`], which accepts connections itself so it
+//! knows each client's credentials.
+
+pub mod server;
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,11 +19,14 @@ use crate::api::ApiError;
 /// A buffered response.
 pub type Response = tiny_http::Response<std::io::Cursor<Vec<u8>>>;
 
-/// A failed request: the HTTP status and a message for the user.
+/// A failed request: the HTTP status, a message for the user, and the machine-readable code
+/// when it says more than the status does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub status: u16,
     pub message: String,
+    /// The error body's `code`; [`error_code`] of the status when `None`.
+    pub code: Option<&'static str>,
 }
 
 impl Failure {
@@ -26,6 +34,16 @@ impl Failure {
         Self {
             status,
             message: message.into(),
+            code: None,
+        }
+    }
+
+    /// A failure whose error body carries `code` instead of the status's generic one.
+    pub fn with_code(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            code: Some(code),
         }
     }
 
@@ -38,7 +56,10 @@ impl Failure {
         json_response(
             self.status,
             &ApiError {
-                code: error_code(self.status).to_owned(),
+                code: self
+                    .code
+                    .unwrap_or_else(|| error_code(self.status))
+                    .to_owned(),
                 message: self.message.clone(),
             },
         )
@@ -47,7 +68,7 @@ impl Failure {
 
 impl From<(u16, String)> for Failure {
     fn from((status, message): (u16, String)) -> Self {
-        Self { status, message }
+        Self::new(status, message)
     }
 }
 
@@ -64,8 +85,10 @@ pub fn error_code(status: u16) -> &'static str {
         405 => "method_not_allowed",
         409 => "conflict",
         413 => "payload_too_large",
+        431 => "headers_too_large",
         501 => "not_implemented",
         503 => "unavailable",
+        505 => "http_version_not_supported",
         _ => "internal",
     }
 }
@@ -137,9 +160,16 @@ pub fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
+/// Binds a control socket for tiny_http (see [`bind_unix`]).
+pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tiny_http::Server> {
+    let listener = bind_unix(path, group)?;
+    tiny_http::Server::from_listener(listener, None)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))
+}
+
 /// Binds a control socket with mode 0660, replacing a stale one left by a crashed process.
 /// With `group`, the socket belongs to that group, so its members may use the API.
-pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tiny_http::Server> {
+pub fn bind_unix(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     let dir = path.parent().context("socket path has no directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     if path.exists() {
@@ -149,15 +179,15 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> anyhow::Result<tiny_http
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale {}", path.display()))?;
     }
-    let server = tiny_http::Server::http_unix(path)
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(group) = group {
         let gid = group_id(group)?;
         std::os::unix::fs::chown(path, None, Some(gid))
             .with_context(|| format!("cannot give {} to group {group}", path.display()))?;
     }
-    Ok(server)
+    Ok(listener)
 }
 
 /// The id of the named group (from the group database, so NSS sources count too).

@@ -23,7 +23,7 @@ pub fn serve(request: MountRequest<'_>, announce_ready: bool) -> anyhow::Result<
             "aegis-api",
             Arc::new(move |mut request: tiny_http::Request| {
                 let response = read_body(&mut request)
-                    .and_then(|body| route(&request, &body, &service))
+                    .and_then(|body| route(request.method(), request.url(), &body, &service))
                     .unwrap_or_else(|f| f.response());
                 respond(request, response);
             }),

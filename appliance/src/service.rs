@@ -364,7 +364,7 @@ impl PoolService {
     /// `/v1/snapshots/{name}[/rollback|/diff]`.
     fn snapshot_route(
         &self,
-        request: &tiny_http::Request,
+        method: &tiny_http::Method,
         body: &str,
         rest: &str,
         query: &str,
@@ -376,7 +376,7 @@ impl PoolService {
             .map_err(|_| (400, "the snapshot name is not UTF-8".to_owned()))?
             .into_owned();
         let fs = &self.fs;
-        match (request.method(), action) {
+        match (method, action) {
             (Delete, "") => {
                 let released = self.delete_snapshot(&name)?;
                 Ok(json_response(
@@ -796,14 +796,13 @@ fn api_change(change: &Change) -> SnapshotChange {
     }
 }
 
-/// Answers one request for this pool's `/v1/...` endpoints; `body` is the request's body,
-/// already read.
-pub fn route(request: &tiny_http::Request, body: &str, api: &PoolService) -> Reply {
+/// Answers one request for this pool's `/v1/...` endpoints: its method, its URL (path and
+/// query string) and its body, already read.
+pub fn route(method: &tiny_http::Method, url: &str, body: &str, api: &PoolService) -> Reply {
     use tiny_http::Method::{Get, Post, Put};
     let fs = &api.fs;
-    let url = request.url().to_owned();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    match (request.method(), path) {
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    match (method, path) {
         (Get, "/v1/status") => Ok(json_response(200, &api.status())),
         (Get, "/v1/fsck") => {
             // Commit first, so the check covers everything written so far.
@@ -903,7 +902,7 @@ pub fn route(request: &tiny_http::Request, body: &str, api: &PoolService) -> Rep
         }
         (_, path) if path.starts_with("/v1/snapshots/") => {
             let rest = path.trim_start_matches("/v1/snapshots/").to_owned();
-            api.snapshot_route(request, body, &rest, query)
+            api.snapshot_route(method, body, &rest, query)
         }
         (
             _,

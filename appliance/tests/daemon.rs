@@ -595,3 +595,76 @@ fn after_sigkill_the_next_start_replaces_the_dead_mount_and_keeps_synced_data() 
     assert_eq!(common::mount_count(&daemon.mountpoint), 1);
     assert_eq!(daemon.json("/v1/fsck")["clean"], true);
 }
+
+/// The audit log names who the kernel says is at the other end of the socket, whatever the
+/// client claims; the socket is 0660.
+#[test]
+fn the_audit_log_names_the_socket_peer_not_the_claim() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+
+    // Root claiming to be someone else.
+    let body = r#"{"name":"forged"}"#;
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    write!(
+        stream,
+        "POST /v1/snapshots HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         X-Aegis-User: mallory (uid 1000)\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+
+    // Another user, once the socket lets everyone in: the CLI as nobody.
+    std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(common::AEGIS)
+        .args(["snapshot", "create", "tank", "by-nobody"])
+        .env("AEGIS_SOCKET", &daemon.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let audit = daemon.json("/v1/audit");
+    let actor = |name: &str| -> String {
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"].as_str().unwrap().contains(name))
+            .unwrap_or_else(|| panic!("no audit entry for {name}: {audit}"))["actor"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let forged = actor("forged");
+    assert!(
+        forged.starts_with("root (uid 0) (unix socket, pid "),
+        "{forged}"
+    );
+    assert!(
+        forged.contains("claims to be \"mallory (uid 1000)\""),
+        "{forged}"
+    );
+    let nobody = actor("by-nobody");
+    assert!(
+        nobody.starts_with("nobody (uid 65534) (unix socket, pid "),
+        "{nobody}"
+    );
+    assert!(!nobody.contains("claims"), "{nobody}");
+}

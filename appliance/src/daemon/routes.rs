@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,13 +21,9 @@ use super::{jobs, Daemon, PoolSlot};
 use crate::api::{
     BackupInfo, BackupRequest, DaemonInfo, JobInfo, PoolEntry, RunRequest, RunStarted,
 };
-use crate::http::{
-    json_response, parse_json, query_param, read_body, respond, text_response, Failure, Reply,
-    Workers,
-};
+use crate::http::server::{Answer, Connection, Listener, Peer, Request, Server};
+use crate::http::{json_response, parse_json, query_param, text_response, Failure, Reply};
 
-/// Threads answering requests (a live stream takes a thread of its own).
-const API_THREADS: usize = 8;
 /// The most events, runs or audit entries one request returns.
 const MAX_LIST: usize = 10_000;
 
@@ -39,8 +36,8 @@ enum Origin {
 
 /// The daemon's listeners.
 pub struct Servers {
-    unix: Workers,
-    tcp: Option<Workers>,
+    unix: Server,
+    tcp: Option<Server>,
 }
 
 impl Servers {
@@ -71,11 +68,10 @@ pub fn listen(daemon: &Arc<Daemon>) -> anyhow::Result<Servers> {
             None
         }
     };
-    let server = crate::http::bind_socket(&settings.socket, group)?;
+    let listener = crate::http::bind_unix(&settings.socket, group)?;
     let handler_daemon = Arc::clone(daemon);
-    let unix = Workers::spawn(
-        server,
-        API_THREADS,
+    let unix = Server::start(
+        Listener::Unix(listener),
         "aegis-api",
         Arc::new(move |request| handle(&handler_daemon, request, Origin::Unix, None)),
     )?;
@@ -83,8 +79,8 @@ pub fn listen(daemon: &Arc<Daemon>) -> anyhow::Result<Servers> {
         None => None,
         Some(tcp) => {
             let token = read_token(&tcp.token_file)?;
-            let server = tiny_http::Server::http(tcp.listen)
-                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", tcp.listen))?;
+            let listener = std::net::TcpListener::bind(tcp.listen)
+                .with_context(|| format!("cannot listen on {}", tcp.listen))?;
             let handler_daemon = Arc::clone(daemon);
             let token = Arc::new(token);
             daemon.event(
@@ -93,12 +89,11 @@ pub fn listen(daemon: &Arc<Daemon>) -> anyhow::Result<Servers> {
                 None,
                 &format!("control API listening on tcp {}", tcp.listen),
             );
-            Some(Workers::spawn(
-                server,
-                API_THREADS,
+            Some(Server::start(
+                Listener::Tcp(listener),
                 "aegis-tcp",
                 Arc::new(move |request| {
-                    handle(&handler_daemon, request, Origin::Tcp, Some(&token));
+                    handle(&handler_daemon, request, Origin::Tcp, Some(&token))
                 }),
             )?)
         }
@@ -131,47 +126,46 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
 
 /// Whether the request carries the token (compared through their hashes, so the comparison
 /// takes the same time wherever they differ).
-fn authorized(request: &tiny_http::Request, token: &str) -> bool {
+fn authorized(request: &Request, token: &str) -> bool {
     request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .header("Authorization")
+        .and_then(|value| value.strip_prefix("Bearer "))
         .is_some_and(|given| {
             blake3::hash(given.trim().as_bytes()) == blake3::hash(token.as_bytes())
         })
 }
 
-/// Who asked: the user the CLI reports on the socket (anyone who can open it is an admin),
-/// or the token holder's address over TCP.
-fn actor(request: &tiny_http::Request, origin: Origin) -> String {
+/// Who asked. On the socket (anyone who can open it is an admin): the user the kernel says
+/// the client process runs as, with its pid; the user the client names in `X-Aegis-User` is
+/// kept as a claim when it says otherwise. Over TCP: the token holder's address.
+fn actor(request: &Request, origin: Origin) -> String {
+    let peer = request.peer();
     match origin {
         Origin::Unix => {
-            let user = request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("X-Aegis-User"))
-                .map_or("unknown", |h| h.value.as_str());
-            format!("{user} (unix socket)")
+            let mut who = match peer {
+                Peer::Local { pid, .. } => format!("{} (unix socket, pid {pid}", peer.describe()),
+                _ => format!("{} (unix socket", peer.describe()),
+            };
+            if let Some(claimed) = request.header("X-Aegis-User") {
+                if claimed != peer.describe() {
+                    let claimed: String = claimed.chars().take(CLAIM_SHOWN).collect();
+                    who.push_str(&format!("; claims to be {claimed:?}"));
+                }
+            }
+            who.push(')');
+            who
         }
-        Origin::Tcp => format!(
-            "token holder at {}",
-            request
-                .remote_addr()
-                .map_or_else(|| "?".to_owned(), ToString::to_string)
-        ),
+        Origin::Tcp => format!("token holder at {}", peer.describe()),
     }
 }
+
+/// The longest `X-Aegis-User` claim the audit log keeps.
+const CLAIM_SHOWN: usize = 64;
 
 /// The longest request body the audit log keeps of an action.
 const AUDITED_BODY: usize = 256;
 
-fn handle(
-    daemon: &Arc<Daemon>,
-    mut request: tiny_http::Request,
-    origin: Origin,
-    token: Option<&str>,
-) {
+fn handle(daemon: &Arc<Daemon>, request: Request, origin: Origin, token: Option<&str>) -> Answer {
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let method = request.method().clone();
@@ -186,10 +180,9 @@ fn handle(
         _ => Ok(()),
     };
     if allowed.is_ok() && method == Method::Get && path == "/v1/stats/stream" {
-        stream(daemon, request);
-        return;
+        return stream(daemon);
     }
-    let body = match allowed.and_then(|()| read_body(&mut request)) {
+    let body = match allowed.and_then(|()| request.body()) {
         Ok(body) => body,
         Err(failure) => {
             let response = failure.response();
@@ -199,11 +192,10 @@ fn handle(
             } else {
                 tracing::warn!(status = failure.status, %path, "refused a request: {}", failure.message);
             }
-            respond(request, response);
-            return;
+            return Answer::Response(response);
         }
     };
-    let result = route(daemon, &request, &body, path, query);
+    let result = route(daemon, &request, body, path, query);
     if changes {
         let mut action = format!("{method} {path}");
         if !body.trim().is_empty() {
@@ -212,14 +204,14 @@ fn handle(
         }
         audit(daemon, &request, origin, &action, query, &result);
     }
-    respond(request, result.unwrap_or_else(|f| f.response()));
+    Answer::Response(result.unwrap_or_else(|f| f.response()))
 }
 
 /// Appends a request that changes something (or was refused) to the audit log, and raises
 /// an `admin` event for it.
 fn audit(
     daemon: &Daemon,
-    request: &tiny_http::Request,
+    request: &Request,
     origin: Origin,
     action: &str,
     query: &str,
@@ -278,13 +270,7 @@ fn internal(err: impl std::fmt::Display) -> Failure {
     Failure::new(500, err.to_string())
 }
 
-fn route(
-    daemon: &Arc<Daemon>,
-    request: &tiny_http::Request,
-    body: &str,
-    path: &str,
-    query: &str,
-) -> Reply {
+fn route(daemon: &Arc<Daemon>, request: &Request, body: &str, path: &str, query: &str) -> Reply {
     use Method::{Get, Post};
     match (request.method(), path) {
         (Get, "/metrics") => Ok(text_response(
@@ -498,7 +484,7 @@ fn route(
                 })?,
             };
             let service = daemon.service(&pool)?;
-            crate::service::route(request, body, &service)
+            crate::service::route(request.method(), request.url(), body, &service)
         }
         _ => Err(Failure::new(404, format!("no such endpoint: {path}"))),
     }
@@ -595,42 +581,44 @@ fn job_list(daemon: &Daemon) -> Result<Vec<JobInfo>, Failure> {
 }
 
 /// `GET /v1/stats/stream`: server-sent events, one `data:` line of [`crate::api::IoSecond`]
-/// JSON a second, until the client goes away or the daemon stops. It runs on a thread of its
-/// own so a watcher never holds an API thread.
-fn stream(daemon: &Daemon, request: tiny_http::Request) {
+/// JSON a second, until the client goes away, 30 s pass without a sample, or the daemon stops.
+/// The connection's own thread carries it, so a watcher never holds up other requests.
+fn stream(daemon: &Daemon) -> Answer {
     let receiver = daemon.stats.subscribe();
-    let spawned = std::thread::Builder::new()
-        .name("aegis-stream".into())
-        .spawn(move || {
-            let header = |name: &str, value: &str| {
-                tiny_http::Header::from_bytes(name, value).expect("static header is valid")
-            };
-            let response = tiny_http::Response::empty(200)
-                .with_header(header("Content-Type", "text/event-stream"))
-                .with_header(header("Cache-Control", "no-cache"));
-            // An "upgrade" hands over the connection: events go out as they come, unbuffered
-            // and unchunked, until either side closes it.
-            let mut connection = request.upgrade("text/event-stream", response);
-            if connection
-                .write_all(b"retry: 1000\n\n")
-                .and_then(|()| connection.flush())
-                .is_err()
-            {
-                return;
-            }
-            while let Ok(second) = receiver.recv_timeout(Duration::from_secs(30)) {
-                let Ok(json) = serde_json::to_string(&*second) else {
-                    continue;
-                };
-                let sent = connection
-                    .write_all(format!("event: io\ndata: {json}\n\n").as_bytes())
-                    .and_then(|()| connection.flush());
-                if sent.is_err() {
-                    return;
+    Answer::Stream(Box::new(move |connection: &mut Connection| {
+        let head =
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+                    Connection: close\r\n\r\nretry: 1000\n\n";
+        if connection
+            .write_all(head.as_bytes())
+            .and_then(|()| connection.flush())
+            .is_err()
+        {
+            return;
+        }
+        let mut silent = Duration::ZERO;
+        while !connection.stopping() && silent < STREAM_SILENCE {
+            match receiver.recv_timeout(STREAM_POLL) {
+                Ok(second) => {
+                    silent = Duration::ZERO;
+                    let Ok(json) = serde_json::to_string(&*second) else {
+                        continue;
+                    };
+                    let sent = connection
+                        .write_all(format!("event: io\ndata: {json}\n\n").as_bytes())
+                        .and_then(|()| connection.flush());
+                    if sent.is_err() {
+                        return;
+                    }
                 }
+                Err(RecvTimeoutError::Timeout) => silent += STREAM_POLL,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
-        });
-    if let Err(err) = spawned {
-        tracing::error!(error = %err, "cannot start a stream thread");
-    }
+        }
+    }))
 }
+
+/// How often a stream looks at whether the daemon stops.
+const STREAM_POLL: Duration = Duration::from_secs(1);
+/// A stream ends after this long without a sample.
+const STREAM_SILENCE: Duration = Duration::from_secs(30);
