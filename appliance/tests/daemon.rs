@@ -668,3 +668,120 @@ fn the_audit_log_names_the_socket_peer_not_the_claim() {
     );
     assert!(!nobody.contains("claims"), "{nobody}");
 }
+
+/// While aegisd stops (here held up by a file open on the mount), the API still answers
+/// reads but starts nothing: jobs, backups and pool actions are refused with 503 `stopping`.
+#[test]
+fn a_stopping_daemon_refuses_to_start_anything_and_then_exits_cleanly() {
+    let sandbox = Sandbox::new();
+    let dest = sandbox.path("dest");
+    let config = setup(
+        &sandbox,
+        &format!(
+            "\n[[backup]]\nname = \"docs\"\nengine = \"rsync\"\nsource = \"docs\"\n\
+             destination = \"{}\"\nschedule = \"off\"\n",
+            dest.display()
+        ),
+    );
+    let mut daemon = Daemon::start(&sandbox, &config, &[]);
+    std::fs::create_dir(daemon.mountpoint.join("docs")).unwrap();
+    std::fs::write(daemon.mountpoint.join("docs/held"), b"open during the stop").unwrap();
+    let pid = daemon.child.as_ref().unwrap().id();
+    let held = std::fs::File::open(daemon.mountpoint.join("docs/held")).unwrap();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon
+        .json("/v1/events?kind=daemon")
+        .to_string()
+        .contains("aegisd is stopping")
+    {
+        assert!(Instant::now() < deadline, "never began to stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (path, body) in [
+        ("/v1/jobs/run", r#"{"job":"scrub:tank"}"#),
+        ("/v1/backups/run", r#"{"name":"docs"}"#),
+        ("/v1/scrub/start", "{}"),
+        ("/v1/snapshots", r#"{"name":"late"}"#),
+    ] {
+        let (code, error) = daemon.send("POST", path, body);
+        assert_eq!(code, 503, "{path}: {error}");
+        assert_eq!(error["code"], "stopping", "{path}: {error}");
+    }
+    assert_eq!(daemon.json("/v1/daemon")["pools"][0], "tank");
+    let (code, _) = daemon.get("/v1/stats/stream");
+    assert_eq!(code, 503);
+    let refused = daemon.json("/v1/audit").to_string();
+    assert!(refused.contains("failed (503)"), "{refused}");
+    assert!(daemon
+        .json("/v1/jobs/history")
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    drop(held);
+    let status = daemon.stop_waiting();
+    assert!(status.success(), "aegisd exited with {status}");
+    assert!(!is_mounted(&daemon.mountpoint));
+}
+
+/// Sends `GET /v1/stats/stream` and returns the connection and its status line.
+fn follow_stream(socket: &std::path::Path) -> (UnixStream, String) {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/stats/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        if stream.read(&mut byte).unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+#[test]
+fn the_live_stream_takes_sixteen_clients_and_refuses_more() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let followers: Vec<UnixStream> = (0..16)
+        .map(|i| {
+            let (stream, status) = follow_stream(&daemon.socket);
+            assert!(status.starts_with("HTTP/1.1 200"), "client {i}: {status}");
+            stream
+        })
+        .collect();
+    let (mut refused, status) = follow_stream(&daemon.socket);
+    assert!(status.starts_with("HTTP/1.1 503"), "{status}");
+    let mut rest = String::new();
+    refused.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("\"code\":\"too_many_streams\""), "{rest}");
+    // Other requests are still answered.
+    assert_eq!(daemon.json("/v1/daemon")["pools"][0], "tank");
+
+    // A client that leaves frees its place (noticed at the next second's event).
+    let mut followers = followers.into_iter();
+    drop(followers.next());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_stream, status) = follow_stream(&daemon.socket);
+        if status.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the place was never freed: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(followers);
+}

@@ -218,3 +218,60 @@ keep = {{ hourly = 2 }}
         .iter()
         .any(|a| a.alert == "missed:snapshot:tank:auto"));
 }
+
+/// Once the daemon stops, neither the schedule nor a request starts a job: a job started
+/// then would hold the mount busy past the unmount.
+#[test]
+fn a_stopping_daemon_starts_no_job() {
+    let sandbox = Sandbox::new();
+    let (fast, slow) = sandbox.format("256M", "512M");
+    let mountpoint = sandbox.path("mnt");
+    let text = format!(
+        r#"[daemon]
+socket = "{socket}"
+state_db = "{state}"
+
+[[pool]]
+name = "tank"
+devices = ["{fast}", "{slow}"]
+mountpoint = "{mnt}"
+migration = "off"
+scrub = "hourly :30"
+
+[[snapshots]]
+schedule = "hourly"
+"#,
+        socket = sandbox.path("aegisd.sock").display(),
+        state = sandbox.path("state.db").display(),
+        mnt = mountpoint.display(),
+    );
+    let config = Config::parse(&text, &sandbox.path("aegis.toml")).unwrap();
+    let clock = Arc::new(ManualClock::new(local(2026, 3, 2, 10, 59)));
+    let mut running = start(&config, &clock, &mountpoint);
+    running.tick();
+    let daemon = Arc::clone(running.daemon());
+    running.stop();
+    assert!(daemon.is_stopping());
+
+    // Due now, but the daemon stopped: nothing runs, and nothing is marked handled.
+    clock.set(local(2026, 3, 2, 11, 30));
+    daemon.run_due_jobs();
+    assert!(!daemon.is_running("snapshot:tank:auto"));
+    assert!(!daemon.is_running("scrub:tank"));
+    assert!(running_or_recorded(&daemon).is_empty());
+    let job = daemon.job("scrub:tank").unwrap();
+    let refused = appliance::daemon::jobs::start(&daemon, job, None).unwrap_err();
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.code, Some("stopping"), "{refused:?}");
+    assert!(running_or_recorded(&daemon).is_empty());
+    let marks = daemon
+        .state
+        .job_marks("snapshot:tank:auto")
+        .unwrap()
+        .unwrap();
+    assert_eq!(marks.handled, None, "left for the next start to catch up");
+}
+
+fn running_or_recorded(daemon: &Daemon) -> Vec<appliance::api::JobRun> {
+    daemon.state.runs(None, 100).unwrap()
+}

@@ -38,36 +38,48 @@ struct Live {
 
 /// The backups running now, by job name.
 #[derive(Default)]
-pub struct Running(Mutex<HashMap<String, Live>>);
+pub struct Running(Mutex<Backups>);
+
+#[derive(Default)]
+struct Backups {
+    live: HashMap<String, Live>,
+    /// Set by [`Running::cancel_all`]: a backup that begins later is cancelled at once.
+    closed: bool,
+}
 
 impl Running {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+    fn lock(&self) -> MutexGuard<'_, Backups> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Progress of the running backup `name`.
     pub fn progress(&self, name: &str) -> Option<BackupProgress> {
-        self.lock().get(name).map(|live| live.progress.clone())
+        self.lock().live.get(name).map(|live| live.progress.clone())
     }
 
     /// Asks the running backup `name` to stop; whether one was running.
     pub fn cancel(&self, name: &str) -> bool {
         self.lock()
+            .live
             .get(name)
             .map(|live| live.cancel.store(true, Ordering::Relaxed))
             .is_some()
     }
 
-    /// Asks every running backup to stop (the daemon is stopping).
+    /// Asks every running backup to stop, and every later one as it begins (the daemon is
+    /// stopping).
     pub fn cancel_all(&self) {
-        for live in self.lock().values() {
+        let mut backups = self.lock();
+        backups.closed = true;
+        for live in backups.live.values() {
             live.cancel.store(true, Ordering::Relaxed);
         }
     }
 
     fn begin(&self, name: &str, started: i64) -> Arc<AtomicBool> {
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.lock().insert(
+        let mut backups = self.lock();
+        let cancel = Arc::new(AtomicBool::new(backups.closed));
+        backups.live.insert(
             name.to_owned(),
             Live {
                 progress: BackupProgress {
@@ -82,13 +94,13 @@ impl Running {
     }
 
     fn update(&self, name: &str, change: impl FnOnce(&mut BackupProgress)) {
-        if let Some(live) = self.lock().get_mut(name) {
+        if let Some(live) = self.lock().live.get_mut(name) {
             change(&mut live.progress);
         }
     }
 
     fn end(&self, name: &str) {
-        self.lock().remove(name);
+        self.lock().live.remove(name);
     }
 }
 
@@ -193,6 +205,9 @@ fn run_tracked(
     cancel: &AtomicBool,
 ) -> Result<(RunReport, String), String> {
     let name = &task.job.name;
+    if cancel.load(Ordering::Relaxed) {
+        return Err("cancelled before it began: aegisd is stopping".into());
+    }
     let snapshot = take_snapshot(service, &snapshot_prefix(task), at)?;
     daemon.backups.update(name, |p| p.phase = "copying".into());
     let request = request(daemon, service, task, &snapshot, at, false);
@@ -322,5 +337,20 @@ pub fn run_outcome(report: &RunReport) -> (super::state::RunOutcome, Option<Stri
         Outcome::Partial | Outcome::RemoteUnreachable | Outcome::Failed => {
             (RunOutcome::Failed, Some(report.message.clone()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_that_begins_after_cancel_all_is_cancelled_at_once() {
+        let running = Running::default();
+        let early = running.begin("early", 0);
+        running.cancel_all();
+        assert!(early.load(Ordering::Relaxed));
+        let late = running.begin("late", 0);
+        assert!(late.load(Ordering::Relaxed), "begun after cancel_all");
     }
 }

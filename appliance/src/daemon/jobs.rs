@@ -134,14 +134,18 @@ impl Ended {
 }
 
 /// Starts `job` on a thread of its own; `scheduled_for` is the schedule occurrence it serves
-/// (none for a run on request). Refused with 409 while the job runs.
+/// (none for a run on request). Refused with 409 while the job runs, and with 503 (code
+/// `stopping`) once the daemon stops.
 pub fn start(
     daemon: &Arc<Daemon>,
     job: &Job,
     scheduled_for: Option<DateTime<Utc>>,
 ) -> Result<RunId, Failure> {
-    let mut running = daemon.running_jobs();
-    if running.contains(&job.name) {
+    let mut activity = daemon.activity();
+    if activity.stopping {
+        return Err(Daemon::stopping_failure());
+    }
+    if activity.jobs.contains(&job.name) {
         return Err(Failure::new(
             409,
             format!("{} is still running from an earlier start", job.name),
@@ -157,8 +161,8 @@ pub fn start(
             scheduled_for.map(|t| t.timestamp()),
         )
         .map_err(|e| Failure::new(500, format!("cannot record the run: {e}")))?;
-    running.insert(job.name.clone());
-    drop(running);
+    activity.jobs.insert(job.name.clone());
+    drop(activity);
     daemon.event(
         Level::Info,
         job.work.kind(),
@@ -170,7 +174,7 @@ pub fn start(
         .name(format!("aegis-job-{}", job.work.kind()))
         .spawn(move || run(&daemon_for_thread, &job_for_thread, id));
     if let Err(err) = spawned {
-        daemon.running_jobs().remove(&job.name);
+        daemon.job_ended(&job.name);
         let ended = Ended::failed(format!("cannot start a thread: {err}"));
         let _ = daemon.state.run_finished(id, &ended.at(now.timestamp()));
         return Err(Failure::new(
@@ -184,6 +188,13 @@ pub fn start(
 /// Runs the job, records how it ended and tells the operator.
 fn run(daemon: &Arc<Daemon>, job: &Job, id: RunId) {
     let ended = match daemon.service(&job.pool) {
+        // Started just before the daemon began to stop.
+        Ok(_) if daemon.is_stopping() => Ended {
+            outcome: RunOutcome::Interrupted,
+            error: None,
+            detail: Some("aegisd stopped before the run began".into()),
+            ..Ended::failed("")
+        },
         Ok(service) => match &job.work {
             Work::Snapshot(task) => snapshot(daemon, &service, task),
             Work::Migration { rate } => migration(daemon, &service, *rate),
@@ -196,7 +207,7 @@ fn run(daemon: &Arc<Daemon>, job: &Job, id: RunId) {
     if let Err(err) = daemon.state.run_finished(id, &ended.at(finished)) {
         tracing::error!(job = %job.name, error = %err, "cannot record the end of a run");
     }
-    daemon.running_jobs().remove(&job.name);
+    daemon.job_ended(&job.name);
     let summary = match (&ended.error, &ended.detail) {
         (Some(error), _) => format!("{} {}: {error}", job.name, ended.outcome.as_str()),
         (None, Some(detail)) => format!("{} {}: {detail}", job.name, ended.outcome.as_str()),
@@ -407,6 +418,13 @@ fn backup(daemon: &Daemon, service: &PoolService, task: &BackupTask) -> Ended {
                 log_tail: (!report.log_tail.is_empty()).then(|| report.log_tail.join("\n")),
             }
         }
+        // Cancelled before it began: the daemon stops.
+        Err(message) if daemon.is_stopping() => Ended {
+            outcome: RunOutcome::Interrupted,
+            error: None,
+            detail: Some(message),
+            ..Ended::failed("")
+        },
         Err(message) => Ended::failed(message),
     }
 }

@@ -17,7 +17,7 @@ pub mod stats;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -71,6 +71,30 @@ pub enum PoolSlot {
     Failed(String),
 }
 
+/// What the daemon is busy with: the jobs running, the requests that change something being
+/// answered, and whether it stops. One lock covers all three, so nothing starts once
+/// [`Daemon::shutdown`] has begun, and shutdown sees everything that started before.
+#[derive(Default)]
+struct Activity {
+    jobs: HashSet<String>,
+    changes: usize,
+    stopping: bool,
+}
+
+/// A request that changes something, counted until dropped (see [`Daemon::begin_change`]).
+pub struct Change<'a>(&'a Daemon);
+
+impl Drop for Change<'_> {
+    fn drop(&mut self) {
+        let mut activity = self.0.activity();
+        activity.changes = activity.changes.saturating_sub(1);
+        self.0.settled.notify_all();
+    }
+}
+
+/// How long shutdown waits for running jobs and changing requests before it unmounts anyway.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The running daemon, shared by the API threads, the scheduler, the sampler and job threads.
 pub struct Daemon {
     pub config: Config,
@@ -83,9 +107,13 @@ pub struct Daemon {
     /// Live progress of the backups running now.
     pub backups: backups::Running,
     pub started: Instant,
-    running: Mutex<HashSet<String>>,
+    activity: Mutex<Activity>,
+    /// Notified whenever a job or a changing request ends.
+    settled: Condvar,
     planner: Mutex<Planner>,
+    /// Mirrors `Activity::stopping`, for the job loops that look at it every second.
     stopping: AtomicBool,
+    background: Mutex<Option<stats::Background>>,
 }
 
 impl Daemon {
@@ -127,9 +155,11 @@ impl Daemon {
             clock,
             alerts,
             started: Instant::now(),
-            running: Mutex::new(HashSet::new()),
+            activity: Mutex::new(Activity::default()),
+            settled: Condvar::new(),
             planner: Mutex::new(Planner::new(job_states)),
             stopping: AtomicBool::new(false),
+            background: Mutex::new(None),
         });
         daemon.event(
             Level::Info,
@@ -226,16 +256,53 @@ impl Daemon {
         self.jobs.iter().find(|job| job.name == name)
     }
 
-    fn running_jobs(&self) -> MutexGuard<'_, HashSet<String>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    fn activity(&self) -> MutexGuard<'_, Activity> {
+        self.activity.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn is_running(&self, job: &str) -> bool {
-        self.running_jobs().contains(job)
+        self.activity().jobs.contains(job)
     }
 
+    /// Whether [`Daemon::shutdown`] has begun: nothing new starts.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// The refusal of anything new while the daemon stops: 503, code `stopping`.
+    pub fn stopping_failure() -> Failure {
+        Failure::with_code(
+            503,
+            "stopping",
+            "aegisd is stopping and starts nothing new; try again once it runs again",
+        )
+    }
+
+    /// Counts a request that changes something until the guard is dropped; shutdown waits
+    /// for it before unmounting. Refused once the daemon stops.
+    pub fn begin_change(&self) -> Result<Change<'_>, Failure> {
+        let mut activity = self.activity();
+        if activity.stopping {
+            return Err(Self::stopping_failure());
+        }
+        activity.changes += 1;
+        Ok(Change(self))
+    }
+
+    /// Records that `job` ended.
+    fn job_ended(&self, job: &str) {
+        self.activity().jobs.remove(job);
+        self.settled.notify_all();
+    }
+
+    /// Starts the once-a-second background work; [`Daemon::shutdown`] stops it.
+    pub fn start_background(self: &Arc<Self>) -> anyhow::Result<()> {
+        let background = stats::spawn_background(self)?;
+        *self
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(background);
+        Ok(())
     }
 
     /// A job's next scheduled run.
@@ -250,6 +317,10 @@ impl Daemon {
     /// with an event and an alert saying how many runs were missed; a job still running from
     /// before is recorded as skipped.
     pub fn run_due_jobs(self: &Arc<Self>) {
+        if self.is_stopping() {
+            // Left unhandled, the occurrences run once at the next start.
+            return;
+        }
         let now = self.clock.now();
         let due = self
             .planner
@@ -257,6 +328,9 @@ impl Daemon {
             .unwrap_or_else(PoisonError::into_inner)
             .due(now);
         for due in due {
+            if self.is_stopping() {
+                return;
+            }
             let Some(job) = self.job(&due.job) else {
                 continue;
             };
@@ -323,16 +397,38 @@ impl Daemon {
         }
     }
 
-    /// Stops the schedules, asks running jobs to stop, unmounts every pool (each makes its
-    /// data durable) and waits for the job threads.
+    /// Stops: from here on no job starts and the API refuses changes (503 `stopping`); the
+    /// background thread stops; running jobs are asked to stop and, with the changing
+    /// requests being answered, waited for (up to 30 s); then every pool is unmounted (each
+    /// makes its data durable).
     pub fn shutdown(self: Arc<Self>) -> anyhow::Result<()> {
-        self.stopping.store(true, Ordering::Relaxed);
+        let already = {
+            let mut activity = self.activity();
+            let already = activity.stopping;
+            activity.stopping = true;
+            self.stopping.store(true, Ordering::Relaxed);
+            already
+        };
+        if !already {
+            self.event(
+                Level::Info,
+                "daemon",
+                None,
+                "aegisd is stopping: running jobs are asked to stop, then the pools are unmounted",
+            );
+        }
+        let background = self
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(background) = background {
+            background.stop();
+        }
+        // A backup that begins from now on is cancelled as it begins.
         self.backups.cancel_all();
         // Jobs end first: a backup's copier holds files of the mount open.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.running_jobs().is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.settle(Instant::now() + SETTLE_TIMEOUT);
         for (name, pool) in self.mounted() {
             if let Err(err) = pool.request_unmount() {
                 // Busy (a process of the system has a file open there): detach it, so the
@@ -362,6 +458,30 @@ impl Daemon {
             Ok(())
         } else {
             anyhow::bail!("{}", failures.join("; "))
+        }
+    }
+}
+
+impl Daemon {
+    /// Waits until no job runs and no changing request is being answered, or `deadline`.
+    fn settle(&self, deadline: Instant) {
+        let mut activity = self.activity();
+        while !activity.jobs.is_empty() || activity.changes > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let jobs: Vec<&str> = activity.jobs.iter().map(String::as_str).collect();
+                tracing::warn!(
+                    jobs = %jobs.join(", "),
+                    requests = activity.changes,
+                    "still running after {SETTLE_TIMEOUT:?}; unmounting anyway"
+                );
+                return;
+            }
+            activity = self
+                .settled
+                .wait_timeout(activity, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 }
@@ -428,7 +548,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             return Err(err);
         }
     };
-    let background = stats::spawn_background(&daemon)?;
+    if let Err(err) = daemon.start_background() {
+        let _ = Arc::clone(&daemon).shutdown();
+        servers.stop();
+        return Err(err);
+    }
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -442,8 +566,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     ));
     wait_for_stop(&daemon, signals);
     notify::stopping();
+    // The API answers during the shutdown (reads; changes are refused with 503 `stopping`)
+    // and stops after it.
     let result = Arc::clone(&daemon).shutdown();
-    background.stop();
     servers.stop();
     let _ = std::fs::remove_file(&socket_path);
     result

@@ -17,6 +17,7 @@ use super::config::BackupTask;
 use super::state::{
     AuditEntry, AuditVerdict, Event, EventFilter, IoSample, JobRun, Level, NewAudit,
 };
+use super::stats::MAX_FOLLOWERS;
 use super::{jobs, Daemon, PoolSlot};
 use crate::api::{
     BackupInfo, BackupRequest, DaemonInfo, JobInfo, PoolEntry, RunRequest, RunStarted,
@@ -195,7 +196,22 @@ fn handle(daemon: &Arc<Daemon>, request: Request, origin: Origin, token: Option<
             return Answer::Response(response);
         }
     };
+    // Counted, so a shutdown waits for it; refused once the daemon stops.
+    let change = if changes {
+        match daemon.begin_change() {
+            Ok(change) => Some(change),
+            Err(failure) => {
+                let response = failure.response();
+                let action = format!("{method} {path}");
+                audit(daemon, &request, origin, &action, query, &Err(failure));
+                return Answer::Response(response);
+            }
+        }
+    } else {
+        None
+    };
     let result = route(daemon, &request, body, path, query);
+    drop(change);
     if changes {
         let mut action = format!("{method} {path}");
         if !body.trim().is_empty() {
@@ -582,10 +598,25 @@ fn job_list(daemon: &Daemon) -> Result<Vec<JobInfo>, Failure> {
 
 /// `GET /v1/stats/stream`: server-sent events, one `data:` line of [`crate::api::IoSecond`]
 /// JSON a second, until the client goes away, 30 s pass without a sample, or the daemon stops.
-/// The connection's own thread carries it, so a watcher never holds up other requests.
+/// The connection's own thread carries it, so a watcher never holds up other requests; at
+/// most [`MAX_FOLLOWERS`] at once, more are refused with 503 `too_many_streams`.
 fn stream(daemon: &Daemon) -> Answer {
+    if daemon.is_stopping() {
+        return Answer::Response(Daemon::stopping_failure().response());
+    }
+    let Some(follower) = daemon.stats.follow() else {
+        let failure = Failure::with_code(
+            503,
+            "too_many_streams",
+            format!(
+                "{MAX_FOLLOWERS} clients follow the live stream already; try again once one has left"
+            ),
+        );
+        return Answer::Response(failure.response());
+    };
     let receiver = daemon.stats.subscribe();
     Answer::Stream(Box::new(move |connection: &mut Connection| {
+        let _follower = follower;
         let head =
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
                     Connection: close\r\n\r\nretry: 1000\n\n";

@@ -5,7 +5,7 @@
 //! unmounted behind the daemon's back).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,11 +22,25 @@ const CAPACITY_CHECK_EVERY: u64 = 10;
 const DOWNSAMPLE_EVERY: u64 = 60;
 /// Seconds of stream events a slow subscriber may fall behind before it is dropped.
 const SUBSCRIBER_BACKLOG: usize = 30;
+/// Clients that may follow the live stream at once (each holds a connection and a thread).
+pub const MAX_FOLLOWERS: usize = 16;
 
 /// Live I/O statistics and what the sampler remembers between seconds.
 #[derive(Default)]
 pub struct Stats {
     inner: Mutex<Inner>,
+    followers: Arc<AtomicUsize>,
+}
+
+/// A place among the [`MAX_FOLLOWERS`] clients of the live stream, freed when dropped.
+pub struct Follower {
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -47,6 +61,18 @@ impl Stats {
     /// The last second's I/O.
     pub fn latest(&self) -> Option<IoSecond> {
         self.inner().latest.clone()
+    }
+
+    /// A place among the live stream's clients, unless [`MAX_FOLLOWERS`] follow it already.
+    pub fn follow(&self) -> Option<Follower> {
+        self.followers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_FOLLOWERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Follower {
+                count: Arc::clone(&self.followers),
+            })
     }
 
     /// A receiver of every following second's I/O. It closes when the daemon stops or when
@@ -92,7 +118,7 @@ impl Background {
     }
 }
 
-/// Starts the once-a-second work.
+/// Starts the once-a-second work; it ends on [`Background::stop`] or once the daemon stops.
 pub fn spawn_background(daemon: &Arc<Daemon>) -> anyhow::Result<Background> {
     let stop = Arc::new(AtomicBool::new(false));
     let (daemon, stop_flag) = (Arc::clone(daemon), Arc::clone(&stop));
@@ -101,7 +127,8 @@ pub fn spawn_background(daemon: &Arc<Daemon>) -> anyhow::Result<Background> {
         .spawn(move || {
             let mut tick: u64 = 0;
             let mut next = Instant::now();
-            while !stop_flag.load(Ordering::Relaxed) {
+            let running = || !stop_flag.load(Ordering::Relaxed) && !daemon.is_stopping();
+            while running() {
                 next += Duration::from_secs(1);
                 sample(&daemon);
                 daemon.run_due_jobs();
@@ -120,7 +147,7 @@ pub fn spawn_background(daemon: &Arc<Daemon>) -> anyhow::Result<Background> {
                 }
                 daemon.stats.inner().last_tick = Some(Instant::now());
                 tick += 1;
-                while Instant::now() < next && !stop_flag.load(Ordering::Relaxed) {
+                while Instant::now() < next && running() {
                     std::thread::sleep(Duration::from_millis(50).min(next - Instant::now()));
                 }
                 next = next.max(Instant::now());

@@ -78,11 +78,17 @@ impl Daemon {
 
     /// SIGTERM, then the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let child = self.child.as_ref().expect("running");
         Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
+        self.stop_waiting()
+    }
+
+    /// Waits for the daemon, already told to stop, to exit; its exit status.
+    pub fn stop_waiting(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
