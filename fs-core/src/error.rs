@@ -78,6 +78,9 @@ pub enum FsError {
     Failed,
     #[error("device I/O failed")]
     Device(#[from] DeviceError),
+    /// A block's device is not present (a member missing from a degraded pool).
+    #[error("{0} is missing from the pool")]
+    MissingDevice(crate::types::DeviceIndex),
     /// A write or flush that data or metadata depends on failed; the pool is read-only.
     #[error("writing to a device failed")]
     DeviceWrite(#[source] DeviceError),
@@ -121,6 +124,7 @@ impl FsError {
             | FsError::Corrupt(_)
             | FsError::Failed
             | FsError::Device(_)
+            | FsError::MissingDevice(_)
             | FsError::DeviceWrite(_)
             | FsError::Meta(_)
             | FsError::Refused { .. }

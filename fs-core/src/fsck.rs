@@ -952,21 +952,21 @@ fn rewrite_copy(pool: &Pool, id: u64, from: Location, to: Location) -> FsResult<
         )));
     }
     content.resize(record.padded_len(), 0);
-    let member = pool
-        .member(to.device)
-        .ok_or_else(|| FsError::Corrupt(format!("block on unknown device {}", to.device.0)))?;
-    member.device.write_at(to.sector * SECTOR_SIZE, &content)?;
-    member.device.flush()?;
+    let device = pool
+        .device(to.device)
+        .ok_or(FsError::MissingDevice(to.device))?;
+    device.write_at(to.sector * SECTOR_SIZE, &content)?;
+    device.flush()?;
     Ok(())
 }
 
 /// One copy of a block's stored bytes.
 fn read_copy(pool: &Pool, record: &BlockRecord, at: Location) -> FsResult<Vec<u8>> {
-    let member = pool
-        .member(at.device)
-        .ok_or_else(|| FsError::Corrupt(format!("block on unknown device {}", at.device.0)))?;
+    let device = pool
+        .device(at.device)
+        .ok_or(FsError::MissingDevice(at.device))?;
     let mut buf = vec![0u8; record.padded_len()];
-    member.device.read_at(at.sector * SECTOR_SIZE, &mut buf)?;
+    device.read_at(at.sector * SECTOR_SIZE, &mut buf)?;
     buf.truncate(record.stored_len as usize);
     Ok(buf)
 }
@@ -977,14 +977,9 @@ fn apply(pool: &Pool, fixes: &[Fix]) -> FsResult<()> {
     for fix in fixes {
         match fix {
             Fix::RewriteSuperblock(index) => {
-                let member = &pool.members[*index];
-                let encoded = member.superblock.encode();
-                member.device.write_at(0, &encoded)?;
-                member.device.write_at(
-                    Superblock::backup_offset(member.superblock.device_size),
-                    &encoded,
-                )?;
-                member.device.flush()?;
+                let members = pool.members();
+                let member = &members[*index];
+                crate::pool::write_superblock(member.device.as_ref(), &member.superblock)?;
             }
             Fix::RewriteCopy { id, from, to } => rewrite_copy(pool, *id, *from, *to)?,
             _ => {}
@@ -1193,8 +1188,9 @@ fn apply_one(txn: &WriteTransaction, fix: &Fix, lost: &mut Option<Inode>) -> FsR
 }
 
 fn check_superblocks(pool: &Pool, scan: &mut Scan) -> FsResult<()> {
-    let first = &pool.members[0].superblock;
-    for (index, member) in pool.members.iter().enumerate() {
+    let members = pool.members();
+    let first = &members[0].superblock;
+    for (index, member) in members.iter().enumerate() {
         let sb = &member.superblock;
         let name = member.device.name().to_owned();
         if sb.members != first.members

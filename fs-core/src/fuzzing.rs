@@ -94,8 +94,8 @@ fn fixture() -> &'static [Image; 2] {
         ])
         .expect("opening the fuzz fixture");
         let superblocks = [
-            pool.members[0].superblock.clone(),
-            pool.members[1].superblock.clone(),
+            pool.members()[0].superblock.clone(),
+            pool.members()[1].superblock.clone(),
         ];
         let fs = Filesystem::new(pool, config()).expect("mounting the fuzz fixture");
         populate(&fs).expect("populating the fuzz fixture");

@@ -8,7 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::{Database, ReadableDatabase};
 
@@ -19,8 +19,8 @@ use crate::codec::crypt::{KdfParams, KeySlot, MasterKey, PoolKeys, KEY_LEN};
 use crate::device::{open_device, Backend, BlockDevice};
 use crate::error::{FsError, FsResult};
 use crate::format::{
-    metadata_region_len, MemberInfo, Superblock, DEFAULT_BLOCK_SIZE, FEATURE_DEDUP, MAX_LABEL_LEN,
-    MAX_MEMBERS, SECTOR_SIZE, SUPERBLOCK_SIZE,
+    metadata_region_len, MemberInfo, MemberState, Superblock, DEFAULT_BLOCK_SIZE, FEATURE_DEDUP,
+    MAX_LABEL_LEN, MAX_MEMBERS, SECTOR_SIZE, SUPERBLOCK_SIZE,
 };
 use crate::meta::backend::{MirroredRegionBackend, RegionCopy, RegionHandle};
 use crate::meta::records::{Inode, Timestamp};
@@ -102,44 +102,73 @@ pub struct Member {
 }
 
 /// An opened pool: its members and its metadata database.
+///
+/// The members present are behind a lock because device management (`fs::devices`) adds and
+/// removes them while the pool is mounted; everything else about a pool is fixed at format.
 #[derive(Debug)]
 pub struct Pool {
-    pub members: Vec<Member>,
+    members: RwLock<Vec<Member>>,
     pub db: Database,
     pub metadata: RegionHandle,
     /// The working keys of an encrypted pool.
     keys: Option<Arc<PoolKeys>>,
+    label: String,
+    uuid: [u8; 16],
+    block_size: u32,
+    dedup: bool,
+    dedup_key: Option<[u8; KEY_LEN]>,
 }
 
 impl Pool {
     pub fn label(&self) -> &str {
-        &self.members[0].superblock.label
+        &self.label
     }
 
     pub fn uuid(&self) -> [u8; 16] {
-        self.members[0].superblock.pool_uuid
+        self.uuid
     }
 
     pub fn block_size(&self) -> u32 {
-        self.members[0].superblock.block_size
+        self.block_size
     }
 
-    /// An allocator covering every member's data area, with nothing in use yet.
+    /// The members present, in index order.
+    pub fn members(&self) -> RwLockReadGuard<'_, Vec<Member>> {
+        self.members.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn members_mut(&self) -> RwLockWriteGuard<'_, Vec<Member>> {
+        self.members.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pool's member list, as the superblocks of the members present say (the members
+    /// present and any missing ones), with its generation.
+    pub fn member_list(&self) -> (Vec<MemberInfo>, u64) {
+        let members = self.members();
+        members.first().map_or((Vec::new(), 0), |m| {
+            (m.superblock.members.clone(), m.superblock.generation)
+        })
+    }
+
+    /// The tier of member `index` (present or missing).
+    pub fn tier_of(&self, index: DeviceIndex) -> Option<Tier> {
+        let members = self.members();
+        let list = &members.first()?.superblock.members;
+        list.iter().find(|m| m.index == index).map(|m| m.tier)
+    }
+
+    /// The device of member `index`, if it is present.
+    pub fn device(&self, index: DeviceIndex) -> Option<Arc<dyn BlockDevice>> {
+        self.members()
+            .iter()
+            .find(|m| m.superblock.device_index == index)
+            .map(|m| Arc::clone(&m.device))
+    }
+
+    /// An allocator covering every present member's data area, with nothing in use yet; new
+    /// blocks go only to active members.
     pub fn empty_allocator(&self) -> Allocator {
-        Allocator::new(
-            self.members
-                .iter()
-                .map(|m| {
-                    let sb = &m.superblock;
-                    DeviceSpace::new(
-                        sb.device_index,
-                        sb.tier,
-                        sb.data_start / SECTOR_SIZE,
-                        (sb.data_end - sb.data_start) / SECTOR_SIZE,
-                    )
-                })
-                .collect(),
-        )
+        Allocator::new(self.members().iter().map(Member::space).collect())
     }
 
     /// The keys of an encrypted pool (`None` when it is not encrypted).
@@ -149,21 +178,95 @@ impl Pool {
 
     /// The key of the dedup hash, when the pool deduplicates.
     pub fn dedup_key(&self) -> Option<[u8; KEY_LEN]> {
-        let sb = &self.members[0].superblock;
-        if !sb.dedup() {
+        if !self.dedup {
             return None;
         }
         match &self.keys {
             Some(keys) => Some(*keys.dedup_key()),
-            None => sb.dedup_key,
+            None => self.dedup_key,
         }
     }
 
-    pub fn member(&self, index: DeviceIndex) -> Option<&Member> {
-        self.members
-            .iter()
-            .find(|m| m.superblock.device_index == index)
+    /// Writes `list` at `generation` into the superblock of every present member (see
+    /// [`write_superblock`]), member `first` before the others, updating what is held in
+    /// memory as each is durable.
+    pub(crate) fn write_member_list(
+        &self,
+        list: &[MemberInfo],
+        generation: u64,
+        first: Option<DeviceIndex>,
+    ) -> FsResult<()> {
+        let mut members = self.members_mut();
+        let mut order: Vec<&mut Member> = members.iter_mut().collect();
+        order.sort_by_key(|m| Some(m.superblock.device_index) != first);
+        for member in order {
+            let superblock = Superblock {
+                members: list.to_vec(),
+                generation,
+                ..member.superblock.clone()
+            };
+            write_superblock(member.device.as_ref(), &superblock)?;
+            member.superblock = superblock;
+        }
+        Ok(())
     }
+}
+
+impl Member {
+    pub(crate) fn new(
+        device: Arc<dyn BlockDevice>,
+        superblock: Superblock,
+        path: PathBuf,
+        lock: Option<File>,
+    ) -> Self {
+        Self {
+            device,
+            superblock,
+            path,
+            _lock: lock,
+        }
+    }
+
+    /// Whether its metadata region copy lies inside its data area (moved there from a member
+    /// that left), rather than before it as `format` lays it out.
+    pub fn metadata_in_data_area(&self) -> bool {
+        let sb = &self.superblock;
+        sb.meta_len > 0 && sb.meta_offset >= sb.data_start
+    }
+
+    /// Its data area as the allocator sees it.
+    pub(crate) fn space(&self) -> DeviceSpace {
+        let sb = &self.superblock;
+        let mut space = DeviceSpace::new(
+            sb.device_index,
+            sb.tier,
+            sb.data_start / SECTOR_SIZE,
+            (sb.data_end - sb.data_start) / SECTOR_SIZE,
+        );
+        let active = sb
+            .members
+            .iter()
+            .find(|m| m.index == sb.device_index)
+            .is_none_or(|m| m.state == MemberState::Active);
+        space.set_accepting(active);
+        if self.metadata_in_data_area() {
+            // Validated by the superblock's checks to lie inside the data area.
+            let _ = space.mark_used(sb.meta_offset / SECTOR_SIZE, sb.meta_len / SECTOR_SIZE);
+        }
+        space
+    }
+}
+
+/// Writes a member's superblock: the copy at the start, flushed, then the copy at the end,
+/// flushed. An interruption leaves one intact copy, old or new (`read_superblock` falls back
+/// to the end copy when the start one does not decode).
+pub(crate) fn write_superblock(device: &dyn BlockDevice, sb: &Superblock) -> FsResult<()> {
+    let encoded = sb.encode();
+    device.write_at(0, &encoded)?;
+    device.flush()?;
+    device.write_at(Superblock::backup_offset(sb.device_size), &encoded)?;
+    device.flush()?;
+    Ok(())
 }
 
 fn pool_err(msg: impl Into<String>) -> FsError {
@@ -216,6 +319,7 @@ pub fn format_devices(
             index: DeviceIndex(u16::try_from(i).unwrap_or(u16::MAX)),
             tier: *tier,
             size: *size,
+            state: MemberState::Active,
         })
         .collect();
     let created = now_secs();
@@ -270,6 +374,7 @@ pub fn format_devices(
             data_end,
             label: options.label.clone(),
             members: members.clone(),
+            generation: 0,
             key_slot,
             dedup_key,
         });
@@ -512,7 +617,6 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
     let Some(first) = members.first() else {
         return Err(pool_err("no devices given"));
     };
-    let expected = first.superblock.members.clone();
     let pool_uuid = first.superblock.pool_uuid;
     for member in &members {
         if member.superblock.pool_uuid != pool_uuid {
@@ -523,7 +627,28 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
             )));
         }
     }
-    for info in &expected {
+    // The newest member list among the devices given says who the members are (a device
+    // change writes it to every member, the changed one first).
+    let authority = members
+        .iter()
+        .max_by_key(|m| m.superblock.generation)
+        .map(|m| m.superblock.clone())
+        .ok_or_else(|| pool_err("no devices given"))?;
+    let (list, generation) = (authority.members, authority.generation);
+    // A device the list no longer names was removed from the pool: it is left alone.
+    members.retain(|m| {
+        let listed = list
+            .iter()
+            .any(|info| info.uuid == m.superblock.device_uuid);
+        if !listed {
+            tracing::warn!(
+                device = m.device.name(),
+                "this device was removed from the pool (its superblock is older than the pool's member list); it is not used"
+            );
+        }
+        listed
+    });
+    for info in &list {
         let found = members
             .iter()
             .filter(|m| m.superblock.device_uuid == info.uuid)
@@ -546,10 +671,25 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
             }
         }
     }
-    if members.len() != expected.len() {
-        return Err(pool_err("a device was given twice"));
-    }
     members.sort_by_key(|m| m.superblock.device_index);
+    // Members whose superblock is older than the list (a device change was interrupted) are
+    // brought up to date before anything else is written.
+    for member in &mut members {
+        if member.superblock.generation != generation || member.superblock.members != list {
+            tracing::info!(
+                device = member.device.name(),
+                generation,
+                "bringing this member's superblock up to date with the pool's member list"
+            );
+            let current = Superblock {
+                members: list.clone(),
+                generation,
+                ..member.superblock.clone()
+            };
+            write_superblock(member.device.as_ref(), &current)?;
+            member.superblock = current;
+        }
+    }
     let devices: Vec<Arc<dyn BlockDevice>> =
         members.iter().map(|m| Arc::clone(&m.device)).collect();
     let superblocks: Vec<Superblock> = members.iter().map(|m| m.superblock.clone()).collect();
@@ -571,8 +711,14 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
         drop(read);
         Ok(db)
     })?;
+    let first = &members[0].superblock;
     Ok(Pool {
-        members,
+        label: first.label.clone(),
+        uuid: first.pool_uuid,
+        block_size: first.block_size,
+        dedup: first.dedup(),
+        dedup_key: first.dedup_key,
+        members: RwLock::new(members),
         db,
         metadata,
         keys,
@@ -784,6 +930,37 @@ pub fn format_paths(
         devices.push((device, spec.tier));
     }
     format_devices(&devices, options)
+}
+
+/// Checks and opens a device to join a mounted pool (`aegis device add` or `replace`), with
+/// the checks `format` makes: not mounted or in use, no filesystem or pool on it unless
+/// `force`, not one of `members` (the paths of the pool's members), an image file created or
+/// sized on request. Returns the device and its lock.
+pub fn open_new_member(
+    spec: &MemberSpec,
+    force: bool,
+    backend: Backend,
+    members: &[PathBuf],
+) -> FsResult<(Arc<dyn BlockDevice>, File)> {
+    prepare_member(spec, force)?;
+    let id = identity(&spec.path)?;
+    for member in members {
+        if identity(member).ok() == Some(id) {
+            return Err(refused(&spec.path, "is already a member of this pool"));
+        }
+    }
+    check_not_in_use(&spec.path)?;
+    let lock = lock_member(&spec.path)?;
+    let device = open_device(&spec.path, backend)?;
+    if let Some(found) = detect_signature(device.as_ref())? {
+        if !force {
+            return Err(refused(
+                &spec.path,
+                format!("holds {found}; adding it would destroy it (use --force to overwrite)"),
+            ));
+        }
+    }
+    Ok((device, lock))
 }
 
 /// Opens the unencrypted pool made of the given member paths.

@@ -78,6 +78,14 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// The tier that is not this one.
+    pub fn other(self) -> Tier {
+        match self {
+            Tier::Fast => Tier::Slow,
+            Tier::Slow => Tier::Fast,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Fast => "fast",

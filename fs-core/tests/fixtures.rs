@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use fs_core::codec::crypt::{KdfParams, KeySlot};
 use fs_core::codec::Encoding;
-use fs_core::format::{MemberInfo, Superblock, SuperblockError, FEATURE_DEDUP};
+use fs_core::format::{MemberInfo, MemberState, Superblock, SuperblockError, FEATURE_DEDUP};
 use fs_core::meta::records::{
     BlockRecord, FileKind, Inode, Location, MigrationOutcome, MigrationRecord, SnapshotRecord,
     Timestamp,
@@ -51,16 +51,19 @@ fn superblock() -> Superblock {
                 index: DeviceIndex(0),
                 tier: Tier::Fast,
                 size: 2 << 30,
+                state: MemberState::Active,
             },
             MemberInfo {
                 uuid: [0x33; 16],
                 index: DeviceIndex(1),
                 tier: Tier::Slow,
                 size: 8 << 30,
+                state: MemberState::Active,
             },
         ],
         key_slot: None,
         dedup_key: None,
+        generation: 0,
     }
 }
 

@@ -21,6 +21,8 @@ pub struct DeviceSpace {
     free: u64,
     bitmap: Vec<u64>,
     cursor: u64,
+    /// Whether new blocks may go here (not while the member is being emptied or is missing).
+    accepting: bool,
 }
 
 /// Where new blocks of a file go.
@@ -64,7 +66,17 @@ impl DeviceSpace {
             free: sectors,
             bitmap: vec![0; words],
             cursor: 0,
+            accepting: true,
         }
+    }
+
+    /// Lets new blocks go here, or not.
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting
     }
 
     pub fn total_sectors(&self) -> u64 {
@@ -234,61 +246,94 @@ impl Allocator {
                 }
             }
         };
-        let second = match first {
-            Tier::Fast => Tier::Slow,
-            Tier::Slow => Tier::Fast,
-        };
-        for tier in [first, second] {
-            for device in self.devices.iter_mut().filter(|d| d.tier == tier) {
-                if let Some(sector) = device.allocate(count) {
-                    return Some((device.index, tier, sector));
-                }
-            }
-        }
-        None
+        [first, first.other()].into_iter().find_map(|tier| {
+            self.allocate_on(tier, count, &[])
+                .map(|(device, sector)| (device, tier, sector))
+        })
     }
 
-    /// Claims `count` sectors on a device of `tier` other than `avoid`, or nothing.
+    /// Claims `count` sectors on an accepting device of `tier` that is not in `avoid`: the one
+    /// with the most free space, so a tier's devices fill evenly.
     pub fn allocate_on(
         &mut self,
         tier: Tier,
         count: u64,
-        avoid: Option<DeviceIndex>,
+        avoid: &[DeviceIndex],
     ) -> Option<(DeviceIndex, u64)> {
-        self.devices
-            .iter_mut()
-            .filter(|d| d.tier == tier && Some(d.index) != avoid)
-            .find_map(|d| d.allocate(count).map(|sector| (d.index, sector)))
-    }
-
-    /// Claims `count` sectors for the second copy of a block whose first copy is on
-    /// `primary`: on another device, of the other tier first.
-    pub fn allocate_mirror(
-        &mut self,
-        count: u64,
-        primary: DeviceIndex,
-    ) -> Option<(DeviceIndex, u64)> {
-        let primary_tier = self.devices.iter().find(|d| d.index == primary)?.tier;
         let mut candidates: Vec<&mut DeviceSpace> = self
             .devices
             .iter_mut()
-            .filter(|d| d.index != primary)
+            .filter(|d| d.tier == tier && d.accepting && !avoid.contains(&d.index))
             .collect();
-        candidates.sort_by_key(|d| d.tier == primary_tier);
+        candidates.sort_by_key(|d| std::cmp::Reverse(d.free));
         candidates
             .into_iter()
             .find_map(|d| d.allocate(count).map(|sector| (d.index, sector)))
     }
 
-    pub fn total_sectors(&self) -> u64 {
-        self.devices.iter().map(DeviceSpace::total_sectors).sum()
+    /// Claims `count` sectors for a copy of a block whose other copy is on `other`: on
+    /// another device, of the other tier first, and never on a device in `avoid`.
+    pub fn allocate_mirror(
+        &mut self,
+        count: u64,
+        other: DeviceIndex,
+        avoid: &[DeviceIndex],
+    ) -> Option<(DeviceIndex, u64)> {
+        let other_tier = self.devices.iter().find(|d| d.index == other)?.tier;
+        let mut excluded = avoid.to_vec();
+        excluded.push(other);
+        [other_tier.other(), other_tier]
+            .into_iter()
+            .find_map(|tier| self.allocate_on(tier, count, &excluded))
     }
 
-    /// The used fraction of `tier`'s data areas (1 when the pool has none of that tier).
+    /// Claims `count` contiguous sectors on accepting member `index`.
+    pub fn allocate_on_device(&mut self, index: DeviceIndex, count: u64) -> Option<u64> {
+        let device = self.device_mut(index).ok()?;
+        if !device.accepting {
+            return None;
+        }
+        device.allocate(count)
+    }
+
+    /// Sectors in use on member `index`.
+    pub fn used_sectors(&self, index: DeviceIndex) -> u64 {
+        self.devices
+            .iter()
+            .find(|d| d.index == index)
+            .map_or(0, |d| d.sectors - d.free)
+    }
+
+    /// Adds a member's data area (a device added to the pool).
+    pub fn add_device(&mut self, space: DeviceSpace) {
+        self.devices.push(space);
+    }
+
+    /// Forgets a member's data area (a device that left the pool); it must hold nothing.
+    pub fn remove_device(&mut self, index: DeviceIndex) {
+        self.devices.retain(|d| d.index != index);
+    }
+
+    /// Lets new blocks go to member `index`, or not.
+    pub fn set_accepting(&mut self, index: DeviceIndex, accepting: bool) {
+        if let Ok(device) = self.device_mut(index) {
+            device.set_accepting(accepting);
+        }
+    }
+
+    /// Sectors of the accepting devices: the space new blocks can use.
+    pub fn total_sectors(&self) -> u64 {
+        self.accepting().map(DeviceSpace::total_sectors).sum()
+    }
+
+    fn accepting(&self) -> impl Iterator<Item = &DeviceSpace> {
+        self.devices.iter().filter(|d| d.accepting)
+    }
+
+    /// The used fraction of `tier`'s accepting data areas (1 when the pool has none).
     pub fn tier_fill(&self, tier: Tier) -> f64 {
         let (total, free) = self
-            .devices
-            .iter()
+            .accepting()
             .filter(|d| d.tier == tier)
             .fold((0, 0), |(t, f), d| (t + d.sectors, f + d.free));
         if total == 0 {
@@ -299,8 +344,9 @@ impl Allocator {
         fill
     }
 
+    /// Free sectors new blocks can use.
     pub fn free_sectors(&self) -> u64 {
-        self.devices.iter().map(DeviceSpace::free_sectors).sum()
+        self.accepting().map(DeviceSpace::free_sectors).sum()
     }
 }
 
@@ -378,19 +424,57 @@ mod tests {
             DeviceSpace::new(DeviceIndex(2), Tier::Slow, 100, 32),
         ]);
         assert_eq!(
-            alloc.allocate_mirror(32, DeviceIndex(0)),
+            alloc.allocate_mirror(32, DeviceIndex(0), &[]),
             Some((DeviceIndex(2), 100))
         );
         assert_eq!(
-            alloc.allocate_mirror(32, DeviceIndex(0)),
+            alloc.allocate_mirror(32, DeviceIndex(0), &[]),
             Some((DeviceIndex(1), 10))
         );
         assert_eq!(
-            alloc.allocate_mirror(32, DeviceIndex(2)),
+            alloc.allocate_mirror(32, DeviceIndex(2), &[]),
             Some((DeviceIndex(0), 10))
         );
-        assert_eq!(alloc.allocate_mirror(64, DeviceIndex(1)), None);
-        assert_eq!(alloc.allocate_mirror(1, DeviceIndex(9)), None);
+        assert_eq!(alloc.allocate_mirror(64, DeviceIndex(1), &[]), None);
+        assert_eq!(alloc.allocate_mirror(1, DeviceIndex(9), &[]), None);
+        assert_eq!(
+            alloc.allocate_mirror(8, DeviceIndex(1), &[DeviceIndex(0)]),
+            None,
+            "never on an avoided device"
+        );
+    }
+
+    #[test]
+    fn a_tier_fills_its_devices_evenly_and_skips_those_not_accepting() {
+        let mut alloc = Allocator::new(vec![
+            DeviceSpace::new(DeviceIndex(0), Tier::Fast, 0, 64),
+            DeviceSpace::new(DeviceIndex(1), Tier::Slow, 0, 100),
+            DeviceSpace::new(DeviceIndex(2), Tier::Slow, 0, 50),
+        ]);
+        let slow = Placement::Pinned(Tier::Slow);
+        let mut used = [0u64; 3];
+        for _ in 0..90 {
+            let (device, _, _) = alloc.allocate(1, slow).unwrap();
+            used[usize::from(device.0)] += 1;
+        }
+        // The bigger device takes blocks until both have the same free space, then they alternate.
+        assert_eq!(used, [0, 70, 20]);
+        alloc.set_accepting(DeviceIndex(1), false);
+        assert_eq!(alloc.allocate(1, slow).unwrap().0, DeviceIndex(2));
+        assert_eq!(alloc.free_sectors(), 64 + 29);
+        alloc.set_accepting(DeviceIndex(2), false);
+        assert_eq!(
+            alloc.allocate(1, slow).unwrap().0,
+            DeviceIndex(0),
+            "overflows to the other tier"
+        );
+        alloc.remove_device(DeviceIndex(0));
+        assert_eq!(alloc.allocate(1, slow), None);
+        alloc.add_device(DeviceSpace::new(DeviceIndex(3), Tier::Slow, 8, 16));
+        assert_eq!(
+            alloc.allocate(4, slow),
+            Some((DeviceIndex(3), Tier::Slow, 8))
+        );
     }
 
     #[test]

@@ -31,6 +31,9 @@ pub const KNOWN_FEATURES: u64 = FEATURE_ENCRYPTED | FEATURE_DEDUP;
 const CHECKSUM_OFFSET: usize = SUPERBLOCK_SIZE - 8;
 const MEMBERS_OFFSET: usize = 180;
 const MEMBER_RECORD_LEN: usize = 28;
+/// The member-list generation, right after the member table.
+const GENERATION_OFFSET: usize = MEMBERS_OFFSET + MAX_MEMBERS * MEMBER_RECORD_LEN;
+const _: () = assert!(GENERATION_OFFSET + 8 <= KEY_SLOT_OFFSET);
 /// The key slot (present when encrypted): KDF parameters, salt, nonce, wrapped key.
 const KEY_SLOT_OFFSET: usize = 1088;
 /// The dedup hash key of an unencrypted dedup pool (an encrypted one derives it).
@@ -60,6 +63,54 @@ pub struct MemberInfo {
     pub tier: Tier,
     /// Bytes of the device the pool uses.
     pub size: u64,
+    pub state: MemberState,
+}
+
+/// What the pool does with a member (one byte of its member record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemberState {
+    /// In use: new blocks may go to it.
+    #[default]
+    Active,
+    /// Being emptied (`aegis device remove` or `replace`): no new blocks go to it, and its
+    /// blocks move to the other members; then it leaves the pool. Resumed at the next mount.
+    Removing,
+    /// Absent when the pool was last mounted writable (degraded): nothing new went to it, and
+    /// its metadata copy, if it holds one, is stale until it is brought back and resynced.
+    Missing,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Active => "active",
+            MemberState::Removing => "removing",
+            MemberState::Missing => "missing",
+        }
+    }
+
+    fn to_byte(self) -> u8 {
+        match self {
+            MemberState::Active => 0,
+            MemberState::Removing => 1,
+            MemberState::Missing => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(MemberState::Active),
+            1 => Some(MemberState::Removing),
+            2 => Some(MemberState::Missing),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The decoded superblock of one member.
@@ -83,6 +134,10 @@ pub struct Superblock {
     pub data_end: u64,
     pub label: String,
     pub members: Vec<MemberInfo>,
+    /// Bumped at every change of the member list (a device added, removed, resized or
+    /// missing): at open, the superblock with the highest generation among the members found
+    /// says who the members are, and members with an older one are rewritten.
+    pub generation: u64,
     /// The wrapped master key of an encrypted pool (flag [`FEATURE_ENCRYPTED`]).
     pub key_slot: Option<KeySlot>,
     /// The dedup hash key of an unencrypted pool with [`FEATURE_DEDUP`].
@@ -155,8 +210,10 @@ impl Superblock {
             buf[at..at + 16].copy_from_slice(&member.uuid);
             put_u16(&mut buf, at + 16, member.index.0);
             buf[at + 18] = member.tier.to_byte();
+            buf[at + 19] = member.state.to_byte();
             put_u64(&mut buf, at + 20, member.size);
         }
+        put_u64(&mut buf, GENERATION_OFFSET, self.generation);
         if let Some(slot) = &self.key_slot {
             let at = KEY_SLOT_OFFSET;
             put_u32(&mut buf, at, slot.kdf.memory_kib);
@@ -214,6 +271,8 @@ impl Superblock {
                 tier: Tier::from_byte(buf[at + 18])
                     .ok_or(SuperblockError::Invalid("unknown member tier"))?,
                 size: get_u64(buf, at + 20),
+                state: MemberState::from_byte(buf[at + 19])
+                    .ok_or(SuperblockError::Invalid("unknown member state"))?,
             });
         }
         let key_slot = if features & FEATURE_ENCRYPTED != 0 {
@@ -258,6 +317,7 @@ impl Superblock {
             data_end: get_u64(buf, 104),
             label,
             members,
+            generation: get_u64(buf, GENERATION_OFFSET),
             key_slot,
             dedup_key,
         };
@@ -295,11 +355,26 @@ impl Superblock {
             if !(aligned(self.meta_offset) && aligned(self.meta_len)) {
                 return Err(SuperblockError::Invalid("unaligned region"));
             }
+            // Before the data area (as format lays it out), or inside it (a copy moved from a
+            // member that left the pool; the allocator keeps those sectors out of use).
             let meta_end = self.meta_offset.checked_add(self.meta_len);
-            if self.meta_offset < SUPERBLOCK_SIZE as u64
-                || meta_end.is_none_or(|end| end > self.data_start)
-            {
+            let before_data = self.meta_offset >= SUPERBLOCK_SIZE as u64
+                && meta_end.is_some_and(|end| end <= self.data_start);
+            let inside_data = self.meta_offset >= self.data_start
+                && meta_end.is_some_and(|end| end <= self.data_end);
+            if !(before_data || inside_data) {
                 return Err(SuperblockError::Invalid("metadata region overlaps"));
+            }
+        }
+        for (i, member) in self.members.iter().enumerate() {
+            if self.members[..i]
+                .iter()
+                .any(|m| m.index == member.index || m.uuid == member.uuid)
+            {
+                return Err(SuperblockError::Invalid("a member is listed twice"));
+            }
+            if usize::from(member.index.0) >= MAX_MEMBERS {
+                return Err(SuperblockError::Invalid("member index out of range"));
             }
         }
         if !self
@@ -349,6 +424,7 @@ mod tests {
             index: DeviceIndex(0),
             tier: Tier::Fast,
             size: 1 << 30,
+            state: MemberState::Active,
         };
         Superblock {
             pool_uuid: [1; 16],
@@ -371,8 +447,10 @@ mod tests {
                     index: DeviceIndex(1),
                     tier: Tier::Slow,
                     size: 4 << 30,
+                    state: MemberState::Removing,
                 },
             ],
+            generation: 7,
             key_slot: None,
             dedup_key: None,
         }

@@ -33,6 +33,7 @@
 
 mod cache;
 mod data;
+pub mod devices;
 pub mod latency;
 mod namespace;
 pub mod props;
@@ -56,7 +57,7 @@ use crate::alloc::{Allocator, DeviceSpace};
 use crate::codec::crypt::NonceSequence;
 use crate::device::{BlockDevice, ReadOp};
 use crate::error::{FsError, FsResult};
-use crate::format::SECTOR_SIZE;
+use crate::format::{MemberState, MAX_MEMBERS, SECTOR_SIZE};
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location, SnapshotRecord, Timestamp};
 use crate::meta::{self, BLOCKS, COUNTERS, DEVICE_ERRORS, ORPHANS, SNAPSHOTS};
 use crate::pool::Pool;
@@ -192,6 +193,10 @@ pub struct MemberStatus {
     pub index: DeviceIndex,
     pub tier: Tier,
     pub path: String,
+    /// In use, being emptied, or missing (see [`MemberState`]).
+    pub state: MemberState,
+    /// It holds a copy of the metadata region.
+    pub metadata_copy: bool,
     pub size: u64,
     pub data_bytes: u64,
     pub free_bytes: u64,
@@ -490,8 +495,6 @@ impl Drop for LeakOnPanic {
 #[derive(Debug)]
 pub struct Filesystem {
     pool: Pool,
-    /// Devices by member index.
-    devices: Vec<Arc<dyn BlockDevice>>,
     block_size: u64,
     config: FsConfig,
     state: Mutex<State>,
@@ -504,6 +507,8 @@ pub struct Filesystem {
     nonces: Option<NonceSequence>,
     /// The dedup hash key and table limit (a dedup pool only).
     dedup: Option<Dedup>,
+    /// Held by a change of the member list (`devices`), so changes happen one at a time.
+    device_changes: Mutex<()>,
 }
 
 /// How a dedup pool deduplicates.
@@ -527,8 +532,6 @@ impl Filesystem {
     }
 
     fn load(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
-        let devices: Vec<Arc<dyn BlockDevice>> =
-            pool.members.iter().map(|m| Arc::clone(&m.device)).collect();
         let mut alloc = pool.empty_allocator();
         let txn = pool.db.begin_write()?;
         let (next_inode, next_block, next_generation) = (
@@ -569,9 +572,11 @@ impl Filesystem {
                 }
             }
         }
-        let counters: Vec<DeviceCounters> =
-            devices.iter().map(|_| DeviceCounters::default()).collect();
-        let mut persisted_errors = vec![ErrorCounts::default(); devices.len()];
+        // By member index: members come and go while mounted, within the superblock's table.
+        let counters: Vec<DeviceCounters> = (0..MAX_MEMBERS)
+            .map(|_| DeviceCounters::default())
+            .collect();
+        let mut persisted_errors = vec![ErrorCounts::default(); MAX_MEMBERS];
         for entry in txn.open_table(DEVICE_ERRORS)?.iter()? {
             let (device, counts) = entry?;
             let device = usize::from(device.value());
@@ -589,7 +594,6 @@ impl Filesystem {
         let block_size = u64::from(pool.block_size());
         let fs = Arc::new(Filesystem {
             pool,
-            devices,
             block_size,
             config,
             state: Mutex::new(State {
@@ -628,6 +632,7 @@ impl Filesystem {
             cache: cache::BlockCache::new(config.cache_bytes, block_size),
             nonces,
             dedup,
+            device_changes: Mutex::new(()),
         });
         let mut guard = LeakOnPanic(Some(fs));
         if let Some(fs) = &guard.0 {
@@ -672,6 +677,13 @@ impl Filesystem {
                 .is_some_and(|since| since.elapsed() >= HEAT_FOLD_INTERVAL)
             || book.accesses.len() >= MAX_PENDING_ACCESSES
             || !book.durable_free.is_empty()
+    }
+
+    /// The free gate, shared: sectors read while it is held are not freed and reused.
+    fn read_gate(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.free_gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_state(&self) -> MutexGuard<'_, State> {
@@ -838,12 +850,13 @@ impl Filesystem {
             }
             if errors_changed {
                 let mut table = txn.open_table(DEVICE_ERRORS)?;
-                for (device, c) in (0u16..).zip(&errors) {
-                    table.insert(device, (c.read, c.write, c.checksum, c.repaired))?;
+                for index in self.present_indexes() {
+                    let c = errors[usize::from(index.0)];
+                    table.insert(index.0, (c.read, c.write, c.checksum, c.repaired))?;
                 }
             }
             // Data first: the metadata about to be committed points at these blocks.
-            for device in &self.devices {
+            for device in self.present_devices() {
                 device.flush().map_err(FsError::DeviceWrite)?;
             }
             txn.commit()?;
@@ -938,13 +951,38 @@ impl Filesystem {
         })
     }
 
-    /// Members, usage and counters.
-    /// Every member's counters, without locks or metadata reads (see [`Self::status`]).
+    /// The devices of the members present.
+    fn present_devices(&self) -> Vec<Arc<dyn BlockDevice>> {
+        self.pool
+            .members()
+            .iter()
+            .map(|m| Arc::clone(&m.device))
+            .collect()
+    }
+
+    /// The indexes of the members present.
+    fn present_indexes(&self) -> Vec<DeviceIndex> {
+        self.pool
+            .members()
+            .iter()
+            .map(|m| m.superblock.device_index)
+            .collect()
+    }
+
+    fn counters_of(&self, index: DeviceIndex) -> Option<&DeviceCounters> {
+        self.counters.get(usize::from(index.0))
+    }
+
+    /// Every present member's counters, without the state lock or metadata reads (see
+    /// [`Self::status`]).
     pub fn member_counters(&self) -> Vec<MemberCounters> {
         self.pool
-            .members
+            .members()
             .iter()
-            .zip(&self.counters)
+            .filter_map(|member| {
+                let index = member.superblock.device_index;
+                Some((member, self.counters_of(index)?))
+            })
             .map(|(member, counters)| MemberCounters {
                 index: member.superblock.device_index,
                 tier: member.superblock.tier,
@@ -967,11 +1005,15 @@ impl Filesystem {
             .and_then(|tx| tx.held_by_snapshots())
             .unwrap_or(0);
         let state = &*guard;
+        let (list, _) = self.pool.member_list();
         let members = self
             .pool
-            .members
+            .members()
             .iter()
-            .zip(&self.counters)
+            .filter_map(|member| {
+                let index = member.superblock.device_index;
+                Some((member, self.counters_of(index)?))
+            })
             .map(|(member, counters)| {
                 let sb = &member.superblock;
                 let space = state
@@ -986,6 +1028,11 @@ impl Filesystem {
                     index: sb.device_index,
                     tier: sb.tier,
                     path: member.path.display().to_string(),
+                    state: list
+                        .iter()
+                        .find(|m| m.index == sb.device_index)
+                        .map_or(MemberState::Active, |m| m.state),
+                    metadata_copy: sb.meta_len > 0,
                     size: sb.device_size,
                     data_bytes: total,
                     free_bytes: free,
@@ -1059,10 +1106,9 @@ impl Filesystem {
         self.commit()
     }
 
-    fn device(&self, index: DeviceIndex) -> FsResult<&Arc<dyn BlockDevice>> {
-        self.devices
-            .get(usize::from(index.0))
-            .ok_or_else(|| FsError::Corrupt(format!("block on unknown {index}")))
+    /// The device of member `index`; an I/O error if it is not present.
+    fn device(&self, index: DeviceIndex) -> FsResult<Arc<dyn BlockDevice>> {
+        self.pool.device(index).ok_or(FsError::MissingDevice(index))
     }
 
     /// Counts the reads of one device submission that took `elapsed`, `sizes` bytes each.
@@ -1072,7 +1118,7 @@ impl Filesystem {
         sizes: impl ExactSizeIterator<Item = usize>,
         elapsed: Duration,
     ) {
-        if let Some(c) = self.counters.get(usize::from(index.0)) {
+        if let Some(c) = self.counters_of(index) {
             let ops = sizes.len() as u64;
             c.read_ops.fetch_add(ops, Ordering::Relaxed);
             c.bytes_read
@@ -1082,7 +1128,7 @@ impl Filesystem {
     }
 
     fn count_error(&self, index: DeviceIndex, kind: ErrorKind) {
-        if let Some(c) = self.counters.get(usize::from(index.0)) {
+        if let Some(c) = self.counters_of(index) {
             c.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -1094,7 +1140,7 @@ impl Filesystem {
         sizes: impl ExactSizeIterator<Item = usize>,
         elapsed: Duration,
     ) {
-        if let Some(c) = self.counters.get(usize::from(index.0)) {
+        if let Some(c) = self.counters_of(index) {
             let ops = sizes.len() as u64;
             c.write_ops.fetch_add(ops, Ordering::Relaxed);
             c.bytes_written
@@ -1170,7 +1216,11 @@ impl Filesystem {
         devices.sort_unstable();
         devices.dedup();
         for index in devices {
-            let device = self.device(index)?;
+            // A missing member's blocks are read from their second copies below.
+            let Ok(device) = self.device(index) else {
+                batch_failed.push(index);
+                continue;
+            };
             let mut ops: Vec<ReadOp<'_>> = blocks
                 .iter()
                 .zip(buffers.iter_mut())

@@ -13,7 +13,7 @@
 //! never during the copy.
 
 use std::collections::HashMap;
-use std::sync::PoisonError;
+use std::sync::RwLockReadGuard;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
@@ -62,21 +62,28 @@ pub struct Relocated {
     pub skipped: u64,
 }
 
-/// A copy to make: block `id`, as listed, to `to`.
-struct Job {
-    id: u64,
-    record: BlockRecord,
-    to: Location,
+/// A copy to move: of block `id` as listed, the copy at `from` to the sectors claimed at `to`.
+pub(super) struct Move {
+    pub id: u64,
+    pub record: BlockRecord,
+    pub from: Location,
+    pub to: Location,
+}
+
+/// What [`Filesystem::move_copies`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub moved: u64,
+    /// Data-area bytes of the copies moved.
+    pub bytes: u64,
+    /// Blocks left where they were: unreadable, or freed or changed meanwhile.
+    pub skipped: u64,
 }
 
 impl Filesystem {
-    /// The tier of member `device`.
-    fn tier_of(&self, device: DeviceIndex) -> Option<Tier> {
-        self.pool
-            .members
-            .iter()
-            .find(|m| m.superblock.device_index == device)
-            .map(|m| m.superblock.tier)
+    /// The tier of member `device` (present or missing).
+    pub(super) fn tier_of(&self, device: DeviceIndex) -> Option<Tier> {
+        self.pool.tier_of(device)
     }
 
     /// Every block with its tier, size, heat and pin, as of the last commit (read beside the
@@ -176,22 +183,43 @@ impl Filesystem {
                     done.bytes += record.sectors() * SECTOR_SIZE;
                     continue;
                 }
-                let avoid = record.mirror.map(|m| m.device);
-                match tx.book.alloc.allocate_on(to, record.sectors(), avoid) {
-                    Some((device, sector)) => jobs.push(Job {
+                let avoid: Vec<DeviceIndex> = record.mirror.map(|m| m.device).into_iter().collect();
+                match tx.book.alloc.allocate_on(to, record.sectors(), &avoid) {
+                    Some((device, sector)) => jobs.push(Move {
                         id,
                         record,
+                        from: record.primary(),
                         to: Location { device, sector },
                     }),
                     None => done.skipped += 1,
                 }
             }
-            let gate = self
-                .free_gate
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            Ok((jobs, gate))
+            Ok((jobs, self.read_gate()))
         })?;
+        let moved = self.move_copies(jobs, gate)?;
+        done.moved += moved.moved;
+        done.bytes += moved.bytes;
+        done.bytes_copied += moved.bytes;
+        done.skipped += moved.skipped;
+        Ok(done)
+    }
+
+    /// Moves copies of blocks (each `from` to the sectors already claimed at `to`), online: the
+    /// stored bytes are read and verified (from the block's other copy if this one is damaged
+    /// or its device missing), written to `to`, and then, under the state lock, the block's
+    /// record points at them, if the block is still there and still where it was read from;
+    /// the old sectors are freed after the commit that holds the new pointer is durable. A
+    /// crash before that commit leaves the block where it was. The sectors of a move that
+    /// does not happen are released.
+    ///
+    /// `gate` is the free gate, taken while the moves were listed under the state lock, so
+    /// the sectors read cannot be freed and reused before they are read.
+    pub(super) fn move_copies(
+        &self,
+        jobs: Vec<Move>,
+        gate: RwLockReadGuard<'_, ()>,
+    ) -> FsResult<Moved> {
+        let mut done = Moved::default();
         if jobs.is_empty() {
             return Ok(done);
         }
@@ -213,7 +241,7 @@ impl Filesystem {
             .into_iter()
             .zip(contents)
             .partition(|(_, content)| content.is_some());
-        let (jobs, contents): (Vec<Job>, Vec<Vec<u8>>) = jobs
+        let (jobs, contents): (Vec<Move>, Vec<Vec<u8>>) = jobs
             .into_iter()
             .filter_map(|(job, content)| content.map(|c| (job, c)))
             .unzip();
@@ -236,9 +264,6 @@ impl Filesystem {
                     .alloc
                     .release(job.to.device, job.to.sector, job.record.sectors());
             }
-            Ok(())
-        })?;
-        self.with_tx(|tx| {
             for job in &jobs {
                 let current = tx.txn.open_table(BLOCKS)?.get(job.id)?.map(|raw| {
                     BlockRecord::decode(raw.value())
@@ -260,20 +285,27 @@ impl Filesystem {
                     done.skipped += 1;
                     continue;
                 };
-                let moved = BlockRecord {
-                    device: job.to.device,
-                    sector: job.to.sector,
-                    ..current
+                let moved = if job.from == current.primary() {
+                    BlockRecord {
+                        device: job.to.device,
+                        sector: job.to.sector,
+                        ..current
+                    }
+                } else {
+                    BlockRecord {
+                        mirror: Some(job.to),
+                        ..current
+                    }
                 };
                 tx.mark_dirty();
                 tx.txn
                     .open_table(BLOCKS)?
                     .insert(job.id, moved.encode().as_slice())?;
-                let old = current.primary();
-                tx.book.pending_free.push((old.device, old.sector, sectors));
+                tx.book
+                    .pending_free
+                    .push((job.from.device, job.from.sector, sectors));
                 done.moved += 1;
                 done.bytes += sectors * SECTOR_SIZE;
-                done.bytes_copied += sectors * SECTOR_SIZE;
             }
             Ok(())
         })?;
@@ -315,7 +347,7 @@ impl Filesystem {
     }
 
     /// Writes each job's content to its new location, one batch per device.
-    fn write_copies(&self, jobs: &[Job], stored: Vec<Vec<u8>>) -> FsResult<()> {
+    fn write_copies(&self, jobs: &[Move], stored: Vec<Vec<u8>>) -> FsResult<()> {
         let padded: Vec<Vec<u8>> = jobs
             .iter()
             .zip(stored)

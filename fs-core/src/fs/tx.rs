@@ -65,10 +65,16 @@ fn encode_all(blocks: &[Fresh], compression: Compression, keys: Option<&PoolKeys
     let encode = |block: &Fresh| {
         crate::codec::encode_block(&block.content, compression, keys.zip(block.nonce), block.id)
     };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(blocks.len());
-    if threads <= 1 || (compression == Compression::Off && keys.is_none()) {
+    if compression == Compression::Off && keys.is_none() {
+        return blocks.iter().map(encode).collect();
+    }
+    // Asked once: the standard library reads the cgroup's CPU limit from files at every call.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let threads = cores.min(blocks.len());
+    if threads <= 1 {
         return blocks.iter().map(encode).collect();
     }
     std::thread::scope(|scope| {
@@ -798,7 +804,7 @@ impl Tx<'_> {
         if !mirrored {
             return Some((primary, None));
         }
-        match self.book.alloc.allocate_mirror(sectors, device) {
+        match self.book.alloc.allocate_mirror(sectors, device, &[]) {
             Some((device, sector)) => Some((primary, Some(Location { device, sector }))),
             None => {
                 let _ = self.book.alloc.release(device, sector, sectors);

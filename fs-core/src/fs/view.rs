@@ -118,12 +118,13 @@ pub(super) struct View {
 impl View {
     /// Opens the metadata of `pool` anew, as the devices hold it.
     pub fn open(pool: &Pool) -> FsResult<Self> {
-        let shadows: Vec<Arc<dyn BlockDevice>> = pool
-            .members
+        let members = pool.members();
+        let shadows: Vec<Arc<dyn BlockDevice>> = members
             .iter()
             .map(|m| Arc::new(ShadowDevice::new(Arc::clone(&m.device))) as Arc<dyn BlockDevice>)
             .collect();
-        let superblocks: Vec<_> = pool.members.iter().map(|m| m.superblock.clone()).collect();
+        let superblocks: Vec<_> = members.iter().map(|m| m.superblock.clone()).collect();
+        drop(members);
         let copies = crate::pool::meta_copies(shadows.iter(), &superblocks);
         let backend = MirroredRegionBackend::open(copies, pool.keys().cloned())
             .map_err(|e| FsError::Pool(format!("cannot read the metadata region back: {e}")))?;

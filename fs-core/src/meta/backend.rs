@@ -27,7 +27,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use crate::codec::checksum64;
 use crate::codec::crypt::PoolKeys;
@@ -251,6 +251,29 @@ impl RegionHandle {
     pub fn scrub_pages(&self, range: std::ops::Range<u64>) -> PageScrub {
         self.region.scrub_pages(range)
     }
+
+    /// How many copies every write goes to.
+    pub fn copy_count(&self) -> usize {
+        self.region.copies().len()
+    }
+
+    /// Whether a copy lies on `device`.
+    pub fn has_copy_on(&self, device: &Arc<dyn BlockDevice>) -> bool {
+        self.region
+            .copies()
+            .iter()
+            .any(|c| Arc::ptr_eq(&c.device, device))
+    }
+
+    /// Adds a copy, made current from the others before it is used (see `Region::add_copy`).
+    pub fn add_copy(&self, copy: RegionCopy) -> io::Result<()> {
+        self.region.add_copy(copy)
+    }
+
+    /// Stops using the copy on `device`; the last copy stays.
+    pub fn remove_copy(&self, device: &Arc<dyn BlockDevice>) -> io::Result<()> {
+        self.region.remove_copy(device)
+    }
 }
 
 /// Checksums of the database pages, and the table blocks changed since the last sync.
@@ -371,7 +394,8 @@ fn to_io(err: DeviceError) -> io::Error {
 /// One or more identical copies of the metadata region, with their page checksums.
 #[derive(Debug)]
 struct Region {
-    copies: Vec<RegionCopy>,
+    /// Changed only while `pages` is held, by device management (a copy added or removed).
+    copies: RwLock<Vec<RegionCopy>>,
     /// Held across every device access, so a page and its checksum always change together.
     pages: Mutex<PageSums>,
     shared: Shared,
@@ -397,7 +421,7 @@ impl Region {
         }
         let capacity = copies[0].layout().capacity;
         Ok(Self {
-            copies,
+            copies: RwLock::new(copies),
             pages: Mutex::new(pages),
             shared: Shared {
                 len: Mutex::new(len),
@@ -548,7 +572,7 @@ impl Region {
             return Ok(false);
         };
         let mut changed = false;
-        for (copy, version) in self.copies.iter().zip(&versions) {
+        for (copy, version) in self.copies().iter().zip(&versions) {
             if version.as_ref().ok() != Some(&winner) {
                 copy.write_data(page * PAGE, &winner).map_err(to_io)?;
                 changed = true;
@@ -562,7 +586,7 @@ impl Region {
 
     /// Page `page` as each copy holds it.
     fn read_versions(&self, page: u64) -> Vec<Result<Vec<u8>, DeviceError>> {
-        self.copies
+        self.copies()
             .iter()
             .map(|copy| {
                 let mut buf = vec![0u8; PAGE_BYTES];
@@ -574,7 +598,7 @@ impl Region {
     /// Writes every copy's header and flushes.
     fn write_headers(&self, len: u64, open: bool) -> io::Result<()> {
         let header = encode_header(len, open);
-        for copy in &self.copies {
+        for copy in self.copies().iter() {
             copy.device.write_at(copy.offset, &header).map_err(to_io)?;
             copy.device.flush().map_err(to_io)?;
         }
@@ -616,8 +640,49 @@ impl Region {
         lock(&self.pages)
     }
 
+    fn copies(&self) -> RwLockReadGuard<'_, Vec<RegionCopy>> {
+        self.copies.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a copy: everything up to the database length is copied to it from the first
+    /// copy (the checksum table synced first), it is flushed, and from then on every write
+    /// goes to it too. It must have the same length as the others.
+    fn add_copy(&self, copy: RegionCopy) -> io::Result<()> {
+        let mut pages = self.lock_pages();
+        self.sync_locked(&mut pages)?;
+        let source = self.copies()[0].clone();
+        if copy.layout() != source.layout() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a new metadata copy must have the length of the others",
+            ));
+        }
+        restore_copy(&source, &copy, self.shared.len())?;
+        self.copies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(copy);
+        Ok(())
+    }
+
+    /// Stops writing to the copy on `device` (the last copy is never removed).
+    fn remove_copy(&self, device: &Arc<dyn BlockDevice>) -> io::Result<()> {
+        let mut pages = self.lock_pages();
+        self.sync_locked(&mut pages)?;
+        let mut copies = self.copies.write().unwrap_or_else(PoisonError::into_inner);
+        let remaining = copies
+            .iter()
+            .filter(|c| !Arc::ptr_eq(&c.device, device))
+            .count();
+        if remaining == 0 {
+            return Err(io::Error::other("the last metadata copy cannot be removed"));
+        }
+        copies.retain(|c| !Arc::ptr_eq(&c.device, device));
+        Ok(())
+    }
+
     fn write_all_copies(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        for copy in &self.copies {
+        for copy in self.copies().iter() {
             copy.write_data(offset, data).map_err(to_io)?;
         }
         Ok(())
@@ -627,12 +692,12 @@ impl Region {
     /// verifying each one and resolving bad ones from the other copies.
     fn read_pages(&self, pages: &mut PageSums, first: u64, out: &mut [u8]) -> io::Result<()> {
         let policy = *lock(&self.shared.policy);
-        let primary_ok = self.copies[0].read_data(first * PAGE, out).is_ok();
+        let primary_ok = self.copies()[0].read_data(first * PAGE, out).is_ok();
         for (i, page_buf) in out.chunks_exact_mut(PAGE_BYTES).enumerate() {
             let page = first + i as u64;
             let expected = pages.get(page);
             let verified = primary_ok && (expected == UNKNOWN || page_sum(page_buf) == expected);
-            if !verified || (policy.verify_every_copy && self.copies.len() > 1) {
+            if !verified || (policy.verify_every_copy && self.copies().len() > 1) {
                 self.resolve_page(pages, page, page_buf, policy)?;
             }
         }
@@ -660,7 +725,7 @@ impl Region {
             return Ok(PageOutcome::default());
         };
         let mut outcome = PageOutcome::default();
-        for (copy, version) in self.copies.iter().zip(&versions) {
+        for (copy, version) in self.copies().iter().zip(&versions) {
             let cause = match version {
                 Err(err) => format!("read failed: {err}"),
                 Ok(data) if !intact(data) => "checksum mismatch".to_owned(),
@@ -743,14 +808,14 @@ impl Region {
     fn sync_locked(&self, pages: &mut PageSums) -> io::Result<()> {
         for &block in &pages.dirty_blocks {
             let raw = pages.encode_block(block);
-            for copy in &self.copies {
+            for copy in self.copies().iter() {
                 copy.device
                     .write_at(copy.offset + HEADER_LEN + block * PAGE, &raw)
                     .map_err(to_io)?;
             }
         }
         pages.dirty_blocks.clear();
-        for copy in &self.copies {
+        for copy in self.copies().iter() {
             copy.device.flush().map_err(to_io)?;
         }
         Ok(())
@@ -828,7 +893,7 @@ impl Region {
             }
         }
         let header = encode_header(new_len, true);
-        for copy in &self.copies {
+        for copy in self.copies().iter() {
             copy.device.write_at(copy.offset, &header).map_err(to_io)?;
         }
         *len = new_len;
