@@ -165,10 +165,78 @@ impl Pool {
             .map(|m| Arc::clone(&m.device))
     }
 
-    /// An allocator covering every present member's data area, with nothing in use yet; new
-    /// blocks go only to active members.
+    /// An allocator covering every present member's data area, and the whole of each missing
+    /// member (whose layout is not known without it), with nothing in use yet; new blocks go
+    /// only to active members.
     pub fn empty_allocator(&self) -> Allocator {
-        Allocator::new(self.members().iter().map(Member::space).collect())
+        let members = self.members();
+        let mut spaces: Vec<DeviceSpace> = members.iter().map(Member::space).collect();
+        let (list, _) = self.member_list();
+        for info in list.iter().filter(|info| {
+            !members
+                .iter()
+                .any(|m| m.superblock.device_index == info.index)
+        }) {
+            let mut space = DeviceSpace::new(info.index, info.tier, 0, info.size / SECTOR_SIZE);
+            space.set_accepting(false);
+            spaces.push(space);
+        }
+        Allocator::new(spaces)
+    }
+
+    /// The members the list names that are not present.
+    pub fn missing_members(&self) -> Vec<MemberInfo> {
+        let members = self.members();
+        let (list, _) = self.member_list();
+        list.into_iter()
+            .filter(|info| {
+                !members
+                    .iter()
+                    .any(|m| m.superblock.device_index == info.index)
+            })
+            .collect()
+    }
+
+    /// Brings members back that the pool ran without: each metadata copy they hold is made
+    /// current from the others, then they are listed active again.
+    fn resync_returning(
+        &self,
+        returning: &[[u8; 16]],
+        list: &[MemberInfo],
+        generation: u64,
+    ) -> FsResult<()> {
+        let copies: Vec<(String, RegionCopy)> = self
+            .members()
+            .iter()
+            .filter(|m| returning.contains(&m.superblock.device_uuid) && m.superblock.meta_len > 0)
+            .map(|m| {
+                (
+                    m.device.name().to_owned(),
+                    RegionCopy {
+                        device: Arc::clone(&m.device),
+                        offset: m.superblock.meta_offset,
+                        len: m.superblock.meta_len,
+                    },
+                )
+            })
+            .collect();
+        for (name, copy) in copies {
+            self.metadata.add_copy(copy).map_err(|e| {
+                pool_err(format!(
+                    "cannot bring the metadata copy on {name} up to date: {e}"
+                ))
+            })?;
+            tracing::info!(device = %name, "the metadata copy of a returning member was brought up to date");
+        }
+        let mut list = list.to_vec();
+        for info in list.iter_mut().filter(|i| returning.contains(&i.uuid)) {
+            info.state = MemberState::Active;
+            tracing::info!(
+                member = info.index.0,
+                "a missing member is back in the pool"
+            );
+        }
+        self.write_member_list(&list, generation + 1, None)
     }
 
     /// The keys of an encrypted pool (`None` when it is not encrypted).
@@ -597,8 +665,15 @@ fn superblock_copies(device: &dyn BlockDevice) -> Vec<Superblock> {
 /// `secret`.
 pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) -> FsResult<Pool> {
     let mut members = Vec::new();
+    let mut unreadable = Vec::new();
     for (device, path, lock) in devices {
-        let superblock = read_superblock(device.as_ref())?;
+        let superblock = match read_superblock(device.as_ref()) {
+            Ok(superblock) => superblock,
+            Err(err) => {
+                unreadable.push(err);
+                continue;
+            }
+        };
         if superblock.device_size > device.size() {
             return Err(pool_err(format!(
                 "{} is {} bytes but its superblock says {}: was it truncated?",
@@ -615,8 +690,16 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
         });
     }
     let Some(first) = members.first() else {
-        return Err(pool_err("no devices given"));
+        return Err(unreadable
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| pool_err("no devices given")));
     };
+    // A device without a superblock is no member (one removed from the pool has its
+    // superblocks wiped): the others say whether the pool is whole without it.
+    for err in unreadable {
+        tracing::warn!(error = %err, "a device given holds no pool superblock; it is not used");
+    }
     let pool_uuid = first.superblock.pool_uuid;
     for member in &members {
         if member.superblock.pool_uuid != pool_uuid {
@@ -653,27 +736,48 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
             .iter()
             .filter(|m| m.superblock.device_uuid == info.uuid)
             .count();
-        match found {
-            1 => {}
-            0 => {
-                return Err(pool_err(format!(
-                    "member {} ({} tier) of pool {} is missing: give every member device",
-                    info.index.0,
-                    info.tier,
-                    uuid::Uuid::from_bytes(pool_uuid)
-                )))
-            }
-            _ => {
-                return Err(pool_err(format!(
-                    "member {} was given more than once",
-                    info.index.0
-                )))
-            }
+        if found > 1 {
+            return Err(pool_err(format!(
+                "member {} was given more than once",
+                info.index.0
+            )));
         }
     }
+    let present = |uuid: &[u8; 16]| members.iter().any(|m| m.superblock.device_uuid == *uuid);
+    refuse_split_brain(&members, &list)?;
+    // Members back after the pool ran without them: their metadata copy is stale.
+    let returning: Vec<[u8; 16]> = list
+        .iter()
+        .filter(|info| info.state == MemberState::Missing && present(&info.uuid))
+        .map(|info| info.uuid)
+        .collect();
+    let mut list = list;
+    let mut generation = generation;
+    let mut changed = false;
+    for info in list.iter_mut().filter(|info| !present(&info.uuid)) {
+        tracing::warn!(
+            member = info.index.0,
+            tier = %info.tier,
+            uuid = %uuid::Uuid::from_bytes(info.uuid),
+            "a member of the pool is missing: the pool opens degraded (data only on it cannot be read, nothing new goes to it)"
+        );
+        if info.state != MemberState::Missing {
+            if info.state == MemberState::Removing {
+                tracing::warn!(
+                    member = info.index.0,
+                    "the missing member was being removed; remove it again once it is back"
+                );
+            }
+            info.state = MemberState::Missing;
+            changed = true;
+        }
+    }
+    if changed {
+        generation += 1;
+    }
     members.sort_by_key(|m| m.superblock.device_index);
-    // Members whose superblock is older than the list (a device change was interrupted) are
-    // brought up to date before anything else is written.
+    // Members whose superblock is older than the list (a device change was interrupted, or
+    // the member was missing) are brought up to date before anything else is written.
     for member in &mut members {
         if member.superblock.generation != generation || member.superblock.members != list {
             tracing::info!(
@@ -690,12 +794,21 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
             member.superblock = current;
         }
     }
-    let devices: Vec<Arc<dyn BlockDevice>> =
-        members.iter().map(|m| Arc::clone(&m.device)).collect();
-    let superblocks: Vec<Superblock> = members.iter().map(|m| m.superblock.clone()).collect();
-    let copies = meta_copies(devices.iter(), &superblocks);
+    let current: Vec<&Member> = members
+        .iter()
+        .filter(|m| !returning.contains(&m.superblock.device_uuid))
+        .collect();
+    let copies = meta_copies(
+        current.iter().map(|m| &m.device),
+        &current
+            .iter()
+            .map(|m| m.superblock.clone())
+            .collect::<Vec<_>>(),
+    );
     if copies.is_empty() {
-        return Err(pool_err("no member holds the metadata region"));
+        return Err(pool_err(
+            "no member given holds a current copy of the metadata: give the pool's other members",
+        ));
     }
     let keys = unlock(&members, secret)?;
     let backend = MirroredRegionBackend::open(copies, keys.clone())
@@ -712,7 +825,7 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
         Ok(db)
     })?;
     let first = &members[0].superblock;
-    Ok(Pool {
+    let pool = Pool {
         label: first.label.clone(),
         uuid: first.pool_uuid,
         block_size: first.block_size,
@@ -722,7 +835,39 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
         db,
         metadata,
         keys,
-    })
+    };
+    if !returning.is_empty() {
+        pool.resync_returning(&returning, &list, generation)?;
+    }
+    Ok(pool)
+}
+
+/// Refuses members that were each used while the other was missing (each one's list says
+/// the other is missing): their metadata went separate ways and neither may overwrite the
+/// other's.
+fn refuse_split_brain(members: &[Member], list: &[MemberInfo]) -> FsResult<()> {
+    for member in members {
+        let marked_missing = list.iter().any(|info| {
+            info.uuid == member.superblock.device_uuid && info.state == MemberState::Missing
+        });
+        if !marked_missing {
+            continue;
+        }
+        let own_view_missing = member.superblock.members.iter().find(|info| {
+            info.state == MemberState::Missing
+                && members
+                    .iter()
+                    .any(|other| other.superblock.device_uuid == info.uuid)
+        });
+        if let Some(other) = own_view_missing {
+            return Err(pool_err(format!(
+                "{} and member {} were each used while the other was missing: their metadata went separate ways; open the pool with only the members of one side (the other side's member is then resynced from it)",
+                member.device.name(),
+                other.index.0
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a path before it is formatted; creates or sizes image files on request.

@@ -438,3 +438,105 @@ fn a_cancelled_removal_takes_new_blocks_again() {
     fs.commit().unwrap();
     assert!(used_by_member(&fs)[&2] > 5 * MIB);
 }
+
+#[test]
+fn a_pool_with_a_missing_member_opens_degraded_and_resyncs_it_when_it_is_back() {
+    // d1 holds the slow metadata copy and, with the most free space, the slow data.
+    let members = Members::format(&[(Tier::Fast, 64), (Tier::Slow, 192), (Tier::Slow, 64)]);
+    let fs = members.open();
+    let mirrored_dir = common::mkdir(&fs, InodeId::ROOT, "mirrored");
+    fs.set_property(mirrored_dir, Property::Copies(2)).unwrap();
+    let mirrored: Vec<(InodeId, Vec<u8>)> = (0..6)
+        .map(|i| {
+            let ino = create_file(&fs, mirrored_dir, &format!("m{i}"));
+            let data = pattern(500 + i, 256 * 1024);
+            fs.write(ino, 0, &data).unwrap();
+            (ino, data)
+        })
+        .collect();
+    fs.set_property(InodeId::ROOT, Property::Tier(Some(Tier::Slow)))
+        .unwrap();
+    let files = write_files(&fs, "s", 20, 512 * 1024);
+    fs.commit().unwrap();
+    drop(fs);
+
+    let fs = members.try_open_without(&["d1"]).unwrap();
+    let status = fs.status();
+    let d1 = status.members.iter().find(|m| m.index.0 == 1).unwrap();
+    assert_eq!(d1.state, MemberState::Missing);
+    // The files with data on d1 are listed and fail to read there; the mirrored ones read.
+    let unreadable = fs.files_on_missing_members(100).unwrap();
+    assert!(!unreadable.is_empty());
+    assert!(
+        unreadable.iter().all(|p| p.starts_with("/s")),
+        "{unreadable:?}"
+    );
+    for path in &unreadable {
+        let ino = fs.lookup(InodeId::ROOT, &path.as_bytes()[1..]).unwrap().ino;
+        let failed = (0..8).any(|block| fs.read(ino, block * 64 * 1024, 64 * 1024).is_err());
+        assert!(failed, "no block of {path} failed to read with d1 missing");
+    }
+    for (ino, data) in &mirrored {
+        assert!(
+            read_all(&fs, *ino) == *data,
+            "a mirrored file reads back different"
+        );
+    }
+    // The pool stays writable: new blocks go to the members present.
+    let written = write_files(&fs, "new", 5, 512 * 1024);
+    fs.commit().unwrap();
+    assert_files(&fs, &written);
+    drop(fs);
+
+    // d1 is back: its metadata copy is brought up to date, and it is active again.
+    let fs = members.open();
+    assert_eq!(state_of(&fs, DeviceIndex(1)), Some(MemberState::Active));
+    assert!(fs.files_on_missing_members(10).unwrap().is_empty());
+    assert_files(&fs, &files);
+    assert_files(&fs, &written);
+    drop(fs);
+    members.assert_fsck_clean("after the member came back");
+    // The resynced copy alone (the fast copy wiped) holds what was written without it.
+    let sb = fs_core::pool::read_superblock(members.device("d0").as_ref()).unwrap();
+    let zeros = vec![0u8; usize::try_from(sb.meta_len).unwrap()];
+    members
+        .device("d0")
+        .write_at(sb.meta_offset, &zeros)
+        .unwrap();
+    let fs = members.open();
+    assert_files(&fs, &written);
+}
+
+#[test]
+fn members_used_apart_are_refused_together() {
+    let members = Members::format(&[(Tier::Fast, 64), (Tier::Slow, 64)]);
+    drop(members.open());
+    let fs = members.try_open_without(&["d1"]).unwrap();
+    write_files(&fs, "fast-side", 2, 4096);
+    fs.commit().unwrap();
+    drop(fs);
+    let fs = members.try_open_without(&["d0"]).unwrap();
+    write_files(&fs, "slow-side", 2, 4096);
+    fs.commit().unwrap();
+    drop(fs);
+    let err = members.try_open_without(&[]).unwrap_err().to_string();
+    assert!(
+        err.contains("each used while the other was missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_pool_without_any_current_metadata_copy_is_refused() {
+    // d2 holds no metadata copy: alone it cannot open the pool.
+    let members = Members::format(&[(Tier::Fast, 64), (Tier::Slow, 64), (Tier::Slow, 64)]);
+    drop(members.open());
+    let err = members
+        .try_open_without(&["d0", "d1"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no member given holds a current copy"),
+        "{err}"
+    );
+}

@@ -18,6 +18,7 @@
 //! list and takes no new blocks; after a crash or a remount its emptying starts again where
 //! the committed moves left it ([`Filesystem::members_being_removed`]).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,7 +36,7 @@ use crate::format::{
 };
 use crate::meta::backend::RegionCopy;
 use crate::meta::records::{BlockRecord, Location};
-use crate::meta::{BLOCKS, DEVICE_ERRORS};
+use crate::meta::{BLOCKS, DEVICE_ERRORS, FILE_BLOCKS};
 use crate::pool::{write_superblock, Member, MIN_MEMBER_SIZE};
 use crate::types::{DeviceIndex, Tier};
 
@@ -361,6 +362,48 @@ impl Filesystem {
             .filter(|m| m.state == MemberState::Removing)
             .map(|m| m.index)
             .collect()
+    }
+
+    /// The paths of files with data that only missing members hold (reads of it fail until
+    /// they are back), at most `limit`, sorted; a file no directory names shows as
+    /// `<inode N>`.
+    pub fn files_on_missing_members(&self, limit: usize) -> FsResult<Vec<String>> {
+        let missing: Vec<DeviceIndex> = self
+            .pool
+            .missing_members()
+            .iter()
+            .map(|m| m.index)
+            .collect();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inodes = self.view(|tx| {
+            let mut unreadable = BTreeSet::new();
+            for entry in tx.txn.open_table(BLOCKS)?.iter()? {
+                let (id, raw) = entry?;
+                let record = BlockRecord::decode(raw.value())
+                    .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
+                if record.locations().all(|at| missing.contains(&at.device)) {
+                    unreadable.insert(id.value());
+                }
+            }
+            let mut inodes = BTreeSet::new();
+            for entry in tx.txn.open_table(FILE_BLOCKS)?.iter()? {
+                let (key, value) = entry?;
+                if unreadable.contains(&value.value().0) {
+                    inodes.insert(key.value().0);
+                }
+            }
+            Ok(inodes)
+        })?;
+        let mut paths: Vec<String> = self
+            .paths_of(&inodes)?
+            .into_iter()
+            .map(|(ino, path)| path.unwrap_or_else(|| format!("<inode {ino}>")))
+            .collect();
+        paths.sort();
+        paths.truncate(limit);
+        Ok(paths)
     }
 
     /// The blocks with a copy on member `index`.

@@ -192,6 +192,7 @@ pub struct SpaceUsage {
 pub struct MemberStatus {
     pub index: DeviceIndex,
     pub tier: Tier,
+    /// Where it was opened from (empty while it is missing).
     pub path: String,
     /// In use, being emptied, or missing (see [`MemberState`]).
     pub state: MemberState,
@@ -524,11 +525,32 @@ struct Dedup {
 /// of it (an entry costs about 64 bytes in redb's pages).
 const DEDUP_ENTRY_BYTES: u64 = 64;
 
+/// Files named in the log when a degraded pool is opened.
+const MISSING_PATHS_LOGGED: usize = 20;
+
 impl Filesystem {
     /// Opens the filesystem on a pool: rebuilds the allocator from the block table and
     /// reclaims inodes that were unlinked while open when the pool was last used.
     pub fn new(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
-        crate::error::contain_panics("loading the metadata", || Self::load(pool, config))
+        let fs = crate::error::contain_panics("loading the metadata", || Self::load(pool, config))?;
+        let missing = fs.pool.missing_members();
+        if !missing.is_empty() {
+            let names: Vec<String> = missing
+                .iter()
+                .map(|m| format!("{} ({} tier)", m.index.0, m.tier))
+                .collect();
+            match fs.files_on_missing_members(MISSING_PATHS_LOGGED) {
+                Ok(paths) => tracing::warn!(
+                    members = %names.join(", "),
+                    files = %paths.join(", "),
+                    "the pool is degraded: these files have data only the missing members hold (at most {MISSING_PATHS_LOGGED} named); reads of it fail until they are back"
+                ),
+                Err(err) => {
+                    tracing::warn!(members = %names.join(", "), error = %err, "the pool is degraded")
+                }
+            }
+        }
+        Ok(fs)
     }
 
     fn load(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
@@ -1006,7 +1028,7 @@ impl Filesystem {
             .unwrap_or(0);
         let state = &*guard;
         let (list, _) = self.pool.member_list();
-        let members = self
+        let mut members: Vec<MemberStatus> = self
             .pool
             .members()
             .iter()
@@ -1043,7 +1065,28 @@ impl Filesystem {
                     errors: counters.error_counts(),
                 }
             })
+            .chain(self.pool.missing_members().iter().map(|info| {
+                MemberStatus {
+                    index: info.index,
+                    tier: info.tier,
+                    path: String::new(),
+                    state: MemberState::Missing,
+                    metadata_copy: false,
+                    size: info.size,
+                    data_bytes: 0,
+                    free_bytes: 0,
+                    bytes_read: 0,
+                    bytes_written: 0,
+                    read_ops: 0,
+                    write_ops: 0,
+                    errors: self
+                        .counters_of(info.index)
+                        .map(DeviceCounters::error_counts)
+                        .unwrap_or_default(),
+                }
+            }))
             .collect();
+        members.sort_by_key(|m| m.index);
         FsStatus {
             label: self.pool.label().to_owned(),
             pool_uuid: uuid::Uuid::from_bytes(self.pool.uuid()).to_string(),
