@@ -15,7 +15,13 @@ pub use crate::daemon::state::{
 pub struct MemberStatus {
     pub index: u16,
     pub tier: String,
+    /// Where it was opened from (empty while it is missing).
     pub path: String,
+    /// `active`, `removing` (being emptied to leave the pool) or `missing` (the pool runs
+    /// degraded without it).
+    pub state: String,
+    /// It holds a copy of the metadata region.
+    pub metadata_copy: bool,
     pub size_bytes: u64,
     pub data_bytes: u64,
     pub free_bytes: u64,
@@ -30,6 +36,90 @@ pub struct MemberStatus {
     pub checksum_errors: u64,
     /// Damaged copies rewritten from a good copy.
     pub repaired: u64,
+}
+
+/// `GET /v1/devices`: the members, the emptying of a member being removed or replaced, and
+/// the files a degraded pool cannot read in full.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Devices {
+    pub members: Vec<MemberStatus>,
+    pub evacuation: Option<Evacuation>,
+    /// Files with data only missing members hold (at most 100).
+    pub unavailable_files: Vec<String>,
+}
+
+/// The emptying of a member so it can leave the pool (`aegis device remove` or `replace`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Evacuation {
+    pub member: u16,
+    pub path: String,
+    /// The member its blocks go to first (the new device of a `replace`).
+    pub replacement: Option<u16>,
+    pub blocks_total: u64,
+    pub blocks_moved: u64,
+    pub bytes_total: u64,
+    pub bytes_moved: u64,
+    pub elapsed_ms: u64,
+    /// Bytes per second at most (0: as fast as the devices go).
+    pub rate: u64,
+    pub running: bool,
+    /// The member left the pool.
+    pub finished: bool,
+    /// Why it stopped, if it failed.
+    pub error: Option<String>,
+}
+
+/// `POST /v1/devices/add`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceAdd {
+    /// A block device or image file.
+    pub path: String,
+    /// `fast` or `slow`.
+    pub tier: String,
+    /// Create (sparse) or size an image file to this many bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Overwrite a filesystem or pool found on it.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/devices/remove`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRemove {
+    /// The member: its path or its index.
+    pub device: String,
+    /// Bytes moved per second at most (0 or absent: no limit).
+    #[serde(default)]
+    pub rate: u64,
+}
+
+/// `POST /v1/devices/replace`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceReplace {
+    /// The member to replace: its path or its index.
+    pub old: String,
+    /// The new device (block device or image file).
+    pub new: String,
+    #[serde(default)]
+    pub size: Option<u64>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub rate: u64,
+}
+
+/// The answer to `POST /v1/devices/add` and `replace`: the member that joined.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceAdded {
+    pub index: u16,
+    pub path: String,
+    pub tier: String,
+    /// The emptying of the replaced member, for a replace.
+    pub evacuation: Option<Evacuation>,
 }
 
 /// Capacity of one tier.

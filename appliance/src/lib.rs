@@ -5,6 +5,7 @@
 pub mod api;
 pub mod client;
 pub mod daemon;
+pub mod devices;
 pub mod http;
 pub mod keys;
 pub mod serve;

@@ -2,6 +2,7 @@
 //! and talks to mounted pools through their control sockets.
 
 mod cli_daemon;
+mod cli_devices;
 
 use appliance::units::{parse_size, parse_watermarks};
 use appliance::{api, client, keys, serve, service};
@@ -207,6 +208,11 @@ enum Cmd {
     Scrub {
         #[command(subcommand)]
         action: ScrubCmd,
+    },
+    /// The devices of a mounted pool: add, remove, replace; state, usage and errors of each.
+    Device {
+        #[command(subcommand)]
+        action: cli_devices::DeviceCmd,
     },
     /// Tiers: what is hot, moving blocks between tiers, pinning paths to a tier.
     Tier {
@@ -1334,9 +1340,10 @@ fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()
     println!("members");
     for m in &status.members {
         println!(
-            "  {}  {:<4}  {:>10} used of {:>10}  read {:>10} ({} ops)  written {:>10} ({} ops)  {}",
+            "  {}  {:<4}  {:<8}  {:>10} used of {:>10}  read {:>10} ({} ops)  written {:>10} ({} ops)  {}",
             m.index,
             m.tier,
+            m.state,
             human(m.used_bytes),
             human(m.data_bytes),
             human(m.bytes_read),
@@ -1707,6 +1714,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Set { path, properties } => done(set_cmd(&path, &properties)),
         Cmd::Get { path, json } => done(get_cmd(&path, json)),
         Cmd::Scrub { action } => done(scrub_cmd(action)),
+        Cmd::Device { action } => done(cli_devices::device(action)),
         Cmd::Snapshot { action } => done(snapshot_cmd(action)),
         Cmd::Tier { action } => done(tier_cmd(action)),
         Cmd::Fsck {

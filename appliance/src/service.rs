@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use fs_core::device::Backend;
+use fs_core::format::MemberState;
 use fs_core::fs::props::{Property, Source};
 use fs_core::fs::scrub::Scrubber;
 use fs_core::fs::snapshot::{Change, SnapshotInfo};
@@ -23,11 +24,13 @@ use fs_core::FsError;
 use tiering::migrate::Progress;
 
 use crate::api::{
-    DedupTable, DiskUsage, FsckReport, MemberStatus, MigrateRequest, MigrationEntry, MigrationPlan,
-    MigrationProgress, Pin, PinDone, PinRequest, PlannedFile, PropertyValue, RollbackDone,
-    RollbackRequest, ScrubStart, ScrubStatus, SetProperties, Snapshot, SnapshotChange,
-    SnapshotCreate, SnapshotDeleted, SpaceSavings, Status, TierHeat, TierStatus, TierUsage,
+    DedupTable, DeviceAdd, DeviceRemove, DeviceReplace, DiskUsage, FsckReport, MemberStatus,
+    MigrateRequest, MigrationEntry, MigrationPlan, MigrationProgress, Pin, PinDone, PinRequest,
+    PlannedFile, PropertyValue, RollbackDone, RollbackRequest, ScrubStart, ScrubStatus,
+    SetProperties, Snapshot, SnapshotChange, SnapshotCreate, SnapshotDeleted, SpaceSavings, Status,
+    TierHeat, TierStatus, TierUsage,
 };
+use crate::devices::Evacuator;
 use crate::http::{json_response, parse_json, query_param, Failure, Reply};
 
 /// Removes the mount a serving process (or aegisd) left behind when it died: the kernel
@@ -112,12 +115,14 @@ impl MountedPool {
             migration: Mutex::new(None),
             policy: request.policy,
             next_migration: Mutex::new(None),
+            devices: Evacuator::new(request.backend),
         });
         let session = std::thread::Builder::new()
             .name("aegis-fuse".into())
             .spawn(move || session.run())
             .context("cannot start the FUSE session thread")?;
         service.resume_scrub();
+        service.devices.resume(&service.fs, 0);
         Ok(Self {
             service,
             unmounter: Mutex::new(unmounter),
@@ -159,6 +164,7 @@ impl MountedPool {
             .join()
             .map_err(|_| anyhow::anyhow!("the FUSE session thread panicked"))?;
         drop(self.service.scrubber().take());
+        self.service.devices.stop();
         self.service.fs.shutdown().context("final commit failed")?;
         result.context("FUSE session failed")?;
         tracing::info!(mountpoint = %self.service.mountpoint, "unmounted");
@@ -175,6 +181,15 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|target| Path::new(&target.replace("\\040", " ")) == path)
 }
 
+/// How the API names a member's state.
+pub fn member_state(state: MemberState) -> &'static str {
+    match state {
+        MemberState::Active => "active",
+        MemberState::Removing => "removing",
+        MemberState::Missing => "missing",
+    }
+}
+
 /// Builds the API status from the filesystem's own report.
 pub fn api_status(fs: &FsStatus, name: &str, mountpoint: &str, started: Instant) -> Status {
     let members: Vec<MemberStatus> = fs
@@ -184,6 +199,8 @@ pub fn api_status(fs: &FsStatus, name: &str, mountpoint: &str, started: Instant)
             index: m.index.0,
             tier: m.tier.to_string(),
             path: m.path.clone(),
+            state: member_state(m.state).into(),
+            metadata_copy: m.metadata_copy,
             size_bytes: m.size,
             data_bytes: m.data_bytes,
             free_bytes: m.free_bytes,
@@ -264,6 +281,8 @@ pub struct PoolService {
     /// When the next scheduled migration runs (seconds since the epoch), if one is scheduled:
     /// aegisd keeps it current.
     next_migration: Mutex<Option<i64>>,
+    /// Device management, and the emptying of a member being removed or replaced.
+    pub devices: Evacuator,
 }
 
 /// A tier migration on its own thread.
@@ -872,6 +891,25 @@ pub fn route(method: &tiny_http::Method, url: &str, body: &str, api: &PoolServic
             ))
         }
         (Post, "/v1/scrub/cancel") => Ok(json_response(200, &api.cancel_scrub()?)),
+        (Get, "/v1/devices") => Ok(json_response(200, &api.devices.devices(fs)?)),
+        (Post, "/v1/devices/add") => {
+            let wanted: DeviceAdd = parse_json(body)?;
+            Ok(json_response(200, &api.devices.add(fs, &wanted)?))
+        }
+        (Post, "/v1/devices/remove") => {
+            let wanted: DeviceRemove = parse_json(body)?;
+            Ok(json_response(202, &api.devices.remove(fs, &wanted)?))
+        }
+        (Post, "/v1/devices/replace") => {
+            let wanted: DeviceReplace = parse_json(body)?;
+            Ok(json_response(202, &api.devices.replace(fs, &wanted)?))
+        }
+        (Post, "/v1/devices/cancel") => Ok(json_response(200, &api.devices.cancel(fs)?)),
+        (Post, "/v1/devices/resize") => Err(Failure::with_code(
+            501,
+            "not_built",
+            "resizing a member is not built yet: grow or shrink comes in a later release",
+        )),
         (Get, "/v1/tier") => Ok(json_response(200, &api.tier_status()?)),
         (Post, "/v1/tier/migrate") => {
             let wanted: MigrateRequest = parse_json(body)?;

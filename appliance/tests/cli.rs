@@ -315,6 +315,9 @@ fn damaged_images_are_refused_with_a_clear_message() {
     let zeroed = damaged("zeroed.img", &fast, &|f| {
         f.set_len(0).and_then(|()| f.set_len(256 << 20)).unwrap()
     });
+    let zeroed_slow = damaged("zeroed-slow.img", &slow, &|f| {
+        f.set_len(0).and_then(|()| f.set_len(256 << 20)).unwrap()
+    });
     let truncated = damaged("truncated.img", &fast, &|f| f.set_len(100 << 20).unwrap());
     let garbage = damaged("garbage.img", &fast, &|f| {
         f.write_all(&pattern(7, 1 << 20)).unwrap();
@@ -327,7 +330,9 @@ fn damaged_images_are_refused_with_a_clear_message() {
     };
     let (bad_fast, bad_slow) = (meta("meta-fast.img", &fast), meta("meta-slow.img", &slow));
     for (devices, expected) in [
-        (vec![zeroed.as_str(), slow.as_str()], "bad magic"),
+        // (One blank member beside an intact one is a missing member: the pool mounts
+        // degraded; see tests/devices.rs.)
+        (vec![zeroed.as_str(), zeroed_slow.as_str()], "bad magic"),
         (vec![truncated.as_str(), slow.as_str()], "truncated"),
         (vec![bad_fast.as_str(), bad_slow.as_str()], "metadata"),
     ] {

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod backups;
 pub mod config;
+pub mod config_edit;
 pub mod jobs;
 pub mod metrics;
 pub mod notify;

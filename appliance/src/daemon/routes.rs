@@ -488,21 +488,66 @@ fn route(daemon: &Arc<Daemon>, request: &Request, body: &str, path: &str, query:
             | "/v1/backups/verify"
             | "/v1/backups/cancel",
         ) => Err(Failure::new(405, "method not allowed")),
+        (Method::Post, "/v1/devices/add") => {
+            let (pool, service) = pool_of(daemon, query)?;
+            let added = service.devices.add(&service.fs, &parse_json(body)?)?;
+            list_device(daemon, &pool, &added.path);
+            Ok(json_response(200, &added))
+        }
+        (Method::Post, "/v1/devices/replace") => {
+            let (pool, service) = pool_of(daemon, query)?;
+            let added = service.devices.replace(&service.fs, &parse_json(body)?)?;
+            list_device(daemon, &pool, &added.path);
+            Ok(json_response(202, &added))
+        }
         (_, path) if path.starts_with("/v1/") => {
-            let pool = match query_param(query, "pool") {
-                Some(pool) => pool,
-                None => single_pool(daemon).ok_or_else(|| {
-                    let names: Vec<&str> = daemon.pools.keys().map(String::as_str).collect();
-                    Failure::bad_request(format!(
-                        "aegisd serves several pools ({}): add ?pool=NAME",
-                        names.join(", ")
-                    ))
-                })?,
-            };
-            let service = daemon.service(&pool)?;
+            let (_, service) = pool_of(daemon, query)?;
             crate::service::route(request.method(), request.url(), body, &service)
         }
         _ => Err(Failure::new(404, format!("no such endpoint: {path}"))),
+    }
+}
+
+/// The pool a request is for (`?pool=NAME`, optional while aegisd serves one) and its service.
+fn pool_of(
+    daemon: &Daemon,
+    query: &str,
+) -> Result<(String, Arc<crate::service::PoolService>), Failure> {
+    let pool = match query_param(query, "pool") {
+        Some(pool) => pool,
+        None => single_pool(daemon).ok_or_else(|| {
+            let names: Vec<&str> = daemon.pools.keys().map(String::as_str).collect();
+            Failure::bad_request(format!(
+                "aegisd serves several pools ({}): add ?pool=NAME",
+                names.join(", ")
+            ))
+        })?,
+    };
+    let service = daemon.service(&pool)?;
+    Ok((pool, service))
+}
+
+/// Adds a device that joined `pool` to its `devices` in the config file, so the pool mounts
+/// whole at the next start; an event says what happened (or that the operator must do it).
+fn list_device(daemon: &Daemon, pool: &str, device: &str) {
+    let config = &daemon.config.path;
+    match super::config_edit::add_device(config, pool, device) {
+        Ok(changed) => {
+            if changed {
+                daemon.event(
+                    Level::Info,
+                    "device",
+                    Some(pool),
+                    &format!("{device} joined the pool and was added to its devices in {}", config.display()),
+                );
+            }
+        }
+        Err(err) => daemon.event(
+            Level::Error,
+            "device",
+            Some(pool),
+            &format!("{device} joined the pool, but the config could not be updated ({err}): add it to the pool's devices by hand, or the pool mounts degraded at the next start"),
+        ),
     }
 }
 

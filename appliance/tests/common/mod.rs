@@ -134,9 +134,17 @@ impl Sandbox {
 
     /// Mounts the pool at the sandbox directory `name`, creating it.
     pub fn mount_at(&self, fast: &str, slow: &str, name: &str) -> MountGuard<'_> {
+        self.mount_devices(&[fast, slow], name)
+    }
+
+    /// Mounts the pool of `devices` at the sandbox directory `name`, creating it.
+    pub fn mount_devices(&self, devices: &[&str], name: &str) -> MountGuard<'_> {
         let mnt = self.path(name);
         fs::create_dir_all(&mnt).unwrap();
-        self.ok(&["mount", fast, slow, mnt.to_str().unwrap()]);
+        let mut args = vec!["mount"];
+        args.extend_from_slice(devices);
+        args.push(mnt.to_str().unwrap());
+        self.ok(&args);
         MountGuard {
             sandbox: self,
             mountpoint: mnt,

@@ -1,0 +1,343 @@
+//! `aegis device`: the members of a mounted pool (add, remove, replace, status), through the
+//! pool's control API.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{ArgGroup, Subcommand};
+
+use appliance::api::{self, DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, Devices};
+use appliance::client::{self, Endpoint};
+use appliance::units::parse_size;
+
+use crate::human;
+
+#[derive(Subcommand)]
+pub enum DeviceCmd {
+    /// Each member: state, size, used, errors; the removal under way; the files a degraded
+    /// pool cannot read.
+    Status {
+        /// Mountpoint or pool label.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a device to a tier of a mounted pool; new blocks may go to it at once.
+    #[command(group(ArgGroup::new("tier").required(true).args(["fast", "slow"])))]
+    Add {
+        /// Mountpoint or pool label.
+        target: String,
+        /// The device (or image file) joins the fast tier.
+        #[arg(long)]
+        fast: Option<PathBuf>,
+        /// The device (or image file) joins the slow tier.
+        #[arg(long)]
+        slow: Option<PathBuf>,
+        /// Create the image file with this size (e.g. 8G), sparse.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        /// Overwrite a filesystem or pool found on the device.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a member: its blocks move to the other members first (online), then it leaves
+    /// the pool and its superblocks are wiped.
+    Remove {
+        /// Mountpoint or pool label.
+        target: String,
+        /// The member: its path or its index.
+        device: String,
+        /// Move at most this many bytes per second (e.g. 100M), so foreground I/O keeps
+        /// priority.
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        /// Return at once; `aegis device status` shows the progress.
+        #[arg(long)]
+        background: bool,
+    },
+    /// Replace a member with a new device: the new one joins its tier (with its metadata copy,
+    /// if it held one), the old one's blocks are copied over (from their second copy where
+    /// the old device fails), then the old one leaves.
+    Replace {
+        /// Mountpoint or pool label.
+        target: String,
+        /// The member to replace: its path or its index.
+        old: String,
+        /// The new device (or image file).
+        new: PathBuf,
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        #[arg(long)]
+        background: bool,
+    },
+    /// Stop the removal or replacement under way; the member takes new blocks again.
+    Cancel {
+        /// Mountpoint or pool label.
+        target: String,
+    },
+    /// Grow a member to its device's size, or shrink it: not built yet.
+    Resize {
+        /// Mountpoint or pool label.
+        target: String,
+        device: String,
+        /// The new size (e.g. 500G), or `max`.
+        size: Option<String>,
+    },
+}
+
+/// A member as the serving process can resolve it: an index as given, a path made absolute
+/// (the serving process does not share this command's working directory).
+fn member_arg(text: &str) -> String {
+    if text.parse::<u16>().is_ok() && !std::path::Path::new(text).exists() {
+        return text.to_owned();
+    }
+    std::fs::canonicalize(text)
+        .or_else(|_| std::path::absolute(text))
+        .map_or_else(|_| text.to_owned(), |path| path.display().to_string())
+}
+
+/// A new device's path, absolute (it may not exist yet: an image file to create).
+fn new_device_arg(path: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::path::absolute(path)?.display().to_string())
+}
+
+pub fn device(action: DeviceCmd) -> anyhow::Result<()> {
+    match action {
+        DeviceCmd::Status { target, json } => {
+            let (socket, _) = client::find_pool(&target)?;
+            let devices: Devices = socket.get("/v1/devices")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+            } else {
+                print_devices(&devices);
+            }
+            Ok(())
+        }
+        DeviceCmd::Add {
+            target,
+            fast,
+            slow,
+            size,
+            force,
+        } => {
+            let (path, tier) = match (fast, slow) {
+                (Some(path), None) => (path, "fast"),
+                (None, Some(path)) => (path, "slow"),
+                _ => bail!("give --fast PATH or --slow PATH"),
+            };
+            let (socket, _) = client::find_pool(&target)?;
+            let request = DeviceAdd {
+                path: new_device_arg(&path)?,
+                tier: tier.into(),
+                size,
+                force,
+            };
+            let added: DeviceAdded = socket.call("POST", "/v1/devices/add", Some(&request))?;
+            println!(
+                "{} joined the {} tier as member {}",
+                added.path, added.tier, added.index
+            );
+            remind_to_list(&socket, &added.path);
+            Ok(())
+        }
+        DeviceCmd::Remove {
+            target,
+            device,
+            rate,
+            background,
+        } => {
+            let (socket, _) = client::find_pool(&target)?;
+            let request = DeviceRemove {
+                device: member_arg(&device),
+                rate: rate.unwrap_or(0),
+            };
+            let started: api::Evacuation =
+                socket.call("POST", "/v1/devices/remove", Some(&request))?;
+            println!(
+                "removing member {} ({}): moving its blocks to the other members",
+                started.member, started.path
+            );
+            follow(&socket, background)
+        }
+        DeviceCmd::Replace {
+            target,
+            old,
+            new,
+            size,
+            force,
+            rate,
+            background,
+        } => {
+            let (socket, _) = client::find_pool(&target)?;
+            let request = DeviceReplace {
+                old: member_arg(&old),
+                new: new_device_arg(&new)?,
+                size,
+                force,
+                rate: rate.unwrap_or(0),
+            };
+            let added: DeviceAdded = socket.call("POST", "/v1/devices/replace", Some(&request))?;
+            if let Some(evacuation) = &added.evacuation {
+                println!(
+                    "{} joined the {} tier as member {}; copying member {} ({}) onto it",
+                    added.path, added.tier, added.index, evacuation.member, evacuation.path
+                );
+            }
+            remind_to_list(&socket, &added.path);
+            follow(&socket, background)
+        }
+        DeviceCmd::Cancel { target } => {
+            let (socket, _) = client::find_pool(&target)?;
+            let stopped: api::Evacuation =
+                socket.call("POST", "/v1/devices/cancel", None::<&()>)?;
+            println!(
+                "stopped emptying member {} ({}) after {} of {} blocks; it takes new blocks again",
+                stopped.member, stopped.path, stopped.blocks_moved, stopped.blocks_total
+            );
+            Ok(())
+        }
+        DeviceCmd::Resize {
+            target,
+            device,
+            size,
+        } => {
+            let (socket, _) = client::find_pool(&target)?;
+            let request = serde_json::json!({ "device": member_arg(&device), "size": size });
+            let _: serde_json::Value = socket.call("POST", "/v1/devices/resize", Some(&request))?;
+            Ok(())
+        }
+    }
+}
+
+/// A pool served by the standalone process is mounted with the devices given on the command
+/// line, so the operator must give the new one from now on (aegisd's config likewise).
+fn remind_to_list(socket: &Endpoint, path: &str) {
+    println!(
+        "give {path} with the pool's other members when you mount it from now on{}",
+        if socket.socket.ends_with("aegisd.sock") {
+            " (add it to the pool's devices in aegis.toml)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Prints the emptying's progress until it ends (unless `background`).
+fn follow(socket: &Endpoint, background: bool) -> anyhow::Result<()> {
+    if background {
+        println!("running in the background: `aegis device status` shows how far it is");
+        return Ok(());
+    }
+    let interactive = std::io::stdout().is_terminal();
+    loop {
+        let devices: Devices = socket.get("/v1/devices")?;
+        let Some(evacuation) = devices.evacuation else {
+            bail!("the removal is no longer reported (was the pool unmounted?)");
+        };
+        if !evacuation.running {
+            if interactive {
+                println!();
+            }
+            if let Some(error) = &evacuation.error {
+                bail!(
+                    "emptying member {} stopped: {error} (it stays being removed; fix the cause and run the command again, or `aegis device cancel`)",
+                    evacuation.member
+                );
+            }
+            if evacuation.finished {
+                println!(
+                    "member {} ({}) left the pool: {} blocks ({}) moved in {:.1} s",
+                    evacuation.member,
+                    evacuation.path,
+                    evacuation.blocks_moved,
+                    human(evacuation.bytes_moved),
+                    evacuation.elapsed_ms as f64 / 1000.0
+                );
+            } else {
+                println!(
+                    "emptying member {} stopped after {} of {} blocks",
+                    evacuation.member, evacuation.blocks_moved, evacuation.blocks_total
+                );
+            }
+            return Ok(());
+        }
+        if interactive {
+            print!("\r{}   ", progress_line(&evacuation));
+            std::io::Write::flush(&mut std::io::stdout())?;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn progress_line(evacuation: &api::Evacuation) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let percent = if evacuation.blocks_total == 0 {
+        0.0
+    } else {
+        evacuation.blocks_moved as f64 * 100.0 / evacuation.blocks_total as f64
+    };
+    format!(
+        "{percent:5.1}%  {} of {} blocks  {} moved",
+        evacuation.blocks_moved,
+        evacuation.blocks_total,
+        human(evacuation.bytes_moved)
+    )
+}
+
+fn print_devices(devices: &Devices) {
+    println!(
+        "{:>3}  {:<4}  {:<8}  {:>10}  {:>10}  {:>6} {:>6} {:>6}  path",
+        "#", "tier", "state", "size", "used", "read", "write", "cksum"
+    );
+    for m in &devices.members {
+        println!(
+            "{:>3}  {:<4}  {:<8}  {:>10}  {:>10}  {:>6} {:>6} {:>6}  {}{}",
+            m.index,
+            m.tier,
+            m.state,
+            human(m.size_bytes),
+            human(m.used_bytes),
+            m.read_errors,
+            m.write_errors,
+            m.checksum_errors,
+            if m.path.is_empty() { "-" } else { &m.path },
+            if m.metadata_copy {
+                "  (metadata copy)"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(evacuation) = &devices.evacuation {
+        let what = if evacuation.running {
+            "emptying"
+        } else if evacuation.finished {
+            "emptied"
+        } else {
+            "stopped emptying"
+        };
+        println!(
+            "{what} member {} ({}): {}",
+            evacuation.member,
+            evacuation.path,
+            progress_line(evacuation)
+        );
+        if let Some(error) = &evacuation.error {
+            println!("  failed: {error}");
+        }
+    }
+    if !devices.unavailable_files.is_empty() {
+        println!(
+            "DEGRADED: these files have data only missing members hold (reads of it fail until they are back):"
+        );
+        for path in &devices.unavailable_files {
+            println!("  {path}");
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! Device management of a served pool (`/v1/devices...`): adding a member, and removing or
+//! replacing one, whose emptying runs on a thread of its own ([`Evacuator`]), throttled,
+//! resumed at mount when a crash or an unmount cut it short, and stopped before unmount.
+//! The work itself is `fs_core::fs::devices`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use fs_core::device::Backend;
+use fs_core::fs::devices::{empty_member, EmptyOptions, NewMember};
+use fs_core::fs::Filesystem;
+use fs_core::pool::{open_new_member, MemberSpec};
+use fs_core::types::{DeviceIndex, Tier};
+use fs_core::FsError;
+
+use crate::api::{DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, Devices, Evacuation};
+use crate::http::Failure;
+
+/// Files a degraded pool's `GET /v1/devices` names at most.
+const UNAVAILABLE_LISTED: usize = 100;
+
+/// Empties members being removed, one at a time, on a thread of its own.
+pub struct Evacuator {
+    backend: Backend,
+    run: Mutex<Option<Run>>,
+}
+
+struct Run {
+    cancel: Arc<AtomicBool>,
+    status: Arc<Mutex<Evacuation>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Run {
+    fn is_running(&self) -> bool {
+        self.thread
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The HTTP status of a device management error.
+fn failure(err: &FsError) -> Failure {
+    let status = match err {
+        FsError::Refused { .. } | FsError::Invalid(_) => 400,
+        FsError::Conflict(_) | FsError::ReadOnly => 409,
+        _ => 500,
+    };
+    Failure::new(status, err.to_string())
+}
+
+fn parse_tier(text: &str) -> Result<Tier, Failure> {
+    match text {
+        "fast" => Ok(Tier::Fast),
+        "slow" => Ok(Tier::Slow),
+        other => Err(Failure::bad_request(format!(
+            "tier must be fast or slow, not '{other}'"
+        ))),
+    }
+}
+
+/// The member `name` designates: its index, or the path it was opened from (any path to the
+/// same file or device).
+fn resolve(fs: &Filesystem, name: &str) -> Result<(DeviceIndex, String), Failure> {
+    let members = fs.status().members;
+    if let Ok(index) = name.parse::<u16>() {
+        if let Some(member) = members.iter().find(|m| m.index.0 == index) {
+            return Ok((member.index, member.path.clone()));
+        }
+    }
+    let wanted = std::fs::canonicalize(name).unwrap_or_else(|_| PathBuf::from(name));
+    members
+        .iter()
+        .find(|m| {
+            !m.path.is_empty()
+                && std::fs::canonicalize(&m.path).unwrap_or_else(|_| PathBuf::from(&m.path))
+                    == wanted
+        })
+        .map(|m| (m.index, m.path.clone()))
+        .ok_or_else(|| {
+            Failure::new(
+                404,
+                format!("{name} is not a member of this pool (give its path or its index)"),
+            )
+        })
+}
+
+impl Evacuator {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            run: Mutex::new(None),
+        }
+    }
+
+    /// The members, the emptying under way (or the last one), and what a degraded pool
+    /// cannot read.
+    pub fn devices(&self, fs: &Filesystem) -> Result<Devices, Failure> {
+        let status = crate::service::api_status(&fs.status(), "", "", std::time::Instant::now());
+        Ok(Devices {
+            members: status.members,
+            evacuation: self.evacuation(),
+            unavailable_files: fs
+                .files_on_missing_members(UNAVAILABLE_LISTED)
+                .map_err(|e| failure(&e))?,
+        })
+    }
+
+    /// The emptying under way, or the last one of this mount.
+    pub fn evacuation(&self) -> Option<Evacuation> {
+        lock(&self.run)
+            .as_ref()
+            .map(|run| lock(&run.status).clone())
+    }
+
+    /// Opens and checks a new device (see `pool::open_new_member`).
+    fn open_new(
+        &self,
+        fs: &Filesystem,
+        path: &str,
+        tier: Tier,
+        size: Option<u64>,
+        force: bool,
+    ) -> Result<NewMember, Failure> {
+        let members: Vec<PathBuf> = fs.pool().members().iter().map(|m| m.path.clone()).collect();
+        let spec = MemberSpec {
+            path: PathBuf::from(path),
+            tier,
+            create_size: size,
+        };
+        let (device, lock) =
+            open_new_member(&spec, force, self.backend, &members).map_err(|e| failure(&e))?;
+        Ok(NewMember {
+            device,
+            path: std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path)),
+            lock: Some(lock),
+            tier,
+        })
+    }
+
+    /// `POST /v1/devices/add`.
+    pub fn add(&self, fs: &Filesystem, request: &DeviceAdd) -> Result<DeviceAdded, Failure> {
+        let tier = parse_tier(&request.tier)?;
+        let new = self.open_new(fs, &request.path, tier, request.size, request.force)?;
+        let path = new.path.display().to_string();
+        let index = fs.add_member(new).map_err(|e| failure(&e))?;
+        tracing::info!(member = index.0, %path, %tier, "device added");
+        Ok(DeviceAdded {
+            index: index.0,
+            path,
+            tier: tier.to_string(),
+            evacuation: None,
+        })
+    }
+
+    /// `POST /v1/devices/remove`: marks the member and starts emptying it.
+    pub fn remove(
+        &self,
+        fs: &Arc<Filesystem>,
+        request: &DeviceRemove,
+    ) -> Result<Evacuation, Failure> {
+        let (index, path) = resolve(fs, &request.device)?;
+        let mut run = lock(&self.run);
+        refuse_if_running(run.as_ref())?;
+        fs.begin_removal(index).map_err(|e| failure(&e))?;
+        tracing::info!(member = index.0, %path, "removing a device: emptying it first");
+        let started = start(fs, index, path, None, request.rate);
+        let status = lock(&started.status).clone();
+        *run = Some(started);
+        Ok(status)
+    }
+
+    /// `POST /v1/devices/replace`: adds the new device, marks the old one and starts
+    /// emptying it onto the new one.
+    pub fn replace(
+        &self,
+        fs: &Arc<Filesystem>,
+        request: &DeviceReplace,
+    ) -> Result<DeviceAdded, Failure> {
+        let (old, old_path) = resolve(fs, &request.old)?;
+        let tier = fs
+            .pool()
+            .tier_of(old)
+            .ok_or_else(|| Failure::new(404, format!("no member {}", old.0)))?;
+        let mut run = lock(&self.run);
+        refuse_if_running(run.as_ref())?;
+        let new = self.open_new(fs, &request.new, tier, request.size, request.force)?;
+        let path = new.path.display().to_string();
+        let index = fs.replace_member(old, new).map_err(|e| failure(&e))?;
+        tracing::info!(old = old.0, new = index.0, %path, "replacing a device");
+        let started = start(fs, old, old_path, Some(index), request.rate);
+        let evacuation = lock(&started.status).clone();
+        *run = Some(started);
+        Ok(DeviceAdded {
+            index: index.0,
+            path,
+            tier: tier.to_string(),
+            evacuation: Some(evacuation),
+        })
+    }
+
+    /// `POST /v1/devices/cancel`: stops the emptying under way; the member takes new blocks
+    /// again (what moved stays moved; a replacement stays a member).
+    pub fn cancel(&self, fs: &Filesystem) -> Result<Evacuation, Failure> {
+        let run = lock(&self.run).take();
+        let Some(mut run) = run.filter(Run::is_running) else {
+            return Err(Failure::new(409, "no device is being removed or replaced"));
+        };
+        run.cancel.store(true, Ordering::Relaxed);
+        if let Some(thread) = run.thread.take() {
+            let _ = thread.join();
+        }
+        let status = lock(&run.status).clone();
+        let member = DeviceIndex(status.member);
+        if fs.members_being_removed().contains(&member) {
+            fs.cancel_removal(member).map_err(|e| failure(&e))?;
+        }
+        tracing::info!(member = member.0, "removal cancelled");
+        *lock(&self.run) = Some(run);
+        Ok(status)
+    }
+
+    /// Resumes emptying the members a crash or an unmount left being removed.
+    pub fn resume(&self, fs: &Arc<Filesystem>, rate: u64) {
+        let Some(&index) = fs.members_being_removed().first() else {
+            return;
+        };
+        let path = fs
+            .status()
+            .members
+            .iter()
+            .find(|m| m.index == index)
+            .map(|m| m.path.clone())
+            .unwrap_or_default();
+        tracing::info!(member = index.0, "resuming the removal of a device");
+        *lock(&self.run) = Some(start(fs, index, path, None, rate));
+    }
+
+    /// Stops the emptying under way (before unmount): it resumes at the next mount.
+    pub fn stop(&self) {
+        let run = lock(&self.run).take();
+        if let Some(mut run) = run {
+            run.cancel.store(true, Ordering::Relaxed);
+            if let Some(thread) = run.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn refuse_if_running(run: Option<&Run>) -> Result<(), Failure> {
+    match run {
+        Some(run) if run.is_running() => Err(Failure::new(
+            409,
+            format!(
+                "member {} is still being emptied; wait for it or cancel it first",
+                lock(&run.status).member
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Starts emptying `index` (then any other member left being removed) on a thread.
+fn start(
+    fs: &Arc<Filesystem>,
+    index: DeviceIndex,
+    path: String,
+    replacement: Option<DeviceIndex>,
+    rate: u64,
+) -> Run {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(Mutex::new(Evacuation {
+        member: index.0,
+        path,
+        replacement: replacement.map(|r| r.0),
+        rate,
+        running: true,
+        ..Evacuation::default()
+    }));
+    let (fs, thread_cancel, thread_status) =
+        (Arc::clone(fs), Arc::clone(&cancel), Arc::clone(&status));
+    let spawned = std::thread::Builder::new()
+        .name("aegis-evacuate".into())
+        .spawn(move || {
+            evacuate(
+                &fs,
+                index,
+                replacement,
+                rate,
+                &thread_cancel,
+                &thread_status,
+            )
+        });
+    let thread = match spawned {
+        Ok(thread) => Some(thread),
+        Err(err) => {
+            let mut status = lock(&status);
+            status.running = false;
+            status.error = Some(format!("cannot start a thread: {err}"));
+            None
+        }
+    };
+    Run {
+        cancel,
+        status,
+        thread,
+    }
+}
+
+fn evacuate(
+    fs: &Filesystem,
+    index: DeviceIndex,
+    prefer: Option<DeviceIndex>,
+    rate: u64,
+    cancel: &AtomicBool,
+    status: &Mutex<Evacuation>,
+) {
+    let result = empty_member(
+        fs,
+        index,
+        EmptyOptions {
+            rate_bytes_per_sec: rate,
+            prefer,
+            cancel,
+        },
+        |progress| {
+            let mut status = lock(status);
+            status.blocks_total = progress.blocks_total;
+            status.blocks_moved = progress.blocks_moved;
+            status.bytes_total = progress.bytes_total;
+            status.bytes_moved = progress.bytes_moved;
+            status.elapsed_ms = progress.elapsed_ms;
+        },
+    );
+    let mut status = lock(status);
+    status.running = false;
+    match result {
+        Ok(done) => {
+            status.finished = done.finished;
+            if done.finished {
+                tracing::info!(member = index.0, path = %status.path, "the device left the pool");
+            }
+        }
+        Err(err) => {
+            tracing::error!(member = index.0, error = %err, "emptying the device failed");
+            status.error = Some(err.to_string());
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! `aegis device` end to end on a mounted pool of image files: add, remove and replace under
+//! concurrent writes with every file verified afterwards, a member missing at mount (degraded,
+//! then back), and bad requests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::{pattern, Sandbox};
+
+/// Writes files into `dir` until `stop`, each with content from its own seed; returns what
+/// it wrote, by path.
+fn writer(dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeMap<PathBuf, u64>> {
+    std::thread::spawn(move || {
+        let mut written = BTreeMap::new();
+        let mut seed = 1000;
+        while !stop.load(Ordering::Relaxed) {
+            let path = dir.join(format!("w{seed}"));
+            fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
+            written.insert(path, seed);
+            seed += 1;
+        }
+        written
+    })
+}
+
+fn verify(files: &BTreeMap<PathBuf, u64>, len: usize) {
+    for (path, seed) in files {
+        let data = fs::read(path).unwrap();
+        assert!(
+            data == pattern(*seed, len),
+            "{} reads back different",
+            path.display()
+        );
+    }
+}
+
+fn devices_json(sb: &Sandbox, target: &str) -> serde_json::Value {
+    serde_json::from_str(&sb.ok(&["device", "status", target, "--json"])).unwrap()
+}
+
+#[test]
+fn add_remove_and_replace_under_writes_keep_every_file() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+    // Data on the slow tier (pinned), so removing and replacing slow members moves it.
+    fs::create_dir(guard.path("cold")).unwrap();
+    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    let mut before = BTreeMap::new();
+    for seed in 0..40 {
+        let path = guard.path("cold").join(format!("c{seed}"));
+        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
+        before.insert(path, seed);
+    }
+    sb.ok(&["sync", &mnt]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = writer(guard.path("cold"), Arc::clone(&stop));
+
+    let second = sb.path("slow2.img").display().to_string();
+    let out = sb.ok(&["device", "add", &mnt, "--slow", &second, "--size", "256M"]);
+    assert!(out.contains("joined the slow tier as member 2"), "{out}");
+    let out = sb.ok(&["device", "remove", &mnt, &slow, "--rate", "200M"]);
+    assert!(out.contains("left the pool"), "{out}");
+    let third = sb.path("slow3.img").display().to_string();
+    let out = sb.ok(&["device", "replace", &mnt, &second, &third, "--size", "256M"]);
+    assert!(out.contains("left the pool"), "{out}");
+
+    stop.store(true, Ordering::Relaxed);
+    let during = busy.join().unwrap();
+    assert!(!during.is_empty());
+    verify(&before, 300 * 1024);
+    verify(&during, 300 * 1024);
+    let status = devices_json(&sb, &mnt);
+    let members: Vec<(u64, String, String)> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["index"].as_u64().unwrap(),
+                m["state"].as_str().unwrap().to_owned(),
+                m["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        members,
+        vec![
+            (0, "active".into(), fast.clone()),
+            (1, "active".into(), third.clone())
+        ],
+        "{status}"
+    );
+    assert_eq!(status["evacuation"]["finished"], true, "{status}");
+    guard.unmount();
+
+    // The removed devices are no members: the pool is the fast one and the last slow one.
+    let report = sb.aegis(&["fsck", &fast, &third]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+    let guard = sb.mount_devices(&[&fast, &third], "mnt");
+    verify(&before, 300 * 1024);
+    verify(&during, 300 * 1024);
+    guard.unmount();
+}
+
+#[test]
+fn a_member_missing_at_mount_gives_a_degraded_pool_until_it_is_back() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+    fs::create_dir(guard.path("cold")).unwrap();
+    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    fs::write(guard.path("cold/on-slow"), pattern(1, 1 << 20)).unwrap();
+    fs::write(guard.path("on-fast"), pattern(2, 1 << 20)).unwrap();
+    guard.unmount();
+
+    // Mounted with the fast member alone: the slow member is missing.
+    let guard = sb.mount_devices(&[&fast], "mnt");
+    let status = devices_json(&sb, &mnt);
+    assert_eq!(status["members"][1]["state"], "missing", "{status}");
+    assert_eq!(status["unavailable_files"][0], "/cold/on-slow", "{status}");
+    assert_eq!(
+        fs::read(guard.path("on-fast")).unwrap(),
+        pattern(2, 1 << 20)
+    );
+    let err = fs::read(guard.path("cold/on-slow")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let text = sb.ok(&["device", "status", &mnt]);
+    assert!(
+        text.contains("DEGRADED") && text.contains("/cold/on-slow"),
+        "{text}"
+    );
+    // Still writable.
+    fs::write(guard.path("while-degraded"), pattern(3, 1 << 20)).unwrap();
+    guard.unmount();
+
+    // Back together: the slow member is resynced and everything reads.
+    let guard = sb.mount(&fast, &slow);
+    let status = devices_json(&sb, &mnt);
+    assert_eq!(status["members"][1]["state"], "active", "{status}");
+    assert!(status["unavailable_files"].as_array().unwrap().is_empty());
+    assert_eq!(
+        fs::read(guard.path("cold/on-slow")).unwrap(),
+        pattern(1, 1 << 20)
+    );
+    assert_eq!(
+        fs::read(guard.path("while-degraded")).unwrap(),
+        pattern(3, 1 << 20)
+    );
+    guard.unmount();
+    let report = sb.aegis(&["fsck", &fast, &slow]);
+    assert!(report.status.success());
+}
+
+#[test]
+fn bad_device_requests_are_refused_clearly() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+    let cases: [(Vec<&str>, &str); 5] = [
+        (
+            vec!["device", "add", &mnt, "--slow", &slow],
+            "already a member of this pool",
+        ),
+        (
+            vec!["device", "add", &mnt, "--fast", "/nonexistent/x.img"],
+            "does not exist",
+        ),
+        (
+            vec!["device", "remove", &mnt, "/nonexistent/x.img"],
+            "is not a member of this pool",
+        ),
+        (
+            vec!["device", "remove", &mnt, &slow],
+            "free some space or add a device",
+        ),
+        (
+            vec!["device", "resize", &mnt, &slow, "max"],
+            "not built yet",
+        ),
+    ];
+    // The slow member cannot go while the fast one cannot take its data.
+    for (dir, tier, files) in [("hot", "fast", 12), ("cold", "slow", 15)] {
+        fs::create_dir(guard.path(dir)).unwrap();
+        sb.ok(&["tier", "pin", guard.path(dir).to_str().unwrap(), tier]);
+        for i in 0..files {
+            fs::write(guard.path(&format!("{dir}/{i}")), pattern(i, 10 << 20)).unwrap();
+        }
+    }
+    sb.ok(&["sync", &mnt]);
+    for (args, expected) in cases {
+        let err = sb.fails(&args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    let status = devices_json(&sb, &mnt);
+    assert_eq!(status["members"].as_array().unwrap().len(), 2);
+    assert_eq!(status["members"][1]["state"], "active");
+    guard.unmount();
+}
