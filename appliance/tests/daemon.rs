@@ -93,6 +93,26 @@ fn bad_configs_are_refused_naming_file_line_and_field() {
     assert!(stderr.contains("pool.scrub"), "{stderr}");
     assert!(!is_mounted(&sandbox.path("mnt")));
 
+    // A value checked after parsing: the line of its field, not of its section's header (12).
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "scrub = \"every other tuesday\"\n",
+        "\n[[backup]]\nname = \"b\"\nengine = \"rsync\"\nbandwidth = \"fast\"\n\
+         destination = \"/backup\"\nschedule = \"off\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(AEGISD)
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:15:1: backup[0]: ", config.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`bandwidth`"), "{stderr}");
+
     std::fs::write(&config, "[daemon]\nsokcet = \"/tmp/x\"\n").unwrap();
     let out = Command::new(AEGISD)
         .args(["--check-config", "--config"])
