@@ -556,6 +556,8 @@ fn optional_url<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::E
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -594,6 +596,109 @@ mountpoint = "/mnt/tank"
         let config = parse(text).expect("the shipped example config is valid");
         assert_eq!(config.pools.len(), 1);
         assert!(!config.snapshots.is_empty());
+    }
+
+    /// The keys a section accepts, as its unknown-field error lists them.
+    fn accepted_keys(text: &str) -> Vec<String> {
+        let message = error(text);
+        let (_, expected) = message
+            .split_once("expected")
+            .unwrap_or_else(|| panic!("not an unknown-field error: {message}"));
+        // Without the key path the message ends with (" in `pool`").
+        let expected = expected
+            .rsplit_once(" in `")
+            .map_or(expected, |(list, _)| list);
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn shipped_example_documents_every_key() {
+        let text = include_str!("../../../systemd/aegis.toml");
+        // The example's lines by section ("pool", "api.tcp", "remotes"...), commented out or not.
+        let mut sections: HashMap<String, Vec<&str>> = HashMap::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let bare = line.trim_start_matches('#').trim();
+            if bare.starts_with('[') && bare.ends_with(']') && !bare.contains(' ') {
+                let name = bare.trim_matches(['[', ']']);
+                current = name.split('.').next().unwrap_or(name).to_owned();
+                if name == "api.tcp" {
+                    current = name.to_owned();
+                }
+                sections.entry(current.clone()).or_default();
+                continue;
+            }
+            sections.entry(current.clone()).or_default().push(line);
+        }
+        let is_assignment = |line: &str, key: &str| {
+            line.trim_start_matches('#')
+                .trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        // A comment that says something, rather than showing a commented-out key.
+        let prose = |line: &str| {
+            let bare = line.trim_start_matches('#').trim();
+            let shows_key = bare.split_once('=').is_some_and(|(key, _)| {
+                let key = key.trim();
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            });
+            line.starts_with('#') && !bare.is_empty() && !shows_key
+        };
+        let table = format!("{MINIMAL}[[snapshots]]\nschedule = \"hourly\"\n");
+        let backup = format!("{MINIMAL}[[backup]]\nname = \"b\"\nengine = \"rsync\"\n");
+        let cases = [
+            ("daemon", format!("[daemon]\nbogus = 1\n{MINIMAL}")),
+            ("api.tcp", format!("{MINIMAL}[api.tcp]\nbogus = 1\n")),
+            ("pool", format!("{MINIMAL}bogus = 1\n")),
+            ("snapshots", format!("{table}bogus = 1\n")),
+            ("backup", format!("{backup}bogus = 1\n")),
+            ("alerts", format!("{MINIMAL}[alerts]\nbogus = 1\n")),
+        ];
+        for (section, bad) in cases {
+            let keys = accepted_keys(&bad);
+            assert!(keys.len() >= 2, "{section}: {keys:?}");
+            let lines = sections.get(section).map(Vec::as_slice).unwrap_or_default();
+            for key in keys {
+                // Set (or shown commented out) right below a line of prose about it.
+                let documented = lines
+                    .iter()
+                    .enumerate()
+                    .any(|(i, line)| is_assignment(line, &key) && i > 0 && prose(lines[i - 1]));
+                assert!(
+                    documented,
+                    "[{section}] {key} is not documented in the example"
+                );
+            }
+        }
+        // Retention counts are set together in one inline table, explained above it.
+        let keep = format!("{table}keep = {{ bogus = 1 }}\n");
+        for key in accepted_keys(&keep) {
+            assert!(
+                sections["snapshots"]
+                    .iter()
+                    .any(|l| l.starts_with("keep = {") && l.contains(&format!(" {key} = "))),
+                "keep.{key} is not in the example"
+            );
+        }
+        for section in accepted_keys(&format!("bogus = 1\n{MINIMAL}"))
+            .into_iter()
+            .filter(|s| s != "api")
+        {
+            assert!(
+                sections.contains_key(&section),
+                "no [{section}] in the example"
+            );
+        }
+        assert!(
+            sections.contains_key("api.tcp"),
+            "no [api.tcp] in the example"
+        );
     }
 
     #[test]
