@@ -1,7 +1,9 @@
 //! Backups under a real aegisd: rsync and rclone jobs copy from a snapshot (files changed
 //! during the copy do not change what is copied), keep versions that restore, verify, report
-//! a bad remote or a missing binary clearly (event, alert, metric), and reach an rclone WebDAV
-//! server started by the test.
+//! a bad remote or a missing binary clearly (event, alert, metric), reach an rclone WebDAV
+//! server started by the test, are cancelled by the API and the CLI (`aegis backup list`,
+//! `status` and `cancel`), and find rclone remotes through `RCLONE_CONFIG` or the configured
+//! rclone.conf.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -375,4 +377,192 @@ fn a_backup_cut_by_a_daemon_crash_leaves_the_last_good_snapshot_to_verify_agains
     assert_eq!(history[1]["outcome"], "succeeded", "{history}");
     let verify = aegis_ok(&sandbox, &["backup", "verify", "docs"]);
     assert!(verify.contains("matches"), "{verify}");
+}
+
+/// The run with id greater than `after`, once it has ended.
+fn run_after(daemon: &Daemon, name: &str, after: u64) -> serde_json::Value {
+    let run = last_run(daemon, name);
+    assert!(run["id"].as_u64().unwrap() > after, "{run}");
+    run
+}
+
+#[test]
+fn a_running_backup_is_cancelled_by_api_and_cli_and_list_and_status_show_it() {
+    let sandbox = Sandbox::new();
+    let dest = sandbox.path("dest");
+    let config = setup(
+        &sandbox,
+        &format!(
+            "\n[[backup]]\nname = \"docs\"\nengine = \"rsync\"\nsource = \"docs\"\n\
+             destination = \"{}\"\nschedule = \"off\"\nkeep_versions = 2\nbandwidth = \"1M\"\n",
+            dest.display()
+        ),
+    );
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let docs = daemon.mountpoint.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    // At 1 MiB/s, 32 MiB take half a minute: long enough to see running and cancel.
+    std::fs::write(docs.join("big.bin"), pattern(9, 32 << 20)).unwrap();
+
+    let list = aegis_ok(&sandbox, &["backup", "list"]);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("NAME"), "{list}");
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row,
+        [
+            "docs",
+            "rsync",
+            "docs",
+            dest.to_str().unwrap(),
+            "off",
+            "never"
+        ],
+        "{list}"
+    );
+    let status = aegis_ok(&sandbox, &["backup", "status", "docs"]);
+    assert!(status.contains("backup    docs (pool tank)"), "{status}");
+    assert!(
+        status.contains("copies    docs with rsync (sync), keeping 2 version(s)"),
+        "{status}"
+    );
+    assert!(
+        status.contains("schedule  off (on request) (next -)"),
+        "{status}"
+    );
+    assert!(status.contains("last run  never"), "{status}");
+    let out = aegis(&sandbox, &["backup", "status", "nope"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no backup named 'nope'"), "{stderr}");
+
+    // Cancelled through the API while it copies: recorded as cancelled, nothing kept.
+    let started = Instant::now();
+    aegis_ok(&sandbox, &["backup", "run", "docs", "--detach"]);
+    wait_until_copying(&daemon, "docs");
+    let status = aegis_ok(&sandbox, &["backup", "status", "docs"]);
+    assert!(status.contains("running   copying: "), "{status}");
+    let list = aegis_ok(&sandbox, &["backup", "list"]);
+    assert!(list.contains("running: copying: "), "{list}");
+    let (code, body) = daemon.send("POST", "/v1/backups/cancel", r#"{"name":"docs"}"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body[0]["name"], "docs", "{body}");
+    let first = run_after(&daemon, "docs", 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "cancelled in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(first["outcome"], "cancelled", "{first}");
+    assert!(first["error"].is_null(), "{first}");
+    let status = aegis_ok(&sandbox, &["backup", "status", "docs"]);
+    assert!(status.contains("last run  "), "{status}");
+    assert!(status.contains(" cancelled ("), "{status}");
+
+    // Cancelled right after it was started, while it still takes its snapshot.
+    let (code, body) = daemon.send("POST", "/v1/backups/run", r#"{"name":"docs"}"#);
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = daemon.send("POST", "/v1/backups/cancel", r#"{"name":"docs"}"#);
+    assert_eq!(code, 200, "{body}");
+    let early = run_after(&daemon, "docs", first["id"].as_u64().unwrap());
+    assert_eq!(early["outcome"], "cancelled", "{early}");
+
+    // Cancelled with `aegis backup cancel`.
+    aegis_ok(&sandbox, &["backup", "run", "docs", "--detach"]);
+    wait_until_copying(&daemon, "docs");
+    let out = aegis_ok(&sandbox, &["backup", "cancel", "docs"]);
+    assert_eq!(out.trim(), "asked backup docs to stop");
+    let second = run_after(&daemon, "docs", early["id"].as_u64().unwrap());
+    assert_eq!(second["outcome"], "cancelled", "{second}");
+
+    // Nothing runs now: cancel is refused (409) and the CLI says why.
+    let (code, body) = daemon.send("POST", "/v1/backups/cancel", r#"{"name":"docs"}"#);
+    assert_eq!(code, 409, "{body}");
+    let out = aegis(&sandbox, &["backup", "cancel", "docs"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backup docs is not running"), "{stderr}");
+    assert_eq!(
+        daemon
+            .send("POST", "/v1/backups/cancel", r#"{"name":"nope"}"#)
+            .0,
+        404
+    );
+
+    // A cancelled run is no failure, leaves no version behind and keeps no snapshot.
+    let history = aegis_ok(&sandbox, &["backup", "history", "docs"]);
+    assert_eq!(history.matches("cancelled").count(), 3, "{history}");
+    assert_eq!(daemon.json("/v1/alerts"), serde_json::json!([]));
+    let left: Vec<_> = std::fs::read_dir(&dest)
+        .map(|dir| dir.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    let snapshots = aegis_ok(&sandbox, &["snapshot", "list", "tank"]);
+    assert!(!snapshots.contains("backup-docs-"), "{snapshots}");
+}
+
+#[test]
+fn rclone_finds_remotes_through_rclone_config_and_the_configured_rclone_conf() {
+    let sandbox = Sandbox::new();
+    // Two rclone.conf files defining the same remote differently, and a HOME with neither.
+    let conf = |file: &str, target: &str| {
+        let dest = sandbox.path(target);
+        std::fs::create_dir_all(&dest).unwrap();
+        let path = sandbox.path(file);
+        std::fs::write(
+            &path,
+            format!("[vault]\ntype = alias\nremote = {}\n", dest.display()),
+        )
+        .unwrap();
+        (path.display().to_string(), dest)
+    };
+    let (env_conf, env_dest) = conf("env-rclone.conf", "env-dest");
+    let (file_conf, file_dest) = conf("file-rclone.conf", "file-dest");
+    let home = sandbox.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.display().to_string();
+    let job = "\n[[backup]]\nname = \"vault\"\nengine = \"rclone\"\nsource = \"docs\"\n\
+               destination = \"vault:docs\"\nschedule = \"off\"\n";
+    let config = setup(&sandbox, job);
+    let isolated = [("HOME", home.as_str()), ("XDG_CONFIG_HOME", home.as_str())];
+
+    // RCLONE_CONFIG in aegisd's environment names the file the remote is in.
+    let mut with_env = isolated.to_vec();
+    with_env.push(("RCLONE_CONFIG", env_conf.as_str()));
+    let mut daemon = Daemon::start(&sandbox, &config, &with_env);
+    let docs = daemon.mountpoint.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("a.txt"), b"through RCLONE_CONFIG").unwrap();
+    let out = aegis_ok(&sandbox, &["backup", "run", "vault"]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(tree(&env_dest.join("docs")), tree(&docs));
+    assert!(daemon.stop().success());
+
+    // Without it the remote is unknown, so it was the file that defined it.
+    let mut daemon = Daemon::start(&sandbox, &config, &isolated);
+    let out = aegis(&sandbox, &["backup", "run", "vault"]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("the remote \"vault\" is not defined in rclone.conf"),
+        "{stdout}"
+    );
+    assert!(daemon.stop().success());
+
+    // `[daemon] rclone_config` is passed as --config, which wins over RCLONE_CONFIG.
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "state_db = ",
+        &format!("rclone_config = \"{file_conf}\"\nstate_db = "),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&sandbox, &config, &with_env);
+    std::fs::write(docs.join("b.txt"), b"through rclone_config").unwrap();
+    let out = aegis_ok(&sandbox, &["backup", "run", "vault"]);
+    assert!(out.contains("succeeded"), "{out}");
+    assert_eq!(tree(&file_dest.join("docs")), tree(&docs));
+    assert_eq!(tree(&env_dest.join("docs")).len(), 1);
+    assert!(aegis_ok(&sandbox, &["backup", "verify", "vault"]).contains("matches"));
+    drop(daemon);
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests of `aegisd`: a real daemon process on a pool of image files, talking to
 //! systemd's notify protocol, serving every endpoint on its socket, refusing bad configs and
-//! bad requests, serving concurrent clients under write load, and stopping cleanly.
+//! bad requests, serving concurrent clients under write load, and stopping cleanly; a
+//! migration's progress and `aegis events --follow`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -91,6 +92,26 @@ fn bad_configs_are_refused_naming_file_line_and_field() {
     );
     assert!(stderr.contains("pool.scrub"), "{stderr}");
     assert!(!is_mounted(&sandbox.path("mnt")));
+
+    // A value checked after parsing: the line of its field, not of its section's header (12).
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "scrub = \"every other tuesday\"\n",
+        "\n[[backup]]\nname = \"b\"\nengine = \"rsync\"\nbandwidth = \"fast\"\n\
+         destination = \"/backup\"\nschedule = \"off\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(AEGISD)
+        .args(["--check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:15:1: backup[0]: ", config.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("`bandwidth`"), "{stderr}");
 
     std::fs::write(&config, "[daemon]\nsokcet = \"/tmp/x\"\n").unwrap();
     let out = Command::new(AEGISD)
@@ -784,4 +805,188 @@ fn the_live_stream_takes_sixteen_clients_and_refuses_more() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(followers);
+}
+
+#[test]
+fn a_migration_reports_its_progress_while_it_runs_and_how_it_ended() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "migration = \"off\"\nscrub = \"off\"\n");
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    assert_eq!(daemon.json("/v1/tier/migrate"), serde_json::Value::Null);
+    // 24 MiB stored on the fast tier (sync: written back and placed), then pinned to the slow
+    // one: a plan to demote it all, in three batches of 64 blocks (8 MiB).
+    std::fs::create_dir(daemon.mountpoint.join("cold")).unwrap();
+    std::fs::write(daemon.mountpoint.join("cold/data"), pattern(3, 24 << 20)).unwrap();
+    assert_eq!(daemon.send("POST", "/v1/sync", "").0, 200);
+    let fast = &daemon.json("/v1/tier")["tiers"][0];
+    assert_eq!(fast["used_bytes"], 24 << 20, "{fast}");
+    let (code, body) = daemon.send("POST", "/v1/tier/pin", r#"{"path":"/cold","tier":"slow"}"#);
+    assert_eq!(code, 200, "{body}");
+    let (code, started) = daemon.send(
+        "POST",
+        "/v1/tier/migrate",
+        r#"{"rate_bytes_per_sec":8388608}"#,
+    );
+    assert_eq!(code, 200, "{started}");
+    assert!(
+        started["planned_bytes"].as_u64().unwrap() == 24 << 20,
+        "{started}"
+    );
+
+    // At 8 MiB/s the move takes about three seconds (a batch, then a pause until the bytes
+    // moved fit the rate): seen running, part-way, then finished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen_partway = false;
+    let progress = loop {
+        let progress = daemon.json("/v1/tier/migrate");
+        assert_eq!(
+            progress["rate_limit_bytes_per_sec"], 8_388_608,
+            "{progress}"
+        );
+        let (moved, planned) = (
+            progress["demoted_bytes"].as_u64().unwrap(),
+            progress["planned_bytes"].as_u64().unwrap(),
+        );
+        assert!(moved <= planned, "{progress}");
+        if progress["running"] == true {
+            assert!(progress["outcome"].is_null(), "{progress}");
+            seen_partway |= moved > 0 && moved < planned;
+        } else {
+            break progress;
+        }
+        assert!(Instant::now() < deadline, "still running: {progress}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(seen_partway, "never seen part-way: {progress}");
+    assert_eq!(progress["outcome"], "finished", "{progress}");
+    assert_eq!(
+        progress["demoted_bytes"], progress["planned_bytes"],
+        "{progress}"
+    );
+    assert_eq!(progress["promoted_bytes"], 0, "{progress}");
+    assert!(
+        progress["elapsed_ms"].as_u64().unwrap() >= 2_000,
+        "{progress}"
+    );
+    let tiers = daemon.json("/v1/tier");
+    assert_eq!(tiers["tiers"][0]["used_bytes"], 0, "{tiers}");
+    assert_eq!(tiers["tiers"][1]["used_bytes"], 24 << 20, "{tiers}");
+    assert_eq!(daemon.send("POST", "/v1/tier/migrate/cancel", "").0, 409);
+}
+
+/// `aegis events --follow`, killed on drop; its stdout lines arrive on a channel.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Follower {
+    fn start(sandbox: &Sandbox, args: &[&str]) -> Self {
+        let mut child = Command::new(common::AEGIS)
+            .args(args)
+            .env("AEGIS_SOCKET", sandbox.path("aegisd.sock"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if send.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The lines printed until one contains `needle` (which is the last); fails after 15 s.
+    fn until(&self, needle: &str) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no line with {needle:?} within 15 s; got {seen:#?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn events_follow_prints_new_events_as_they_happen() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "");
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let follower = Follower::start(&sandbox, &["events", "--follow"]);
+    let first = follower.until("mounted at");
+    assert!(
+        first.iter().any(|l| l.contains("started with")),
+        "{first:#?}"
+    );
+
+    // Events that happen after it started show up, once each and in order.
+    assert_eq!(
+        daemon
+            .send("POST", "/v1/snapshots", r#"{"name":"first"}"#)
+            .0,
+        201
+    );
+    let lines = follower.until(r#"{"name":"first"}"#);
+    let line = lines.last().unwrap();
+    assert!(line.contains("info"), "{line}");
+    assert!(line.contains("admin"), "{line}");
+    assert!(line.contains("tank"), "{line}");
+    assert_eq!(
+        daemon
+            .send("POST", "/v1/snapshots", r#"{"name":"second"}"#)
+            .0,
+        201
+    );
+    assert_eq!(daemon.send("DELETE", "/v1/snapshots/first", "").0, 200);
+    let lines = follower.until("DELETE /v1/snapshots/first");
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].contains(r#"{"name":"second"}"#), "{lines:#?}");
+
+    // With a filter and --json: only matching events, one JSON object a line.
+    let errors = Follower::start(
+        &sandbox,
+        &["events", "--follow", "--json", "--level", "warning"],
+    );
+    assert_eq!(
+        daemon
+            .send("POST", "/v1/snapshots", r#"{"name":"second"}"#)
+            .0,
+        409
+    );
+    assert_eq!(
+        daemon
+            .send("POST", "/v1/snapshots", r#"{"name":"third"}"#)
+            .0,
+        201
+    );
+    let lines = errors.until("second");
+    assert_eq!(lines.len(), 1, "only the refused request: {lines:#?}");
+    let event: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(event["level"], "warning", "{event}");
+    assert_eq!(event["kind"], "admin", "{event}");
+    assert!(errors.lines.recv_timeout(Duration::from_secs(2)).is_err());
+    assert!(follower.until("third").last().unwrap().contains("third"));
 }

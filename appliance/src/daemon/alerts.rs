@@ -2,16 +2,22 @@
 //! schedule, a pool that cannot be mounted) is announced once when it starts and once more
 //! when it clears, to an HTTP webhook (JSON POST) and/or a command (text on stdin). Sending
 //! happens on a thread of its own so a slow notifier never holds up the daemon.
+//!
+//! The alerts firing are kept in the state database as well as in memory: after a restart an
+//! alert whose condition still holds is not announced again, and one whose condition cleared
+//! while the daemon was down gets its resolved message at the first check that sees it clear.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::config::AlertSettings;
+use super::state::{StateDb, StateError};
+use super::Clock;
 
 /// How long a webhook may take to answer.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,54 +60,73 @@ impl Alert {
 /// The alerts that are firing, and where to send news of them.
 pub struct Alerts {
     settings: AlertSettings,
+    state: Arc<StateDb>,
+    clock: Arc<dyn Clock>,
     firing: Mutex<BTreeMap<String, Alert>>,
 }
 
 impl Alerts {
-    pub fn new(settings: AlertSettings) -> Self {
-        Self {
+    /// Picks up the alerts the state database records as firing (announced before a
+    /// restart); they are not announced again.
+    pub fn restore(
+        settings: AlertSettings,
+        state: Arc<StateDb>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StateError> {
+        let firing = state
+            .firing_alerts()?
+            .into_iter()
+            .map(|alert| (alert.alert.clone(), alert))
+            .collect();
+        Ok(Self {
             settings,
-            firing: Mutex::new(BTreeMap::new()),
-        }
+            state,
+            clock,
+            firing: Mutex::new(firing),
+        })
     }
 
-    /// Announces `key` unless it is already firing.
+    /// Announces `key` unless it is already firing (since before a restart too).
     pub fn raise(&self, key: &str, pool: Option<&str>, message: &str) {
+        let mut firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
+        if firing.contains_key(key) {
+            return;
+        }
         let alert = Alert {
             alert: key.to_owned(),
             state: "firing".into(),
             pool: pool.map(str::to_owned),
             message: message.to_owned(),
-            time: chrono::Utc::now().timestamp(),
+            time: self.clock.now().timestamp(),
             host: hostname(),
         };
-        let mut firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
-        if firing.contains_key(key) {
-            return;
+        // Recorded under the lock, so the database lists what memory does.
+        if let Err(err) = self.state.alert_raised(&alert) {
+            tracing::error!(alert = %key, error = %err, "cannot record a firing alert");
         }
         firing.insert(key.to_owned(), alert.clone());
         drop(firing);
         self.send(alert);
     }
 
-    /// Announces that `key` cleared, if it was firing.
+    /// Announces that `key` cleared, if it was firing (since before a restart too).
     pub fn clear(&self, key: &str, pool: Option<&str>, message: &str) {
-        let was_firing = self
-            .firing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key)
-            .is_some();
-        if was_firing {
-            self.send(Alert {
-                alert: key.to_owned(),
-                state: "resolved".into(),
-                pool: pool.map(str::to_owned),
-                message: message.to_owned(),
-                time: chrono::Utc::now().timestamp(),
-                host: hostname(),
-            });
+        let mut firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
+        if firing.remove(key).is_none() {
+            return;
         }
+        if let Err(err) = self.state.alert_cleared(key) {
+            tracing::error!(alert = %key, error = %err, "cannot record a resolved alert");
+        }
+        drop(firing);
+        self.send(Alert {
+            alert: key.to_owned(),
+            state: "resolved".into(),
+            pool: pool.map(str::to_owned),
+            message: message.to_owned(),
+            time: self.clock.now().timestamp(),
+            host: hostname(),
+        });
     }
 
     /// The alerts firing now, by key.
@@ -195,14 +220,25 @@ mod tests {
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
+    fn alerts(state: &Arc<StateDb>, out: &std::path::Path) -> Alerts {
+        let settings = AlertSettings {
+            command: Some(format!("cat >> {}", out.display())),
+            ..AlertSettings::default()
+        };
+        Alerts::restore(
+            settings,
+            Arc::clone(state),
+            Arc::new(super::super::SystemClock),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn each_alert_is_sent_once_and_once_more_when_it_clears() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("alerts.txt");
-        let alerts = Alerts::new(AlertSettings {
-            command: Some(format!("cat >> {}", out.display())),
-            ..AlertSettings::default()
-        });
+        let state = Arc::new(StateDb::open_in_memory().unwrap());
+        let alerts = alerts(&state, &out);
         alerts.raise("checksum-errors:tank", Some("tank"), "3 checksum errors");
         alerts.raise("checksum-errors:tank", Some("tank"), "4 checksum errors");
         assert_eq!(alerts.firing().len(), 1);
@@ -218,5 +254,44 @@ mod tests {
         assert!(text.contains("[AegisFS RESOLVED]"), "{text}");
         assert!(!text.contains("4 checksum errors"), "{text}");
         assert!(alerts.firing().is_empty());
+        assert!(state.firing_alerts().unwrap().is_empty());
+    }
+
+    #[test]
+    fn alerts_restored_from_the_database_are_not_sent_again_but_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("alerts.txt");
+        let state = Arc::new(StateDb::open(&dir.path().join("aegis.db")).unwrap());
+        let before = alerts(&state, &out);
+        before.raise("job-failed:scrub:tank", Some("tank"), "scrub:tank failed");
+        before.raise("missed:scrub:tank", Some("tank"), "missed a run");
+        assert_eq!(wait_for_lines(&out, 2).matches("Subject:").count(), 2);
+        drop(before);
+
+        let after = alerts(&state, &out);
+        assert_eq!(after.firing(), state.firing_alerts().unwrap());
+        assert_eq!(after.firing().len(), 2);
+        after.raise(
+            "job-failed:scrub:tank",
+            Some("tank"),
+            "scrub:tank failed again",
+        );
+        after.clear("missed:scrub:tank", Some("tank"), "on schedule again");
+        let text = wait_for_lines(&out, 3);
+        std::thread::sleep(Duration::from_millis(200));
+        let text = std::fs::read_to_string(&out).unwrap_or(text);
+        assert_eq!(text.matches("Subject:").count(), 3, "{text}");
+        assert!(!text.contains("failed again"), "{text}");
+        assert!(
+            text.contains("[AegisFS RESOLVED] missed:scrub:tank"),
+            "{text}"
+        );
+        let left: Vec<String> = state
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.alert)
+            .collect();
+        assert_eq!(left, ["job-failed:scrub:tank"]);
     }
 }

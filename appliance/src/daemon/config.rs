@@ -1,7 +1,10 @@
 //! `aegisd`'s configuration: the TOML file (default `/etc/aegis/aegis.toml`) naming the pools
 //! the daemon owns, their schedules, the snapshot tasks, the control API settings and the alert
 //! notifiers. Loading checks everything a daemon start would trip over later; every error names
-//! the file, the line and the field.
+//! the file, the line and the field. The line is the field's own: toml gives the position of a
+//! value it could not deserialize, and for the checks made afterwards (across fields, or of a
+//! backup job as a whole) the field's key is looked up in the parsed document; only a field
+//! that is missing is reported at its section's header.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use backup::job::{BackupJob, Remotes};
+use backup::job::{BackupJob, JobError, Remotes};
 
 use super::schedule::{self, Retention, Schedule, Zone};
 
@@ -246,6 +249,12 @@ impl Config {
             at(span, err.to_string().trim_end().replace('\n', " "))
         })?;
 
+        // A check of a value deserialization cannot do names the line of that value's key,
+        // or of its section when the key is missing.
+        let at_key = |steps: &[Step<'_>], section: Range<usize>, message: String| {
+            at(Some(key_span(text, steps).unwrap_or(section)), message)
+        };
+
         if raw.pools.is_empty() {
             return Err(at(
                 None,
@@ -256,21 +265,32 @@ impl Config {
         let mut mountpoints = HashSet::new();
         let mut devices = HashSet::new();
         for (index, pool) in raw.pools.iter().enumerate() {
-            let field = |name: &str| format!("pool[{index}].{name}");
             let (span, pool) = (pool.span(), pool.get_ref());
-            check_name(&pool.name).map_err(|m| at(Some(span.clone()), field(&m)))?;
+            let fail = |key: &str, message: &str| {
+                let steps = [Step::Key("pool"), Step::Index(index), Step::Key(key)];
+                at_key(&steps, span.clone(), format!("pool[{index}].{message}"))
+            };
+            check_name(&pool.name).map_err(|m| fail("name", &m))?;
             if !names.insert(pool.name.as_str()) {
                 let message = format!("name: a second pool is named '{}'", pool.name);
-                return Err(at(Some(span), field(&message)));
+                return Err(fail("name", &message));
             }
             if pool.devices.is_empty() {
-                let message = "devices: give the pool's member devices".to_owned();
-                return Err(at(Some(span), field(&message)));
+                return Err(fail("devices", "devices: give the pool's member devices"));
             }
-            for device in &pool.devices {
+            for (device_index, device) in pool.devices.iter().enumerate() {
                 if !devices.insert(device.as_path()) {
-                    let message = format!("devices: {} is listed twice", device.display());
-                    return Err(at(Some(span), field(&message)));
+                    let steps = [
+                        Step::Key("pool"),
+                        Step::Index(index),
+                        Step::Key("devices"),
+                        Step::Index(device_index),
+                    ];
+                    let message = format!(
+                        "pool[{index}].devices: {} is listed twice",
+                        device.display()
+                    );
+                    return Err(at_key(&steps, span.clone(), message));
                 }
             }
             if !pool.mountpoint.is_absolute() {
@@ -278,19 +298,20 @@ impl Config {
                     "mountpoint: {} is not an absolute path",
                     pool.mountpoint.display()
                 );
-                return Err(at(Some(span), field(&message)));
+                return Err(fail("mountpoint", &message));
             }
             if !mountpoints.insert(pool.mountpoint.as_path()) {
                 let message = format!(
                     "mountpoint: {} is used by two pools",
                     pool.mountpoint.display()
                 );
-                return Err(at(Some(span), field(&message)));
+                return Err(fail("mountpoint", &message));
             }
             if pool.keyfile.is_some() && pool.ask_password {
-                let message =
-                    "keyfile and ask_password: give one way to get the key, not both".to_owned();
-                return Err(at(Some(span), field(&message)));
+                return Err(fail(
+                    "ask_password",
+                    "keyfile and ask_password: give one way to get the key, not both",
+                ));
             }
         }
         let pools: Vec<PoolConfig> = raw.pools.into_iter().map(Spanned::into_inner).collect();
@@ -300,37 +321,50 @@ impl Config {
         for (index, task) in raw.snapshots.into_iter().enumerate() {
             let span = task.span();
             let mut task = task.into_inner();
-            let field = |m: String| format!("snapshots[{index}].{m}");
+            let fail = |key: &str, message: String| {
+                let steps = [Step::Key("snapshots"), Step::Index(index), Step::Key(key)];
+                at_key(
+                    &steps,
+                    span.clone(),
+                    format!("snapshots[{index}].{message}"),
+                )
+            };
             if task.pool.is_empty() {
                 match pools.as_slice() {
                     [only] => task.pool = only.name.clone(),
                     _ => {
                         let message = "pool: name the pool (the config has several)".to_owned();
-                        return Err(at(Some(span), field(message)));
+                        return Err(fail("pool", message));
                     }
                 }
             } else if !pools.iter().any(|p| p.name == task.pool) {
                 let message = format!("pool: no [[pool]] is named '{}'", task.pool);
-                return Err(at(Some(span), field(message)));
+                return Err(fail("pool", message));
             }
-            check_name(&task.prefix).map_err(|m| at(Some(span.clone()), field(m)))?;
+            check_name(&task.prefix).map_err(|m| fail("prefix", m))?;
             if !jobs.insert(task.job_name()) {
                 let message = format!(
                     "prefix: another snapshot task of pool '{}' uses prefix '{}'; give each its own",
                     task.pool, task.prefix
                 );
-                return Err(at(Some(span), field(message)));
+                return Err(fail("prefix", message));
             }
             snapshots.push(task);
         }
 
+        // A remote's errors name the line of its name (in its section header).
+        let remote_error = |err: JobError, section: Range<usize>| match &err {
+            JobError::Remote { remote, .. } => {
+                let steps = [Step::Key("remotes"), Step::Key(remote.as_str())];
+                at_key(&steps, section, err.to_string())
+            }
+            _ => at(Some(section), err.to_string()),
+        };
         let remotes = match raw.remotes {
             Some(remotes) => {
                 let span = remotes.span();
                 let remotes = remotes.into_inner();
-                remotes
-                    .validate()
-                    .map_err(|err| at(Some(span), err.to_string()))?;
+                remotes.validate().map_err(|err| remote_error(err, span))?;
                 remotes
             }
             None => Remotes::default(),
@@ -339,27 +373,35 @@ impl Config {
         for (index, job) in raw.backups.into_iter().enumerate() {
             let span = job.span();
             let mut job = job.into_inner();
-            let field = |m: String| format!("backup[{index}].{m}");
+            let fail = |key: &str, message: String| {
+                let steps = [Step::Key("backup"), Step::Index(index), Step::Key(key)];
+                at_key(&steps, span.clone(), format!("backup[{index}].{message}"))
+            };
             if job.pool.is_empty() {
                 match pools.as_slice() {
                     [only] => job.pool = only.name.clone(),
                     _ => {
                         let message = "pool: name the pool (the config has several)".to_owned();
-                        return Err(at(Some(span), field(message)));
+                        return Err(fail("pool", message));
                     }
                 }
             } else if !pools.iter().any(|p| p.name == job.pool) {
                 let message = format!("pool: no [[pool]] is named '{}'", job.pool);
-                return Err(at(Some(span), field(message)));
+                return Err(fail("pool", message));
             }
-            job.validate(&remotes)
-                .map_err(|err| at(Some(span.clone()), format!("backup[{index}]: {err}")))?;
+            job.validate(&remotes).map_err(|err| match &err {
+                JobError::Field { field, .. } => {
+                    let steps = [Step::Key("backup"), Step::Index(index), Step::Key(field)];
+                    at_key(&steps, span.clone(), format!("backup[{index}]: {err}"))
+                }
+                _ => remote_error(err, span.clone()),
+            })?;
             if backups.iter().any(|b| b.job.name == job.name) {
                 let message = format!("name: a second backup is named '{}'", job.name);
-                return Err(at(Some(span), field(message)));
+                return Err(fail("name", message));
             }
             let schedule = schedule::parse_optional(&job.schedule, Zone::Local)
-                .map_err(|err| at(Some(span.clone()), field(format!("schedule: {err}"))))?;
+                .map_err(|err| fail("schedule", format!("schedule: {err}")))?;
             backups.push(BackupTask { job, schedule });
         }
         Ok(Self {
@@ -373,6 +415,43 @@ impl Config {
             alerts: raw.alerts,
         })
     }
+}
+
+/// One step of the way to a value: a table's key or an array's index.
+#[derive(Debug, Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Where the value at `steps` is written: the span of its key (of its element, for an array
+/// index), e.g. `mountpoint` in the first `[[pool]]` for `pool`, `0`, `mountpoint`. `None`
+/// when it is not there (a missing key) or the text does not parse.
+fn key_span(text: &str, steps: &[Step<'_>]) -> Option<Range<usize>> {
+    use toml::de::{DeTable, DeValue};
+    fn entry<'a, 'i>(table: &'a DeTable<'i>, key: &str) -> Option<(Range<usize>, &'a DeValue<'i>)> {
+        table
+            .iter()
+            .find(|(name, _)| name.get_ref() == key)
+            .map(|(name, value)| (name.span(), value.get_ref()))
+    }
+    let document = DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut current: Option<&DeValue<'_>> = None;
+    for step in steps {
+        let (next_span, next) = match (step, current) {
+            (Step::Key(key), None) => entry(document.get_ref(), key)?,
+            (Step::Key(key), Some(DeValue::Table(table))) => entry(table, key)?,
+            (Step::Index(index), Some(DeValue::Array(array))) => {
+                let element = array.get(*index)?;
+                (element.span(), element.get_ref())
+            }
+            _ => return None,
+        };
+        span = Some(next_span);
+        current = Some(next);
+    }
+    span
 }
 
 /// Names of pools and snapshot prefixes: they appear in job names, snapshot names and URLs.
@@ -477,6 +556,8 @@ fn optional_url<'de, D: Deserializer<'de>>(de: D) -> Result<Option<String>, D::E
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -517,6 +598,109 @@ mountpoint = "/mnt/tank"
         assert!(!config.snapshots.is_empty());
     }
 
+    /// The keys a section accepts, as its unknown-field error lists them.
+    fn accepted_keys(text: &str) -> Vec<String> {
+        let message = error(text);
+        let (_, expected) = message
+            .split_once("expected")
+            .unwrap_or_else(|| panic!("not an unknown-field error: {message}"));
+        // Without the key path the message ends with (" in `pool`").
+        let expected = expected
+            .rsplit_once(" in `")
+            .map_or(expected, |(list, _)| list);
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn shipped_example_documents_every_key() {
+        let text = include_str!("../../../systemd/aegis.toml");
+        // The example's lines by section ("pool", "api.tcp", "remotes"...), commented out or not.
+        let mut sections: HashMap<String, Vec<&str>> = HashMap::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            let bare = line.trim_start_matches('#').trim();
+            if bare.starts_with('[') && bare.ends_with(']') && !bare.contains(' ') {
+                let name = bare.trim_matches(['[', ']']);
+                current = name.split('.').next().unwrap_or(name).to_owned();
+                if name == "api.tcp" {
+                    current = name.to_owned();
+                }
+                sections.entry(current.clone()).or_default();
+                continue;
+            }
+            sections.entry(current.clone()).or_default().push(line);
+        }
+        let is_assignment = |line: &str, key: &str| {
+            line.trim_start_matches('#')
+                .trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        // A comment that says something, rather than showing a commented-out key.
+        let prose = |line: &str| {
+            let bare = line.trim_start_matches('#').trim();
+            let shows_key = bare.split_once('=').is_some_and(|(key, _)| {
+                let key = key.trim();
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            });
+            line.starts_with('#') && !bare.is_empty() && !shows_key
+        };
+        let table = format!("{MINIMAL}[[snapshots]]\nschedule = \"hourly\"\n");
+        let backup = format!("{MINIMAL}[[backup]]\nname = \"b\"\nengine = \"rsync\"\n");
+        let cases = [
+            ("daemon", format!("[daemon]\nbogus = 1\n{MINIMAL}")),
+            ("api.tcp", format!("{MINIMAL}[api.tcp]\nbogus = 1\n")),
+            ("pool", format!("{MINIMAL}bogus = 1\n")),
+            ("snapshots", format!("{table}bogus = 1\n")),
+            ("backup", format!("{backup}bogus = 1\n")),
+            ("alerts", format!("{MINIMAL}[alerts]\nbogus = 1\n")),
+        ];
+        for (section, bad) in cases {
+            let keys = accepted_keys(&bad);
+            assert!(keys.len() >= 2, "{section}: {keys:?}");
+            let lines = sections.get(section).map(Vec::as_slice).unwrap_or_default();
+            for key in keys {
+                // Set (or shown commented out) right below a line of prose about it.
+                let documented = lines
+                    .iter()
+                    .enumerate()
+                    .any(|(i, line)| is_assignment(line, &key) && i > 0 && prose(lines[i - 1]));
+                assert!(
+                    documented,
+                    "[{section}] {key} is not documented in the example"
+                );
+            }
+        }
+        // Retention counts are set together in one inline table, explained above it.
+        let keep = format!("{table}keep = {{ bogus = 1 }}\n");
+        for key in accepted_keys(&keep) {
+            assert!(
+                sections["snapshots"]
+                    .iter()
+                    .any(|l| l.starts_with("keep = {") && l.contains(&format!(" {key} = "))),
+                "keep.{key} is not in the example"
+            );
+        }
+        for section in accepted_keys(&format!("bogus = 1\n{MINIMAL}"))
+            .into_iter()
+            .filter(|s| s != "api")
+        {
+            assert!(
+                sections.contains_key(&section),
+                "no [{section}] in the example"
+            );
+        }
+        assert!(
+            sections.contains_key("api.tcp"),
+            "no [api.tcp] in the example"
+        );
+    }
+
     #[test]
     fn unknown_field_names_line_and_field() {
         let text = format!("{MINIMAL}mountpiont = \"/x\"\n");
@@ -552,7 +736,10 @@ mountpoint = "/mnt/tank"
             message.contains("snapshots[0].pool: no [[pool]] is named 'tonk'"),
             "{message}"
         );
-        assert!(message.starts_with("/etc/aegis/aegis.toml:7:"), "{message}");
+        assert!(
+            message.starts_with("/etc/aegis/aegis.toml:8:1:"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -612,7 +799,10 @@ mountpoint = "/mnt/tank"
         assert!(config.remotes.0.contains_key("crypt"));
 
         let message = error(&job("bandwidth = \"fast\"\n"));
-        assert!(message.starts_with("/etc/aegis/aegis.toml:7:"), "{message}");
+        assert!(
+            message.starts_with("/etc/aegis/aegis.toml:13:1:"),
+            "{message}"
+        );
         assert!(message.contains("`bandwidth`"), "{message}");
         let message = error(&job("").replace("daily 02:30", "nightly"));
         assert!(message.contains("backup[0].schedule"), "{message}");
@@ -620,6 +810,130 @@ mountpoint = "/mnt/tank"
         assert!(message.contains("destnation"), "{message}");
         let off = parse(&job("").replace("daily 02:30", "off")).expect("valid");
         assert!(off.backups[0].schedule.is_none());
+    }
+
+    /// The line and column an error names, and its message.
+    fn located(text: &str) -> (usize, usize, String) {
+        match parse(text).expect_err("the config is invalid") {
+            ConfigError::Invalid {
+                line,
+                column,
+                message,
+                ..
+            } => (line, column, message),
+            other => panic!("{other}"),
+        }
+    }
+
+    /// Two pools, the second with `bad` (a line) in the middle of its section.
+    fn second_pool_with(bad: &str) -> String {
+        format!(
+            "[daemon]\nlog_level = \"info\"\n\n\
+             [[pool]]\nname = \"tank\"\ndevices = [\"/dev/a\", \"/dev/b\"]\nmountpoint = \"/mnt/a\"\n\n\
+             [[pool]]\nname = \"vault\"\n{bad}\nio = \"pread\"\nscrub = \"monthly\"\n"
+        )
+    }
+
+    #[test]
+    fn an_invalid_pool_field_names_its_own_line() {
+        // Line 12 is `bad`, three lines below the section's header (line 9).
+        let case = |bad: &str| {
+            let text = second_pool_with(&format!(
+                "devices = [\"/dev/c\"]\n{bad}\nmountpoint = \"/mnt/b\""
+            ));
+            assert_eq!(text.lines().nth(11), Some(bad), "{text}");
+            located(&text)
+        };
+        // Checked while deserializing: the value's position.
+        let (line, column, message) = case("scrub_rate = \"fast\"");
+        assert_eq!((line, column), (12, 14), "{message}");
+        assert!(message.contains("'fast' is not a size"), "{message}");
+        let (line, _, message) = case("migration = \"fortnightly\"");
+        assert_eq!(line, 12, "{message}");
+        // Checked afterwards: the key's position.
+        let text = second_pool_with(
+            "devices = [\"/dev/c\"]\nmountpoint = \"mnt/b\"\nheat_half_life = \"7d\"",
+        );
+        let (line, column, message) = located(&text);
+        assert_eq!((line, column), (12, 1), "{message}");
+        assert_eq!(message, "pool[1].mountpoint: mnt/b is not an absolute path");
+        let text = second_pool_with(
+            "devices = [\"/dev/c\"]\nmountpoint = \"/mnt/a\"\ncache_size = \"1G\"",
+        );
+        let (line, _, message) = located(&text);
+        assert_eq!(line, 12, "{message}");
+        assert!(message.contains("used by two pools"), "{message}");
+        let text = second_pool_with("name = \"tank\"");
+        assert_eq!(located(&text).0, 11);
+        let text = second_pool_with(
+            "keyfile = \"/etc/aegis/key\"\nask_password = true\ndevices = [\"/dev/c\"]\nmountpoint = \"/mnt/b\"",
+        );
+        assert_eq!(located(&text).0, 12);
+        // A device listed twice: the line of its second listing.
+        let text = second_pool_with(
+            "devices = [\n  \"/dev/c\",\n  \"/dev/b\",\n]\nmountpoint = \"/mnt/b\"",
+        );
+        let (line, column, message) = located(&text);
+        assert_eq!((line, column), (13, 3), "{message}");
+        assert_eq!(message, "pool[1].devices: /dev/b is listed twice");
+    }
+
+    /// Two backups, the second with `bad` (a line) in the middle of its section.
+    fn second_backup_with(bad: &str) -> String {
+        format!(
+            "{MINIMAL}\n[[backup]]\nname = \"photos\"\nengine = \"rsync\"\ndestination = \"/backup/photos\"\n\
+             schedule = \"daily\"\n\n[[backup]]\nname = \"docs\"\nengine = \"rclone\"\n{bad}\n\
+             destination = \"crypt:docs\"\nschedule = \"weekly\"\nkeep_versions = 3\n\n\
+             [remotes.crypt]\ntype = \"crypt\"\nremote = \"b2:bucket\"\n"
+        )
+    }
+
+    #[test]
+    fn an_invalid_backup_field_names_its_own_line() {
+        // Line 16 is `bad`, three lines below the section's header (line 13).
+        let case = |bad: &str| {
+            let text = second_backup_with(bad);
+            assert_eq!(text.lines().nth(15), Some(bad), "{text}");
+            located(&text)
+        };
+        let (line, column, message) = case("bandwidth = \"fast\"");
+        assert_eq!((line, column), (16, 1), "{message}");
+        assert!(
+            message.starts_with("backup[1]: backup \"docs\": `bandwidth`"),
+            "{message}"
+        );
+        let (line, _, message) = case("source = \"../etc\"");
+        assert_eq!(line, 16, "{message}");
+        assert!(message.contains("`source`"), "{message}");
+        let (line, _, message) = case("exclude = [\"*.tmp\", \"\"]");
+        assert_eq!(line, 16, "{message}");
+        assert!(message.contains("`exclude` pattern 2"), "{message}");
+        let (line, _, message) = case("pool = \"tonk\"");
+        assert_eq!(line, 16, "{message}");
+        assert_eq!(message, "backup[1].pool: no [[pool]] is named 'tonk'");
+        let text =
+            second_backup_with("mode = \"copy\"").replace("name = \"docs\"", "name = \"photos\"");
+        let (line, _, message) = located(&text);
+        assert_eq!(line, 14, "{message}");
+        assert!(
+            message.contains("a second backup is named 'photos'"),
+            "{message}"
+        );
+        let (line, column, message) = case("mode = \"mirror\"");
+        assert_eq!((line, column), (16, 8), "{message}");
+        // A bad schedule below the line of `bad`.
+        let text = second_backup_with("mode = \"copy\"").replace("\"weekly\"", "\"fortnightly\"");
+        let (line, _, message) = located(&text);
+        assert_eq!(line, 18, "{message}");
+        assert!(message.starts_with("backup[1].schedule: "), "{message}");
+        // An inline remote without a type: the line of its section header.
+        let text = second_backup_with("mode = \"copy\"").replace("type = \"crypt\"\n", "");
+        let (line, column, message) = located(&text);
+        assert_eq!((line, column), (21, 10), "{message}");
+        assert!(
+            message.starts_with("[remotes.crypt]: needs a `type`"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -99,7 +99,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The running daemon, shared by the API threads, the scheduler, the sampler and job threads.
 pub struct Daemon {
     pub config: Config,
-    pub state: StateDb,
+    pub state: Arc<StateDb>,
     pub pools: BTreeMap<String, PoolSlot>,
     pub jobs: Vec<Job>,
     pub clock: Arc<dyn Clock>,
@@ -121,10 +121,14 @@ impl Daemon {
     /// Opens the state database and mounts every pool of the config. A pool that cannot be
     /// mounted is reported (event, alert, `aegis status`), and the others are served.
     pub fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Self>> {
-        let state = StateDb::open(&config.daemon.state_db)?;
+        let state = Arc::new(StateDb::open(&config.daemon.state_db)?);
         let now = clock.now();
         let interrupted = state.close_interrupted_runs(now.timestamp())?;
-        let alerts = alerts::Alerts::new(config.alerts.clone());
+        let alerts = alerts::Alerts::restore(
+            config.alerts.clone(),
+            Arc::clone(&state),
+            Arc::clone(&clock),
+        )?;
         let jobs = jobs::from_config(&config);
         let mut job_states = Vec::new();
         for job in &jobs {
@@ -202,7 +206,41 @@ impl Daemon {
                 }
             }
         }
+        daemon.settle_restored_alerts();
         Ok(daemon)
+    }
+
+    /// Resolves the alerts restored from the state database that no check would ever clear:
+    /// a pool that mounts again, and alerts about a job or pool no longer in the config. The
+    /// others (device errors, a full fast tier, failed jobs, missed schedules) resolve at their
+    /// next check.
+    fn settle_restored_alerts(&self) {
+        for (name, _) in self.mounted() {
+            self.alerts.clear(
+                &format!("pool-unavailable:{name}"),
+                Some(name),
+                &format!("pool {name} is mounted again"),
+            );
+        }
+        for alert in self.alerts.firing() {
+            let Some((kind, subject)) = alert.alert.split_once(':') else {
+                continue;
+            };
+            let (what, gone) = match kind {
+                "job-failed" | "missed" => ("job", self.job(subject).is_none()),
+                "pool-unavailable" | "device-errors" | "fast-tier-full" => {
+                    ("pool", !self.pools.contains_key(subject))
+                }
+                _ => continue,
+            };
+            if gone {
+                self.alerts.clear(
+                    &alert.alert,
+                    alert.pool.as_deref(),
+                    &format!("{what} {subject} is no longer in the config"),
+                );
+            }
+        }
     }
 
     /// Records an event and logs it.

@@ -1,6 +1,6 @@
 //! The daemon's state database (by default `/var/lib/aegis/aegis.db`): job runs, events,
-//! the hash-chained admin audit log, I/O statistics history and the scheduler's per-job
-//! bookkeeping. One SQLite file in WAL mode, opened once by `aegisd` and shared via `Arc`.
+//! the hash-chained admin audit log, I/O statistics history, the scheduler's per-job
+//! bookkeeping and the alerts firing (so a restart neither repeats nor forgets them). One SQLite file in WAL mode, opened once by `aegisd` and shared via `Arc`.
 
 use std::fs::{self, OpenOptions, Permissions};
 use std::io;
@@ -13,6 +13,8 @@ use std::time::Duration;
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, ToSql, TransactionBehavior};
 use tracing::{debug, info, warn};
+
+use super::alerts::Alert;
 
 /// Schema migrations; the batch at index `i` brings the schema to version `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -73,6 +75,15 @@ ALTER TABLE job_runs ADD COLUMN log_tail TEXT;
 "#,
     r#"
 ALTER TABLE job_runs ADD COLUMN snapshot TEXT;
+"#,
+    r#"
+CREATE TABLE alerts_firing (
+    alert   TEXT    PRIMARY KEY,
+    pool    TEXT,
+    message TEXT    NOT NULL,
+    time    INTEGER NOT NULL,
+    host    TEXT    NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -853,6 +864,54 @@ impl StateDb {
         })
     }
 
+    /// Records `alert` as firing (replacing an earlier record of the same alert).
+    pub fn alert_raised(&self, alert: &Alert) -> Result<(), StateError> {
+        self.with_conn(|conn| {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO alerts_firing (alert, pool, message, time, host) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                alert.alert,
+                alert.pool,
+                alert.message,
+                alert.time,
+                alert.host
+            ])?;
+            Ok(())
+        })
+    }
+
+    /// Forgets the firing alert `key`; whether it was recorded.
+    pub fn alert_cleared(&self, key: &str) -> Result<bool, StateError> {
+        self.with_conn(|conn| {
+            let removed = conn
+                .prepare_cached("DELETE FROM alerts_firing WHERE alert = ?1")?
+                .execute([key])?;
+            Ok(removed > 0)
+        })
+    }
+
+    /// The alerts recorded as firing, by key, each as it was first announced.
+    pub fn firing_alerts(&self) -> Result<Vec<Alert>, StateError> {
+        self.with_conn(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT alert, pool, message, time, host FROM alerts_firing ORDER BY alert",
+            )?;
+            let alerts = statement.query_map([], |row| {
+                Ok(Alert {
+                    alert: row.get(0)?,
+                    state: "firing".into(),
+                    pool: row.get(1)?,
+                    message: row.get(2)?,
+                    time: row.get(3)?,
+                    host: row.get(4)?,
+                })
+            })?;
+            Ok(alerts.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
     /// Records 1-second samples (the deltas over that second, one per pool, tier and second).
     /// A sample for a second already recorded replaces it. Samples with `seconds != 1`
     /// are rejected and nothing is recorded.
@@ -1155,7 +1214,7 @@ mod tests {
                 error,
                 StateError::TooNew {
                     found: 99,
-                    supported: 3,
+                    supported: SCHEMA_VERSION,
                     ..
                 }
             ),
@@ -1205,9 +1264,80 @@ mod tests {
             .unwrap();
         }
         let db = StateDb::open(&path).unwrap();
-        assert_eq!(db.schema_version().unwrap(), 3);
+        assert_eq!(db.schema_version().unwrap(), SCHEMA_VERSION);
         let run = db.last_run("scrub:tank").unwrap().unwrap();
         assert_eq!((run.bytes, run.files, run.log_tail), (7, 0, None));
+    }
+
+    fn firing(key: &str, pool: Option<&str>, time: i64) -> Alert {
+        Alert {
+            alert: key.into(),
+            state: "firing".into(),
+            pool: pool.map(str::to_owned),
+            message: format!("{key} holds"),
+            time,
+            host: "box".into(),
+        }
+    }
+
+    #[test]
+    fn a_version_3_database_gains_the_alerts_table_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aegis.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..3] {
+                conn.execute_batch(migration).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO job_runs (job, kind, started, finished, outcome, bytes, snapshot) \
+                 VALUES ('backup:docs', 'backup', 1, 2, 'succeeded', 7, 'backup-docs-1'); \
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), 4);
+        let run = db.last_run("backup:docs").unwrap().unwrap();
+        assert_eq!(run.snapshot.as_deref(), Some("backup-docs-1"));
+        assert!(db.firing_alerts().unwrap().is_empty());
+    }
+
+    #[test]
+    fn firing_alerts_survive_a_reopen_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aegis.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            db.alert_raised(&firing("job-failed:scrub:tank", Some("tank"), 10))
+                .unwrap();
+            db.alert_raised(&firing("device-errors:tank", Some("tank"), 20))
+                .unwrap();
+            db.alert_raised(&firing("missed:x", None, 30)).unwrap();
+            // Raised again: the newer record replaces the older one.
+            db.alert_raised(&firing("missed:x", None, 40)).unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        let stored = db.firing_alerts().unwrap();
+        assert_eq!(
+            stored,
+            vec![
+                firing("device-errors:tank", Some("tank"), 20),
+                firing("job-failed:scrub:tank", Some("tank"), 10),
+                firing("missed:x", None, 40),
+            ]
+        );
+        assert!(db.alert_cleared("device-errors:tank").unwrap());
+        assert!(!db.alert_cleared("device-errors:tank").unwrap());
+        drop(db);
+        let keys: Vec<String> = StateDb::open(&path)
+            .unwrap()
+            .firing_alerts()
+            .unwrap()
+            .into_iter()
+            .map(|a| a.alert)
+            .collect();
+        assert_eq!(keys, ["job-failed:scrub:tank", "missed:x"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use fs_core::fs::MemberCounters;
 
 use super::state::{IoSample, Level};
@@ -49,7 +50,8 @@ struct Inner {
     latest: Option<IoSecond>,
     subscribers: Vec<SyncSender<Arc<IoSecond>>>,
     last_tick: Option<Instant>,
-    fast_full_since: HashMap<String, Instant>,
+    /// When each pool's fast tier was first seen above its high watermark (daemon clock).
+    fast_full_since: HashMap<String, DateTime<Utc>>,
     unmounted_reported: HashMap<String, bool>,
 }
 
@@ -243,6 +245,15 @@ fn report_unmounted(daemon: &Daemon, pool: &str, mountpoint: &str) {
     }
 }
 
+/// Checks every alert condition of the mounted pools now: device errors (the sampler checks
+/// them every second) and the fast tier's fill (every ten seconds).
+pub fn check_alerts(daemon: &Daemon) {
+    for (name, mounted) in daemon.mounted() {
+        check_device_errors(daemon, name, &mounted.service.fs.member_counters());
+    }
+    check_capacity(daemon);
+}
+
 /// Alerts while any member has counted read, write or checksum errors (until the counters
 /// are cleared with `aegis status --clear-errors`).
 fn check_device_errors(daemon: &Daemon, pool: &str, counters: &[MemberCounters]) {
@@ -298,9 +309,11 @@ fn summary(daemon: &Daemon) -> String {
     line
 }
 
-/// Alerts when a pool's fast tier stays above its high watermark longer than configured.
+/// Alerts when a pool's fast tier stays above its high watermark longer than configured
+/// (measured on the daemon's clock).
 fn check_capacity(daemon: &Daemon) {
     let limit = daemon.config.alerts.fast_tier_full_after;
+    let now = daemon.clock.now();
     for (name, mounted) in daemon.mounted() {
         let status = mounted.service.fs.status();
         let (size, free) = status
@@ -324,26 +337,22 @@ fn check_capacity(daemon: &Daemon) {
         let since = {
             let mut inner = daemon.stats.inner();
             if used > high {
-                Some(
-                    *inner
-                        .fast_full_since
-                        .entry(name.clone())
-                        .or_insert_with(Instant::now),
-                )
+                Some(*inner.fast_full_since.entry(name.clone()).or_insert(now))
             } else {
                 inner.fast_full_since.remove(name);
                 None
             }
         };
-        match since {
-            Some(since) if since.elapsed() >= limit => daemon.alerts.raise(
+        let full_for = since.map(|since| (now - since).to_std().unwrap_or_default());
+        match full_for {
+            Some(full_for) if full_for >= limit => daemon.alerts.raise(
                 &key,
                 Some(name),
                 &format!(
                     "the fast tier of pool {name} has been {:.0}% full (above its {:.0}% high watermark) for {}; run `aegis tier migrate` or add space",
                     used * 100.0,
                     high * 100.0,
-                    humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
+                    humantime::format_duration(Duration::from_secs(full_for.as_secs()))
                 ),
             ),
             Some(_) => {}
