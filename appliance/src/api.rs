@@ -55,8 +55,12 @@ pub struct Devices {
 pub struct Evacuation {
     pub member: u16,
     pub path: String,
+    /// `remove`, `replace` or `shrink`.
+    pub action: String,
     /// The member its blocks go to first (the new device of a `replace`).
     pub replacement: Option<u16>,
+    /// The size a `shrink` takes the member to, in bytes.
+    pub target_size: Option<u64>,
     pub blocks_total: u64,
     pub blocks_moved: u64,
     pub bytes_total: u64,
@@ -109,6 +113,30 @@ pub struct DeviceReplace {
     pub force: bool,
     #[serde(default)]
     pub rate: u64,
+}
+
+/// `POST /v1/devices/resize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceResize {
+    /// The member: its path or its index.
+    pub device: String,
+    /// The new size (`500G`, bytes, ...) or `max` (absent: `max`).
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Bytes moved per second at most while shrinking (0 or absent: no limit).
+    #[serde(default)]
+    pub rate: u64,
+}
+
+/// The answer to `POST /v1/devices/resize`: the new size of a grown member, or the
+/// shrinking under way (the size stays the old one until it finishes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Resized {
+    pub member: u16,
+    pub path: String,
+    pub size_bytes: u64,
+    pub evacuation: Option<Evacuation>,
 }
 
 /// The answer to `POST /v1/devices/add` and `replace`: the member that joined.

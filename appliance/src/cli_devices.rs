@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{ArgGroup, Subcommand};
 
-use appliance::api::{self, DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, Devices};
+use appliance::api::{
+    self, DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, DeviceResize, Devices, Resized,
+};
 use appliance::client::{self, Endpoint};
 use appliance::units::parse_size;
 
@@ -81,13 +83,22 @@ pub enum DeviceCmd {
         /// Mountpoint or pool label.
         target: String,
     },
-    /// Grow a member to its device's size, or shrink it: not built yet.
+    /// Grow a member into its grown device (or an image file to SIZE), or shrink it: what
+    /// lies past the new end moves first (online), then the member takes the new size (an
+    /// image file is truncated; shrink a partition yourself afterwards).
     Resize {
         /// Mountpoint or pool label.
         target: String,
+        /// The member: its path or its index.
         device: String,
-        /// The new size (e.g. 500G), or `max`.
-        size: Option<String>,
+        /// The new size (e.g. 500G), or `max`: the whole device.
+        #[arg(default_value = "max")]
+        size: String,
+        /// While shrinking, move at most this many bytes per second.
+        #[arg(long, value_parser = parse_size)]
+        rate: Option<u64>,
+        #[arg(long)]
+        background: bool,
     },
 }
 
@@ -206,11 +217,36 @@ pub fn device(action: DeviceCmd) -> anyhow::Result<()> {
             target,
             device,
             size,
+            rate,
+            background,
         } => {
             let (socket, _) = client::find_pool(&target)?;
-            let request = serde_json::json!({ "device": member_arg(&device), "size": size });
-            let _: serde_json::Value = socket.call("POST", "/v1/devices/resize", Some(&request))?;
-            Ok(())
+            let request = DeviceResize {
+                device: member_arg(&device),
+                size: Some(size),
+                rate: rate.unwrap_or(0),
+            };
+            let resized: Resized = socket.call("POST", "/v1/devices/resize", Some(&request))?;
+            match &resized.evacuation {
+                None => {
+                    println!(
+                        "member {} ({}) now uses {}",
+                        resized.member,
+                        resized.path,
+                        human(resized.size_bytes)
+                    );
+                    Ok(())
+                }
+                Some(evacuation) => {
+                    println!(
+                        "shrinking member {} ({}) to {}: moving what lies past the new end",
+                        resized.member,
+                        resized.path,
+                        human(evacuation.target_size.unwrap_or(0))
+                    );
+                    follow(&socket, background)
+                }
+            }
         }
     }
 }
@@ -246,13 +282,19 @@ fn follow(socket: &Endpoint, background: bool) -> anyhow::Result<()> {
             }
             if let Some(error) = &evacuation.error {
                 bail!(
-                    "emptying member {} stopped: {error} (it stays being removed; fix the cause and run the command again, or `aegis device cancel`)",
+                    "moving blocks off member {} stopped: {error} (fix the cause and run the command again: what moved stays moved)",
                     evacuation.member
                 );
             }
             if evacuation.finished {
+                let done = match evacuation.target_size {
+                    Some(size) if evacuation.action == "shrink" => {
+                        format!("shrank to {}", human(size))
+                    }
+                    _ => "left the pool".to_owned(),
+                };
                 println!(
-                    "member {} ({}) left the pool: {} blocks ({}) moved in {:.1} s",
+                    "member {} ({}) {done}: {} blocks ({}) moved in {:.1} s",
                     evacuation.member,
                     evacuation.path,
                     evacuation.blocks_moved,
@@ -316,14 +358,15 @@ fn print_devices(devices: &Devices) {
     }
     if let Some(evacuation) = &devices.evacuation {
         let what = if evacuation.running {
-            "emptying"
+            "running"
         } else if evacuation.finished {
-            "emptied"
+            "finished"
         } else {
-            "stopped emptying"
+            "stopped"
         };
         println!(
-            "{what} member {} ({}): {}",
+            "{} {what}, member {} ({}): {}",
+            evacuation.action,
             evacuation.member,
             evacuation.path,
             progress_line(evacuation)

@@ -9,13 +9,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 use fs_core::device::Backend;
-use fs_core::fs::devices::{empty_member, EmptyOptions, NewMember};
+use fs_core::fs::devices::{empty_member, shrink_member, EmptyOptions, NewMember};
 use fs_core::fs::Filesystem;
 use fs_core::pool::{open_new_member, MemberSpec};
 use fs_core::types::{DeviceIndex, Tier};
 use fs_core::FsError;
 
-use crate::api::{DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, Devices, Evacuation};
+use crate::api::{
+    DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, DeviceResize, Devices, Evacuation, Resized,
+};
 use crate::http::Failure;
 
 /// Files a degraded pool's `GET /v1/devices` names at most.
@@ -170,7 +172,7 @@ impl Evacuator {
         refuse_if_running(run.as_ref())?;
         fs.begin_removal(index).map_err(|e| failure(&e))?;
         tracing::info!(member = index.0, %path, "removing a device: emptying it first");
-        let started = start(fs, index, path, None, request.rate);
+        let started = start(fs, index, path, Job::Empty { prefer: None }, request.rate);
         let status = lock(&started.status).clone();
         *run = Some(started);
         Ok(status)
@@ -194,7 +196,15 @@ impl Evacuator {
         let path = new.path.display().to_string();
         let index = fs.replace_member(old, new).map_err(|e| failure(&e))?;
         tracing::info!(old = old.0, new = index.0, %path, "replacing a device");
-        let started = start(fs, old, old_path, Some(index), request.rate);
+        let started = start(
+            fs,
+            old,
+            old_path,
+            Job::Empty {
+                prefer: Some(index),
+            },
+            request.rate,
+        );
         let evacuation = lock(&started.status).clone();
         *run = Some(started);
         Ok(DeviceAdded {
@@ -203,6 +213,78 @@ impl Evacuator {
             tier: tier.to_string(),
             evacuation: Some(evacuation),
         })
+    }
+
+    /// `POST /v1/devices/resize`: grows member `device` at once, or starts shrinking it.
+    /// An image file is extended first when it is to grow past its length, and truncated
+    /// once it has shrunk; a block device grows into its (grown) partition and, shrunk,
+    /// leaves the partition for the operator to shrink next.
+    pub fn resize(&self, fs: &Arc<Filesystem>, request: &DeviceResize) -> Result<Resized, Failure> {
+        let (index, path) = resolve(fs, &request.device)?;
+        let image = std::fs::metadata(&path)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|_| PathBuf::from(&path));
+        let current = fs
+            .status()
+            .members
+            .iter()
+            .find(|m| m.index == index)
+            .map_or(0, |m| m.size);
+        let wanted = match request.size.as_deref() {
+            None | Some("max") => None,
+            Some(text) => Some(crate::units::parse_size(text).map_err(Failure::bad_request)?),
+        };
+        let mut run = lock(&self.run);
+        refuse_if_running(run.as_ref())?;
+        match wanted {
+            Some(size) if size < current => {
+                let size = fs.begin_shrink(index, size).map_err(|e| failure(&e))?;
+                tracing::info!(member = index.0, %path, size, "shrinking a device: moving what lies past its new end");
+                let started = start(
+                    fs,
+                    index,
+                    path.clone(),
+                    Job::Shrink { size, image },
+                    request.rate,
+                );
+                let evacuation = lock(&started.status).clone();
+                *run = Some(started);
+                Ok(Resized {
+                    member: index.0,
+                    path,
+                    size_bytes: current,
+                    evacuation: Some(evacuation),
+                })
+            }
+            _ => {
+                if let (Some(image), Some(size)) = (&image, wanted) {
+                    let grown = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(image)
+                        .and_then(|file| {
+                            if file.metadata()?.len() < size {
+                                file.set_len(size)?;
+                            }
+                            Ok(())
+                        });
+                    grown.map_err(|e| {
+                        Failure::new(
+                            500,
+                            format!("cannot extend the image file {}: {e}", image.display()),
+                        )
+                    })?;
+                }
+                let size = fs.grow_member(index, wanted).map_err(|e| failure(&e))?;
+                tracing::info!(member = index.0, %path, size, "device grown");
+                Ok(Resized {
+                    member: index.0,
+                    path,
+                    size_bytes: size,
+                    evacuation: None,
+                })
+            }
+        }
     }
 
     /// `POST /v1/devices/cancel`: stops the emptying under way; the member takes new blocks
@@ -218,7 +300,9 @@ impl Evacuator {
         }
         let status = lock(&run.status).clone();
         let member = DeviceIndex(status.member);
-        if fs.members_being_removed().contains(&member) {
+        if status.action == "shrink" {
+            fs.cancel_shrink(member);
+        } else if fs.members_being_removed().contains(&member) {
             fs.cancel_removal(member).map_err(|e| failure(&e))?;
         }
         tracing::info!(member = member.0, "removal cancelled");
@@ -239,7 +323,7 @@ impl Evacuator {
             .map(|m| m.path.clone())
             .unwrap_or_default();
         tracing::info!(member = index.0, "resuming the removal of a device");
-        *lock(&self.run) = Some(start(fs, index, path, None, rate));
+        *lock(&self.run) = Some(start(fs, index, path, Job::Empty { prefer: None }, rate));
     }
 
     /// Stops the emptying under way (before unmount): it resumes at the next mount.
@@ -267,19 +351,29 @@ fn refuse_if_running(run: Option<&Run>) -> Result<(), Failure> {
     }
 }
 
-/// Starts emptying `index` (then any other member left being removed) on a thread.
-fn start(
-    fs: &Arc<Filesystem>,
-    index: DeviceIndex,
-    path: String,
-    replacement: Option<DeviceIndex>,
-    rate: u64,
-) -> Run {
+/// What the thread does to a member.
+enum Job {
+    /// Empties it so it leaves the pool (remove, replace); `prefer` takes its blocks first.
+    Empty { prefer: Option<DeviceIndex> },
+    /// Moves what lies past `size` bytes, then shrinks it; an image file is truncated to
+    /// the new size afterwards.
+    Shrink { size: u64, image: Option<PathBuf> },
+}
+
+/// Starts `job` on member `index` on a thread.
+fn start(fs: &Arc<Filesystem>, index: DeviceIndex, path: String, job: Job, rate: u64) -> Run {
     let cancel = Arc::new(AtomicBool::new(false));
+    let (action, replacement, target_size) = match &job {
+        Job::Empty { prefer: Some(new) } => ("replace", Some(new.0), None),
+        Job::Empty { prefer: None } => ("remove", None, None),
+        Job::Shrink { size, .. } => ("shrink", None, Some(*size)),
+    };
     let status = Arc::new(Mutex::new(Evacuation {
         member: index.0,
         path,
-        replacement: replacement.map(|r| r.0),
+        action: action.into(),
+        replacement,
+        target_size,
         rate,
         running: true,
         ..Evacuation::default()
@@ -288,16 +382,7 @@ fn start(
         (Arc::clone(fs), Arc::clone(&cancel), Arc::clone(&status));
     let spawned = std::thread::Builder::new()
         .name("aegis-evacuate".into())
-        .spawn(move || {
-            evacuate(
-                &fs,
-                index,
-                replacement,
-                rate,
-                &thread_cancel,
-                &thread_status,
-            )
-        });
+        .spawn(move || run(&fs, index, &job, rate, &thread_cancel, &thread_status));
     let thread = match spawned {
         Ok(thread) => Some(thread),
         Err(err) => {
@@ -314,43 +399,83 @@ fn start(
     }
 }
 
-fn evacuate(
+fn run(
     fs: &Filesystem,
     index: DeviceIndex,
-    prefer: Option<DeviceIndex>,
+    job: &Job,
     rate: u64,
     cancel: &AtomicBool,
     status: &Mutex<Evacuation>,
 ) {
-    let result = empty_member(
-        fs,
-        index,
-        EmptyOptions {
-            rate_bytes_per_sec: rate,
-            prefer,
-            cancel,
-        },
-        |progress| {
-            let mut status = lock(status);
-            status.blocks_total = progress.blocks_total;
-            status.blocks_moved = progress.blocks_moved;
-            status.bytes_total = progress.bytes_total;
-            status.bytes_moved = progress.bytes_moved;
-            status.elapsed_ms = progress.elapsed_ms;
-        },
-    );
+    let report = |progress: &fs_core::fs::devices::Evacuation| {
+        let mut status = lock(status);
+        status.blocks_total = progress.blocks_total;
+        status.blocks_moved = progress.blocks_moved;
+        status.bytes_total = progress.bytes_total;
+        status.bytes_moved = progress.bytes_moved;
+        status.elapsed_ms = progress.elapsed_ms;
+    };
+    let result = match job {
+        Job::Empty { prefer } => {
+            let options = EmptyOptions {
+                rate_bytes_per_sec: rate,
+                prefer: *prefer,
+                cancel,
+            };
+            empty_member(fs, index, options, report)
+        }
+        Job::Shrink { size, image } => {
+            let options = EmptyOptions {
+                rate_bytes_per_sec: rate,
+                prefer: Some(index),
+                cancel,
+            };
+            let result = shrink_member(fs, index, *size, options, report);
+            if !result.as_ref().is_ok_and(|done| done.finished) {
+                fs.cancel_shrink(index);
+            }
+            match (&result, image) {
+                (Ok(done), Some(image)) if done.finished => truncate_image(fs, index, image, *size),
+                _ => {}
+            }
+            result
+        }
+    };
     let mut status = lock(status);
     status.running = false;
     match result {
         Ok(done) => {
             status.finished = done.finished;
             if done.finished {
-                tracing::info!(member = index.0, path = %status.path, "the device left the pool");
+                tracing::info!(member = index.0, path = %status.path, action = %status.action, "done");
             }
         }
         Err(err) => {
-            tracing::error!(member = index.0, error = %err, "emptying the device failed");
+            tracing::error!(member = index.0, action = %status.action, error = %err, "moving blocks off the device failed");
             status.error = Some(err.to_string());
         }
+    }
+}
+
+/// Gives an image file the size its member shrank to (a block device is left to the
+/// operator: shrink the partition next).
+fn truncate_image(fs: &Filesystem, index: DeviceIndex, image: &std::path::Path, size: u64) {
+    let truncated = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .and_then(|file| file.set_len(size));
+    match truncated {
+        Ok(()) => {
+            if let Some(device) = fs.pool().device(index) {
+                if let Err(err) = device.refresh_size() {
+                    tracing::warn!(error = %err, "cannot measure the shrunk image file again");
+                }
+            }
+        }
+        Err(err) => tracing::warn!(
+            image = %image.display(),
+            error = %err,
+            "the member shrank, but its image file could not be truncated; it keeps its old length"
+        ),
     }
 }

@@ -24,9 +24,9 @@ use fs_core::FsError;
 use tiering::migrate::Progress;
 
 use crate::api::{
-    DedupTable, DeviceAdd, DeviceRemove, DeviceReplace, DiskUsage, FsckReport, MemberStatus,
-    MigrateRequest, MigrationEntry, MigrationPlan, MigrationProgress, Pin, PinDone, PinRequest,
-    PlannedFile, PropertyValue, RollbackDone, RollbackRequest, ScrubStart, ScrubStatus,
+    DedupTable, DeviceAdd, DeviceRemove, DeviceReplace, DeviceResize, DiskUsage, FsckReport,
+    MemberStatus, MigrateRequest, MigrationEntry, MigrationPlan, MigrationProgress, Pin, PinDone,
+    PinRequest, PlannedFile, PropertyValue, RollbackDone, RollbackRequest, ScrubStart, ScrubStatus,
     SetProperties, Snapshot, SnapshotChange, SnapshotCreate, SnapshotDeleted, SpaceSavings, Status,
     TierHeat, TierStatus, TierUsage,
 };
@@ -905,11 +905,16 @@ pub fn route(method: &tiny_http::Method, url: &str, body: &str, api: &PoolServic
             Ok(json_response(202, &api.devices.replace(fs, &wanted)?))
         }
         (Post, "/v1/devices/cancel") => Ok(json_response(200, &api.devices.cancel(fs)?)),
-        (Post, "/v1/devices/resize") => Err(Failure::with_code(
-            501,
-            "not_built",
-            "resizing a member is not built yet: grow or shrink comes in a later release",
-        )),
+        (Post, "/v1/devices/resize") => {
+            let wanted: DeviceResize = parse_json(body)?;
+            let resized = api.devices.resize(fs, &wanted)?;
+            let status = if resized.evacuation.is_some() {
+                202
+            } else {
+                200
+            };
+            Ok(json_response(status, &resized))
+        }
         (Get, "/v1/tier") => Ok(json_response(200, &api.tier_status()?)),
         (Post, "/v1/tier/migrate") => {
             let wanted: MigrateRequest = parse_json(body)?;

@@ -171,7 +171,7 @@ fn bad_device_requests_are_refused_clearly() {
     let (fast, slow) = sb.format("256M", "256M");
     let guard = sb.mount(&fast, &slow);
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
-    let cases: [(Vec<&str>, &str); 5] = [
+    let cases: [(Vec<&str>, &str); 7] = [
         (
             vec!["device", "add", &mnt, "--slow", &slow],
             "already a member of this pool",
@@ -190,8 +190,13 @@ fn bad_device_requests_are_refused_clearly() {
         ),
         (
             vec!["device", "resize", &mnt, &slow, "max"],
-            "not built yet",
+            "grow the device (partition or image file) first",
         ),
+        (
+            vec!["device", "resize", &mnt, &slow, "10M"],
+            "cannot be smaller than",
+        ),
+        (vec!["device", "resize", &mnt, &slow, "lots"], "lots"),
     ];
     // The slow member cannot go while the fast one cannot take its data.
     for (dir, tier, files) in [("hot", "fast", 12), ("cold", "slow", 15)] {
@@ -210,4 +215,81 @@ fn bad_device_requests_are_refused_clearly() {
     assert_eq!(status["members"].as_array().unwrap().len(), 2);
     assert_eq!(status["members"][1]["state"], "active");
     guard.unmount();
+}
+
+#[test]
+fn members_grow_and_shrink_online_and_an_interrupted_removal_resumes_at_mount() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+    fs::create_dir(guard.path("cold")).unwrap();
+    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    let mut files = BTreeMap::new();
+    for seed in 0..60 {
+        let path = guard.path("cold").join(format!("c{seed}"));
+        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
+        files.insert(path, seed);
+    }
+    sb.ok(&["sync", &mnt]);
+
+    // Grow the slow image file to 512M, then shrink it to 200M under writes.
+    let out = sb.ok(&["device", "resize", &mnt, &slow, "512M"]);
+    assert!(out.contains("now uses 512.0 MiB"), "{out}");
+    assert_eq!(fs::metadata(&slow).unwrap().len(), 512 << 20);
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = writer(guard.path("cold"), Arc::clone(&stop));
+    let out = sb.ok(&["device", "resize", &mnt, &slow, "200M"]);
+    assert!(out.contains("shrank to 200.0 MiB"), "{out}");
+    stop.store(true, Ordering::Relaxed);
+    let during = busy.join().unwrap();
+    assert_eq!(
+        fs::metadata(&slow).unwrap().len(),
+        200 << 20,
+        "the image file is truncated"
+    );
+    let status = devices_json(&sb, &mnt);
+    assert_eq!(status["members"][1]["size_bytes"], 200u64 << 20, "{status}");
+    verify(&files, 300 * 1024);
+    verify(&during, 300 * 1024);
+
+    // A removal cut short by an unmount resumes at the next mount and finishes.
+    let extra = sb.path("extra.img").display().to_string();
+    sb.ok(&["device", "add", &mnt, "--slow", &extra, "--size", "256M"]);
+    sb.ok(&[
+        "device",
+        "remove",
+        &mnt,
+        &slow,
+        "--rate",
+        "1M",
+        "--background",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = devices_json(&sb, &mnt);
+    assert_eq!(status["members"][1]["state"], "removing", "{status}");
+    guard.unmount();
+    let guard = sb.mount_devices(&[&fast, &slow, &extra], "mnt");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = devices_json(&sb, &mnt);
+        if status["evacuation"]["finished"] == true {
+            break;
+        }
+        assert!(status["evacuation"]["error"].is_null(), "{status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never finished: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    verify(&files, 300 * 1024);
+    verify(&during, 300 * 1024);
+    guard.unmount();
+    let report = sb.aegis(&["fsck", &fast, &extra]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
 }

@@ -337,6 +337,19 @@ pub(crate) fn write_superblock(device: &dyn BlockDevice, sb: &Superblock) -> FsR
     Ok(())
 }
 
+/// Writes the superblock of a member whose size changes: the copy at its new end first,
+/// flushed, then the one at the start, flushed. An interruption leaves the old superblock
+/// at the start (still describing the old size, whose end copy is intact while growing, and
+/// inside the emptied tail while shrinking), or the new one.
+pub(crate) fn write_resized_superblock(device: &dyn BlockDevice, sb: &Superblock) -> FsResult<()> {
+    let encoded = sb.encode();
+    device.write_at(Superblock::backup_offset(sb.device_size), &encoded)?;
+    device.flush()?;
+    device.write_at(0, &encoded)?;
+    device.flush()?;
+    Ok(())
+}
+
 fn pool_err(msg: impl Into<String>) -> FsError {
     FsError::Pool(msg.into())
 }

@@ -22,22 +22,27 @@ use fs_core::types::{DeviceIndex, InodeId, Tier};
 /// `devices` too, and every device is given at open (one that left the pool is ignored).
 struct Members {
     devices: Vec<(String, Arc<FaultyDevice>, Tier)>,
+    /// The memory behind each device, by name (to grow or shrink it).
+    memory: Vec<(String, Arc<MemDevice>)>,
     /// Devices that left the pool (not given at open).
     left: Vec<String>,
 }
 
 impl Members {
     fn format(layout: &[(Tier, u64)]) -> Self {
-        let devices: Vec<(String, Arc<FaultyDevice>, Tier)> = layout
-            .iter()
-            .enumerate()
-            .map(|(i, &(tier, mib))| {
+        let memory: Vec<(String, Arc<MemDevice>)> = (0..layout.len())
+            .map(|i| {
                 let name = format!("d{i}");
-                let device = Arc::new(FaultyDevice::new(Arc::new(MemDevice::new(
-                    &name,
-                    mib * MIB,
-                ))));
-                (name, device, tier)
+                let device = Arc::new(MemDevice::new(&name, layout[i].1 * MIB));
+                (name, device)
+            })
+            .collect();
+        let devices: Vec<(String, Arc<FaultyDevice>, Tier)> = memory
+            .iter()
+            .zip(layout)
+            .map(|((name, memory), &(tier, _))| {
+                let device = Arc::new(FaultyDevice::new(memory.clone()));
+                (name.clone(), device, tier)
             })
             .collect();
         let formatted: Vec<(Arc<dyn BlockDevice>, Tier)> = devices
@@ -55,6 +60,7 @@ impl Members {
         .unwrap();
         Self {
             devices,
+            memory,
             left: Vec::new(),
         }
     }
@@ -73,6 +79,13 @@ impl Members {
             lock: None,
             tier,
         }
+    }
+
+    /// Grows or shrinks the memory behind device `name`, like a partition resized.
+    fn set_len(&self, name: &str, mib: u64) {
+        let memory = &self.memory.iter().find(|(n, _)| n == name).unwrap().1;
+        memory.set_len(mib * MIB);
+        self.device(name).refresh_size().unwrap();
     }
 
     fn device(&self, name: &str) -> &Arc<FaultyDevice> {
@@ -539,4 +552,110 @@ fn a_pool_without_any_current_metadata_copy_is_refused() {
         err.contains("no member given holds a current copy"),
         "{err}"
     );
+}
+
+fn member_size(fs: &Filesystem, index: u16) -> u64 {
+    fs.status()
+        .members
+        .iter()
+        .find(|m| m.index.0 == index)
+        .unwrap()
+        .size
+}
+
+#[test]
+fn a_member_grows_into_its_grown_device() {
+    let members = Members::format(&[(Tier::Fast, 64), (Tier::Slow, 64)]);
+    let fs = members.open();
+    fs.set_property(InodeId::ROOT, Property::Tier(Some(Tier::Slow)))
+        .unwrap();
+    let before = write_files(&fs, "g", 10, 1024 * 1024);
+    fs.commit().unwrap();
+    let err = fs
+        .grow_member(DeviceIndex(1), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("grow the device"), "{err}");
+    let free_before = fs.status().members[1].free_bytes;
+    members.set_len("d1", 160);
+    assert_eq!(fs.grow_member(DeviceIndex(1), None).unwrap(), 160 * MIB);
+    assert_eq!(member_size(&fs, 1), 160 * MIB);
+    assert_eq!(fs.status().members[1].free_bytes, free_before + 96 * MIB);
+    // The new space takes data.
+    let after = write_files(&fs, "h", 100, 1024 * 1024);
+    fs.commit().unwrap();
+    drop(fs);
+
+    // The copy at the new end is the new superblock.
+    let device = members.device("d1");
+    let mut end = vec![0u8; fs_core::format::SUPERBLOCK_SIZE];
+    device
+        .read_at(160 * MIB - end.len() as u64, &mut end)
+        .unwrap();
+    let sb = fs_core::format::Superblock::decode(&end).unwrap();
+    assert_eq!(sb.device_size, 160 * MIB);
+    assert!(sb
+        .members
+        .iter()
+        .all(|m| m.index.0 != 1 || m.size == 160 * MIB));
+    let fs = members.open();
+    assert_files(&fs, &before);
+    assert_files(&fs, &after);
+    drop(fs);
+    members.assert_fsck_clean("after growing");
+}
+
+#[test]
+fn a_member_shrinks_after_its_tail_is_emptied() {
+    let members = Members::format(&[(Tier::Fast, 64), (Tier::Slow, 160)]);
+    let fs = members.open();
+    fs.set_property(InodeId::ROOT, Property::Tier(Some(Tier::Slow)))
+        .unwrap();
+    // Fill, then free every other file, so live data sits all over the member.
+    let written = write_files(&fs, "s", 100, 1024 * 1024);
+    fs.commit().unwrap();
+    let mut kept = BTreeMap::new();
+    for (i, (name, data)) in written.into_iter().enumerate() {
+        if i % 2 == 0 {
+            fs.unlink(InodeId::ROOT, name.as_bytes()).unwrap();
+        } else {
+            kept.insert(name, data);
+        }
+    }
+    fs.commit().unwrap();
+    let err = fs
+        .begin_shrink(DeviceIndex(1), 40 * MIB)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be smaller than"), "{err}");
+    let size = fs.begin_shrink(DeviceIndex(1), 112 * MIB).unwrap();
+    let fence = (size - 4096) / 4096;
+    assert!(!fs.blocks_past(DeviceIndex(1), fence).unwrap().is_empty());
+    let cancel = not_cancelled();
+    let done = fs_core::fs::devices::shrink_member(
+        &fs,
+        DeviceIndex(1),
+        size,
+        EmptyOptions {
+            rate_bytes_per_sec: 0,
+            prefer: Some(DeviceIndex(1)),
+            cancel: &cancel,
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert!(done.finished && done.blocks_moved > 0, "{done:?}");
+    assert_eq!(member_size(&fs, 1), 112 * MIB);
+    assert_files(&fs, &kept);
+    let more = write_files(&fs, "t", 10, 1024 * 1024);
+    fs.commit().unwrap();
+    drop(fs);
+
+    // The device itself shrinks next (a partition made smaller): the pool opens from it.
+    members.set_len("d1", 112);
+    let fs = members.open();
+    assert_files(&fs, &kept);
+    assert_files(&fs, &more);
+    drop(fs);
+    members.assert_fsck_clean("after shrinking");
 }

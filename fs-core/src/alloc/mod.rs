@@ -23,6 +23,9 @@ pub struct DeviceSpace {
     cursor: u64,
     /// Whether new blocks may go here (not while the member is being emptied or is missing).
     accepting: bool,
+    /// New blocks go below this relative sector only (the data area's end, or the new end
+    /// of a member being shrunk while its tail is emptied).
+    fence: u64,
 }
 
 /// Where new blocks of a file go.
@@ -67,7 +70,54 @@ impl DeviceSpace {
             bitmap: vec![0; words],
             cursor: 0,
             accepting: true,
+            fence: sectors,
         }
+    }
+
+    /// The absolute sector from which no new block goes here (the data area's end unless a
+    /// shrink is under way).
+    pub fn fence(&self) -> u64 {
+        self.first_sector + self.fence
+    }
+
+    /// Keeps new blocks below absolute sector `end` (within the data area), or lifts that
+    /// with `None`.
+    pub fn set_fence(&mut self, end: Option<u64>) {
+        self.fence = end.map_or(self.sectors, |end| {
+            end.saturating_sub(self.first_sector).min(self.sectors)
+        });
+        self.cursor = self.cursor.min(self.fence);
+    }
+
+    /// Sectors in use at or past absolute sector `from`.
+    pub fn used_from(&self, from: u64) -> u64 {
+        let start = from.saturating_sub(self.first_sector).min(self.sectors);
+        (start..self.sectors).filter(|&s| self.bit(s)).count() as u64
+    }
+
+    /// Makes the data area `sectors` long: a grown one gains free sectors at its end; a
+    /// shrunk one must have nothing in use past its new end.
+    pub fn resize(&mut self, sectors: u64) -> Result<(), AllocError> {
+        if sectors < self.sectors {
+            if self.used_from(self.first_sector + sectors) > 0 {
+                return Err(AllocError::OutOfRange {
+                    device: self.index.0,
+                    sector: self.first_sector + sectors,
+                    count: self.sectors - sectors,
+                });
+            }
+            self.free -= self.sectors - sectors;
+        } else {
+            self.free += sectors - self.sectors;
+        }
+        self.sectors = sectors;
+        self.bitmap.resize(
+            usize::try_from(sectors.div_ceil(64)).unwrap_or(usize::MAX),
+            0,
+        );
+        self.fence = sectors;
+        self.cursor = self.cursor.min(sectors);
+        Ok(())
     }
 
     /// Lets new blocks go here, or not.
@@ -151,13 +201,14 @@ impl DeviceSpace {
         let mut run_start = None;
         let mut scanned = 0;
         let mut rel = self.cursor;
-        // Two passes at most: from the cursor to the end, then from the start.
-        while scanned < self.sectors + count {
-            if rel >= self.sectors {
+        let end = self.fence;
+        // Two passes at most: from the cursor to the fence, then from the start.
+        while scanned < end + count {
+            if rel >= end {
                 rel = 0;
                 run_start = None;
             }
-            if rel.is_multiple_of(64) && run_start.is_none() && rel + 64 <= self.sectors {
+            if rel.is_multiple_of(64) && run_start.is_none() && rel + 64 <= end {
                 // Skip whole used words quickly.
                 if self.bitmap[(rel / 64) as usize] == u64::MAX {
                     rel += 64;
@@ -314,6 +365,23 @@ impl Allocator {
         self.devices.retain(|d| d.index != index);
     }
 
+    /// The data area of member `index`.
+    pub fn device(&self, index: DeviceIndex) -> Option<&DeviceSpace> {
+        self.devices.iter().find(|d| d.index == index)
+    }
+
+    /// See [`DeviceSpace::set_fence`].
+    pub fn set_fence(&mut self, index: DeviceIndex, end: Option<u64>) {
+        if let Ok(device) = self.device_mut(index) {
+            device.set_fence(end);
+        }
+    }
+
+    /// See [`DeviceSpace::resize`].
+    pub fn resize_device(&mut self, index: DeviceIndex, sectors: u64) -> Result<(), AllocError> {
+        self.device_mut(index)?.resize(sectors)
+    }
+
     /// Lets new blocks go to member `index`, or not.
     pub fn set_accepting(&mut self, index: DeviceIndex, accepting: bool) {
         if let Ok(device) = self.device_mut(index) {
@@ -357,6 +425,28 @@ mod tests {
     const ALL_FAST: Placement = Placement::Auto {
         high_watermark: 1.0,
     };
+
+    #[test]
+    fn a_fence_keeps_new_blocks_below_it_and_resize_grows_or_shrinks_the_area() {
+        let mut space = DeviceSpace::new(DeviceIndex(0), Tier::Slow, 100, 128);
+        space.mark_used(200, 8).unwrap();
+        space.set_fence(Some(164));
+        assert_eq!(space.fence(), 164);
+        assert_eq!(space.used_from(164), 8);
+        // Only the 64 sectors below the fence are handed out.
+        assert_eq!(space.allocate(64), Some(100));
+        assert_eq!(space.allocate(1), None);
+        assert!(
+            space.resize(64).is_err(),
+            "the tail still holds sectors in use"
+        );
+        space.release(200, 8).unwrap();
+        space.resize(64).unwrap();
+        assert_eq!((space.total_sectors(), space.free_sectors()), (64, 0));
+        space.resize(200).unwrap();
+        assert_eq!((space.total_sectors(), space.free_sectors()), (200, 136));
+        assert_eq!(space.allocate(136), Some(164));
+    }
 
     #[test]
     fn allocates_fast_then_overflows_to_slow() {

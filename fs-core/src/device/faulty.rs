@@ -19,6 +19,7 @@
 
 use std::io;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{check_range, BlockDevice, DeviceError};
@@ -128,7 +129,7 @@ pub struct FaultStats {
 pub struct FaultyDevice {
     inner: Arc<dyn BlockDevice>,
     name: String,
-    size: u64,
+    size: AtomicU64,
     state: Mutex<State>,
 }
 
@@ -164,7 +165,7 @@ impl FaultyDevice {
     pub fn with_plan(inner: Arc<dyn BlockDevice>, plan: FaultPlan) -> Self {
         Self {
             name: format!("faulty:{}", inner.name()),
-            size: inner.size(),
+            size: AtomicU64::new(inner.size()),
             inner,
             state: Mutex::new(State {
                 plan,
@@ -209,7 +210,7 @@ impl FaultyDevice {
     /// cover `offset`, hide the flip from reads. Works whether or not the power is cut.
     pub fn corrupt(&self, offset: u64, bit: u8) -> Result<(), DeviceError> {
         let _state = self.lock();
-        check_range("corrupt", &self.name, offset, 1, self.size)?;
+        check_range("corrupt", &self.name, offset, 1, self.size())?;
         let mut byte = [0u8];
         self.inner.read_at(offset, &mut byte)?;
         byte[0] ^= BitFlip { offset, bit }.mask();
@@ -345,7 +346,13 @@ impl SplitMix64 {
 
 impl BlockDevice for FaultyDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> Result<u64, DeviceError> {
+        let size = self.inner.refresh_size()?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn name(&self) -> &str {
@@ -357,7 +364,7 @@ impl BlockDevice for FaultyDevice {
         if state.power_cut {
             return Err(self.eio("read", offset, buf.len()));
         }
-        check_range("read", &self.name, offset, buf.len(), self.size)?;
+        check_range("read", &self.name, offset, buf.len(), self.size())?;
         state.stats.reads += 1;
         state.since_plan.0 += 1;
         if state.plan.fail_nth_read == Some(state.since_plan.0)
@@ -396,7 +403,7 @@ impl BlockDevice for FaultyDevice {
         if state.power_cut {
             return Err(self.eio("write", offset, data.len()));
         }
-        check_range("write", &self.name, offset, data.len(), self.size)?;
+        check_range("write", &self.name, offset, data.len(), self.size())?;
         state.stats.writes += 1;
         state.since_plan.1 += 1;
         if state.plan.fail_nth_write == Some(state.since_plan.1)

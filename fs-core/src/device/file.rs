@@ -3,6 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{check_range, BlockDevice, DeviceError};
 
@@ -11,7 +12,7 @@ use super::{check_range, BlockDevice, DeviceError};
 pub struct FileDevice {
     file: File,
     name: String,
-    size: u64,
+    size: AtomicU64,
 }
 
 impl FileDevice {
@@ -30,7 +31,7 @@ impl FileDevice {
         Ok(Self {
             file,
             name: path.display().to_string(),
-            size,
+            size: AtomicU64::new(size),
         })
     }
 }
@@ -49,7 +50,19 @@ pub(crate) fn device_size(file: &File) -> std::io::Result<u64> {
 
 impl BlockDevice for FileDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> Result<u64, DeviceError> {
+        let size = device_size(&self.file).map_err(|source| DeviceError::Io {
+            op: "measure",
+            device: self.name.clone(),
+            offset: 0,
+            len: 0,
+            source,
+        })?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn name(&self) -> &str {
@@ -57,7 +70,7 @@ impl BlockDevice for FileDevice {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        check_range("read", &self.name, offset, buf.len(), self.size)?;
+        check_range("read", &self.name, offset, buf.len(), self.size())?;
         self.file
             .read_exact_at(buf, offset)
             .map_err(|source| DeviceError::Io {
@@ -70,7 +83,7 @@ impl BlockDevice for FileDevice {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
-        check_range("write", &self.name, offset, data.len(), self.size)?;
+        check_range("write", &self.name, offset, data.len(), self.size())?;
         self.file
             .write_all_at(data, offset)
             .map_err(|source| DeviceError::Io {

@@ -21,6 +21,12 @@ impl MemDevice {
         }
     }
 
+    /// Grows (with zeros) or shrinks the device, like a partition or image file resized.
+    pub fn set_len(&self, size: u64) {
+        let len = usize::try_from(size).expect("MemDevice size fits in memory");
+        self.lock().resize(len, 0);
+    }
+
     /// A copy of the whole device contents.
     pub fn snapshot(&self) -> Vec<u8> {
         self.lock().clone()

@@ -79,6 +79,12 @@ pub trait BlockDevice: Debug + Send + Sync {
     /// Human-readable name (the path it was opened from) used in errors.
     fn name(&self) -> &str;
 
+    /// Measures the size again (a partition or image file grown or shrunk while open) and
+    /// returns it; [`BlockDevice::size`] answers it from then on.
+    fn refresh_size(&self) -> Result<u64, DeviceError> {
+        Ok(self.size())
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError>;
 

@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ const MAX_ENTER_FAILURES: u32 = 1_000;
 /// `fdatasync` covers writes made through either.
 pub struct UringDevice {
     name: String,
-    size: u64,
+    size: AtomicU64,
     buffered: File,
     direct: Option<File>,
     /// Cleared if the direct descriptor rejects a correctly aligned request with `EINVAL`.
@@ -64,7 +64,7 @@ impl fmt::Debug for UringDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UringDevice")
             .field("name", &self.name)
-            .field("size", &self.size)
+            .field("size", &self.size())
             .field("direct", &self.uses_direct_io())
             .field("rings", &self.rings.len())
             .finish_non_exhaustive()
@@ -136,7 +136,7 @@ impl UringDevice {
     ) -> Self {
         Self {
             name: path.display().to_string(),
-            size,
+            size: AtomicU64::new(size),
             buffered,
             direct_enabled: AtomicBool::new(direct.is_some()),
             direct,
@@ -234,7 +234,19 @@ fn is_addr_aligned(ptr: *const u8) -> bool {
 
 impl BlockDevice for UringDevice {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> Result<u64, DeviceError> {
+        let size = device_size(&self.buffered).map_err(|source| DeviceError::Io {
+            op: "measure",
+            device: self.name.clone(),
+            offset: 0,
+            len: 0,
+            source,
+        })?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn name(&self) -> &str {
@@ -268,7 +280,7 @@ impl BlockDevice for UringDevice {
 
     fn read_batch(&self, ops: &mut [ReadOp<'_>]) -> Result<(), DeviceError> {
         for op in ops.iter() {
-            check_range("read", &self.name, op.offset, op.buf.len(), self.size)?;
+            check_range("read", &self.name, op.offset, op.buf.len(), self.size())?;
         }
         let direct = self.uses_direct_io();
         let mut segs = Vec::with_capacity(ops.len());
@@ -311,7 +323,7 @@ impl BlockDevice for UringDevice {
 
     fn write_batch(&self, ops: &[WriteOp<'_>]) -> Result<(), DeviceError> {
         for op in ops {
-            check_range("write", &self.name, op.offset, op.data.len(), self.size)?;
+            check_range("write", &self.name, op.offset, op.data.len(), self.size())?;
         }
         let direct = self.uses_direct_io();
         let mut segs = Vec::with_capacity(ops.len());

@@ -37,7 +37,7 @@ use crate::format::{
 use crate::meta::backend::RegionCopy;
 use crate::meta::records::{BlockRecord, Location};
 use crate::meta::{BLOCKS, DEVICE_ERRORS, FILE_BLOCKS};
-use crate::pool::{write_superblock, Member, MIN_MEMBER_SIZE};
+use crate::pool::{write_resized_superblock, write_superblock, Member, MIN_MEMBER_SIZE};
 use crate::types::{DeviceIndex, Tier};
 
 /// Blocks moved per batch (each batch is one commit).
@@ -408,13 +408,19 @@ impl Filesystem {
 
     /// The blocks with a copy on member `index`.
     pub fn blocks_on(&self, index: DeviceIndex) -> FsResult<Vec<u64>> {
+        self.blocks_where(|at, _| at.device == index)
+    }
+
+    /// The blocks with a copy whose location (and the block's length in sectors) `wanted`
+    /// accepts.
+    fn blocks_where(&self, wanted: impl Fn(&Location, u64) -> bool) -> FsResult<Vec<u64>> {
         self.view(|tx| {
             let mut found = Vec::new();
             for entry in tx.txn.open_table(BLOCKS)?.iter()? {
                 let (id, raw) = entry?;
                 let record = BlockRecord::decode(raw.value())
                     .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
-                if record.locations().any(|at| at.device == index) {
+                if record.locations().any(|at| wanted(&at, record.sectors())) {
                     found.push(id.value());
                 }
             }
@@ -430,6 +436,19 @@ impl Filesystem {
         blocks: &[u64],
         prefer: Option<DeviceIndex>,
     ) -> FsResult<Moved> {
+        self.move_off(index, 0, blocks, prefer)
+    }
+
+    /// Moves the copies that `blocks` have on member `index` reaching absolute sector `from`
+    /// or beyond to where new blocks may go (`prefer` first, never beside the block's other
+    /// copy); the moves become durable with the next commit.
+    fn move_off(
+        &self,
+        index: DeviceIndex,
+        from: u64,
+        blocks: &[u64],
+        prefer: Option<DeviceIndex>,
+    ) -> FsResult<Moved> {
         let tier = self
             .tier_of(index)
             .ok_or_else(|| FsError::Pool(format!("the pool has no member {}", index.0)))?;
@@ -440,11 +459,18 @@ impl Filesystem {
                 let Ok(record) = tx.block_record(id) else {
                     continue;
                 };
-                let Some(from) = record.locations().find(|at| at.device == index) else {
+                let Some(moving) = record
+                    .locations()
+                    .find(|at| at.device == index && at.sector + record.sectors() > from)
+                else {
                     continue;
                 };
                 // Never both copies of a block on one device.
-                let avoid: Vec<DeviceIndex> = record.locations().map(|at| at.device).collect();
+                let avoid: Vec<DeviceIndex> = record
+                    .locations()
+                    .filter(|at| *at != moving)
+                    .map(|at| at.device)
+                    .collect();
                 let sectors = record.sectors();
                 let alloc = &mut tx.book.alloc;
                 let to = prefer
@@ -456,7 +482,7 @@ impl Filesystem {
                     Some((device, sector)) => jobs.push(Move {
                         id,
                         record,
-                        from,
+                        from: moving,
                         to: Location { device, sector },
                     }),
                     None => no_room += 1,
@@ -622,6 +648,219 @@ impl Filesystem {
     }
 }
 
+/// Resizing members: growing into space the device gained, and shrinking after the tail of
+/// the data area is emptied.
+impl Filesystem {
+    /// Member `index`'s superblock laid out for `size` bytes (rounded down to a sector).
+    fn resized(&self, index: DeviceIndex, size: u64) -> FsResult<Superblock> {
+        let sb = self
+            .pool
+            .members()
+            .iter()
+            .find(|m| m.superblock.device_index == index)
+            .map(|m| m.superblock.clone())
+            .ok_or(FsError::MissingDevice(index))?;
+        let size = size - size % SECTOR_SIZE;
+        let data_end = size.saturating_sub(SUPERBLOCK_SIZE as u64);
+        let min_data = 16 * self.block_size;
+        if size < MIN_MEMBER_SIZE || data_end < sb.data_start + min_data {
+            return Err(FsError::Conflict(format!(
+                "member {} cannot be smaller than {} bytes",
+                index.0,
+                (sb.data_start + min_data + SUPERBLOCK_SIZE as u64).max(MIN_MEMBER_SIZE)
+            )));
+        }
+        if sb.meta_len > 0
+            && sb.meta_offset >= sb.data_start
+            && sb.meta_offset + sb.meta_len > data_end
+        {
+            return Err(FsError::Conflict(format!(
+                "member {} holds a metadata copy at {}..{}, past the new end: it cannot shrink that far",
+                index.0,
+                sb.meta_offset,
+                sb.meta_offset + sb.meta_len
+            )));
+        }
+        Ok(Superblock {
+            device_size: size,
+            data_end,
+            ..sb
+        })
+    }
+
+    /// Writes member `index`'s resized superblock, then the member list with its new size.
+    fn write_resized(&self, index: DeviceIndex, superblock: Superblock) -> FsResult<()> {
+        let device = self
+            .pool
+            .device(index)
+            .ok_or(FsError::MissingDevice(index))?;
+        let (mut list, generation) = self.pool.member_list();
+        for info in list.iter_mut().filter(|m| m.index == index) {
+            info.size = superblock.device_size;
+        }
+        let superblock = Superblock {
+            members: list.clone(),
+            generation: generation + 1,
+            ..superblock
+        };
+        write_resized_superblock(device.as_ref(), &superblock)?;
+        if let Some(member) = self
+            .pool
+            .members_mut()
+            .iter_mut()
+            .find(|m| m.superblock.device_index == index)
+        {
+            member.superblock = superblock;
+        }
+        self.pool
+            .write_member_list(&list, generation + 1, Some(index))
+    }
+
+    /// Grows member `index` to `size` bytes, or to its device's whole size with `None` (the
+    /// device is measured again: a grown partition or image file). Returns the new size.
+    pub fn grow_member(&self, index: DeviceIndex, size: Option<u64>) -> FsResult<u64> {
+        let _change = self.lock_device_changes();
+        self.refuse_if_read_only()?;
+        let device = self
+            .pool
+            .device(index)
+            .ok_or(FsError::MissingDevice(index))?;
+        let available = device.refresh_size()?;
+        let current = self
+            .pool
+            .members()
+            .iter()
+            .find(|m| m.superblock.device_index == index)
+            .map_or(0, |m| m.superblock.device_size);
+        let wanted = size.unwrap_or(available);
+        let wanted = wanted - wanted % SECTOR_SIZE;
+        if wanted > available {
+            return Err(FsError::Conflict(format!(
+                "member {} is on a device of {available} bytes; it cannot grow to {wanted}",
+                index.0
+            )));
+        }
+        if wanted <= current {
+            return Err(FsError::Conflict(format!(
+                "member {} already uses {current} bytes of its device: grow the device (partition or image file) first",
+                index.0
+            )));
+        }
+        let superblock = self.resized(index, wanted)?;
+        let sectors = (superblock.data_end - superblock.data_start) / SECTOR_SIZE;
+        self.write_resized(index, superblock)?;
+        self.with_tx(|tx| {
+            tx.book
+                .alloc
+                .resize_device(index, sectors)
+                .map_err(|e| FsError::Corrupt(e.to_string()))
+        })?;
+        tracing::info!(
+            member = index.0,
+            from = current,
+            to = wanted,
+            "a member grew"
+        );
+        Ok(wanted)
+    }
+
+    /// Starts shrinking member `index` to `size` bytes: no new block goes past its new end
+    /// from now on; [`shrink_member`] then moves what is there and finishes. Refused when the
+    /// pool cannot hold what lies past the new end elsewhere.
+    pub fn begin_shrink(&self, index: DeviceIndex, size: u64) -> FsResult<u64> {
+        let _change = self.lock_device_changes();
+        self.refuse_if_read_only()?;
+        let superblock = self.resized(index, size)?;
+        let current = self
+            .pool
+            .members()
+            .iter()
+            .find(|m| m.superblock.device_index == index)
+            .map_or(0, |m| m.superblock.device_size);
+        if superblock.device_size >= current {
+            return Err(FsError::Conflict(format!(
+                "member {} uses {current} bytes; {} is not smaller",
+                index.0, superblock.device_size
+            )));
+        }
+        let fence = superblock.data_end / SECTOR_SIZE;
+        let mut state = self.lock_state();
+        let alloc = &mut state.book.alloc;
+        let Some(space) = alloc.device(index) else {
+            return Err(FsError::MissingDevice(index));
+        };
+        let past = space.used_from(fence);
+        // Free sectors new blocks can use, less the tail's own.
+        let tail_free = if space.is_accepting() {
+            space.fence().saturating_sub(fence) - past
+        } else {
+            0
+        };
+        let room = alloc.free_sectors().saturating_sub(tail_free);
+        if past > room {
+            return Err(FsError::Conflict(format!(
+                "member {} holds {} MiB past the new end and the pool has {} MiB free elsewhere",
+                index.0,
+                (past * SECTOR_SIZE) >> 20,
+                (room * SECTOR_SIZE) >> 20
+            )));
+        }
+        alloc.set_fence(index, Some(fence));
+        Ok(superblock.device_size)
+    }
+
+    /// Stops shrinking member `index`: new blocks may go anywhere on it again.
+    pub fn cancel_shrink(&self, index: DeviceIndex) {
+        self.lock_state().book.alloc.set_fence(index, None);
+    }
+
+    /// The blocks with a copy on member `index` that reaches absolute sector `from` or
+    /// beyond.
+    pub fn blocks_past(&self, index: DeviceIndex, from: u64) -> FsResult<Vec<u64>> {
+        self.blocks_where(|at, sectors| at.device == index && at.sector + sectors > from)
+    }
+
+    /// Finishes shrinking member `index` to `size` bytes once a commit leaves no block past
+    /// its new end.
+    pub fn finish_shrink(&self, index: DeviceIndex, size: u64) -> FsResult<()> {
+        let _change = self.lock_device_changes();
+        self.refuse_if_read_only()?;
+        self.commit()?;
+        let superblock = self.resized(index, size)?;
+        let fence = superblock.data_end / SECTOR_SIZE;
+        let left = self.blocks_past(index, fence)?.len();
+        if left > 0 {
+            return Err(FsError::Conflict(format!(
+                "{left} blocks are still past the new end of member {}",
+                index.0
+            )));
+        }
+        let sectors = (superblock.data_end - superblock.data_start) / SECTOR_SIZE;
+        self.with_tx(|tx| {
+            let book = &mut *tx.book;
+            // Sectors freed past the new end by the moves are free on disk since the commit:
+            // return them now rather than at the next release.
+            let (past, kept): (Vec<_>, Vec<_>) = book
+                .durable_free
+                .drain(..)
+                .partition(|(device, sector, count)| *device == index && sector + count > fence);
+            book.durable_free = kept;
+            for (device, sector, count) in past {
+                book.alloc
+                    .release(device, sector, count)
+                    .map_err(|e| FsError::Corrupt(e.to_string()))?;
+            }
+            book.alloc
+                .resize_device(index, sectors)
+                .map_err(|e| FsError::Corrupt(e.to_string()))
+        })?;
+        let new_size = superblock.device_size;
+        self.write_resized(index, superblock)?;
+        tracing::info!(member = index.0, to = new_size, "a member shrank");
+        Ok(())
+    }
+}
+
 /// Zeroes both superblock copies of a device that left the pool, so it is not taken for a
 /// member again (a device that cannot be written is only logged).
 fn wipe_superblocks(member: &Member) {
@@ -649,7 +888,52 @@ pub fn empty_member(
     fs: &Filesystem,
     index: DeviceIndex,
     options: EmptyOptions<'_>,
+    report: impl FnMut(&Evacuation),
+) -> FsResult<Evacuation> {
+    drain(
+        fs,
+        index,
+        0,
+        &options,
+        report,
+        || fs.blocks_on(index),
+        || fs.finish_removal(index),
+    )
+}
+
+/// Shrinks member `index` (already [`Filesystem::begin_shrink`]'d) to `size` bytes: the
+/// blocks past its new end move (below it on the same member first), batch by batch as in
+/// [`empty_member`], then its superblocks and the member list take the new size. Cancelled,
+/// it returns with the member its old size ([`Filesystem::cancel_shrink`] lifts the fence).
+pub fn shrink_member(
+    fs: &Filesystem,
+    index: DeviceIndex,
+    size: u64,
+    options: EmptyOptions<'_>,
+    report: impl FnMut(&Evacuation),
+) -> FsResult<Evacuation> {
+    let end = fs.resized(index, size)?.data_end / SECTOR_SIZE;
+    drain(
+        fs,
+        index,
+        end,
+        &options,
+        report,
+        || fs.blocks_past(index, end),
+        || fs.finish_shrink(index, size),
+    )
+}
+
+/// Moves the copies on member `index` at or past sector `from` in committed batches, as
+/// `list` finds them, until none is left; then `finish`.
+fn drain(
+    fs: &Filesystem,
+    index: DeviceIndex,
+    from: u64,
+    options: &EmptyOptions<'_>,
     mut report: impl FnMut(&Evacuation),
+    list: impl Fn() -> FsResult<Vec<u64>>,
+    finish: impl FnOnce() -> FsResult<()>,
 ) -> FsResult<Evacuation> {
     let started = Instant::now();
     let mut progress = Evacuation {
@@ -663,13 +947,19 @@ pub fn empty_member(
         finished: false,
     };
     loop {
-        let blocks = fs.blocks_on(index)?;
+        let blocks = list()?;
         if blocks.is_empty() {
             break;
         }
         if progress.blocks_total == 0 {
             progress.blocks_total = blocks.len() as u64;
-            progress.bytes_total = fs.lock_state().book.alloc.used_sectors(index) * SECTOR_SIZE;
+            progress.bytes_total = fs
+                .lock_state()
+                .book
+                .alloc
+                .device(index)
+                .map_or(0, |d| d.used_from(from))
+                * SECTOR_SIZE;
         }
         let mut moved_this_pass = 0;
         let mut unmovable = 0;
@@ -679,7 +969,7 @@ pub fn empty_member(
                 report(&progress);
                 return Ok(progress);
             }
-            let moved = fs.evacuate(index, batch, options.prefer)?;
+            let moved = fs.move_off(index, from, batch, options.prefer)?;
             fs.commit()?;
             moved_this_pass += moved.moved;
             unmovable += moved.skipped;
@@ -696,7 +986,7 @@ pub fn empty_member(
             )));
         }
     }
-    fs.finish_removal(index)?;
+    finish()?;
     progress.running = false;
     progress.finished = true;
     progress.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
