@@ -6,16 +6,19 @@
 #   scripts/install-deps.sh --check    # only report what is missing (exit 1 if anything is)
 #
 # What it covers:
-#   * Debian packages (apt-get update runs once, only if something is missing)
+#   * Debian packages (apt-get update runs once, only if something is missing),
+#     smartmontools among them for the SMART health of block-device members
 #   * pjdfstest and fsx from crates.io, pinned, via `cargo install --locked`
 #     (only when the binary is missing or is another version)
 #   * the dummy user/group pjdfstest switches to: `tests` (plus Debian's
 #     built-in `nobody`/`nogroup`)
 set -euo pipefail
 
+# smartmontools: smartctl, whose SMART health `aegis device status` shows for block-device
+# members (optional at run time: without it the health column says n/a).
 readonly APT_PACKAGES=(
     fuse3 libfuse3-dev pkg-config e2fsprogs rsync tmux util-linux
-    fio python3 shellcheck systemd curl rclone
+    fio python3 shellcheck systemd curl rclone smartmontools
 )
 # Versions verified with `cargo info` and used to validate the harness.
 readonly PJDFSTEST_VERSION=0.2.2

@@ -8,6 +8,7 @@ pub use crate::daemon::alerts::Alert;
 pub use crate::daemon::state::{
     AuditEntry, AuditVerdict, Event, IoSample, JobRun, Level, RunOutcome,
 };
+pub use crate::smart::SmartHealth;
 
 /// One member of a pool as the API reports it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -36,6 +37,9 @@ pub struct MemberStatus {
     pub checksum_errors: u64,
     /// Damaged copies rewritten from a good copy.
     pub repaired: u64,
+    /// SMART health from `smartctl`, for a block device, in `GET /v1/devices` only (`None`
+    /// for image files, missing members, and in `GET /v1/status`).
+    pub health: Option<SmartHealth>,
 }
 
 /// `GET /v1/devices`: the members, the emptying of a member being removed or replaced, and

@@ -332,14 +332,20 @@ fn progress_line(evacuation: &api::Evacuation) -> String {
     )
 }
 
+/// The health column: `ok`, `FAILING`, `n/a` (no smartctl, or no SMART data), `-` (an image
+/// file or a missing member: not queried).
+fn health_cell(health: Option<&api::SmartHealth>) -> &'static str {
+    health.map_or("-", api::SmartHealth::verdict)
+}
+
 fn print_devices(devices: &Devices) {
     println!(
-        "{:>3}  {:<4}  {:<8}  {:>10}  {:>10}  {:>6} {:>6} {:>6}  path",
-        "#", "tier", "state", "size", "used", "read", "write", "cksum"
+        "{:>3}  {:<4}  {:<8}  {:>10}  {:>10}  {:>6} {:>6} {:>6}  {:<7}  path",
+        "#", "tier", "state", "size", "used", "read", "write", "cksum", "health"
     );
     for m in &devices.members {
         println!(
-            "{:>3}  {:<4}  {:<8}  {:>10}  {:>10}  {:>6} {:>6} {:>6}  {}{}",
+            "{:>3}  {:<4}  {:<8}  {:>10}  {:>10}  {:>6} {:>6} {:>6}  {:<7}  {}{}",
             m.index,
             m.tier,
             m.state,
@@ -348,6 +354,7 @@ fn print_devices(devices: &Devices) {
             m.read_errors,
             m.write_errors,
             m.checksum_errors,
+            health_cell(m.health.as_ref()),
             if m.path.is_empty() { "-" } else { &m.path },
             if m.metadata_copy {
                 "  (metadata copy)"
@@ -356,6 +363,7 @@ fn print_devices(devices: &Devices) {
             }
         );
     }
+    print_health_notes(devices);
     if let Some(evacuation) = &devices.evacuation {
         let what = if evacuation.running {
             "running"
@@ -382,5 +390,60 @@ fn print_devices(devices: &Devices) {
         for path in &devices.unavailable_files {
             println!("  {path}");
         }
+    }
+}
+
+/// A line per disk whose SMART self-assessment failed, with its figures; why disks have no
+/// SMART data (once, if smartctl is missing).
+fn print_health_notes(devices: &Devices) {
+    let mut not_installed = false;
+    for m in &devices.members {
+        let Some(health) = &m.health else { continue };
+        if health.failing() {
+            println!(
+                "FAILING: member {} ({}) fails its SMART health check: {}; replace it (`aegis device replace`)",
+                m.index,
+                m.path,
+                health.details()
+            );
+        } else if health.message.as_deref() == Some(appliance::smart::NOT_INSTALLED) {
+            not_installed = true;
+        } else if !health.available {
+            println!(
+                "member {} ({}): no SMART data: {}",
+                m.index,
+                m.path,
+                health.message.as_deref().unwrap_or("the device gave none")
+            );
+        }
+    }
+    if not_installed {
+        println!(
+            "health: {} (SMART status of disks is not shown)",
+            appliance::smart::NOT_INSTALLED
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_column_names_each_case() {
+        assert_eq!(health_cell(None), "-");
+        let ok = api::SmartHealth {
+            available: true,
+            passed: Some(true),
+            ..api::SmartHealth::default()
+        };
+        assert_eq!(health_cell(Some(&ok)), "ok");
+        let failing = api::SmartHealth {
+            passed: Some(false),
+            ..ok.clone()
+        };
+        assert_eq!(health_cell(Some(&failing)), "FAILING");
+        let missing = api::SmartHealth::unavailable(appliance::smart::NOT_INSTALLED);
+        assert_eq!(health_cell(Some(&missing)), "n/a");
     }
 }

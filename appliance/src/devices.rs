@@ -1,7 +1,8 @@
 //! Device management of a served pool (`/v1/devices...`): adding a member, and removing or
 //! replacing one, whose emptying runs on a thread of its own ([`Evacuator`]), throttled,
 //! resumed at mount when a crash or an unmount cut it short, and stopped before unmount.
-//! The work itself is `fs_core::fs::devices`.
+//! The work itself is `fs_core::fs::devices`. The member list carries each disk's SMART
+//! health ([`crate::smart`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use crate::api::{
     DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, DeviceResize, Devices, Evacuation, Resized,
 };
 use crate::http::Failure;
+use crate::smart::SmartCache;
 
 /// Files a degraded pool's `GET /v1/devices` names at most.
 const UNAVAILABLE_LISTED: usize = 100;
@@ -27,6 +29,7 @@ const UNAVAILABLE_LISTED: usize = 100;
 pub struct Evacuator {
     backend: Backend,
     run: Mutex<Option<Run>>,
+    smart: SmartCache,
 }
 
 struct Run {
@@ -98,15 +101,23 @@ impl Evacuator {
         Self {
             backend,
             run: Mutex::new(None),
+            smart: SmartCache::default(),
         }
     }
 
-    /// The members, the emptying under way (or the last one), and what a degraded pool
-    /// cannot read.
+    /// The members with the SMART health of those that are disks (cached; no pool lock is
+    /// held while `smartctl` runs), the emptying under way (or the last one), and what a
+    /// degraded pool cannot read.
     pub fn devices(&self, fs: &Filesystem) -> Result<Devices, Failure> {
         let status = crate::service::api_status(&fs.status(), "", "", std::time::Instant::now());
+        let mut members = status.members;
+        let paths: Vec<&str> = members.iter().map(|m| m.path.as_str()).collect();
+        let health = self.smart.health_of_all(&paths);
+        for (member, health) in members.iter_mut().zip(health) {
+            member.health = health;
+        }
         Ok(Devices {
-            members: status.members,
+            members,
             evacuation: self.evacuation(),
             unavailable_files: fs
                 .files_on_missing_members(UNAVAILABLE_LISTED)

@@ -10,4 +10,5 @@ pub mod http;
 pub mod keys;
 pub mod serve;
 pub mod service;
+pub mod smart;
 pub mod units;

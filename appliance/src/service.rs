@@ -213,6 +213,7 @@ pub fn api_status(fs: &FsStatus, name: &str, mountpoint: &str, started: Instant)
             write_errors: m.errors.write,
             checksum_errors: m.errors.checksum,
             repaired: m.errors.repaired,
+            health: None,
         })
         .collect();
     let tiers = [Tier::Fast, Tier::Slow]

@@ -1,13 +1,14 @@
 //! `aegis device` end to end on a mounted pool of image files: add, remove and replace under
 //! concurrent writes with every file verified afterwards, a member missing at mount (degraded,
-//! then back), and bad requests.
+//! then back), bad requests, and the health column for a loop device member.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -292,4 +293,95 @@ fn members_grow_and_shrink_online_and_an_interrupted_removal_resumes_at_mount() 
         "{}",
         String::from_utf8_lossy(&report.stdout)
     );
+}
+
+/// Detaches the loop device when dropped, also when the test fails.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn attach(image: &Path) -> Option<Self> {
+        let output = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .map_err(|err| eprintln!("NOTE: cannot run losetup ({err}); skipping"))
+            .ok()?;
+        if !output.status.success() {
+            eprintln!(
+                "NOTE: losetup failed ({}); skipping",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return None;
+        }
+        Some(Self(
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        ))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        match Command::new("losetup").arg("-d").arg(&self.0).status() {
+            Ok(status) if status.success() => {}
+            other => eprintln!("WARNING: losetup -d {} failed: {other:?}", self.0),
+        }
+    }
+}
+
+#[test]
+fn device_status_shows_health_for_a_loop_device_member() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("NOTE: not root; skipping the loop device check");
+        return;
+    }
+    let sb = Sandbox::new();
+    let image = sb.path("disk.img");
+    fs::File::create(&image)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    // Declared after the sandbox and before the mount: unmounted first, then detached.
+    let Some(disk) = LoopDevice::attach(&image) else {
+        return;
+    };
+    let fast = sb.path("fast.img").display().to_string();
+    sb.ok(&[
+        "format",
+        "--fast",
+        &fast,
+        "--fast-size",
+        "256M",
+        "--slow",
+        &disk.0,
+        "--label",
+        "tank",
+    ]);
+    let guard = sb.mount_devices(&[&fast, &disk.0], "mnt");
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+
+    // A loop device has no SMART data (and without smartctl nothing has): n/a, with the
+    // reason; the image file is not queried.
+    let out = sb.ok(&["device", "status", &mnt]);
+    assert!(out.contains(&format!("-        {fast}")), "{out}");
+    assert!(out.contains(&format!("n/a      {}", disk.0)), "{out}");
+    assert!(
+        out.contains(&format!("member 1 ({}): no SMART data: ", disk.0))
+            || out.contains("health: smartctl not installed"),
+        "{out}"
+    );
+    let status = devices_json(&sb, &mnt);
+    assert!(status["members"][0]["health"].is_null(), "{status}");
+    let health = &status["members"][1]["health"];
+    assert_eq!(health["available"], false, "{status}");
+    assert!(health["passed"].is_null(), "{status}");
+    assert!(
+        health["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{status}"
+    );
+    // Only GET /v1/devices asks: the status the console polls carries none.
+    let pool: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", &mnt, "--json"])).unwrap();
+    assert!(pool["members"][1]["health"].is_null(), "{pool}");
+    guard.unmount();
 }
