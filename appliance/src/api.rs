@@ -59,7 +59,7 @@ pub struct Devices {
 pub struct Evacuation {
     pub member: u16,
     pub path: String,
-    /// `remove`, `replace` or `shrink`.
+    /// `remove`, `replace`, `shrink`, or `faulted` (the blocks of a faulted member moved off).
     pub action: String,
     /// The member its blocks go to first (the new device of a `replace`).
     pub replacement: Option<u16>,

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use fs_core::device::Backend;
-use fs_core::fs::devices::{empty_member, shrink_member, EmptyOptions, NewMember};
+use fs_core::fs::devices::{empty_faulted, empty_member, shrink_member, EmptyOptions, NewMember};
 use fs_core::fs::Filesystem;
 use fs_core::pool::{open_new_member, MemberSpec};
 use fs_core::types::{DeviceIndex, Tier};
@@ -28,7 +29,9 @@ const UNAVAILABLE_LISTED: usize = 100;
 /// Empties members being removed, one at a time, on a thread of its own.
 pub struct Evacuator {
     backend: Backend,
-    run: Mutex<Option<Run>>,
+    run: Arc<Mutex<Option<Run>>>,
+    /// Faults failing members and empties faulted ones (see [`Evacuator::watch`]).
+    watcher: Mutex<Option<Watcher>>,
     smart: SmartCache,
 }
 
@@ -100,7 +103,8 @@ impl Evacuator {
     pub fn new(backend: Backend) -> Self {
         Self {
             backend,
-            run: Mutex::new(None),
+            run: Arc::new(Mutex::new(None)),
+            watcher: Mutex::new(None),
             smart: SmartCache::default(),
         }
     }
@@ -337,8 +341,38 @@ impl Evacuator {
         *lock(&self.run) = Some(start(fs, index, path, Job::Empty { prefer: None }, rate));
     }
 
-    /// Stops the emptying under way (before unmount): it resumes at the next mount.
+    /// Starts watching the members' health every [`WATCH_EVERY`]: a member whose errors pass
+    /// the fault thresholds is faulted, and a faulted member's blocks are moved off (once a
+    /// mount: a member whose emptying failed is left to the operator).
+    pub fn watch(&self, fs: &Arc<Filesystem>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fs, slot, thread_stop) = (Arc::clone(fs), Arc::clone(&self.run), Arc::clone(&stop));
+        let spawned = std::thread::Builder::new()
+            .name("aegis-health".into())
+            .spawn(move || {
+                let mut emptied = Vec::new();
+                while !thread_stop.load(Ordering::Relaxed) {
+                    check_health(&fs, &slot, &mut emptied);
+                    let until = std::time::Instant::now() + WATCH_EVERY;
+                    while std::time::Instant::now() < until && !thread_stop.load(Ordering::Relaxed)
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            });
+        match spawned {
+            Ok(thread) => *lock(&self.watcher) = Some(Watcher { stop, thread }),
+            Err(err) => tracing::error!(error = %err, "cannot start the device health watcher"),
+        }
+    }
+
+    /// Stops the health watcher and the emptying under way (before unmount): a removal
+    /// resumes at the next mount.
     pub fn stop(&self) {
+        if let Some(watcher) = lock(&self.watcher).take() {
+            watcher.stop.store(true, Ordering::Relaxed);
+            let _ = watcher.thread.join();
+        }
         let run = lock(&self.run).take();
         if let Some(mut run) = run {
             run.cancel.store(true, Ordering::Relaxed);
@@ -346,6 +380,57 @@ impl Evacuator {
                 let _ = thread.join();
             }
         }
+    }
+}
+
+/// How often the health watcher looks at the members' error counters.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// Faults the members whose errors passed the thresholds, then starts emptying a faulted
+/// member (not one already tried this mount, in `emptied`) unless something runs.
+fn check_health(fs: &Arc<Filesystem>, slot: &Mutex<Option<Run>>, emptied: &mut Vec<DeviceIndex>) {
+    if fs.is_read_only() {
+        return;
+    }
+    for (index, errors) in fs.members_failing() {
+        let why = format!(
+            "{} read, {} write and {} checksum errors",
+            errors.read, errors.write, errors.checksum
+        );
+        if let Err(err) = fs.fault_member(index, &why) {
+            tracing::error!(member = index.0, error = %err, "cannot mark a failing member faulted");
+        }
+    }
+    let mut run = lock(slot);
+    if run.as_ref().is_some_and(Run::is_running) {
+        return;
+    }
+    let faulted = match fs.faulted_members() {
+        Ok(faulted) => faulted,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot list the faulted members");
+            return;
+        }
+    };
+    if let Some(&index) = faulted.iter().find(|index| !emptied.contains(index)) {
+        emptied.push(index);
+        let path = fs
+            .status()
+            .members
+            .iter()
+            .find(|m| m.index == index)
+            .map(|m| m.path.clone())
+            .unwrap_or_default();
+        tracing::warn!(
+            member = index.0,
+            "moving the blocks of a faulted member to the others"
+        );
+        *run = Some(start(fs, index, path, Job::EmptyFaulted, 0));
     }
 }
 
@@ -366,6 +451,8 @@ fn refuse_if_running(run: Option<&Run>) -> Result<(), Failure> {
 enum Job {
     /// Empties it so it leaves the pool (remove, replace); `prefer` takes its blocks first.
     Empty { prefer: Option<DeviceIndex> },
+    /// Moves its blocks off, leaving it in the pool (a faulted member).
+    EmptyFaulted,
     /// Moves what lies past `size` bytes, then shrinks it; an image file is truncated to
     /// the new size afterwards.
     Shrink { size: u64, image: Option<PathBuf> },
@@ -377,6 +464,7 @@ fn start(fs: &Arc<Filesystem>, index: DeviceIndex, path: String, job: Job, rate:
     let (action, replacement, target_size) = match &job {
         Job::Empty { prefer: Some(new) } => ("replace", Some(new.0), None),
         Job::Empty { prefer: None } => ("remove", None, None),
+        Job::EmptyFaulted => ("faulted", None, None),
         Job::Shrink { size, .. } => ("shrink", None, Some(*size)),
     };
     let status = Arc::new(Mutex::new(Evacuation {
@@ -434,6 +522,14 @@ fn run(
                 cancel,
             };
             empty_member(fs, index, options, report)
+        }
+        Job::EmptyFaulted => {
+            let options = EmptyOptions {
+                rate_bytes_per_sec: rate,
+                prefer: None,
+                cancel,
+            };
+            empty_faulted(fs, index, options, report)
         }
         Job::Shrink { size, image } => {
             let options = EmptyOptions {

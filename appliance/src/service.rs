@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use fs_core::device::Backend;
-use fs_core::format::MemberState;
 use fs_core::fs::props::{Property, Source};
 use fs_core::fs::scrub::Scrubber;
 use fs_core::fs::snapshot::{Change, SnapshotInfo};
@@ -123,6 +122,7 @@ impl MountedPool {
             .context("cannot start the FUSE session thread")?;
         service.resume_scrub();
         service.devices.resume(&service.fs, 0);
+        service.devices.watch(&service.fs);
         Ok(Self {
             service,
             unmounter: Mutex::new(unmounter),
@@ -181,15 +181,6 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|target| Path::new(&target.replace("\\040", " ")) == path)
 }
 
-/// How the API names a member's state.
-pub fn member_state(state: MemberState) -> &'static str {
-    match state {
-        MemberState::Active => "active",
-        MemberState::Removing => "removing",
-        MemberState::Missing => "missing",
-    }
-}
-
 /// Builds the API status from the filesystem's own report.
 pub fn api_status(fs: &FsStatus, name: &str, mountpoint: &str, started: Instant) -> Status {
     let members: Vec<MemberStatus> = fs
@@ -199,7 +190,7 @@ pub fn api_status(fs: &FsStatus, name: &str, mountpoint: &str, started: Instant)
             index: m.index.0,
             tier: m.tier.to_string(),
             path: m.path.clone(),
-            state: member_state(m.state).into(),
+            state: m.state.as_str().into(),
             metadata_copy: m.metadata_copy,
             size_bytes: m.size,
             data_bytes: m.data_bytes,

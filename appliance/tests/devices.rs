@@ -385,3 +385,62 @@ fn device_status_shows_health_for_a_loop_device_member() {
     assert!(pool["members"][1]["health"].is_null(), "{pool}");
     guard.unmount();
 }
+
+#[test]
+fn a_member_returning_bad_data_is_faulted_and_cleared_with_its_errors() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+    fs::create_dir(guard.path("cold")).unwrap();
+    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    for seed in 0..100 {
+        fs::write(
+            guard.path(&format!("cold/{seed}")),
+            pattern(seed, 512 * 1024),
+        )
+        .unwrap();
+    }
+    guard.unmount();
+    // The slow disk goes bad: the start of its data area reads back garbage.
+    let info: serde_json::Value = serde_json::from_str(&sb.ok(&["info", &slow, "--json"])).unwrap();
+    let start = info["superblock"]["data_area"]["start"].as_u64().unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut image = fs::OpenOptions::new().write(true).open(&slow).unwrap();
+        image.seek(SeekFrom::Start(start)).unwrap();
+        image.write_all(&pattern(77, 60 << 20)).unwrap();
+    }
+
+    let guard = sb.mount(&fast, &slow);
+    for seed in 0..100 {
+        assert!(fs::read(guard.path(&format!("cold/{seed}"))).is_err());
+    }
+    // The health watcher faults it within a few seconds and tries to move its blocks off
+    // (none can be: they have no intact copy).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status = devices_json(&sb, &mnt);
+        let evacuation = &status["evacuation"];
+        if status["members"][1]["state"] == "faulted"
+            && evacuation["action"] == "faulted"
+            && evacuation["running"] == false
+        {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let error = status["evacuation"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cannot be moved"), "{status}");
+    let text = sb.ok(&["device", "status", &mnt]);
+    assert!(text.contains("faulted"), "{text}");
+    // New data avoids it.
+    fs::write(guard.path("fresh"), pattern(5, 1 << 20)).unwrap();
+    sb.ok(&["sync", &mnt]);
+    // Clearing the errors (the operator's call) makes it active again.
+    sb.ok(&["status", &mnt, "--clear-errors"]);
+    let status = devices_json(&sb, &mnt);
+    assert_eq!(status["members"][1]["state"], "active", "{status}");
+    guard.unmount();
+}

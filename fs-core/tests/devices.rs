@@ -659,3 +659,99 @@ fn a_member_shrinks_after_its_tail_is_emptied() {
     drop(fs);
     members.assert_fsck_clean("after shrinking");
 }
+
+#[test]
+fn a_failing_member_is_faulted_emptied_where_readable_and_cleared() {
+    let members = Members::format(&[(Tier::Fast, 96), (Tier::Slow, 96), (Tier::Slow, 96)]);
+    let fs = members.open();
+    let mirrored_dir = common::mkdir(&fs, InodeId::ROOT, "mirrored");
+    fs.set_property(mirrored_dir, Property::Copies(2)).unwrap();
+    fs.set_property(mirrored_dir, Property::Tier(Some(Tier::Slow)))
+        .unwrap();
+    let mirrored: Vec<(InodeId, Vec<u8>)> = (0..8)
+        .map(|i| {
+            let ino = create_file(&fs, mirrored_dir, &format!("m{i}"));
+            let data = pattern(900 + i, 256 * 1024);
+            fs.write(ino, 0, &data).unwrap();
+            (ino, data)
+        })
+        .collect();
+    fs.set_property(InodeId::ROOT, Property::Tier(Some(Tier::Slow)))
+        .unwrap();
+    let single = write_files(&fs, "one", 20, 256 * 1024);
+    fs.commit().unwrap();
+    drop(fs);
+
+    // d1 (the slow member with the most data) fails every read of its data area.
+    let fs = members.open();
+    let failing = {
+        let used = used_by_member(&fs);
+        if used[&1] >= used[&2] {
+            "d1"
+        } else {
+            "d2"
+        }
+    };
+    let index = DeviceIndex(if failing == "d1" { 1 } else { 2 });
+    let data_area = {
+        let sb = fs_core::pool::read_superblock(members.device(failing).as_ref()).unwrap();
+        sb.data_start..sb.data_end
+    };
+    members.device(failing).set_plan(FaultPlan {
+        read_error_ranges: vec![data_area],
+        ..FaultPlan::default()
+    });
+    assert!(fs.members_failing().is_empty());
+    for name in single.keys() {
+        let ino = fs.lookup(InodeId::ROOT, name.as_bytes()).unwrap().ino;
+        for block in 0..4 {
+            let _ = fs.read(ino, block * 64 * 1024, 64 * 1024);
+        }
+    }
+    let failing_members = fs.members_failing();
+    assert_eq!(failing_members.len(), 1, "{failing_members:?}");
+    assert_eq!(failing_members[0].0, index);
+    fs.fault_member(index, "test").unwrap();
+    assert_eq!(state_of(&fs, index), Some(MemberState::Faulted));
+    assert!(
+        fs.members_failing().is_empty(),
+        "a faulted member is not faulted again"
+    );
+
+    // Emptying moves what can be read (the mirrored blocks, from their other copy) and
+    // names what cannot.
+    let cancel = not_cancelled();
+    let options = || EmptyOptions {
+        rate_bytes_per_sec: 0,
+        prefer: None,
+        cancel: &cancel,
+    };
+    let err = fs_core::fs::devices::empty_faulted(&fs, index, options(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be moved"), "{err}");
+    for (ino, data) in &mirrored {
+        assert!(read_all(&fs, *ino) == *data);
+    }
+    // New blocks avoid it.
+    let before = fs.blocks_on(index).unwrap().len();
+    write_files(&fs, "new", 5, 256 * 1024);
+    fs.commit().unwrap();
+    assert_eq!(fs.blocks_on(index).unwrap().len(), before);
+
+    // The disk recovers: the rest moves off, and it stays faulted (and empty) until cleared.
+    members.device(failing).set_plan(FaultPlan::default());
+    let done = fs_core::fs::devices::empty_faulted(&fs, index, options(), |_| {}).unwrap();
+    assert!(done.finished);
+    assert!(fs.blocks_on(index).unwrap().is_empty());
+    assert_eq!(state_of(&fs, index), Some(MemberState::Faulted));
+    assert_files(&fs, &single);
+    fs.clear_errors().unwrap();
+    assert_eq!(state_of(&fs, index), Some(MemberState::Active));
+    drop(fs);
+    let fs = members.open();
+    assert_eq!(state_of(&fs, index), Some(MemberState::Active));
+    assert_files(&fs, &single);
+    drop(fs);
+    members.assert_fsck_clean("after faulting and clearing");
+}

@@ -78,6 +78,10 @@ pub enum MemberState {
     /// Absent when the pool was last mounted writable (degraded): nothing new went to it, and
     /// its metadata copy, if it holds one, is stale until it is brought back and resynced.
     Missing,
+    /// It kept failing (too many I/O or checksum errors): no new blocks go to it and its
+    /// blocks are moved off where they can be read, until it is replaced, removed, or its
+    /// errors are cleared.
+    Faulted,
 }
 
 impl MemberState {
@@ -86,6 +90,7 @@ impl MemberState {
             MemberState::Active => "active",
             MemberState::Removing => "removing",
             MemberState::Missing => "missing",
+            MemberState::Faulted => "faulted",
         }
     }
 
@@ -94,6 +99,7 @@ impl MemberState {
             MemberState::Active => 0,
             MemberState::Removing => 1,
             MemberState::Missing => 2,
+            MemberState::Faulted => 3,
         }
     }
 
@@ -102,6 +108,7 @@ impl MemberState {
             0 => Some(MemberState::Active),
             1 => Some(MemberState::Removing),
             2 => Some(MemberState::Missing),
+            3 => Some(MemberState::Faulted),
             _ => None,
         }
     }

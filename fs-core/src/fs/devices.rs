@@ -43,6 +43,11 @@ use crate::types::{DeviceIndex, Tier};
 /// Blocks moved per batch (each batch is one commit).
 const BATCH: usize = 64;
 
+/// Read and write errors after which a member is faulted.
+pub const FAULT_IO_ERRORS: u64 = 16;
+/// Checksum errors after which a member is faulted (a disk returning wrong data).
+pub const FAULT_CHECKSUM_ERRORS: u64 = 64;
+
 /// A device to join the pool, opened and checked by the caller (`pool::open_new_member`).
 #[derive(Debug)]
 pub struct NewMember {
@@ -351,6 +356,94 @@ impl Filesystem {
             tx.book.alloc.set_accepting(index, true);
             Ok(())
         })
+    }
+
+    /// Active members whose error counters (kept across mounts until cleared) passed
+    /// [`FAULT_IO_ERRORS`] or [`FAULT_CHECKSUM_ERRORS`].
+    pub fn members_failing(&self) -> Vec<(DeviceIndex, ErrorCounts)> {
+        let (list, _) = self.pool.member_list();
+        list.iter()
+            .filter(|m| m.state == MemberState::Active)
+            .filter_map(|m| Some((m.index, self.counters_of(m.index)?.error_counts())))
+            .filter(|(_, errors)| {
+                errors.read + errors.write >= FAULT_IO_ERRORS
+                    || errors.checksum >= FAULT_CHECKSUM_ERRORS
+            })
+            .collect()
+    }
+
+    /// Marks member `index` faulted: no new blocks go to it from now on (its blocks are
+    /// moved off with [`empty_faulted`]). Undone by [`Filesystem::clear_errors`].
+    pub fn fault_member(&self, index: DeviceIndex, why: &str) -> FsResult<()> {
+        let _change = self.lock_device_changes();
+        self.refuse_if_read_only()?;
+        let (mut list, generation, info) = self.listed(index)?;
+        if info.state != MemberState::Active {
+            return Err(FsError::Conflict(format!(
+                "member {} is {}, not active",
+                index.0, info.state
+            )));
+        }
+        if let Some(member) = list.iter_mut().find(|m| m.index == index) {
+            member.state = MemberState::Faulted;
+        }
+        self.with_tx(|tx| {
+            tx.book.alloc.set_accepting(index, false);
+            Ok(())
+        })?;
+        self.pool
+            .write_member_list(&list, generation + 1, Some(index))?;
+        tracing::error!(
+            member = index.0,
+            why,
+            "member faulted: no new blocks go to it, and its blocks are moved off"
+        );
+        Ok(())
+    }
+
+    /// Faulted members that still hold blocks (to be emptied).
+    pub fn faulted_members(&self) -> FsResult<Vec<DeviceIndex>> {
+        let faulted: Vec<DeviceIndex> = self
+            .pool
+            .member_list()
+            .0
+            .iter()
+            .filter(|m| m.state == MemberState::Faulted)
+            .map(|m| m.index)
+            .collect();
+        let mut holding = Vec::new();
+        for index in faulted {
+            if !self.blocks_on(index)?.is_empty() {
+                holding.push(index);
+            }
+        }
+        Ok(holding)
+    }
+
+    /// Makes faulted members active again (their errors were cleared).
+    pub(super) fn reinstate_faulted(&self) -> FsResult<()> {
+        let _change = self.lock_device_changes();
+        let (mut list, generation) = self.pool.member_list();
+        let faulted: Vec<DeviceIndex> = list
+            .iter()
+            .filter(|m| m.state == MemberState::Faulted)
+            .map(|m| m.index)
+            .collect();
+        if faulted.is_empty() {
+            return Ok(());
+        }
+        for member in list.iter_mut().filter(|m| faulted.contains(&m.index)) {
+            member.state = MemberState::Active;
+        }
+        self.pool.write_member_list(&list, generation + 1, None)?;
+        self.with_tx(|tx| {
+            for &index in &faulted {
+                tx.book.alloc.set_accepting(index, true);
+            }
+            Ok(())
+        })?;
+        tracing::info!(members = ?faulted, "errors cleared: faulted members are active again");
+        Ok(())
     }
 
     /// The members being emptied (`Removing`), whose emptying is to be resumed.
@@ -898,6 +991,27 @@ pub fn empty_member(
         report,
         || fs.blocks_on(index),
         || fs.finish_removal(index),
+    )
+}
+
+/// Moves the blocks of faulted member `index` to the other members, reading each from its
+/// other copy where this member fails; the member stays in the pool, faulted, until it is
+/// replaced or removed. Fails naming how many blocks could not be moved (no intact copy
+/// readable, or no room).
+pub fn empty_faulted(
+    fs: &Filesystem,
+    index: DeviceIndex,
+    options: EmptyOptions<'_>,
+    report: impl FnMut(&Evacuation),
+) -> FsResult<Evacuation> {
+    drain(
+        fs,
+        index,
+        0,
+        &options,
+        report,
+        || fs.blocks_on(index),
+        || Ok(()),
     )
 }
 

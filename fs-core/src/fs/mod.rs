@@ -1114,11 +1114,13 @@ impl Filesystem {
         }
     }
 
-    /// Resets every member's error counters (and makes that durable).
+    /// Resets every member's error counters (and makes that durable); faulted members are
+    /// active again.
     pub fn clear_errors(&self) -> FsResult<()> {
         for counters in &self.counters {
             counters.set_error_counts(ErrorCounts::default());
         }
+        self.reinstate_faulted()?;
         self.commit()
     }
 
