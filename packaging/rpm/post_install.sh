@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # aegisfs %post: aegisd's state directory (job runs, events, the audit log, I/O history), kept
 # as it is when it exists; systemd rereads the unit. Nothing is started: the admin configures
 # the pools, then enables aegisd; after an upgrade a running aegisd keeps serving until the

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # aegisfs %postun: systemd forgets the removed unit. /var/lib/aegis and files in /etc/aegis
 # that rpm did not install (keyfiles, API tokens) stay; an edited aegis.toml is saved as
 # aegis.toml.rpmsave. The pools' devices are never touched.
