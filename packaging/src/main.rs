@@ -32,24 +32,24 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let man = args.out_dir.join("man");
+    write_assets(&args.out_dir, &args.date)
+}
+
+/// Writes `out_dir/man/` and `out_dir/completions/`.
+fn write_assets(out_dir: &Path, date: &str) -> anyhow::Result<()> {
+    let man = out_dir.join("man");
     fs::create_dir_all(&man).with_context(|| format!("cannot create {}", man.display()))?;
 
     // aegis: a page for the command and one for every subcommand (aegis-tier-migrate.1, …),
     // each listed in its parent's page.
     let mut aegis = appliance::cli::Cli::command().disable_help_subcommand(true);
     aegis.build();
-    man_pages(aegis, "1", &args.date, &man)?;
+    man_pages(aegis, "1", date, &man)?;
     // aegisd is a daemon: section 8.
-    man_pages(
-        appliance::daemon::cli::Cli::command(),
-        "8",
-        &args.date,
-        &man,
-    )?;
-    man_pages(tui::cli::Args::command(), "1", &args.date, &man)?;
+    man_pages(appliance::daemon::cli::Cli::command(), "8", date, &man)?;
+    man_pages(tui::cli::Args::command(), "1", date, &man)?;
 
-    let completions = args.out_dir.join("completions");
+    let completions = out_dir.join("completions");
     for mut command in [
         appliance::cli::Cli::command(),
         appliance::daemon::cli::Cli::command(),
@@ -100,4 +100,54 @@ fn write(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     fs::write(path, contents).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every visible (sub)command of aegis, like `aegis-tier-migrate`.
+    fn page_names(command: &clap::Command, prefix: &str, names: &mut Vec<String>) {
+        let name = format!("{prefix}{}", command.get_name());
+        for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+            page_names(sub, &format!("{name}-"), names);
+        }
+        names.push(name);
+    }
+
+    #[test]
+    fn every_command_gets_a_man_page_and_every_binary_its_completions() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        write_assets(dir.path(), "2026-01-01").expect("assets written");
+
+        let mut names = Vec::new();
+        let aegis = appliance::cli::Cli::command().disable_help_subcommand(true);
+        page_names(&aegis, "", &mut names);
+        assert!(
+            names.contains(&"aegis-tier-migrate".to_owned()),
+            "{names:?}"
+        );
+        for name in names {
+            let page = dir.path().join("man").join(format!("{name}.1"));
+            let text = fs::read_to_string(&page).expect("man page written");
+            assert!(
+                text.contains(".TH aegis") && text.contains("2026-01-01"),
+                "{}",
+                page.display()
+            );
+        }
+        for page in ["aegisd.8", "aegis-tui.1"] {
+            assert!(dir.path().join("man").join(page).is_file(), "{page}");
+        }
+        for binary in ["aegis", "aegisd", "aegis-tui"] {
+            for file in [
+                format!("bash/{binary}"),
+                format!("zsh/_{binary}"),
+                format!("fish/{binary}.fish"),
+            ] {
+                let path = dir.path().join("completions").join(file);
+                assert!(path.is_file(), "{}", path.display());
+            }
+        }
+    }
 }
