@@ -53,7 +53,7 @@ trap cleanup EXIT
 # ---------------------------------------------------------------- build
 built=$(packaging/build.sh)
 mapfile -t packages <<< "$built"
-# Copies: building the upgrade below replaces cargo-deb's output.
+# Copies: building the upgrade below deletes cargo-deb's output.
 cp "${packages[0]}" "${packages[1]}" "$work/"
 deb=$work/$(basename "${packages[0]}")
 rpm=$work/$(basename "${packages[1]}")
@@ -120,6 +120,9 @@ echo key > /etc/aegis/pkgcheck.key
 log "upgrade to ${version%-*}-2"
 cargo deb --package aegisfs --no-build --locked --deb-version "${version%-*}-2" \
     --output "$work/upgrade.deb" >/dev/null 2>&1
+# cargo-deb deletes the package's other versions from its output directory: put back the one
+# build.sh made.
+cp "$deb" "${packages[0]}"
 dpkg -i --force-confdef --force-confold "$work/upgrade.deb"
 [[ $(dpkg-query -W -f='${Version}' aegisfs) == "${version%-*}-2" ]] || fail "the upgrade did not happen"
 [[ $(sha256sum /etc/aegis/aegis.toml) == "$config_sum" ]] || fail "the upgrade changed the edited config"
