@@ -2,8 +2,9 @@
 # Install what the AegisFS conformance/bench harnesses need, and nothing that
 # is already there.  Idempotent; safe with no terminal (CI=true, no stdin).
 #
-#   scripts/install-deps.sh            # install what is missing
-#   scripts/install-deps.sh --check    # only report what is missing (exit 1 if anything is)
+#   scripts/install-deps.sh              # install what is missing
+#   scripts/install-deps.sh --check      # only report what is missing (exit 1 if anything is)
+#   scripts/install-deps.sh --packaging  # only what packaging/build.sh and check.sh need
 #
 # What it covers:
 #   * Debian packages (apt-get update runs once, only if something is missing),
@@ -12,25 +13,38 @@
 #     (only when the binary is missing or is another version)
 #   * the dummy user/group pjdfstest switches to: `tests` (plus Debian's
 #     built-in `nobody`/`nogroup`)
+#   * packaging: cargo-deb and cargo-generate-rpm (pinned, like pjdfstest), lintian, rpm,
+#     dpkg-dev (dpkg-shlibdeps for the .deb's dependencies), binutils (strip) and man-db
 set -euo pipefail
 
 # smartmontools: smartctl, whose SMART health `aegis device status` shows for block-device
 # members (optional at run time: without it the health column says n/a).
-readonly APT_PACKAGES=(
+readonly PACKAGING_APT_PACKAGES=(lintian rpm dpkg-dev binutils man-db)
+APT_PACKAGES=(
     fuse3 libfuse3-dev pkg-config e2fsprogs rsync tmux util-linux
     fio python3 shellcheck systemd curl rclone smartmontools
+    "${PACKAGING_APT_PACKAGES[@]}"
 )
 # Versions verified with `cargo info` and used to validate the harness.
 readonly PJDFSTEST_VERSION=0.2.2
 readonly FSX_VERSION=0.3.2
+readonly CARGO_DEB_VERSION=3.8.0
+readonly CARGO_GENERATE_RPM_VERSION=0.21.1
 
 CHECK_ONLY=0
-case "${1:-}" in
-    --check) CHECK_ONLY=1 ;;
-    "") ;;
-    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
-esac
+PACKAGING_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+        --check) CHECK_ONLY=1 ;;
+        --packaging) PACKAGING_ONLY=1 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) echo "usage: $0 [--check] [--packaging]" >&2; exit 2 ;;
+    esac
+done
+if [[ $PACKAGING_ONLY -eq 1 ]]; then
+    APT_PACKAGES=("${PACKAGING_APT_PACKAGES[@]}")
+fi
+readonly APT_PACKAGES
 
 log() { printf '[install-deps] %s\n' "$*"; }
 missing_any=0
@@ -94,6 +108,15 @@ cargo_tool() {
     cargo install --locked --quiet "$crate@$version" </dev/null
     log "cargo: installed $("$CARGO_BIN_DIR/$crate" --version)"
 }
+cargo_tool cargo-deb "$CARGO_DEB_VERSION"
+cargo_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION"
+if [[ $PACKAGING_ONLY -eq 1 ]]; then
+    if [[ $CHECK_ONLY -eq 1 && $missing_any -ne 0 ]]; then
+        exit 1
+    fi
+    log "done (packaging)"
+    exit 0
+fi
 cargo_tool pjdfstest "$PJDFSTEST_VERSION"
 cargo_tool fsx "$FSX_VERSION"
 log "note: the harness scripts look for pjdfstest/fsx in PATH and in $CARGO_BIN_DIR"

@@ -5,8 +5,9 @@
 #
 # Installs what is missing (scripts/install-deps.sh), then: format check, clippy, unit and
 # integration tests (in-memory pools, fault injection, real FUSE mounts of the `aegis`
-# binary, a real `aegisd` on its socket), `systemd-analyze verify` of the units, and the
-# conformance run (pjdfstest against ext4 on a loop device, fsx 100,000
+# binary, a real `aegisd` on its socket), `systemd-analyze verify` of the units, the packages
+# (packaging/check.sh: the .deb through lintian, installed, upgraded, removed and purged; the
+# .rpm listed), and the conformance run (pjdfstest against ext4 on a loop device, fsx 100,000
 # operations) against a live mount of the release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,10 +36,12 @@ stage() {
 
 stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-stage "shellcheck" shellcheck scripts/*.sh tests/conformance/*.sh bench/*.sh systemd/*.sh .ci/run
+stage "shellcheck" shellcheck scripts/*.sh tests/conformance/*.sh bench/*.sh systemd/*.sh .ci/run \
+    packaging/*.sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm packaging/rpm/*.sh
 stage "cargo test" cargo test --workspace --locked
 stage "release build" cargo build --release --locked
 stage "systemd-analyze verify" systemd/verify.sh target/release/aegisd
+stage "packages (deb, rpm)" packaging/check.sh
 stage "conformance (pjdfstest, fsx)" tests/conformance/run.sh target/release/aegis
 
 echo

@@ -20,26 +20,9 @@ trap 'rm -rf "$work"' EXIT
 for unit in systemd/*.service; do
     sed "s#/usr/bin/aegisd#$aegisd#g" "$unit" > "$work/$(basename "$unit")"
 done
-
-man_check=yes
-pages=$(find . \( -path ./target -o -path ./.git \) -prune -o -type f \
-    \( -name 'aegis*.[18]' -o -name 'aegis*.[18].gz' \) -print)
-if [[ -n $pages ]]; then
-    while read -r page; do
-        name=$(basename "$page" .gz)
-        mkdir -p "$work/man/man${name##*.}"
-        cp "$page" "$work/man/man${name##*.}/"
-    done <<< "$pages"
-    MANPATH="$work/man:$(manpath 2>/dev/null || true)"
-    export MANPATH
-else
-    echo "note: this tree ships no man pages yet; Documentation= man: pages not checked"
-    man_check=no
-fi
-output=$(systemd-analyze verify --man="$man_check" "$work"/*.service 2>&1) || {
-    echo "$output"
-    exit 1
-}
+# --man=no: the unit's man:aegisd(8) is installed by the package, not on the build machine
+# (packaging/check.sh checks that `man` finds it once installed).
+output=$(systemd-analyze verify --man=no "$work"/*.service 2>&1) || { echo "$output"; exit 1; }
 if [[ -n $output ]]; then
     echo "$output"
     exit 1

@@ -4,73 +4,10 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::Subcommand;
 
 use appliance::api::{self, AuditEntry, AuditVerdict, Event, JobInfo, JobRun, RunStarted};
+use appliance::cli::{AuditCmd, BackupCmd, EventsArgs, JobsCmd};
 use appliance::client::Endpoint;
-
-#[derive(Subcommand)]
-pub enum JobsCmd {
-    /// Every job: its schedule, next run and last result.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Past runs, newest first: start, end, result, bytes, error.
-    History {
-        /// Only this job's runs.
-        job: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run a job now (it is recorded like a scheduled run).
-    Run {
-        job: String,
-        /// Wait for the run to end and print its result.
-        #[arg(long)]
-        wait: bool,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum AuditCmd {
-    /// Check that no entry of the admin audit log was changed, removed or reordered.
-    Verify {
-        #[arg(long)]
-        json: bool,
-    },
-    /// The latest admin actions: who, when, what, result.
-    List {
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-/// What `aegis events` shows.
-#[derive(clap::Args)]
-pub struct EventsArgs {
-    /// Keep printing events as they happen.
-    #[arg(long, short)]
-    follow: bool,
-    /// Only events at least this serious: info, warning, error.
-    #[arg(long)]
-    level: Option<String>,
-    /// Only events of this kind (daemon, pool, admin, snapshot, migration, scrub, schedule).
-    #[arg(long)]
-    kind: Option<String>,
-    /// Only events of this pool.
-    #[arg(long)]
-    pool: Option<String>,
-    /// How many of the latest events to show first.
-    #[arg(long, default_value_t = 50)]
-    limit: usize,
-    #[arg(long)]
-    json: bool,
-}
 
 /// Local time of a Unix timestamp, like `2026-11-25 14:00:00`.
 fn local_time(secs: i64) -> String {
@@ -285,50 +222,6 @@ pub fn audit(action: AuditCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[derive(Subcommand)]
-pub enum BackupCmd {
-    /// Every backup job: engine, source, destination, schedule, last result.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-    /// One backup (or all): running now with its progress, next run, last result.
-    Status {
-        name: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Past runs, newest first: start, duration, bytes, files, result.
-    History {
-        name: Option<String>,
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run a backup now (from a fresh snapshot) and follow its progress.
-    Run {
-        name: String,
-        /// Only show what would transfer; change nothing at the destination.
-        #[arg(long)]
-        dry_run: bool,
-        /// Start it and return at once.
-        #[arg(long, conflicts_with = "dry_run")]
-        detach: bool,
-        /// Show the engine's last output lines when the run ends.
-        #[arg(long)]
-        log: bool,
-    },
-    /// Compare the destination with the snapshot the last completed run copied.
-    Verify {
-        name: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop a running backup (its version is discarded).
-    Cancel { name: String },
 }
 
 fn backup_request(name: &str, dry_run: bool) -> api::BackupRequest {

@@ -2,105 +2,17 @@
 //! pool's control API.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{ArgGroup, Subcommand};
 
 use appliance::api::{
     self, DeviceAdd, DeviceAdded, DeviceRemove, DeviceReplace, DeviceResize, Devices, Resized,
 };
+use appliance::cli::DeviceCmd;
 use appliance::client::{self, Endpoint};
-use appliance::units::parse_size;
 
 use crate::human;
-
-#[derive(Subcommand)]
-pub enum DeviceCmd {
-    /// Each member: state, size, used, errors; the removal under way; the files a degraded
-    /// pool cannot read.
-    Status {
-        /// Mountpoint or pool label.
-        target: String,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Add a device to a tier of a mounted pool; new blocks may go to it at once.
-    #[command(group(ArgGroup::new("tier").required(true).args(["fast", "slow"])))]
-    Add {
-        /// Mountpoint or pool label.
-        target: String,
-        /// The device (or image file) joins the fast tier.
-        #[arg(long)]
-        fast: Option<PathBuf>,
-        /// The device (or image file) joins the slow tier.
-        #[arg(long)]
-        slow: Option<PathBuf>,
-        /// Create the image file with this size (e.g. 8G), sparse.
-        #[arg(long, value_parser = parse_size)]
-        size: Option<u64>,
-        /// Overwrite a filesystem or pool found on the device.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Remove a member: its blocks move to the other members first (online), then it leaves
-    /// the pool and its superblocks are wiped.
-    Remove {
-        /// Mountpoint or pool label.
-        target: String,
-        /// The member: its path or its index.
-        device: String,
-        /// Move at most this many bytes per second (e.g. 100M), so foreground I/O keeps
-        /// priority.
-        #[arg(long, value_parser = parse_size)]
-        rate: Option<u64>,
-        /// Return at once; `aegis device status` shows the progress.
-        #[arg(long)]
-        background: bool,
-    },
-    /// Replace a member with a new device: the new one joins its tier (with its metadata copy,
-    /// if it held one), the old one's blocks are copied over (from their second copy where
-    /// the old device fails), then the old one leaves.
-    Replace {
-        /// Mountpoint or pool label.
-        target: String,
-        /// The member to replace: its path or its index.
-        old: String,
-        /// The new device (or image file).
-        new: PathBuf,
-        #[arg(long, value_parser = parse_size)]
-        size: Option<u64>,
-        #[arg(long)]
-        force: bool,
-        #[arg(long, value_parser = parse_size)]
-        rate: Option<u64>,
-        #[arg(long)]
-        background: bool,
-    },
-    /// Stop the removal or replacement under way; the member takes new blocks again.
-    Cancel {
-        /// Mountpoint or pool label.
-        target: String,
-    },
-    /// Grow a member into its grown device (or an image file to SIZE), or shrink it: what
-    /// lies past the new end moves first (online), then the member takes the new size (an
-    /// image file is truncated; shrink a partition yourself afterwards).
-    Resize {
-        /// Mountpoint or pool label.
-        target: String,
-        /// The member: its path or its index.
-        device: String,
-        /// The new size (e.g. 500G), or `max`: the whole device.
-        #[arg(default_value = "max")]
-        size: String,
-        /// While shrinking, move at most this many bytes per second.
-        #[arg(long, value_parser = parse_size)]
-        rate: Option<u64>,
-        #[arg(long)]
-        background: bool,
-    },
-}
 
 /// A member as the serving process can resolve it: an index as given, a path made absolute
 /// (the serving process does not share this command's working directory).

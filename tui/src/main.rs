@@ -14,7 +14,6 @@ mod ui;
 mod update;
 mod wire;
 
-use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -23,24 +22,10 @@ use clap::Parser;
 use ratatui::crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, MouseEventKind};
 use ratatui::crossterm::execute;
 use ratatui::DefaultTerminal;
+use tui::cli::Args;
 
 use crate::state::{App, HitAreas};
 use crate::update::{update, Command, Msg};
-
-/// The live console of an AegisFS appliance.
-#[derive(Parser)]
-#[command(name = "aegis-tui", version)]
-struct Args {
-    /// aegisd's control socket (default: $AEGIS_RUN_DIR/aegisd.sock or /run/aegis/aegisd.sock).
-    #[arg(long, env = "AEGIS_SOCKET", value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// The pool to show first (default: the first mounted pool).
-    #[arg(long, value_name = "NAME")]
-    pool: Option<String>,
-    /// No colors: emphasis by bold, dim and reverse only (also with $NO_COLOR set).
-    #[arg(long)]
-    no_color: bool,
-}
 
 /// How long the loop waits for terminal input before looking at the channel again.
 const INPUT_POLL: Duration = Duration::from_millis(50);

@@ -2,22 +2,11 @@
 //! schedules and serves the control API until SIGTERM. See `appliance::daemon`.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use appliance::daemon::config::{Config, DEFAULT_PATH};
+use appliance::daemon::cli::Cli;
+use appliance::daemon::config::Config;
 use clap::Parser;
-
-#[derive(Parser)]
-#[command(name = "aegisd", version, about = "The AegisFS daemon")]
-struct Cli {
-    /// The config file.
-    #[arg(long, default_value = DEFAULT_PATH)]
-    config: PathBuf,
-    /// Check the config and exit: 0 when valid, 1 with the file, line and field otherwise.
-    #[arg(long)]
-    check_config: bool,
-}
 
 /// Logs to stderr: plain lines without timestamps under systemd (the journal adds its own),
 /// colour on a terminal. RUST_LOG overrides the config's level.

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod backups;
+pub mod cli;
 pub mod config;
 pub mod config_edit;
 pub mod jobs;
