@@ -185,7 +185,10 @@ impl Evacuator {
         let (index, path) = resolve(fs, &request.device)?;
         let mut run = lock(&self.run);
         refuse_if_running(run.as_ref())?;
-        fs.begin_removal(index).map_err(|e| failure(&e))?;
+        // Run again after a failure: the member is still being removed; emptying resumes.
+        if !fs.members_being_removed().contains(&index) {
+            fs.begin_removal(index).map_err(|e| failure(&e))?;
+        }
         tracing::info!(member = index.0, %path, "removing a device: emptying it first");
         let started = start(fs, index, path, Job::Empty { prefer: None }, request.rate);
         let status = lock(&started.status).clone();
@@ -207,9 +210,21 @@ impl Evacuator {
             .ok_or_else(|| Failure::new(404, format!("no member {}", old.0)))?;
         let mut run = lock(&self.run);
         refuse_if_running(run.as_ref())?;
-        let new = self.open_new(fs, &request.new, tier, request.size, request.force)?;
-        let path = new.path.display().to_string();
-        let index = fs.replace_member(old, new).map_err(|e| failure(&e))?;
+        // Run again after a failure: the new device joined already and the old one is still
+        // being removed; emptying it onto the new one resumes.
+        let resumed = if fs.members_being_removed().contains(&old) {
+            resolve(fs, &request.new).ok()
+        } else {
+            None
+        };
+        let (index, path) = match resumed {
+            Some(joined) => joined,
+            None => {
+                let new = self.open_new(fs, &request.new, tier, request.size, request.force)?;
+                let path = new.path.display().to_string();
+                (fs.replace_member(old, new).map_err(|e| failure(&e))?, path)
+            }
+        };
         tracing::info!(old = old.0, new = index.0, %path, "replacing a device");
         let started = start(
             fs,

@@ -164,6 +164,39 @@ fn a_member_missing_at_mount_gives_a_degraded_pool_until_it_is_back() {
     guard.unmount();
     let report = sb.aegis(&["fsck", &fast, &slow]);
     assert!(report.status.success());
+
+    // The slow disk dies for good: it is replaced by its index. The file only it held
+    // blocks the replacement until it is deleted (restored from a backup, say).
+    fs::remove_file(&slow).unwrap();
+    let guard = sb.mount_devices(&[&fast], "mnt");
+    let new = sb.path("new-slow.img").display().to_string();
+    let err = sb.fails(&["device", "replace", &mnt, "1", &new, "--size", "256M"]);
+    assert!(err.contains("cannot be moved"), "{err}");
+    fs::remove_file(guard.path("cold/on-slow")).unwrap();
+    let out = sb.ok(&["device", "replace", &mnt, "1", &new]);
+    assert!(out.contains("left the pool"), "{out}");
+    let status = devices_json(&sb, &mnt);
+    let states: Vec<&str> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["active", "active"], "{status}");
+    assert!(status["unavailable_files"].as_array().unwrap().is_empty());
+    guard.unmount();
+    let guard = sb.mount_devices(&[&fast, &new], "mnt");
+    assert_eq!(
+        fs::read(guard.path("while-degraded")).unwrap(),
+        pattern(3, 1 << 20)
+    );
+    guard.unmount();
+    let report = sb.aegis(&["fsck", &fast, &new]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
 }
 
 #[test]
