@@ -477,3 +477,89 @@ fn a_member_returning_bad_data_is_faulted_and_cleared_with_its_errors() {
     assert_eq!(status["members"][1]["state"], "active", "{status}");
     guard.unmount();
 }
+
+#[test]
+fn loop_device_members_are_added_grown_and_removed_under_writes() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("NOTE: not root; skipping the loop device test");
+        return;
+    }
+    let sb = Sandbox::new();
+    let backing = |name: &str, size: u64| {
+        let path = sb.path(name);
+        fs::File::create(&path).unwrap().set_len(size).unwrap();
+        path
+    };
+    let (first_image, second_image) = (
+        backing("disk1.img", 256 << 20),
+        backing("disk2.img", 256 << 20),
+    );
+    // Declared before the mounts: unmounted first, then detached.
+    let Some(first) = LoopDevice::attach(&first_image) else {
+        return;
+    };
+    let Some(second) = LoopDevice::attach(&second_image) else {
+        return;
+    };
+    let fast = sb.path("fast.img").display().to_string();
+    sb.ok(&[
+        "format",
+        "--fast",
+        &fast,
+        "--fast-size",
+        "256M",
+        "--slow",
+        &first.0,
+        "--label",
+        "tank",
+    ]);
+    let guard = sb.mount_devices(&[&fast, &first.0], "mnt");
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+    fs::create_dir(guard.path("cold")).unwrap();
+    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    let mut files = BTreeMap::new();
+    for seed in 0..40 {
+        let path = guard.path("cold").join(format!("c{seed}"));
+        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
+        files.insert(path, seed);
+    }
+    sb.ok(&["sync", &mnt]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = writer(guard.path("cold"), Arc::clone(&stop));
+
+    sb.ok(&["device", "add", &mnt, "--slow", &second.0]);
+    // The first disk grows (its backing file, then the loop device's capacity), and the
+    // member with it.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&first_image)
+        .unwrap()
+        .set_len(384 << 20)
+        .unwrap();
+    assert!(Command::new("losetup")
+        .args(["-c", &first.0])
+        .status()
+        .unwrap()
+        .success());
+    let out = sb.ok(&["device", "resize", &mnt, &first.0, "max"]);
+    assert!(out.contains("now uses 384.0 MiB"), "{out}");
+    let out = sb.ok(&["device", "remove", &mnt, &first.0]);
+    assert!(out.contains("left the pool"), "{out}");
+
+    stop.store(true, Ordering::Relaxed);
+    let during = busy.join().unwrap();
+    verify(&files, 300 * 1024);
+    verify(&during, 300 * 1024);
+    guard.unmount();
+    let report = sb.aegis(&["fsck", &fast, &second.0]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+    let guard = sb.mount_devices(&[&fast, &second.0], "mnt");
+    verify(&files, 300 * 1024);
+    verify(&during, 300 * 1024);
+    guard.unmount();
+}
