@@ -257,6 +257,7 @@ fn superblock_json(sb: &Superblock) -> serde_json::Value {
         "device_uuid": uuid::Uuid::from_bytes(sb.device_uuid).to_string(),
         "device_index": sb.device_index.0,
         "tier": sb.tier.as_str(),
+        "member_list_generation": sb.generation,
         "block_size": sb.block_size,
         "features": sb.features,
         "encrypted": sb.encrypted(),
@@ -305,6 +306,7 @@ fn info_cmd(
                 "uuid": uuid::Uuid::from_bytes(m.uuid).to_string(),
                 "tier": m.tier.as_str(),
                 "size": m.size,
+                "state": m.state.as_str(),
             })
         })
         .collect();
@@ -354,9 +356,10 @@ fn info_cmd(
     println!("members");
     for m in &sb.members {
         println!(
-            "  {}  {:<4}  {:>10}  {}",
+            "  {}  {:<4}  {:<8}  {:>10}  {}",
             m.index.0,
             m.tier,
+            m.state,
             human(m.size),
             uuid::Uuid::from_bytes(m.uuid)
         );
