@@ -345,13 +345,7 @@ impl Evacuator {
         let Some(&index) = fs.members_being_removed().first() else {
             return;
         };
-        let path = fs
-            .status()
-            .members
-            .iter()
-            .find(|m| m.index == index)
-            .map(|m| m.path.clone())
-            .unwrap_or_default();
+        let path = member_path(fs, index);
         tracing::info!(member = index.0, "resuming the removal of a device");
         *lock(&self.run) = Some(start(fs, index, path, Job::Empty { prefer: None }, rate));
     }
@@ -434,19 +428,23 @@ fn check_health(fs: &Arc<Filesystem>, slot: &Mutex<Option<Run>>, emptied: &mut V
     };
     if let Some(&index) = faulted.iter().find(|index| !emptied.contains(index)) {
         emptied.push(index);
-        let path = fs
-            .status()
-            .members
-            .iter()
-            .find(|m| m.index == index)
-            .map(|m| m.path.clone())
-            .unwrap_or_default();
+        let path = member_path(fs, index);
         tracing::warn!(
             member = index.0,
             "moving the blocks of a faulted member to the others"
         );
         *run = Some(start(fs, index, path, Job::EmptyFaulted, 0));
     }
+}
+
+/// The path member `index` was opened from (empty while it is missing).
+fn member_path(fs: &Filesystem, index: DeviceIndex) -> String {
+    fs.status()
+        .members
+        .iter()
+        .find(|m| m.index == index)
+        .map(|m| m.path.clone())
+        .unwrap_or_default()
 }
 
 fn refuse_if_running(run: Option<&Run>) -> Result<(), Failure> {

@@ -173,8 +173,13 @@ fn mount_errors_are_clear() {
     let (fast, slow) = sb.format("256M", "256M");
     fs::create_dir_all(sb.path("mnt")).unwrap();
     let mnt = sb.path("mnt").display().to_string();
-    let err = sb.fails(&["mount", &fast, &mnt]);
-    assert!(err.contains("missing"), "{err}");
+    // A member missing: the pool mounts degraded, and says so (tests/devices.rs goes on).
+    let degraded = sb.mount_devices(&[&fast], "mnt");
+    let status = sb.ok(&["status", &mnt]);
+    assert!(status.contains("missing"), "{status}");
+    let err = sb.fails(&["fsck", &fast]);
+    assert!(err.contains("member 1 (slow tier) is missing"), "{err}");
+    degraded.unmount();
     let err = sb.fails(&["mount", &fast, &slow, sb.path("nowhere").to_str().unwrap()]);
     assert!(err.contains("does not exist"), "{err}");
     let guard = sb.mount(&fast, &slow);

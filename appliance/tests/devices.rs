@@ -352,6 +352,23 @@ impl LoopDevice {
     }
 }
 
+/// Formats pool `tank` of a fast image file and `slow` as its slow member; the image's path.
+fn format_on_loop(sb: &Sandbox, slow: &LoopDevice) -> String {
+    let fast = sb.path("fast.img").display().to_string();
+    sb.ok(&[
+        "format",
+        "--fast",
+        &fast,
+        "--fast-size",
+        "256M",
+        "--slow",
+        &slow.0,
+        "--label",
+        "tank",
+    ]);
+    fast
+}
+
 impl Drop for LoopDevice {
     fn drop(&mut self) {
         match Command::new("losetup").arg("-d").arg(&self.0).status() {
@@ -378,18 +395,7 @@ fn device_status_shows_health_for_a_loop_device_member() {
     let Some(disk) = LoopDevice::attach(&image) else {
         return;
     };
-    let fast = sb.path("fast.img").display().to_string();
-    sb.ok(&[
-        "format",
-        "--fast",
-        &fast,
-        "--fast-size",
-        "256M",
-        "--slow",
-        &disk.0,
-        "--label",
-        "tank",
-    ]);
+    let fast = format_on_loop(&sb, &disk);
     let guard = sb.mount_devices(&[&fast, &disk.0], "mnt");
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
 
@@ -502,18 +508,7 @@ fn loop_device_members_are_added_grown_and_removed_under_writes() {
     let Some(second) = LoopDevice::attach(&second_image) else {
         return;
     };
-    let fast = sb.path("fast.img").display().to_string();
-    sb.ok(&[
-        "format",
-        "--fast",
-        &fast,
-        "--fast-size",
-        "256M",
-        "--slow",
-        &first.0,
-        "--label",
-        "tank",
-    ]);
+    let fast = format_on_loop(&sb, &first);
     let guard = sb.mount_devices(&[&fast, &first.0], "mnt");
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
     fs::create_dir(guard.path("cold")).unwrap();

@@ -215,6 +215,7 @@ impl Scan {
 /// Checks the pool's last committed state without changing it; every live metadata page is
 /// read from every copy. With `verify_data`, reads every block and verifies its checksum.
 pub fn check(pool: &mut Pool, verify_data: bool) -> FsResult<Report> {
+    refuse_degraded(pool)?;
     pool.metadata.set_policy(ReadPolicy {
         verify_every_copy: true,
         heal: false,
@@ -227,11 +228,23 @@ pub fn check(pool: &mut Pool, verify_data: bool) -> FsResult<Report> {
     Ok(result?.report)
 }
 
+/// A check covers a whole pool: refused while a member is missing.
+fn refuse_degraded(pool: &Pool) -> FsResult<()> {
+    match pool.missing_members().first() {
+        Some(missing) => Err(FsError::Pool(format!(
+            "member {} ({} tier) is missing: fsck checks a whole pool, give every member (`aegis device status` lists the files a degraded pool cannot read)",
+            missing.index.0, missing.tier
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Checks a pool that is in use (mounted) from its serving process, read-only: the metadata as
 /// of the last commit, through a read transaction beside the live one. Live metadata pages are
 /// read from every copy; damage is healed as on every read of a mounted pool (and reported as
 /// fixed). redb's own page-tree check and data verification need the pool unmounted.
 pub fn check_mounted(pool: &Pool) -> FsResult<Report> {
+    refuse_degraded(pool)?;
     pool.metadata.set_policy(ReadPolicy {
         verify_every_copy: true,
         heal: true,

@@ -197,6 +197,35 @@ impl Pool {
             .collect()
     }
 
+    /// Marks the missing members `missing` in the member list of every member present, so
+    /// that their metadata copies, stale from the first change on, are resynced when they are
+    /// back. Done before anything is written to a degraded pool.
+    pub(crate) fn mark_missing(&self) -> FsResult<()> {
+        let missing = self.missing_members();
+        let (mut list, generation) = self.member_list();
+        let mut changed = false;
+        for info in list
+            .iter_mut()
+            .filter(|info| missing.iter().any(|m| m.index == info.index))
+        {
+            if info.state == MemberState::Missing {
+                continue;
+            }
+            if info.state == MemberState::Removing {
+                tracing::warn!(
+                    member = info.index.0,
+                    "the missing member was being removed; remove it again once it is back"
+                );
+            }
+            info.state = MemberState::Missing;
+            changed = true;
+        }
+        if changed {
+            self.write_member_list(&list, generation + 1, None)?;
+        }
+        Ok(())
+    }
+
     /// Brings members back that the pool ran without: each metadata copy they hold is made
     /// current from the others, then they are listed active again.
     fn resync_returning(
@@ -764,29 +793,13 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
         .filter(|info| info.state == MemberState::Missing && present(&info.uuid))
         .map(|info| info.uuid)
         .collect();
-    let mut list = list;
-    let mut generation = generation;
-    let mut changed = false;
-    for info in list.iter_mut().filter(|info| !present(&info.uuid)) {
+    for info in list.iter().filter(|info| !present(&info.uuid)) {
         tracing::warn!(
             member = info.index.0,
             tier = %info.tier,
             uuid = %uuid::Uuid::from_bytes(info.uuid),
             "a member of the pool is missing: the pool opens degraded (data only on it cannot be read, nothing new goes to it)"
         );
-        if info.state != MemberState::Missing {
-            if info.state == MemberState::Removing {
-                tracing::warn!(
-                    member = info.index.0,
-                    "the missing member was being removed; remove it again once it is back"
-                );
-            }
-            info.state = MemberState::Missing;
-            changed = true;
-        }
-    }
-    if changed {
-        generation += 1;
     }
     members.sort_by_key(|m| m.superblock.device_index);
     // Members whose superblock is older than the list (a device change was interrupted, or

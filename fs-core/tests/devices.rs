@@ -160,6 +160,24 @@ fn write_files(fs: &Filesystem, prefix: &str, files: u64, len: usize) -> BTreeMa
         .collect()
 }
 
+/// Writes `count` files of 256 KiB in a new directory `mirrored` with `copies=2` (pinned to
+/// `tier`, if given); returns their inodes and contents.
+fn write_mirrored(fs: &Filesystem, count: u64, tier: Option<Tier>) -> Vec<(InodeId, Vec<u8>)> {
+    let dir = common::mkdir(fs, InodeId::ROOT, "mirrored");
+    fs.set_property(dir, Property::Copies(2)).unwrap();
+    if tier.is_some() {
+        fs.set_property(dir, Property::Tier(tier)).unwrap();
+    }
+    (0..count)
+        .map(|i| {
+            let ino = create_file(fs, dir, &format!("m{i}"));
+            let data = pattern(500 + i, 256 * 1024);
+            fs.write(ino, 0, &data).unwrap();
+            (ino, data)
+        })
+        .collect()
+}
+
 fn assert_files(fs: &Filesystem, files: &BTreeMap<String, Vec<u8>>) {
     for (name, data) in files {
         let ino = fs.lookup(InodeId::ROOT, name.as_bytes()).unwrap().ino;
@@ -457,16 +475,7 @@ fn a_pool_with_a_missing_member_opens_degraded_and_resyncs_it_when_it_is_back() 
     // d1 holds the slow metadata copy and, with the most free space, the slow data.
     let members = Members::format(&[(Tier::Fast, 64), (Tier::Slow, 192), (Tier::Slow, 64)]);
     let fs = members.open();
-    let mirrored_dir = common::mkdir(&fs, InodeId::ROOT, "mirrored");
-    fs.set_property(mirrored_dir, Property::Copies(2)).unwrap();
-    let mirrored: Vec<(InodeId, Vec<u8>)> = (0..6)
-        .map(|i| {
-            let ino = create_file(&fs, mirrored_dir, &format!("m{i}"));
-            let data = pattern(500 + i, 256 * 1024);
-            fs.write(ino, 0, &data).unwrap();
-            (ino, data)
-        })
-        .collect();
+    let mirrored = write_mirrored(&fs, 6, None);
     fs.set_property(InodeId::ROOT, Property::Tier(Some(Tier::Slow)))
         .unwrap();
     let files = write_files(&fs, "s", 20, 512 * 1024);
@@ -664,18 +673,7 @@ fn a_member_shrinks_after_its_tail_is_emptied() {
 fn a_failing_member_is_faulted_emptied_where_readable_and_cleared() {
     let members = Members::format(&[(Tier::Fast, 96), (Tier::Slow, 96), (Tier::Slow, 96)]);
     let fs = members.open();
-    let mirrored_dir = common::mkdir(&fs, InodeId::ROOT, "mirrored");
-    fs.set_property(mirrored_dir, Property::Copies(2)).unwrap();
-    fs.set_property(mirrored_dir, Property::Tier(Some(Tier::Slow)))
-        .unwrap();
-    let mirrored: Vec<(InodeId, Vec<u8>)> = (0..8)
-        .map(|i| {
-            let ino = create_file(&fs, mirrored_dir, &format!("m{i}"));
-            let data = pattern(900 + i, 256 * 1024);
-            fs.write(ino, 0, &data).unwrap();
-            (ino, data)
-        })
-        .collect();
+    let mirrored = write_mirrored(&fs, 8, Some(Tier::Slow));
     fs.set_property(InodeId::ROOT, Property::Tier(Some(Tier::Slow)))
         .unwrap();
     let single = write_files(&fs, "one", 20, 256 * 1024);

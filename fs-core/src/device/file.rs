@@ -48,21 +48,26 @@ pub(crate) fn device_size(file: &File) -> std::io::Result<u64> {
     handle.seek(SeekFrom::End(0))
 }
 
+/// Measures `file` again and keeps its size in `size`.
+pub(crate) fn remeasure(file: &File, name: &str, size: &AtomicU64) -> Result<u64, DeviceError> {
+    let measured = device_size(file).map_err(|source| DeviceError::Io {
+        op: "measure",
+        device: name.to_owned(),
+        offset: 0,
+        len: 0,
+        source,
+    })?;
+    size.store(measured, Ordering::Relaxed);
+    Ok(measured)
+}
+
 impl BlockDevice for FileDevice {
     fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
     }
 
     fn refresh_size(&self) -> Result<u64, DeviceError> {
-        let size = device_size(&self.file).map_err(|source| DeviceError::Io {
-            op: "measure",
-            device: self.name.clone(),
-            offset: 0,
-            len: 0,
-            source,
-        })?;
-        self.size.store(size, Ordering::Relaxed);
-        Ok(size)
+        remeasure(&self.file, &self.name, &self.size)
     }
 
     fn name(&self) -> &str {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 
-use super::file::device_size;
+use super::file::{device_size, remeasure};
 use super::{check_range, BlockDevice, DeviceError, ReadOp, WriteOp};
 
 /// Alignment of offset, length and buffer address required for `O_DIRECT` requests.
@@ -238,15 +238,7 @@ impl BlockDevice for UringDevice {
     }
 
     fn refresh_size(&self) -> Result<u64, DeviceError> {
-        let size = device_size(&self.buffered).map_err(|source| DeviceError::Io {
-            op: "measure",
-            device: self.name.clone(),
-            offset: 0,
-            len: 0,
-            source,
-        })?;
-        self.size.store(size, Ordering::Relaxed);
-        Ok(size)
+        remeasure(&self.buffered, &self.name, &self.size)
     }
 
     fn name(&self) -> &str {

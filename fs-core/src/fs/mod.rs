@@ -532,6 +532,7 @@ impl Filesystem {
     /// Opens the filesystem on a pool: rebuilds the allocator from the block table and
     /// reclaims inodes that were unlinked while open when the pool was last used.
     pub fn new(pool: Pool, config: FsConfig) -> FsResult<Arc<Self>> {
+        pool.mark_missing()?;
         let fs = crate::error::contain_panics("loading the metadata", || Self::load(pool, config))?;
         let missing = fs.pool.missing_members();
         if !missing.is_empty() {
