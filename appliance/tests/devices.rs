@@ -558,3 +558,60 @@ fn loop_device_members_are_added_grown_and_removed_under_writes() {
     verify(&during, 300 * 1024);
     guard.unmount();
 }
+
+#[test]
+fn a_removal_cut_by_a_kill_resumes_at_the_next_mount_and_the_pool_checks_clean() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "256M");
+    let guard = sb.mount(&fast, &slow);
+    let mnt = guard.mountpoint.to_str().unwrap().to_owned();
+    fs::create_dir(guard.path("cold")).unwrap();
+    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    let mut files = BTreeMap::new();
+    for seed in 0..60 {
+        let path = guard.path("cold").join(format!("c{seed}"));
+        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
+        files.insert(path, seed);
+    }
+    sb.ok(&["sync", &mnt]);
+    let extra = sb.path("extra.img").display().to_string();
+    sb.ok(&["device", "add", &mnt, "--slow", &extra, "--size", "256M"]);
+    sb.ok(&[
+        "device",
+        "remove",
+        &mnt,
+        &slow,
+        "--rate",
+        "2M",
+        "--background",
+    ]);
+    // Let a few batches commit, then the serving process dies without warning.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let moved = devices_json(&sb, &mnt)["evacuation"]["blocks_moved"]
+        .as_u64()
+        .unwrap();
+    assert!(moved > 0, "nothing moved before the kill");
+    common::signal_serving_process(&sb, "tank", "-KILL");
+    guard.mount_over_dead_devices(&[&fast, &slow, &extra]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let status = devices_json(&sb, &mnt);
+        if status["evacuation"]["finished"] == true {
+            break;
+        }
+        assert!(status["evacuation"]["error"].is_null(), "{status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never finished: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    verify(&files, 300 * 1024);
+    guard.unmount();
+    let report = sb.aegis(&["fsck", &fast, &extra, "--verify-data"]);
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stdout)
+    );
+}

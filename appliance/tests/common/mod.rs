@@ -190,8 +190,15 @@ impl MountGuard<'_> {
     /// Mounts the pool again over this mountpoint, whose serving process died: `aegis mount`
     /// itself must replace the dead mount.
     pub fn mount_over_dead(&self, fast: &str, slow: &str) {
-        self.sandbox
-            .ok(&["mount", fast, slow, self.mountpoint.to_str().unwrap()]);
+        self.mount_over_dead_devices(&[fast, slow]);
+    }
+
+    /// [`MountGuard::mount_over_dead`] with the pool's `devices`.
+    pub fn mount_over_dead_devices(&self, devices: &[&str]) {
+        let mut args = vec!["mount"];
+        args.extend_from_slice(devices);
+        args.push(self.mountpoint.to_str().unwrap());
+        self.sandbox.ok(&args);
     }
 
     pub fn unmount(self) {

@@ -1090,8 +1090,13 @@ fn drain(
             progress.blocks_moved += moved.moved;
             progress.bytes_moved += moved.bytes;
             progress.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            throttle(started, progress.bytes_moved, options.rate_bytes_per_sec);
             report(&progress);
+            throttle(
+                started,
+                progress.bytes_moved,
+                options.rate_bytes_per_sec,
+                options.cancel,
+            );
         }
         if moved_this_pass == 0 {
             return Err(FsError::Conflict(format!(
@@ -1108,13 +1113,17 @@ fn drain(
     Ok(progress)
 }
 
-/// Sleeps so that `bytes` since `started` stay within `rate` bytes per second (0: no limit).
-fn throttle(started: Instant, bytes: u64, rate: u64) {
+/// Sleeps so that `bytes` since `started` stay within `rate` bytes per second (0: no limit),
+/// or until `cancel` is set.
+fn throttle(started: Instant, bytes: u64, rate: u64, cancel: &AtomicBool) {
     if rate == 0 {
         return;
     }
-    let due = Duration::from_secs_f64(bytes as f64 / rate as f64);
-    if let Some(wait) = due.checked_sub(started.elapsed()) {
-        std::thread::sleep(wait);
+    let due = started + Duration::from_secs_f64(bytes as f64 / rate as f64);
+    while !cancel.load(Ordering::Relaxed) {
+        let Some(wait) = due.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        std::thread::sleep(wait.min(Duration::from_millis(100)));
     }
 }
