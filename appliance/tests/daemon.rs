@@ -990,3 +990,39 @@ fn events_follow_prints_new_events_as_they_happen() {
     assert!(errors.lines.recv_timeout(Duration::from_secs(2)).is_err());
     assert!(follower.until("third").last().unwrap().contains("third"));
 }
+
+/// A device that joins a pool through aegisd is added to the pool's `devices` in the config
+/// (comments kept), so the pool mounts whole when aegisd starts again.
+#[test]
+fn a_device_added_through_aegisd_is_listed_in_its_config_and_mounts_at_the_next_start() {
+    let sandbox = Sandbox::new();
+    let config = setup(&sandbox, "# kept comment\n");
+    let mut daemon = Daemon::start(&sandbox, &config, &[]);
+    std::fs::write(daemon.mountpoint.join("before"), pattern(1, 1 << 20)).unwrap();
+    let added = sandbox.path("added.img").display().to_string();
+    let out = aegis_ok(
+        &sandbox,
+        &["device", "add", "tank", "--slow", &added, "--size", "256M"],
+    );
+    assert!(out.contains("joined the slow tier as member 2"), "{out}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&format!("\"{added}\"]")), "{text}");
+    assert!(text.contains("# kept comment"), "{text}");
+    let events = daemon.json("/v1/events?kind=device").to_string();
+    assert!(events.contains("was added to its devices"), "{events}");
+    assert!(daemon.stop().success());
+
+    let daemon = Daemon::start(&sandbox, &config, &[]);
+    let devices = daemon.json("/v1/devices");
+    let states: Vec<&str> = devices["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["active", "active", "active"], "{devices}");
+    assert_eq!(
+        std::fs::read(daemon.mountpoint.join("before")).unwrap(),
+        pattern(1, 1 << 20)
+    );
+}
