@@ -38,7 +38,7 @@ stage "cargo fmt --check" cargo fmt --all -- --check
 stage "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 stage "shellcheck" shellcheck scripts/*.sh tests/conformance/*.sh bench/*.sh systemd/*.sh .ci/run \
     packaging/*.sh packaging/debian/postinst packaging/debian/prerm packaging/debian/postrm packaging/rpm/*.sh
-stage "cargo test" cargo test --workspace --locked
+stage "cargo test" cargo test --workspace --locked --no-fail-fast
 stage "release build" cargo build --release --locked
 stage "systemd-analyze verify" systemd/verify.sh target/release/aegisd
 stage "packages (deb, rpm)" packaging/check.sh
