@@ -135,10 +135,22 @@ fn health_line(app: &App, theme: Theme, status: &Status) -> Line<'static> {
     let repaired: u64 = status.members.iter().map(|m| m.repaired).sum();
     let unrecoverable = app.data.scrub.as_ref().map_or(0, |s| s.unrecoverable);
     let alerts = app.data.alerts.len();
+    // Members missing (a degraded pool), faulted, or being emptied to leave the pool.
+    let unwell: Vec<(String, bool)> = status
+        .members
+        .iter()
+        .filter(|m| matches!(m.state.as_str(), "missing" | "faulted" | "removing"))
+        .map(|m| {
+            (
+                format!("member {} {}", m.index, m.state),
+                m.state != "removing",
+            )
+        })
+        .collect();
     let mut spans = vec![Span::styled("health ", theme.heading())];
     if let Some(cause) = &status.read_only_cause {
         spans.push(Span::styled(format!("READ-ONLY: {cause}"), theme.error()));
-    } else if unrecoverable > 0 || device_errors > 0 {
+    } else if unrecoverable > 0 || device_errors > 0 || unwell.iter().any(|(_, bad)| *bad) {
         spans.push(Span::styled("DEGRADED", theme.error()));
     } else {
         spans.push(Span::styled("OK", theme.good()));
@@ -151,6 +163,10 @@ fn health_line(app: &App, theme: Theme, status: &Status) -> Line<'static> {
         };
         Span::styled(format!(" · {label} {value}"), style)
     };
+    for (what, bad) in unwell {
+        let style = if bad { theme.error() } else { theme.warning() };
+        spans.push(Span::styled(format!(" · {what}"), style));
+    }
     spans.push(counted("device errors", device_errors));
     spans.push(counted("repaired", repaired));
     spans.push(counted("unrecoverable", unrecoverable));

@@ -137,3 +137,20 @@ fn tabs_and_rows_report_where_they_are() {
         .collect();
     assert!(line.contains("before-upgrade"), "{line}");
 }
+
+#[test]
+fn the_dashboard_names_missing_and_faulted_members() {
+    let mut app = on(Tab::Dashboard);
+    let status = app.data.pools[0].status.as_mut().expect("fixture status");
+    status.members[1].state = "missing".into();
+    let text = screen(&app, 160, 48);
+    assert!(text.contains("DEGRADED"), "{text}");
+    assert!(text.contains("member 1 missing"), "{text}");
+    let status = app.data.pools[0].status.as_mut().expect("fixture status");
+    status.members[1].state = "removing".into();
+    let text = screen(&app, 160, 48);
+    assert!(
+        text.contains("member 1 removing") && !text.contains("DEGRADED"),
+        "{text}"
+    );
+}
