@@ -401,7 +401,8 @@ struct Watcher {
 }
 
 /// Faults the members whose errors passed the thresholds, then starts emptying a faulted
-/// member (not one already tried this mount, in `emptied`) unless something runs.
+/// member (not one already tried this mount, in `emptied`: one already empty finishes at
+/// once) unless something runs.
 fn check_health(fs: &Arc<Filesystem>, slot: &Mutex<Option<Run>>, emptied: &mut Vec<DeviceIndex>) {
     if fs.is_read_only() {
         return;
@@ -419,13 +420,7 @@ fn check_health(fs: &Arc<Filesystem>, slot: &Mutex<Option<Run>>, emptied: &mut V
     if run.as_ref().is_some_and(Run::is_running) {
         return;
     }
-    let faulted = match fs.faulted_members() {
-        Ok(faulted) => faulted,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot list the faulted members");
-            return;
-        }
-    };
+    let faulted = fs.faulted_members();
     if let Some(&index) = faulted.iter().find(|index| !emptied.contains(index)) {
         emptied.push(index);
         let path = member_path(fs, index);

@@ -401,23 +401,15 @@ impl Filesystem {
         Ok(())
     }
 
-    /// Faulted members that still hold blocks (to be emptied).
-    pub fn faulted_members(&self) -> FsResult<Vec<DeviceIndex>> {
-        let faulted: Vec<DeviceIndex> = self
-            .pool
+    /// The faulted members.
+    pub fn faulted_members(&self) -> Vec<DeviceIndex> {
+        self.pool
             .member_list()
             .0
             .iter()
             .filter(|m| m.state == MemberState::Faulted)
             .map(|m| m.index)
-            .collect();
-        let mut holding = Vec::new();
-        for index in faulted {
-            if !self.blocks_on(index)?.is_empty() {
-                holding.push(index);
-            }
-        }
-        Ok(holding)
+            .collect()
     }
 
     /// Makes faulted members active again (their errors were cleared).
