@@ -1,8 +1,9 @@
-//! Device management of a served pool (`/v1/devices...`): adding a member, and removing or
-//! replacing one, whose emptying runs on a thread of its own ([`Evacuator`]), throttled,
-//! resumed at mount when a crash or an unmount cut it short, and stopped before unmount.
-//! The work itself is `fs_core::fs::devices`. The member list carries each disk's SMART
-//! health ([`crate::smart`]).
+//! Device management of a served pool (`/v1/devices...`): adding a member, growing one, and
+//! removing, replacing or shrinking one, whose block moves run on a thread of their own
+//! ([`Evacuator`]), throttled, resumed at mount when a crash or an unmount cut a removal
+//! short, and stopped before unmount; and the health watcher that faults a failing member
+//! and moves its blocks off. The work itself is `fs_core::fs::devices`. The member list
+//! carries each disk's SMART health ([`crate::smart`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +27,8 @@ use crate::smart::SmartCache;
 /// Files a degraded pool's `GET /v1/devices` names at most.
 const UNAVAILABLE_LISTED: usize = 100;
 
-/// Empties members being removed, one at a time, on a thread of its own.
+/// Moves blocks off members (removed, replaced, shrunk or faulted), one member at a time, on
+/// a thread of its own; and watches the members' health.
 pub struct Evacuator {
     backend: Backend,
     run: Arc<Mutex<Option<Run>>>,
