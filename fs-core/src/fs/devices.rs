@@ -1,6 +1,7 @@
-//! Device management on a mounted pool: adding a member to a tier, and emptying a member so it
+//! Device management on a mounted pool: adding a member to a tier; emptying a member so it
 //! can leave the pool (`remove`, and `replace`, which adds the new device and empties the old
-//! one onto it).
+//! one onto it); growing and shrinking a member; faulting a member that keeps failing and
+//! moving its blocks off; and naming the files a degraded pool cannot read.
 //!
 //! The member list is in every member's superblock, with a generation (see `format`). A change
 //! writes the new list one generation up to the superblock of the device it concerns first,
