@@ -62,13 +62,17 @@ impl Sandbox {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// Runs `aegis`, asserting failure; returns stderr.
+    /// Runs `aegis`, asserting failure; returns stderr. A `mount` that succeeds after all is
+    /// undone before the test fails.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.aegis(args);
-        assert!(
-            !out.status.success(),
-            "aegis {args:?} unexpectedly succeeded"
-        );
+        if out.status.success() {
+            if let (Some(&"mount"), Some(mountpoint)) = (args.first(), args.last()) {
+                let _ = self.aegis(&["umount", mountpoint]);
+                unmount_whatever_is_left(Path::new(mountpoint));
+            }
+            panic!("aegis {args:?} unexpectedly succeeded");
+        }
         String::from_utf8(out.stderr).unwrap()
     }
 
