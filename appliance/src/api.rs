@@ -18,8 +18,8 @@ pub struct MemberStatus {
     pub tier: String,
     /// Where it was opened from (empty while it is missing).
     pub path: String,
-    /// `active`, `removing` (being emptied to leave the pool) or `missing` (the pool runs
-    /// degraded without it).
+    /// `active`, `removing` (being emptied to leave the pool), `missing` (the pool runs
+    /// degraded without it) or `faulted` (it kept failing; its blocks are moved off).
     pub state: String,
     /// It holds a copy of the metadata region.
     pub metadata_copy: bool,

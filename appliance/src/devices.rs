@@ -192,10 +192,14 @@ impl Evacuator {
             fs.begin_removal(index).map_err(|e| failure(&e))?;
         }
         tracing::info!(member = index.0, %path, "removing a device: emptying it first");
-        let started = start(fs, index, path, Job::Empty { prefer: None }, request.rate);
-        let status = lock(&started.status).clone();
-        *run = Some(started);
-        Ok(status)
+        Ok(start(
+            &mut run,
+            fs,
+            index,
+            path,
+            Job::Empty { prefer: None },
+            request.rate,
+        ))
     }
 
     /// `POST /v1/devices/replace`: adds the new device, marks the old one and starts
@@ -228,7 +232,8 @@ impl Evacuator {
             }
         };
         tracing::info!(old = old.0, new = index.0, %path, "replacing a device");
-        let started = start(
+        let evacuation = start(
+            &mut run,
             fs,
             old,
             old_path,
@@ -237,8 +242,6 @@ impl Evacuator {
             },
             request.rate,
         );
-        let evacuation = lock(&started.status).clone();
-        *run = Some(started);
         Ok(DeviceAdded {
             index: index.0,
             path,
@@ -273,15 +276,14 @@ impl Evacuator {
             Some(size) if size < current => {
                 let size = fs.begin_shrink(index, size).map_err(|e| failure(&e))?;
                 tracing::info!(member = index.0, %path, size, "shrinking a device: moving what lies past its new end");
-                let started = start(
+                let evacuation = start(
+                    &mut run,
                     fs,
                     index,
                     path.clone(),
                     Job::Shrink { size, image },
                     request.rate,
                 );
-                let evacuation = lock(&started.status).clone();
-                *run = Some(started);
                 Ok(Resized {
                     member: index.0,
                     path,
@@ -349,7 +351,14 @@ impl Evacuator {
         };
         let path = member_path(fs, index);
         tracing::info!(member = index.0, "resuming the removal of a device");
-        *lock(&self.run) = Some(start(fs, index, path, Job::Empty { prefer: None }, rate));
+        start(
+            &mut lock(&self.run),
+            fs,
+            index,
+            path,
+            Job::Empty { prefer: None },
+            rate,
+        );
     }
 
     /// Starts watching the members' health every [`WATCH_EVERY`]: a member whose errors pass
@@ -430,7 +439,7 @@ fn check_health(fs: &Arc<Filesystem>, slot: &Mutex<Option<Run>>, emptied: &mut V
             member = index.0,
             "moving the blocks of a faulted member to the others"
         );
-        *run = Some(start(fs, index, path, Job::EmptyFaulted, 0));
+        start(&mut run, fs, index, path, Job::EmptyFaulted, 0);
     }
 }
 
@@ -468,8 +477,16 @@ enum Job {
     Shrink { size: u64, image: Option<PathBuf> },
 }
 
-/// Starts `job` on member `index` on a thread.
-fn start(fs: &Arc<Filesystem>, index: DeviceIndex, path: String, job: Job, rate: u64) -> Run {
+/// Starts `job` on member `index` on a thread, kept in `slot` (in place of the last one);
+/// the progress it starts with.
+fn start(
+    slot: &mut Option<Run>,
+    fs: &Arc<Filesystem>,
+    index: DeviceIndex,
+    path: String,
+    job: Job,
+    rate: u64,
+) -> Evacuation {
     let cancel = Arc::new(AtomicBool::new(false));
     let (action, replacement, target_size) = match &job {
         Job::Empty { prefer: Some(new) } => ("replace", Some(new.0), None),
@@ -501,11 +518,13 @@ fn start(fs: &Arc<Filesystem>, index: DeviceIndex, path: String, job: Job, rate:
             None
         }
     };
-    Run {
+    let started = lock(&status).clone();
+    *slot = Some(Run {
         cancel,
         status,
         thread,
-    }
+    });
+    started
 }
 
 fn run(

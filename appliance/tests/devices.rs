@@ -30,6 +30,28 @@ fn writer(dir: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<BTreeM
     })
 }
 
+/// Creates `cold/` in the mount, pinned to the slow tier.
+fn pin_cold(sb: &Sandbox, mountpoint: &Path) {
+    let cold = mountpoint.join("cold");
+    fs::create_dir(&cold).unwrap();
+    sb.ok(&["tier", "pin", cold.to_str().unwrap(), "slow"]);
+}
+
+/// [`pin_cold`], then `count` files of 300 KiB there, synced; returns them by path with
+/// their seeds (see [`verify`]).
+fn fill_cold(sb: &Sandbox, mountpoint: &Path, count: u64) -> BTreeMap<PathBuf, u64> {
+    pin_cold(sb, mountpoint);
+    let files: BTreeMap<PathBuf, u64> = (0..count)
+        .map(|seed| {
+            let path = mountpoint.join("cold").join(format!("c{seed}"));
+            fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
+            (path, seed)
+        })
+        .collect();
+    sb.ok(&["sync", mountpoint.to_str().unwrap()]);
+    files
+}
+
 fn verify(files: &BTreeMap<PathBuf, u64>, len: usize) {
     for (path, seed) in files {
         let data = fs::read(path).unwrap();
@@ -52,15 +74,7 @@ fn add_remove_and_replace_under_writes_keep_every_file() {
     let guard = sb.mount(&fast, &slow);
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
     // Data on the slow tier (pinned), so removing and replacing slow members moves it.
-    fs::create_dir(guard.path("cold")).unwrap();
-    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
-    let mut before = BTreeMap::new();
-    for seed in 0..40 {
-        let path = guard.path("cold").join(format!("c{seed}"));
-        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
-        before.insert(path, seed);
-    }
-    sb.ok(&["sync", &mnt]);
+    let before = fill_cold(&sb, &guard.mountpoint, 40);
 
     let stop = Arc::new(AtomicBool::new(false));
     let busy = writer(guard.path("cold"), Arc::clone(&stop));
@@ -122,8 +136,7 @@ fn a_member_missing_at_mount_gives_a_degraded_pool_until_it_is_back() {
     let (fast, slow) = sb.format("256M", "256M");
     let guard = sb.mount(&fast, &slow);
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
-    fs::create_dir(guard.path("cold")).unwrap();
-    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    pin_cold(&sb, &guard.mountpoint);
     fs::write(guard.path("cold/on-slow"), pattern(1, 1 << 20)).unwrap();
     fs::write(guard.path("on-fast"), pattern(2, 1 << 20)).unwrap();
     guard.unmount();
@@ -257,15 +270,7 @@ fn members_grow_and_shrink_online_and_an_interrupted_removal_resumes_at_mount() 
     let (fast, slow) = sb.format("256M", "256M");
     let guard = sb.mount(&fast, &slow);
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
-    fs::create_dir(guard.path("cold")).unwrap();
-    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
-    let mut files = BTreeMap::new();
-    for seed in 0..60 {
-        let path = guard.path("cold").join(format!("c{seed}"));
-        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
-        files.insert(path, seed);
-    }
-    sb.ok(&["sync", &mnt]);
+    let files = fill_cold(&sb, &guard.mountpoint, 60);
 
     // Grow the slow image file to 512M, then shrink it to 200M under writes.
     let out = sb.ok(&["device", "resize", &mnt, &slow, "512M"]);
@@ -431,8 +436,7 @@ fn a_member_returning_bad_data_is_faulted_and_cleared_with_its_errors() {
     let (fast, slow) = sb.format("256M", "256M");
     let guard = sb.mount(&fast, &slow);
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
-    fs::create_dir(guard.path("cold")).unwrap();
-    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
+    pin_cold(&sb, &guard.mountpoint);
     for seed in 0..100 {
         fs::write(
             guard.path(&format!("cold/{seed}")),
@@ -511,15 +515,7 @@ fn loop_device_members_are_added_grown_and_removed_under_writes() {
     let fast = format_on_loop(&sb, &first);
     let guard = sb.mount_devices(&[&fast, &first.0], "mnt");
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
-    fs::create_dir(guard.path("cold")).unwrap();
-    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
-    let mut files = BTreeMap::new();
-    for seed in 0..40 {
-        let path = guard.path("cold").join(format!("c{seed}"));
-        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
-        files.insert(path, seed);
-    }
-    sb.ok(&["sync", &mnt]);
+    let files = fill_cold(&sb, &guard.mountpoint, 40);
     let stop = Arc::new(AtomicBool::new(false));
     let busy = writer(guard.path("cold"), Arc::clone(&stop));
 
@@ -565,15 +561,7 @@ fn a_removal_cut_by_a_kill_resumes_at_the_next_mount_and_the_pool_checks_clean()
     let (fast, slow) = sb.format("256M", "256M");
     let guard = sb.mount(&fast, &slow);
     let mnt = guard.mountpoint.to_str().unwrap().to_owned();
-    fs::create_dir(guard.path("cold")).unwrap();
-    sb.ok(&["tier", "pin", guard.path("cold").to_str().unwrap(), "slow"]);
-    let mut files = BTreeMap::new();
-    for seed in 0..60 {
-        let path = guard.path("cold").join(format!("c{seed}"));
-        fs::write(&path, pattern(seed, 300 * 1024)).unwrap();
-        files.insert(path, seed);
-    }
-    sb.ok(&["sync", &mnt]);
+    let files = fill_cold(&sb, &guard.mountpoint, 60);
     let extra = sb.path("extra.img").display().to_string();
     sb.ok(&["device", "add", &mnt, "--slow", &extra, "--size", "256M"]);
     sb.ok(&[

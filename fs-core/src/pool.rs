@@ -144,10 +144,7 @@ impl Pool {
     /// The pool's member list, as the superblocks of the members present say (the members
     /// present and any missing ones), with its generation.
     pub fn member_list(&self) -> (Vec<MemberInfo>, u64) {
-        let members = self.members();
-        members.first().map_or((Vec::new(), 0), |m| {
-            (m.superblock.members.clone(), m.superblock.generation)
-        })
+        list_of(&self.members())
     }
 
     /// The tier of member `index` (present or missing).
@@ -165,18 +162,30 @@ impl Pool {
             .map(|m| Arc::clone(&m.device))
     }
 
+    /// The superblock of member `index`, if it is present.
+    pub fn superblock_of(&self, index: DeviceIndex) -> Option<Superblock> {
+        self.members()
+            .iter()
+            .find(|m| m.superblock.device_index == index)
+            .map(|m| m.superblock.clone())
+    }
+
+    /// The length of the metadata region copies (0 when no member present holds one).
+    pub fn metadata_region_len(&self) -> u64 {
+        self.members()
+            .iter()
+            .map(|m| m.superblock.meta_len)
+            .find(|len| *len > 0)
+            .unwrap_or(0)
+    }
+
     /// An allocator covering every present member's data area, and the whole of each missing
     /// member (whose layout is not known without it), with nothing in use yet; new blocks go
     /// only to active members.
     pub fn empty_allocator(&self) -> Allocator {
         let members = self.members();
         let mut spaces: Vec<DeviceSpace> = members.iter().map(Member::space).collect();
-        let (list, _) = self.member_list();
-        for info in list.iter().filter(|info| {
-            !members
-                .iter()
-                .any(|m| m.superblock.device_index == info.index)
-        }) {
+        for info in missing_of(&members) {
             let mut space = DeviceSpace::new(info.index, info.tier, 0, info.size / SECTOR_SIZE);
             space.set_accepting(false);
             spaces.push(space);
@@ -186,15 +195,7 @@ impl Pool {
 
     /// The members the list names that are not present.
     pub fn missing_members(&self) -> Vec<MemberInfo> {
-        let members = self.members();
-        let (list, _) = self.member_list();
-        list.into_iter()
-            .filter(|info| {
-                !members
-                    .iter()
-                    .any(|m| m.superblock.device_index == info.index)
-            })
-            .collect()
+        missing_of(&self.members())
     }
 
     /// Marks the missing members `missing` in the member list of every member present, so
@@ -352,6 +353,27 @@ impl Member {
         }
         space
     }
+}
+
+/// The member list `members` carry, with its generation (read under one lock: a second read
+/// lock taken while holding one may deadlock behind a waiting writer).
+fn list_of(members: &[Member]) -> (Vec<MemberInfo>, u64) {
+    members.first().map_or((Vec::new(), 0), |m| {
+        (m.superblock.members.clone(), m.superblock.generation)
+    })
+}
+
+/// The members of the list `members` carry that are not among them.
+fn missing_of(members: &[Member]) -> Vec<MemberInfo> {
+    list_of(members)
+        .0
+        .into_iter()
+        .filter(|info| {
+            !members
+                .iter()
+                .any(|m| m.superblock.device_index == info.index)
+        })
+        .collect()
 }
 
 /// Writes a member's superblock: the copy at the start, flushed, then the copy at the end,

@@ -88,6 +88,14 @@ impl Members {
         self.device(name).refresh_size().unwrap();
     }
 
+    /// Zeroes the metadata region copy on device `name`.
+    fn wipe_metadata_copy(&self, name: &str) {
+        let device = self.device(name);
+        let sb = fs_core::pool::read_superblock(device.as_ref()).unwrap();
+        let zeros = vec![0u8; usize::try_from(sb.meta_len).unwrap()];
+        device.write_at(sb.meta_offset, &zeros).unwrap();
+    }
+
     fn device(&self, name: &str) -> &Arc<FaultyDevice> {
         &self.devices.iter().find(|(n, _, _)| n == name).unwrap().1
     }
@@ -371,12 +379,7 @@ fn removing_a_metadata_holder_moves_its_metadata_copy() {
 
     members.gone("d1");
     // The copy on d2 is whole: with the fast member's copy wiped, the pool opens from it.
-    let sb = fs_core::pool::read_superblock(members.device("d0").as_ref()).unwrap();
-    let zeros = vec![0u8; usize::try_from(sb.meta_len).unwrap()];
-    members
-        .device("d0")
-        .write_at(sb.meta_offset, &zeros)
-        .unwrap();
+    members.wipe_metadata_copy("d0");
     let fs = members.open();
     assert_files(&fs, &files);
     assert_files(&fs, &more);
@@ -519,12 +522,7 @@ fn a_pool_with_a_missing_member_opens_degraded_and_resyncs_it_when_it_is_back() 
     drop(fs);
     members.assert_fsck_clean("after the member came back");
     // The resynced copy alone (the fast copy wiped) holds what was written without it.
-    let sb = fs_core::pool::read_superblock(members.device("d0").as_ref()).unwrap();
-    let zeros = vec![0u8; usize::try_from(sb.meta_len).unwrap()];
-    members
-        .device("d0")
-        .write_at(sb.meta_offset, &zeros)
-        .unwrap();
+    members.wipe_metadata_copy("d0");
     let fs = members.open();
     assert_files(&fs, &written);
 }

@@ -323,19 +323,16 @@ impl Allocator {
     }
 
     /// Claims `count` sectors for a copy of a block whose other copy is on `other`: on
-    /// another device, of the other tier first, and never on a device in `avoid`.
+    /// another device, of the other tier first.
     pub fn allocate_mirror(
         &mut self,
         count: u64,
         other: DeviceIndex,
-        avoid: &[DeviceIndex],
     ) -> Option<(DeviceIndex, u64)> {
         let other_tier = self.devices.iter().find(|d| d.index == other)?.tier;
-        let mut excluded = avoid.to_vec();
-        excluded.push(other);
         [other_tier.other(), other_tier]
             .into_iter()
-            .find_map(|tier| self.allocate_on(tier, count, &excluded))
+            .find_map(|tier| self.allocate_on(tier, count, &[other]))
     }
 
     /// Claims `count` contiguous sectors on accepting member `index`.
@@ -514,23 +511,23 @@ mod tests {
             DeviceSpace::new(DeviceIndex(2), Tier::Slow, 100, 32),
         ]);
         assert_eq!(
-            alloc.allocate_mirror(32, DeviceIndex(0), &[]),
+            alloc.allocate_mirror(32, DeviceIndex(0)),
             Some((DeviceIndex(2), 100))
         );
         assert_eq!(
-            alloc.allocate_mirror(32, DeviceIndex(0), &[]),
+            alloc.allocate_mirror(32, DeviceIndex(0)),
             Some((DeviceIndex(1), 10))
         );
         assert_eq!(
-            alloc.allocate_mirror(32, DeviceIndex(2), &[]),
+            alloc.allocate_mirror(32, DeviceIndex(2)),
             Some((DeviceIndex(0), 10))
         );
-        assert_eq!(alloc.allocate_mirror(64, DeviceIndex(1), &[]), None);
-        assert_eq!(alloc.allocate_mirror(1, DeviceIndex(9), &[]), None);
+        assert_eq!(alloc.allocate_mirror(64, DeviceIndex(1)), None);
+        assert_eq!(alloc.allocate_mirror(1, DeviceIndex(9)), None);
         assert_eq!(
-            alloc.allocate_mirror(8, DeviceIndex(1), &[DeviceIndex(0)]),
-            None,
-            "never on an avoided device"
+            alloc.allocate_mirror(8, DeviceIndex(0)),
+            Some((DeviceIndex(1), 42)),
+            "never on the device of the other copy, though it has room"
         );
     }
 

@@ -139,9 +139,8 @@ impl Filesystem {
         }
         let holds_metadata = self
             .pool
-            .members()
-            .iter()
-            .any(|m| m.superblock.device_index == old && m.superblock.meta_len > 0);
+            .superblock_of(old)
+            .is_some_and(|sb| sb.meta_len > 0);
         self.join(new, holds_metadata, Some(old))
     }
 
@@ -160,19 +159,13 @@ impl Filesystem {
             .map(DeviceIndex)
             .find(|i| !list.iter().any(|m| m.index == *i))
             .ok_or_else(|| FsError::Pool(format!("a pool has at most {MAX_MEMBERS} members")))?;
-        let (template, region_len) = {
-            let members = self.pool.members();
-            let template = members
-                .first()
-                .map(|m| m.superblock.clone())
-                .ok_or(FsError::Failed)?;
-            let region_len = members
-                .iter()
-                .map(|m| m.superblock.meta_len)
-                .find(|len| *len > 0)
-                .unwrap_or(0);
-            (template, region_len)
-        };
+        let template = self
+            .pool
+            .members()
+            .first()
+            .map(|m| m.superblock.clone())
+            .ok_or(FsError::Failed)?;
+        let region_len = self.pool.metadata_region_len();
         let meta_len = if metadata_copy { region_len } else { 0 };
         let size = new.device.size() - new.device.size() % SECTOR_SIZE;
         let header = SUPERBLOCK_SIZE as u64;
@@ -681,13 +674,7 @@ impl Filesystem {
                 .collect()
         };
         candidates.sort_by_key(|(_, t, free)| (*t != tier, std::cmp::Reverse(*free)));
-        let region_len = self
-            .pool
-            .members()
-            .iter()
-            .map(|m| m.superblock.meta_len)
-            .find(|len| *len > 0)
-            .unwrap_or(0);
+        let region_len = self.pool.metadata_region_len();
         let sectors = region_len / SECTOR_SIZE;
         for (host, _, _) in candidates {
             let Some(sector) =
@@ -741,10 +728,7 @@ impl Filesystem {
     fn resized(&self, index: DeviceIndex, size: u64) -> FsResult<Superblock> {
         let sb = self
             .pool
-            .members()
-            .iter()
-            .find(|m| m.superblock.device_index == index)
-            .map(|m| m.superblock.clone())
+            .superblock_of(index)
             .ok_or(FsError::MissingDevice(index))?;
         let size = size - size % SECTOR_SIZE;
         let data_end = size.saturating_sub(SUPERBLOCK_SIZE as u64);
@@ -814,10 +798,8 @@ impl Filesystem {
         let available = device.refresh_size()?;
         let current = self
             .pool
-            .members()
-            .iter()
-            .find(|m| m.superblock.device_index == index)
-            .map_or(0, |m| m.superblock.device_size);
+            .superblock_of(index)
+            .map_or(0, |sb| sb.device_size);
         let wanted = size.unwrap_or(available);
         let wanted = wanted - wanted % SECTOR_SIZE;
         if wanted > available {
@@ -859,10 +841,8 @@ impl Filesystem {
         let superblock = self.resized(index, size)?;
         let current = self
             .pool
-            .members()
-            .iter()
-            .find(|m| m.superblock.device_index == index)
-            .map_or(0, |m| m.superblock.device_size);
+            .superblock_of(index)
+            .map_or(0, |sb| sb.device_size);
         if superblock.device_size >= current {
             return Err(FsError::Conflict(format!(
                 "member {} uses {current} bytes; {} is not smaller",

@@ -194,7 +194,7 @@ pub struct MemberStatus {
     pub tier: Tier,
     /// Where it was opened from (empty while it is missing).
     pub path: String,
-    /// In use, being emptied, or missing (see [`MemberState`]).
+    /// Active, being emptied, missing or faulted (see [`MemberState`]).
     pub state: MemberState,
     /// It holds a copy of the metadata region.
     pub metadata_copy: bool,
@@ -1029,6 +1029,7 @@ impl Filesystem {
             .unwrap_or(0);
         let state = &*guard;
         let (list, _) = self.pool.member_list();
+        let missing = self.pool.missing_members();
         let mut members: Vec<MemberStatus> = self
             .pool
             .members()
@@ -1066,7 +1067,7 @@ impl Filesystem {
                     errors: counters.error_counts(),
                 }
             })
-            .chain(self.pool.missing_members().iter().map(|info| {
+            .chain(missing.iter().map(|info| {
                 MemberStatus {
                     index: info.index,
                     tier: info.tier,

@@ -804,7 +804,7 @@ impl Tx<'_> {
         if !mirrored {
             return Some((primary, None));
         }
-        match self.book.alloc.allocate_mirror(sectors, device, &[]) {
+        match self.book.alloc.allocate_mirror(sectors, device) {
             Some((device, sector)) => Some((primary, Some(Location { device, sector }))),
             None => {
                 let _ = self.book.alloc.release(device, sector, sectors);
