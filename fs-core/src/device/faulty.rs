@@ -131,6 +131,21 @@ pub struct FaultyDevice {
     name: String,
     size: AtomicU64,
     state: Mutex<State>,
+    /// A stall of writes (a device that stops answering for a while).
+    stall: Stall,
+}
+
+/// Writes overlapping `range` wait while it is set; `waiting` counts the writes waiting.
+#[derive(Debug, Default)]
+struct Stall {
+    state: Mutex<StallState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct StallState {
+    range: Option<Range<u64>>,
+    waiting: u64,
 }
 
 #[derive(Debug, Default)]
@@ -171,7 +186,54 @@ impl FaultyDevice {
                 plan,
                 ..State::default()
             }),
+            stall: Stall::default(),
         }
+    }
+
+    /// Makes writes overlapping `range` wait (outside the request lock: other requests go
+    /// on) until [`Self::resume_writes`].
+    pub fn stall_writes(&self, range: Range<u64>) {
+        self.stall_state().range = Some(range);
+    }
+
+    /// Lets stalled and later writes through.
+    pub fn resume_writes(&self) {
+        self.stall_state().range = None;
+        self.stall.changed.notify_all();
+    }
+
+    /// How many writes are waiting in a stall now.
+    pub fn stalled_writes(&self) -> u64 {
+        self.stall_state().waiting
+    }
+
+    fn stall_state(&self) -> MutexGuard<'_, StallState> {
+        self.stall
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait_out_stall(&self, offset: u64, len: usize) {
+        let mut stall = self.stall_state();
+        let stalled = |stall: &StallState| {
+            stall
+                .range
+                .as_ref()
+                .is_some_and(|range| overlaps(std::slice::from_ref(range), offset, len))
+        };
+        if !stalled(&stall) {
+            return;
+        }
+        stall.waiting += 1;
+        while stalled(&stall) {
+            stall = self
+                .stall
+                .changed
+                .wait(stall)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        stall.waiting -= 1;
     }
 
     /// The wrapped device (the durable image).
@@ -399,6 +461,7 @@ impl BlockDevice for FaultyDevice {
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), DeviceError> {
+        self.wait_out_stall(offset, data.len());
         let mut state = self.lock();
         if state.power_cut {
             return Err(self.eio("write", offset, data.len()));

@@ -331,9 +331,8 @@ impl BlockDevice for UringDevice {
                 if is_addr_aligned(op.data.as_ptr()) {
                     (op.data.as_ptr().cast_mut(), Via::Direct)
                 } else {
-                    let mut bounce = AlignedBuf::zeroed(len)
+                    let bounce = AlignedBuf::copy_of(op.data)
                         .map_err(|err| self.io_error("write", op.offset, len, err))?;
-                    bounce.as_mut_slice().copy_from_slice(op.data);
                     let ptr = bounce.as_ptr();
                     bounces.push(bounce);
                     (ptr, Via::Direct)
@@ -631,8 +630,7 @@ unsafe impl Send for AlignedBuf {}
 impl AlignedBuf {
     /// Allocates `len` (> 0) zeroed bytes aligned to `DIRECT_ALIGN`.
     fn zeroed(len: usize) -> io::Result<Self> {
-        let layout = Layout::from_size_align(len.max(1), DIRECT_ALIGN)
-            .map_err(|err| io::Error::new(io::ErrorKind::OutOfMemory, err))?;
+        let layout = Self::layout(len)?;
         // SAFETY: `layout` has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let Some(ptr) = NonNull::new(raw) else {
@@ -641,26 +639,46 @@ impl AlignedBuf {
         Ok(Self { ptr, layout })
     }
 
+    /// Allocates a copy of `data` aligned to `DIRECT_ALIGN`, without zeroing it first (the
+    /// copy is most of a write's own work).
+    fn copy_of(data: &[u8]) -> io::Result<Self> {
+        if data.is_empty() {
+            return Self::zeroed(0);
+        }
+        let layout = Self::layout(data.len())?;
+        // SAFETY: `layout` has a non-zero size.
+        let raw = unsafe { alloc::alloc(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
+        // SAFETY: `ptr` is a fresh allocation of `layout.size()` == `data.len()` bytes (not
+        // empty), so the copy stays inside it and does not overlap `data`; after it every byte
+        // of the allocation is initialised.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len()) };
+        Ok(Self { ptr, layout })
+    }
+
+    fn layout(len: usize) -> io::Result<Layout> {
+        Layout::from_size_align(len.max(1), DIRECT_ALIGN)
+            .map_err(|err| io::Error::new(io::ErrorKind::OutOfMemory, err))
+    }
+
     fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` is a live, initialised (zeroed at allocation) allocation of
+        // SAFETY: `ptr` is a live, initialised (zeroed or copied at allocation) allocation of
         // `layout.size()` bytes owned by `self`, and the shared borrow of `self` prevents
         // mutation through safe code for the slice's lifetime.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `as_slice`, and the exclusive borrow of `self` makes the slice unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
     }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: `ptr` was returned by `alloc_zeroed(self.layout)` and is freed only here.
+        // SAFETY: `ptr` was returned by `alloc_zeroed` or `alloc` with `self.layout` and is freed
+        // only here.
         unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }

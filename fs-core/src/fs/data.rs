@@ -94,9 +94,11 @@ impl Tx<'_> {
                 patches.push((index, lo, src));
                 continue;
             }
-            let mut content = if lo == 0 && hi == to_usize(bs) {
-                Vec::new()
-            } else if index == 0 && inline.is_some() {
+            if lo == 0 && hi == to_usize(bs) {
+                blocks.push((index, src.to_vec()));
+                continue;
+            }
+            let mut content = if index == 0 && inline.is_some() {
                 inline.clone().unwrap_or_default()
             } else {
                 self.read_file_block(inode.id, index)?

@@ -34,6 +34,7 @@
 mod cache;
 mod data;
 pub mod devices;
+mod inflight;
 pub mod latency;
 mod namespace;
 pub mod props;
@@ -400,6 +401,9 @@ struct Book {
     /// the next flush, so many small writes to a block cost one block write.
     staged: BTreeMap<(u64, u64), tx::StagedBlock>,
     staged_bytes: u64,
+    /// Staged blocks mapped to new sectors whose device writes have begun but not started:
+    /// the verb holding the state lock writes them after releasing it.
+    unwritten: inflight::BlockWrites,
     /// Sectors reserved for staged blocks, so a staged write never meets ENOSPC at flush.
     reserved_sectors: u64,
     commits: u64,
@@ -510,6 +514,8 @@ pub struct Filesystem {
     dedup: Option<Dedup>,
     /// Held by a change of the member list (`devices`), so changes happen one at a time.
     device_changes: Mutex<()>,
+    /// Writes of new blocks running outside the state lock.
+    in_flight: inflight::InFlight,
 }
 
 /// How a dedup pool deduplicates.
@@ -644,6 +650,7 @@ impl Filesystem {
                     open_counts: HashMap::new(),
                     staged: BTreeMap::new(),
                     staged_bytes: 0,
+                    unwritten: inflight::BlockWrites::default(),
                     reserved_sectors: 0,
                     commits: 0,
                     last_commit: None,
@@ -656,6 +663,7 @@ impl Filesystem {
             nonces,
             dedup,
             device_changes: Mutex::new(()),
+            in_flight: inflight::InFlight::default(),
         });
         let mut guard = LeakOnPanic(Some(fs));
         if let Some(fs) = &guard.0 {
@@ -717,7 +725,9 @@ impl Filesystem {
     /// read-only it fails with [`FsError::ReadOnly`] without running.
     fn with_tx<T>(&self, op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>) -> FsResult<T> {
         let mut guard = self.lock_state();
-        self.modify_locked(&mut guard, op)
+        let result = self.modify_locked(&mut guard, op);
+        let written = self.unlock_and_write(guard);
+        result.and_then(|value| written.map(|()| value))
     }
 
     /// Runs a verb that changes nothing: in the open transaction group, or on the last commit
@@ -731,8 +741,10 @@ impl Filesystem {
         op(&mut state.reader(self)?)
     }
 
-    /// `with_tx` on a `state` the caller has locked: runs `op`, then writes staged blocks out
-    /// or commits when their limits are passed.
+    /// `with_tx` on a `state` the caller has locked: runs `op`, then maps staged blocks to new
+    /// sectors or commits when their limits are passed. The caller writes the mapped blocks
+    /// out after releasing the lock ([`Self::unlock_and_write`]), so the device works while
+    /// the next writes are staged.
     fn modify_locked<T>(
         &self,
         state: &mut State,
@@ -743,7 +755,7 @@ impl Filesystem {
             return result;
         }
         if state.book.staged_bytes >= STAGED_LIMIT {
-            if let Err(err) = self.run_locked(state, |tx| tx.flush_staged()) {
+            if let Err(err) = self.run_locked(state, |tx| tx.map_staged()) {
                 if state.txn.is_none() {
                     return Err(err);
                 }
@@ -804,6 +816,9 @@ impl Filesystem {
         let book = &mut state.book;
         book.staged.clear();
         book.staged_bytes = 0;
+        // Nothing the lost group mapped needs writing any more.
+        self.in_flight
+            .end(&std::mem::take(&mut book.unwritten), Ok(()));
         book.reserved_sectors = 0;
         // Sectors freed in the lost group stay in use: the last commit still points at them.
         book.pending_free.clear();
@@ -846,6 +861,9 @@ impl Filesystem {
         // Staged data goes to the devices first; ENOSPC here keeps it staged and fails this
         // commit without losing anything.
         self.run_locked(state, |tx| tx.flush_staged())?;
+        if let Err(err) = self.in_flight.wait_idle() {
+            return Err(self.fail(state, err));
+        }
         let errors: Vec<ErrorCounts> = self
             .counters
             .iter()
@@ -1254,6 +1272,7 @@ impl Filesystem {
     /// checksum) is read from its second copy, which is then written over the bad one
     /// (self-heal). Without an intact copy the read fails: never wrong data.
     fn read_stored(&self, blocks: &[(u64, BlockRecord)]) -> FsResult<Vec<Vec<u8>>> {
+        self.in_flight.wait_for(blocks.iter().map(|(id, _)| *id));
         let mut buffers: Vec<Vec<u8>> = blocks
             .iter()
             .map(|(_, record)| vec![0u8; record.padded_len()])
@@ -1311,6 +1330,7 @@ impl Filesystem {
 
     /// Reads one copy of a block and verifies it; returns its stored bytes.
     fn read_copy(&self, id: u64, record: &BlockRecord, at: Location) -> FsResult<Vec<u8>> {
+        self.in_flight.wait_for(std::iter::once(id));
         let mut buf = vec![0u8; record.padded_len()];
         let started = Instant::now();
         let read = self

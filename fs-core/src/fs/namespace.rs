@@ -537,11 +537,13 @@ impl Filesystem {
         if state.txn.is_none() || ino.snapshot_epoch().is_some() {
             return Ok(());
         }
-        self.modify_locked(state, |tx| match tx.inode(ino) {
+        let result = self.modify_locked(state, |tx| match tx.inode(ino) {
             Ok(inode) if inode.nlink == 0 => tx.free_inode(ino),
             Ok(_) | Err(FsError::NotFound) => Ok(()),
             Err(err) => Err(err),
-        })
+        });
+        let written = self.unlock_and_write(guard);
+        result.and(written)
     }
 }
 

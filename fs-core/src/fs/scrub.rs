@@ -554,6 +554,8 @@ impl Filesystem {
         batch: &[Listed],
         arena: &mut Vec<u8>,
     ) -> HashMap<(u64, Location), bool> {
+        self.in_flight
+            .wait_for(batch.iter().map(|listed| listed.id));
         let mut by_device: HashMap<DeviceIndex, Vec<(u64, &BlockRecord, Location)>> =
             HashMap::new();
         for Listed { id, record, .. } in batch {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use super::inflight::BlockWrites;
 use super::versions::{
     decode_block_id, decode_dirent, encode_dirent, named_key, number_key, pair_key, split_named,
     split_pair, AsOf, RecordKind,
@@ -22,7 +23,7 @@ use crate::meta::records::{BlockRecord, FileKind, Inode, Location};
 use crate::meta::{
     BLOCKS, DEDUP, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, INODES, ORPHANS, XATTRS,
 };
-use crate::types::{DeviceIndex, InodeId};
+use crate::types::InodeId;
 
 /// A new block written to fresh sectors, not yet mapped.
 struct Placed {
@@ -30,12 +31,13 @@ struct Placed {
     id: u64,
     primary: Location,
     mirror: Option<Location>,
-    /// The stored bytes padded to whole sectors.
-    buf: Vec<u8>,
+    /// The stored bytes padded to whole sectors (the content itself when it is stored as is
+    /// and fills whole sectors).
+    stored: Arc<Vec<u8>>,
     stored_len: usize,
     encoding: Encoding,
     /// The content, for the block cache.
-    content: Vec<u8>,
+    content: Arc<Vec<u8>>,
     /// The content's dedup table key (dedup pools only).
     dedup_hash: Option<[u8; 32]>,
 }
@@ -44,7 +46,8 @@ struct Placed {
 /// for it (all of its copies).
 #[derive(Debug)]
 pub(super) struct StagedBlock {
-    pub content: Vec<u8>,
+    /// Shared with the batch that writes it out, until then changed in place.
+    pub content: Arc<Vec<u8>>,
     reserved: u64,
 }
 
@@ -53,21 +56,27 @@ struct Fresh {
     index: u64,
     id: u64,
     nonce: Option<BlockNonce>,
-    content: Vec<u8>,
+    content: Arc<Vec<u8>>,
     dedup_hash: Option<[u8; 32]>,
 }
 
-type Encoded = Result<(Vec<u8>, Encoding), crate::codec::CodecError>;
+/// A block's stored bytes and how they are encoded; `None` when the content is stored as is.
+type Encoded = Result<(Option<Vec<u8>>, Encoding), crate::codec::CodecError>;
 
 /// Compresses and encrypts `blocks`, in order, on one thread per core: zstd and AES-GCM take
 /// most of a flush's time, and the state lock is held meanwhile.
 fn encode_all(blocks: &[Fresh], compression: Compression, keys: Option<&PoolKeys>) -> Vec<Encoded> {
+    if compression == Compression::Off && keys.is_none() {
+        let plain = Encoding {
+            compressed: false,
+            nonce: None,
+        };
+        return blocks.iter().map(|_| Ok((None, plain))).collect();
+    }
     let encode = |block: &Fresh| {
         crate::codec::encode_block(&block.content, compression, keys.zip(block.nonce), block.id)
+            .map(|(stored, encoding)| (Some(stored), encoding))
     };
-    if compression == Compression::Off && keys.is_none() {
-        return blocks.iter().map(encode).collect();
-    }
     // Asked once: the standard library reads the cgroup's CPU limit from files at every call.
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cores = *CORES.get_or_init(|| {
@@ -443,7 +452,7 @@ impl Tx<'_> {
     /// Reads the content of logical block `index` of `ino` (empty for a hole).
     pub fn read_file_block(&self, ino: InodeId, index: u64) -> FsResult<Vec<u8>> {
         if let Some(block) = self.book.staged.get(&(ino.0, index)) {
-            return Ok(block.content.clone());
+            return Ok(block.content.to_vec());
         }
         match self.block_of(ino, index)? {
             None => Ok(Vec::new()),
@@ -556,14 +565,19 @@ impl Tx<'_> {
         Ok(bytes)
     }
 
-    /// Writes new contents for logical blocks of `inode` to fresh sectors (two copies on two
+    /// Places new contents for logical blocks of `inode` in fresh sectors (two copies on two
     /// devices when its `copies` property is 2) and maps them, releasing the blocks they
-    /// replace. Each block is compressed and encrypted as the file and pool ask; on a dedup
-    /// pool, content the pool already holds is mapped to the existing block instead, and in a
-    /// compressed file an all-zero block becomes a hole. All space is claimed and all data
-    /// written before the first metadata change, so ENOSPC or a device error leaves the file
-    /// as it was.
-    pub fn store_blocks(&mut self, inode: &mut Inode, blocks: Vec<(u64, Vec<u8>)>) -> FsResult<()> {
+    /// replace; the device writes still to do are added to `writes` (see [`super::inflight`]).
+    /// Each block is compressed and encrypted as the file and pool ask; on a dedup pool,
+    /// content the pool already holds is mapped to the existing block instead, and in a
+    /// compressed file an all-zero block becomes a hole. All space is claimed before the first
+    /// metadata change, so ENOSPC leaves the file as it was.
+    pub fn store_blocks(
+        &mut self,
+        inode: &mut Inode,
+        blocks: Vec<(u64, Arc<Vec<u8>>)>,
+        writes: &mut BlockWrites,
+    ) -> FsResult<()> {
         writable(inode.id)?;
         let mirrored = self.copies(inode.id)? >= 2;
         let compression = self.compression(inode.id)?;
@@ -614,7 +628,7 @@ impl Tx<'_> {
         let encoded = encode_all(&fresh, compression, self.fs.pool.keys().map(AsRef::as_ref));
         let mut placed: Vec<Placed> = Vec::with_capacity(fresh.len());
         for (block, encoded) in fresh.into_iter().zip(encoded) {
-            let (mut buf, encoding) = match encoded {
+            let (stored, encoding) = match encoded {
                 Ok(encoded) => encoded,
                 Err(err) => {
                     self.release_placed(&placed);
@@ -624,31 +638,32 @@ impl Tx<'_> {
                     )));
                 }
             };
-            let stored_len = buf.len();
+            let stored_len = stored.as_ref().unwrap_or(&block.content).len();
             let sectors = (stored_len as u64).div_ceil(SECTOR_SIZE).max(1);
             let Some((primary, mirror)) = self.place(sectors, placement, mirrored) else {
                 self.release_placed(&placed);
                 return Err(FsError::NoSpace);
             };
-            buf.resize(
-                usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX),
-                0,
-            );
+            let padded_len = usize::try_from(sectors * SECTOR_SIZE).unwrap_or(usize::MAX);
+            let stored = match stored {
+                None if stored_len == padded_len => Arc::clone(&block.content),
+                stored => {
+                    let mut padded = stored.unwrap_or_else(|| block.content.to_vec());
+                    padded.resize(padded_len, 0);
+                    Arc::new(padded)
+                }
+            };
             placed.push(Placed {
                 index: block.index,
                 id: block.id,
                 primary,
                 mirror,
-                buf,
+                stored,
                 stored_len,
                 encoding,
                 content: block.content,
                 dedup_hash: block.dedup_hash,
             });
-        }
-        if let Err(err) = self.write_placed(&placed) {
-            self.release_placed(&placed);
-            return Err(err);
         }
         self.mark_dirty();
         // Every new block is entered and every shared one referenced before any mapping is
@@ -669,7 +684,9 @@ impl Tx<'_> {
                         continue;
                     };
                     let record = self.add_block(block.id, &block)?;
-                    self.fs.cache.insert(block.id, Arc::new(block.content));
+                    let copies = std::iter::once(block.primary).chain(block.mirror);
+                    writes.add(block.id, copies, &block.stored);
+                    self.fs.cache.insert(block.id, block.content);
                     let written = u64::from(record.stored_len);
                     mappings.push((block.index, block.id, record, Some(written)));
                 }
@@ -722,7 +739,7 @@ impl Tx<'_> {
             sector: block.primary.sector,
             stored_len: u32::try_from(block.stored_len).unwrap_or(u32::MAX),
             logical_len: u32::try_from(block.content.len()).unwrap_or(u32::MAX),
-            checksum: crate::codec::checksum64(&block.buf[..block.stored_len]),
+            checksum: crate::codec::checksum64(&block.stored[..block.stored_len]),
             encoding: block.encoding,
             refcount: 1,
             mirror: block.mirror,
@@ -816,7 +833,7 @@ impl Tx<'_> {
     /// Returns the sectors of blocks that were placed but will not be mapped.
     fn release_placed(&mut self, placed: &[Placed]) {
         for block in placed {
-            let count = block.buf.len() as u64 / SECTOR_SIZE;
+            let count = block.stored.len() as u64 / SECTOR_SIZE;
             for location in std::iter::once(block.primary).chain(block.mirror) {
                 let _ = self
                     .book
@@ -824,32 +841,6 @@ impl Tx<'_> {
                     .release(location.device, location.sector, count);
             }
         }
-    }
-
-    fn write_placed(&self, placed: &[Placed]) -> FsResult<()> {
-        let mut by_device: Vec<(DeviceIndex, Vec<crate::device::WriteOp<'_>>)> = Vec::new();
-        for block in placed {
-            for location in std::iter::once(block.primary).chain(block.mirror) {
-                let op = crate::device::WriteOp {
-                    offset: location.sector * SECTOR_SIZE,
-                    data: &block.buf,
-                };
-                match by_device.iter_mut().find(|(d, _)| *d == location.device) {
-                    Some((_, ops)) => ops.push(op),
-                    None => by_device.push((location.device, vec![op])),
-                }
-            }
-        }
-        for (index, ops) in by_device {
-            let started = std::time::Instant::now();
-            self.fs
-                .device(index)?
-                .write_batch(&ops)
-                .map_err(FsError::DeviceWrite)?;
-            self.fs
-                .count_writes(index, ops.iter().map(|op| op.data.len()), started.elapsed());
-        }
-        Ok(())
     }
 
     /// The attributes `stat` reports: space of staged blocks not yet on a device counts as
@@ -917,13 +908,13 @@ impl Tx<'_> {
             match self.book.staged.get_mut(&(inode.id.0, index)) {
                 Some(block) => {
                     self.book.staged_bytes -= block.content.len() as u64;
-                    block.content = content;
+                    block.content = Arc::new(content);
                 }
                 None => {
                     self.book.staged.insert(
                         (inode.id.0, index),
                         StagedBlock {
-                            content,
+                            content: Arc::new(content),
                             reserved: per_block,
                         },
                     );
@@ -937,7 +928,7 @@ impl Tx<'_> {
     pub fn patch_staged(&mut self, ino: InodeId, index: u64, at: usize, data: &[u8]) {
         self.mark_dirty();
         if let Some(block) = self.book.staged.get_mut(&(ino.0, index)) {
-            let content = &mut block.content;
+            let content = Arc::make_mut(&mut block.content);
             let end = at + data.len();
             if content.len() < end {
                 self.book.staged_bytes += (end - content.len()) as u64;
@@ -957,21 +948,43 @@ impl Tx<'_> {
         }
     }
 
-    /// Writes every staged block to fresh sectors and maps it, one device batch per file.
-    /// A file whose blocks cannot be placed (ENOSPC on a fragmented pool) stays staged.
+    /// Writes every staged block to fresh sectors and maps it (and writes out what this
+    /// critical section mapped before).
     pub fn flush_staged(&mut self) -> FsResult<()> {
+        self.write_unwritten();
+        let mapped = self.map_staged();
+        self.write_unwritten();
+        match self.fs.in_flight.take_failure() {
+            Some(err) => Err(err),
+            None => mapped,
+        }
+    }
+
+    /// Writes out the blocks this critical section mapped but has not written.
+    fn write_unwritten(&mut self) {
+        let writes = std::mem::take(&mut self.book.unwritten);
+        self.fs.write_new_blocks(&writes);
+    }
+
+    /// Places every staged block in fresh sectors and maps it, one batch per file. The device
+    /// writes still to do are begun (see [`super::inflight`]) and left in the book's
+    /// `unwritten`, for [`Filesystem::unlock_and_write`] or the next flush. A file whose blocks
+    /// cannot be placed (ENOSPC on a fragmented pool) stays staged.
+    pub fn map_staged(&mut self) -> FsResult<()> {
+        let mut writes = BlockWrites::default();
+        let mapped = self.map_staged_into(&mut writes);
+        self.fs.in_flight.begin(&writes);
+        self.book.unwritten.append(writes);
+        mapped
+    }
+
+    fn map_staged_into(&mut self, writes: &mut BlockWrites) -> FsResult<()> {
         let inodes: Vec<u64> = {
             let mut inodes: Vec<u64> = self.book.staged.keys().map(|(ino, _)| *ino).collect();
             inodes.dedup();
             inodes
         };
         for ino in inodes {
-            let keys: Vec<(u64, u64)> = self
-                .book
-                .staged
-                .range((ino, 0)..=(ino, u64::MAX))
-                .map(|(key, _)| *key)
-                .collect();
             let mut inode = match self.inode(InodeId(ino)) {
                 Ok(inode) => inode,
                 Err(FsError::NotFound) => {
@@ -980,14 +993,13 @@ impl Tx<'_> {
                 }
                 Err(err) => return Err(err),
             };
-            let blocks: Vec<(u64, Vec<u8>)> = keys
-                .iter()
-                .filter_map(|key| {
-                    let block = self.book.staged.get(key)?;
-                    Some((key.1, block.content.clone()))
-                })
+            let contents: Vec<(u64, Arc<Vec<u8>>)> = self
+                .book
+                .staged
+                .range((ino, 0)..=(ino, u64::MAX))
+                .map(|(key, block)| (key.1, Arc::clone(&block.content)))
                 .collect();
-            self.store_blocks(&mut inode, blocks)?;
+            self.store_blocks(&mut inode, contents, writes)?;
             self.unstage_range(InodeId(ino), 0..u64::MAX);
             self.put_inode(&inode)?;
         }

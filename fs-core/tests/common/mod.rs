@@ -88,16 +88,26 @@ impl TestPool {
     }
 
     pub fn try_open(&self) -> fs_core::FsResult<Arc<Filesystem>> {
-        let pool = self.pool()?;
-        Filesystem::new(
-            pool,
-            FsConfig {
-                commit_interval: std::time::Duration::from_secs(3600),
-                dirty_limit: u64::MAX,
-                cache_bytes: 8 * MIB,
-                ..FsConfig::default()
-            },
-        )
+        Filesystem::new(self.pool()?, Self::config())
+    }
+
+    /// Opens the filesystem with a block cache of `cache_bytes` (1: no block stays cached).
+    pub fn open_with_cache(&self, cache_bytes: u64) -> Arc<Filesystem> {
+        let config = FsConfig {
+            cache_bytes,
+            ..Self::config()
+        };
+        Filesystem::new(self.pool().expect("open pool"), config).expect("open filesystem")
+    }
+
+    /// The tests' filesystem settings: commits only when asked, an 8 MiB block cache.
+    fn config() -> FsConfig {
+        FsConfig {
+            commit_interval: std::time::Duration::from_secs(3600),
+            dirty_limit: u64::MAX,
+            cache_bytes: 8 * MIB,
+            ..FsConfig::default()
+        }
     }
 
     /// The block records of a file, in block order, as last committed (the filesystem must
