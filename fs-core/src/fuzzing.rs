@@ -154,7 +154,7 @@ fn populate(fs: &Filesystem) -> FsResult<()> {
         )?
         .ino;
     fs.write(orphan, 0, &[0x5a; 2 * 4096])?;
-    fs.open(orphan, true, false)?;
+    fs.open(orphan, true, false, crate::fs::Caller::ROOT)?;
     fs.unlink(root, b"orphan")?;
     fs.shutdown()
 }

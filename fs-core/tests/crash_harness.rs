@@ -737,7 +737,7 @@ fn snapshot_step(
         }
     }
     if let Some((ino, _)) = &opened {
-        fs.open(*ino, false, false).unwrap();
+        fs.open(*ino, false, false, Caller::ROOT).unwrap();
     }
     let want = expected.after(&op, live_open);
     let got = op.run(fs);

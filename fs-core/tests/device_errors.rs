@@ -74,7 +74,7 @@ fn assert_read_only(fs: &Filesystem, committed: &BTreeMap<String, Node>) {
     let small = fs.lookup(ROOT, b"small").unwrap().ino;
     let dir = fs.lookup(ROOT, b"dir").unwrap().ino;
     // Opening and closing files still works.
-    fs.open(small, true, false).unwrap();
+    fs.open(small, true, false, Caller::ROOT).unwrap();
     fs.release(small).unwrap();
     let file = NewNode::new(FileKind::Regular, 0o644);
     let chmod = SetAttr {
@@ -92,10 +92,13 @@ fn assert_read_only(fs: &Filesystem, committed: &BTreeMap<String, Node>) {
         ("rename", fs.rename(ROOT, b"small", dir, b"moved", 0)),
         ("link", fs.link(small, dir, b"small-link").map(drop)),
         ("setattr", fs.setattr(small, &chmod).map(drop)),
-        ("open with O_TRUNC", fs.open(small, true, true).map(drop)),
+        (
+            "open with O_TRUNC",
+            fs.open(small, true, true, Caller::ROOT).map(drop),
+        ),
         ("setxattr", fs.setxattr(small, b"user.x", b"y", 0)),
         ("removexattr", fs.removexattr(dir, b"user.none")),
-        ("fallocate", fs.fallocate(small, 0, 8192, 0)),
+        ("fallocate", fs.fallocate(small, 0, 8192, 0, Caller::ROOT)),
         ("fsync", fs.fsync()),
         ("shutdown", fs.shutdown()),
     ];

@@ -254,7 +254,7 @@ fn open_with_truncate_empties_the_file_durably() {
     fs.write(f, 0, &pattern(6, 300_000)).unwrap();
     let written = fs.getattr(f).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
-    let opened = fs.open(f, true, true).unwrap();
+    let opened = fs.open(f, true, true, Caller::ROOT).unwrap();
     assert_eq!((opened.size, opened.blocks), (0, 0));
     assert!(opened.mtime > written.mtime && opened.ctime > written.ctime);
     fs.write(f, 0, b"short").unwrap();
@@ -264,7 +264,7 @@ fn open_with_truncate_empties_the_file_durably() {
     let fs = pool.open();
     assert_eq!(read_all(&fs, f), b"short");
     // Without O_TRUNC an open leaves the content alone.
-    fs.open(f, true, false).unwrap();
+    fs.open(f, true, false, Caller::ROOT).unwrap();
     assert_eq!(read_all(&fs, f), b"short");
 }
 
@@ -276,19 +276,20 @@ fn punch_hole_and_zero_range() {
     let mut model = pattern(4, 100_000);
     fs.write(f, 0, &model).unwrap();
     let before = fs.getattr(f).unwrap().blocks;
-    fs.fallocate(f, 5_000, 60_000, 0x02 | 0x01).unwrap(); // PUNCH_HOLE | KEEP_SIZE
+    fs.fallocate(f, 5_000, 60_000, 0x02 | 0x01, Caller::ROOT)
+        .unwrap(); // PUNCH_HOLE | KEEP_SIZE
     model[5_000..65_000].fill(0);
     assert_eq!(read_all(&fs, f), model);
     assert!(
         fs.getattr(f).unwrap().blocks < before,
         "punching freed no space"
     );
-    fs.fallocate(f, 90_000, 20_000, 0x10).unwrap(); // ZERO_RANGE, extends
+    fs.fallocate(f, 90_000, 20_000, 0x10, Caller::ROOT).unwrap(); // ZERO_RANGE, extends
     model[90_000..].fill(0);
     model.resize(110_000, 0);
     assert_eq!(read_all(&fs, f), model);
     assert!(matches!(
-        fs.fallocate(f, 0, 10, 0x02),
+        fs.fallocate(f, 0, 10, 0x02, Caller::ROOT),
         Err(FsError::NotSupported)
     ));
 }
@@ -434,7 +435,7 @@ fn unlinked_open_file_lives_until_release_or_remount() {
     let fs = pool.open();
     let f = create_file(&fs, ROOT, "f");
     fs.write(f, 0, &pattern(8, 1_000_000)).unwrap();
-    fs.open(f, true, false).unwrap();
+    fs.open(f, true, false, Caller::ROOT).unwrap();
     fs.unlink(ROOT, b"f").unwrap();
     assert_eq!(fs.getattr(f).unwrap().nlink, 0);
     assert_eq!(read_all(&fs, f), pattern(8, 1_000_000));
@@ -449,7 +450,7 @@ fn unlinked_open_file_lives_until_release_or_remount() {
     // And the normal path: release frees it.
     let g = create_file(&fs, ROOT, "g");
     fs.write(g, 0, b"x").unwrap();
-    fs.open(g, true, false).unwrap();
+    fs.open(g, true, false, Caller::ROOT).unwrap();
     fs.unlink(ROOT, b"g").unwrap();
     fs.release(g).unwrap();
     assert!(matches!(fs.getattr(g), Err(FsError::NotFound)));
@@ -475,6 +476,99 @@ fn xattrs_create_replace_list_remove() {
     assert!(matches!(fs.getxattr(f, b"user.a"), Err(FsError::NoAttr)));
     assert!(matches!(fs.removexattr(f, b"user.a"), Err(FsError::NoAttr)));
     assert_eq!(fs.listxattr(f).unwrap(), b"user.b\0");
+}
+
+#[test]
+fn writes_truncates_and_chowns_drop_setuid_setgid_and_capabilities() {
+    const CAPS: &[u8] = b"security.capability";
+    let user = Caller {
+        uid: 1000,
+        gid: 1000,
+    };
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    let f = create_file(&fs, ROOT, "tool");
+    let arm = |mode: u32| {
+        let chmod = SetAttr {
+            mode: Some(mode),
+            ..SetAttr::default()
+        };
+        fs.setattr(f, &chmod).unwrap();
+        fs.setxattr(f, CAPS, b"caps", 0).unwrap();
+    };
+    let mode = |fs: &fs_core::fs::Filesystem| fs.getattr(f).unwrap().perm & 0o7777;
+    let has_caps = |fs: &fs_core::fs::Filesystem| fs.getxattr(f, CAPS).is_ok();
+
+    // A write drops all of them (and setgid only with group execute).
+    arm(0o6755);
+    fs.write(f, 0, b"new code").unwrap();
+    assert_eq!(mode(&fs), 0o755);
+    assert!(!has_caps(&fs));
+    arm(0o6745);
+    fs.write(f, 0, b"new code").unwrap();
+    assert_eq!(
+        mode(&fs),
+        0o2745,
+        "setgid without group execute is mandatory locking"
+    );
+
+    // A truncate by root keeps setuid and setgid, by anyone else drops them; both drop caps.
+    for (caller, kept) in [(Caller::ROOT, 0o6755), (user, 0o755)] {
+        arm(0o6755);
+        let truncate = SetAttr {
+            size: Some(3),
+            caller: Some(caller),
+            ..SetAttr::default()
+        };
+        fs.setattr(f, &truncate).unwrap();
+        assert_eq!(mode(&fs), kept, "truncate by uid {}", caller.uid);
+        assert!(!has_caps(&fs));
+        arm(0o6755);
+        fs.open(f, true, true, caller).unwrap();
+        fs.release(f).unwrap();
+        assert_eq!(mode(&fs), kept, "open with O_TRUNC by uid {}", caller.uid);
+        assert!(!has_caps(&fs));
+        arm(0o6755);
+        fs.fallocate(f, 0, 4096, 0, caller).unwrap();
+        assert_eq!(mode(&fs), kept, "fallocate by uid {}", caller.uid);
+        assert!(!has_caps(&fs));
+    }
+
+    // A change of owner drops them whoever asks.
+    arm(0o6755);
+    let chown = SetAttr {
+        uid: Some(1000),
+        caller: Some(Caller::ROOT),
+        ..SetAttr::default()
+    };
+    fs.setattr(f, &chown).unwrap();
+    assert_eq!(mode(&fs), 0o755);
+    assert!(!has_caps(&fs));
+
+    // Other attributes, and directories, keep what they have.
+    arm(0o6755);
+    let touch = SetAttr {
+        mtime: Some(fs_core::meta::records::Timestamp::now()),
+        ..SetAttr::default()
+    };
+    fs.setattr(f, &touch).unwrap();
+    assert_eq!(mode(&fs), 0o6755);
+    assert!(has_caps(&fs));
+    let dir = mkdir(&fs, ROOT, "shared");
+    let chmod = SetAttr {
+        mode: Some(0o2775),
+        ..SetAttr::default()
+    };
+    fs.setattr(dir, &chmod).unwrap();
+    fs.setattr(
+        dir,
+        &SetAttr {
+            gid: Some(1000),
+            ..SetAttr::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(fs.getattr(dir).unwrap().perm & 0o7777, 0o2775);
 }
 
 #[test]

@@ -92,7 +92,7 @@ proptest! {
                     apply_model(&mut live[file], op);
                 }
                 Op::Punch { file, offset, len } => {
-                    fs.fallocate(files[file], offset, len, 0x03).unwrap();
+                    fs.fallocate(files[file], offset, len, 0x03, fs_core::fs::Caller::ROOT).unwrap();
                     apply_model(&mut live[file], op);
                 }
                 Op::Commit => {

@@ -147,7 +147,7 @@ fn an_orphan_reclaimed_after_a_cut_stays_in_the_snapshot_that_saw_it() {
     fs.setxattr(a, b"user.k", b"v", 0).unwrap();
     fs.snapshot_create("s").unwrap();
     let snapped = snapshots(&fs);
-    fs.open(a, true, false).unwrap();
+    fs.open(a, true, false, fs_core::fs::Caller::ROOT).unwrap();
     fs.unlink(ROOT, b"a").unwrap();
     fs.write(a, 50_000, &pattern(7, 200_000)).unwrap();
     fs.fsync().unwrap();

@@ -147,8 +147,14 @@ fn snapshots_are_read_only_and_the_directory_is_protected() {
         .map(drop),
         "truncate",
     );
-    rofs(fs.open(big, true, false).map(drop), "open for writing");
-    rofs(fs.open(big, false, true).map(drop), "open with O_TRUNC");
+    rofs(
+        fs.open(big, true, false, Caller::ROOT).map(drop),
+        "open for writing",
+    );
+    rofs(
+        fs.open(big, false, true, Caller::ROOT).map(drop),
+        "open with O_TRUNC",
+    );
     rofs(
         fs.create_node(docs, b"f", &new, Caller::ROOT).map(drop),
         "create",
@@ -160,14 +166,17 @@ fn snapshots_are_read_only_and_the_directory_is_protected() {
     rofs(fs.link(big, ROOT, b"l").map(drop), "link out");
     rofs(fs.setxattr(big, b"user.a", b"b", 0), "setxattr");
     rofs(fs.removexattr(big, b"user.a"), "removexattr");
-    rofs(fs.fallocate(big, 0, 10, 0), "fallocate");
+    rofs(fs.fallocate(big, 0, 10, 0, Caller::ROOT), "fallocate");
     rofs(
         fs.create_node(InodeId::SNAPSHOT_DIR, b"x", &new, Caller::ROOT)
             .map(drop),
         "create in /.snapshots",
     );
     rofs(fs.set_property(docs, Property::Copies(2)), "set a property");
-    assert!(fs.open(big, false, false).is_ok(), "reading is allowed");
+    assert!(
+        fs.open(big, false, false, Caller::ROOT).is_ok(),
+        "reading is allowed"
+    );
     fs.release(big).unwrap();
 
     // `/.snapshots` cannot be made, removed or renamed, and is hidden unless asked for.
@@ -266,7 +275,7 @@ fn rollback_restores_the_tree_exactly() {
         "{refused:?}"
     );
     let newest = fs.lookup(ROOT, b"newest").unwrap().ino;
-    fs.open(newest, false, false).unwrap();
+    fs.open(newest, false, false, Caller::ROOT).unwrap();
     assert!(matches!(
         fs.snapshot_rollback("base", true),
         Err(FsError::Conflict(m)) if m.contains("open")

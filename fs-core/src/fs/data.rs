@@ -8,7 +8,7 @@
 use std::sync::PoisonError;
 
 use super::tx::Tx;
-use super::{Filesystem, INLINE_MAX, MAX_FILE_SIZE};
+use super::{Caller, Filesystem, INLINE_MAX, MAX_FILE_SIZE};
 use crate::error::{FsError, FsResult};
 use crate::meta::records::{BlockRecord, FileKind, Inode, Timestamp};
 use crate::types::InodeId;
@@ -294,11 +294,9 @@ impl Filesystem {
             let now = Timestamp::now();
             inode.mtime = now;
             inode.ctime = now;
-            // A write by anyone clears setuid, and setgid when group-executable (as ext4 does).
-            inode.perm &= !libc::S_ISUID;
-            if inode.perm & 0o010 != 0 {
-                inode.perm &= !libc::S_ISGID;
-            }
+            // A write by anyone drops setuid and setgid (the kernel asks only for writers
+            // without CAP_FSETID, but a FUSE write does not say who wrote it).
+            tx.drop_privileges(&mut inode, true)?;
             tx.put_inode(&inode)?;
             Ok(data.len())
         })
@@ -306,7 +304,14 @@ impl Filesystem {
 
     /// `fallocate`: mode 0 and `KEEP_SIZE` reserve nothing on a copy-on-write pool but check
     /// the space exists and extend the size; `PUNCH_HOLE` and `ZERO_RANGE` zero a range.
-    pub fn fallocate(&self, ino: InodeId, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> FsResult<()> {
         super::tx::writable(ino)?;
         let end = offset
             .checked_add(len)
@@ -340,6 +345,7 @@ impl Filesystem {
             let now = Timestamp::now();
             inode.mtime = now;
             inode.ctime = now;
+            tx.drop_privileges(&mut inode, !caller.keeps_set_ids())?;
             tx.put_inode(&inode)
         })
     }

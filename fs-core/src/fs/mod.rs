@@ -146,6 +146,12 @@ pub struct Caller {
 
 impl Caller {
     pub const ROOT: Caller = Caller { uid: 0, gid: 0 };
+
+    /// Whether a change by this caller keeps a file's setuid and setgid bits (the kernel asks
+    /// for `CAP_FSETID`; root stands for it here).
+    pub fn keeps_set_ids(self) -> bool {
+        self.uid == 0
+    }
 }
 
 /// Attributes as `stat` shows them.
@@ -179,6 +185,8 @@ pub struct SetAttr {
     pub atime: Option<Timestamp>,
     pub mtime: Option<Timestamp>,
     pub ctime: Option<Timestamp>,
+    /// Who asks: a truncate by a caller without [`Caller::keeps_set_ids`] drops them.
+    pub caller: Option<Caller>,
 }
 
 /// Space figures for `statfs`, in sectors of [`SECTOR_SIZE`] bytes.

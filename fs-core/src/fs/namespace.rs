@@ -136,6 +136,12 @@ impl Filesystem {
                     tx.truncate(&mut inode, size)?;
                 }
                 inode.mtime = now;
+                let keeps = changes.caller.is_some_and(Caller::keeps_set_ids);
+                tx.drop_privileges(&mut inode, !keeps)?;
+            }
+            if changes.uid.is_some() || changes.gid.is_some() {
+                // A change of owner drops setuid and setgid whoever asks (as the kernel does).
+                tx.drop_privileges(&mut inode, true)?;
             }
             if let Some(mode) = changes.mode {
                 inode.perm = mode & 0o7777;
@@ -498,7 +504,15 @@ impl Filesystem {
     /// `truncate` is `O_TRUNC`, which the kernel leaves to the open itself
     /// (`FUSE_ATOMIC_O_TRUNC`): a regular file is emptied in the same transaction, so such an
     /// open is a change (EROFS once the pool is read-only).
-    pub fn open(&self, ino: InodeId, write: bool, truncate: bool) -> FsResult<Attr> {
+    /// Opens `ino`; `truncate` (`O_TRUNC`) empties a regular file, dropping its setuid and
+    /// setgid unless `caller` keeps them.
+    pub fn open(
+        &self,
+        ino: InodeId,
+        write: bool,
+        truncate: bool,
+        caller: Caller,
+    ) -> FsResult<Attr> {
         if write || truncate {
             writable(ino)?;
         }
@@ -509,6 +523,7 @@ impl Filesystem {
                 let now = Timestamp::now();
                 inode.mtime = now;
                 inode.ctime = now;
+                tx.drop_privileges(&mut inode, !caller.keeps_set_ids())?;
                 tx.put_inode(&inode)?;
             }
             *tx.book.open_counts.entry(ino.0).or_insert(0) += 1;

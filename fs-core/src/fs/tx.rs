@@ -133,6 +133,9 @@ pub(super) struct Dirent {
     pub kind: FileKind,
 }
 
+/// The extended attribute holding a file's capabilities.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
+
 impl Tx<'_> {
     pub fn mark_dirty(&mut self) {
         self.book.dirty = true;
@@ -1098,6 +1101,32 @@ impl Tx<'_> {
             }
             Some((None, _)) => Ok(true),
         }
+    }
+
+    /// Takes from `inode` (not a directory) what a write, a truncate or a change of owner takes
+    /// from a file: its capabilities always, and with `set_ids` its setuid bit, and its setgid
+    /// bit when it is group-executable. The kernel leaves this to the filesystem
+    /// (`FUSE_HANDLE_KILLPRIV_V2`) instead of asking for the capability attribute before every
+    /// write. The caller stores the inode.
+    pub fn drop_privileges(&mut self, inode: &mut Inode, set_ids: bool) -> FsResult<()> {
+        if inode.kind == FileKind::Directory {
+            return Ok(());
+        }
+        if set_ids {
+            inode.perm &= !libc::S_ISUID;
+            if inode.perm & 0o010 != 0 {
+                inode.perm &= !libc::S_ISGID;
+            }
+        }
+        let capable = self
+            .txn
+            .open_table(XATTRS)?
+            .get((inode.id.0, CAPABILITY_XATTR))?
+            .is_some();
+        if capable {
+            self.put_xattr(inode.id, CAPABILITY_XATTR, None)?;
+        }
+        Ok(())
     }
 
     /// Deletes an inode with everything it owns.

@@ -299,7 +299,10 @@ impl fuser::Filesystem for AegisFuse {
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ATOMIC_O_TRUNC;
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            // Setuid, setgid and capabilities are dropped here on write, truncate and chown,
+            // which spares a GETXATTR round trip before every write(2).
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if self.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
@@ -332,7 +335,7 @@ impl fuser::Filesystem for AegisFuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         inode: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -356,6 +359,7 @@ impl fuser::Filesystem for AegisFuse {
             atime: atime.map(timestamp),
             mtime: mtime.map(timestamp),
             ctime: ctime.map(Timestamp::from_system),
+            caller: Some(caller(req)),
         };
         match self.call(|fs| fs.setattr(ino(inode), &changes)) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
@@ -478,10 +482,10 @@ impl fuser::Filesystem for AegisFuse {
         );
     }
 
-    fn open(&self, _req: &Request, inode: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, inode: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        match self.call(|fs| fs.open(ino(inode), write, truncate)) {
+        match self.call(|fs| fs.open(ino(inode), write, truncate, caller(req))) {
             Ok(_) => reply.opened(FileHandle(inode.0), OPEN_FLAGS),
             Err(err) => reply.error(errno(&err)),
         }
@@ -700,7 +704,7 @@ impl fuser::Filesystem for AegisFuse {
         let node = NewNode::new(FileKind::Regular, mode & !umask);
         let result = self.call(|fs| {
             let attr = fs.create_node(ino(parent), name.as_bytes(), &node, caller(req))?;
-            fs.open(attr.ino, true, false)
+            fs.open(attr.ino, true, false, caller(req))
         });
         match result {
             Ok(attr) => reply.created(
@@ -716,7 +720,7 @@ impl fuser::Filesystem for AegisFuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         inode: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -726,7 +730,7 @@ impl fuser::Filesystem for AegisFuse {
     ) {
         reply_empty(
             reply,
-            self.call(|fs| fs.fallocate(ino(inode), offset, length, mode)),
+            self.call(|fs| fs.fallocate(ino(inode), offset, length, mode, caller(req))),
         );
     }
 
