@@ -13,7 +13,7 @@ use fs_core::types::InodeId;
 
 const ROOT: InodeId = InodeId::ROOT;
 /// The staging limit: the write that passes it maps the staged blocks and writes them out.
-const STAGED_LIMIT: u64 = 64 * MIB;
+const STAGED_LIMIT: u64 = 16 * MIB;
 
 fn wait_until(what: &str, done: impl Fn() -> bool) {
     let started = Instant::now();

@@ -83,7 +83,7 @@ const HEAT_FOLD_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_PENDING_ACCESSES: usize = 1 << 16;
 
 /// Staged block contents are written out once they pass this many bytes.
-const STAGED_LIMIT: u64 = 64 * 1024 * 1024;
+const STAGED_LIMIT: u64 = 16 * 1024 * 1024;
 
 /// A transaction group commits early after this many metadata changes, which bounds its
 /// memory and the metadata space it can hold unreclaimed (redb reuses pages freed in a
