@@ -201,10 +201,7 @@ fn data_write_eio_on_the_slow_tier_fails_the_write_that_meets_it() {
             }
             assert!(at <= 80 * MIB, "no write met the fault");
         };
-        assert!(
-            at >= 40 * MIB,
-            "failed before the fast tier filled: {err}"
-        );
+        assert!(at >= 40 * MIB, "failed before the fast tier filled: {err}");
         assert_read_only(&fs, &committed);
         err
     });

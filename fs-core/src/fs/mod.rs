@@ -409,8 +409,8 @@ struct Book {
     /// the next flush, so many small writes to a block cost one block write.
     staged: BTreeMap<(u64, u64), tx::StagedBlock>,
     staged_bytes: u64,
-    /// Staged blocks mapped to new sectors whose device writes have begun but not started:
-    /// the verb holding the state lock writes them after releasing it.
+    /// Device writes of blocks the current holder of the state lock mapped (already counted
+    /// in flight) that no thread has started: that verb writes them after releasing the lock.
     unwritten: inflight::BlockWrites,
     /// Sectors reserved for staged blocks, so a staged write never meets ENOSPC at flush.
     reserved_sectors: u64,

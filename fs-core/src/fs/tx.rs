@@ -25,7 +25,7 @@ use crate::meta::{
 };
 use crate::types::InodeId;
 
-/// A new block written to fresh sectors, not yet mapped.
+/// A new block placed in fresh sectors, not yet mapped.
 struct Placed {
     index: u64,
     id: u64,
