@@ -12,6 +12,9 @@
 //!   order) and flushes it; reads see the pending writes laid over the image. A
 //!   [`FaultyDevice::power_cut`] decides which pending writes reach the image ([`CutMode`]),
 //!   after which every I/O fails with EIO until [`FaultyDevice::revive`].
+//! - **Stalls**: writes to a chosen byte range wait until released
+//!   ([`FaultyDevice::stall_writes`]), as on a device that stops answering for a while; other
+//!   requests go on.
 //!
 //! Every injected failure is a [`DeviceError::Io`] whose source has `raw_os_error() ==
 //! Some(libc::EIO)`. A failed (injected) write changes nothing; a failed (injected) flush

@@ -503,8 +503,7 @@ impl Filesystem {
     /// matching release. Files in snapshots open for reading only (EROFS otherwise).
     /// `truncate` is `O_TRUNC`, which the kernel leaves to the open itself
     /// (`FUSE_ATOMIC_O_TRUNC`): a regular file is emptied in the same transaction, so such an
-    /// open is a change (EROFS once the pool is read-only).
-    /// Opens `ino`; `truncate` (`O_TRUNC`) empties a regular file, dropping its setuid and
+    /// open is a change (EROFS once the pool is read-only), and drops the file's setuid and
     /// setgid unless `caller` keeps them.
     pub fn open(
         &self,
