@@ -298,13 +298,7 @@ impl Pool {
         let mut order: Vec<&mut Member> = members.iter_mut().collect();
         order.sort_by_key(|m| Some(m.superblock.device_index) != first);
         for member in order {
-            let superblock = Superblock {
-                members: list.to_vec(),
-                generation,
-                ..member.superblock.clone()
-            };
-            write_superblock(member.device.as_ref(), &superblock)?;
-            member.superblock = superblock;
+            member.store_member_list(list, generation)?;
         }
         Ok(())
     }
@@ -323,6 +317,19 @@ impl Member {
             path,
             _lock: lock,
         }
+    }
+
+    /// Writes this member's superblock with member list `list` at `generation` (see
+    /// [`write_superblock`]), and holds it in memory once it is durable.
+    fn store_member_list(&mut self, list: &[MemberInfo], generation: u64) -> FsResult<()> {
+        let superblock = Superblock {
+            members: list.to_vec(),
+            generation,
+            ..self.superblock.clone()
+        };
+        write_superblock(self.device.as_ref(), &superblock)?;
+        self.superblock = superblock;
+        Ok(())
     }
 
     /// Whether its metadata region copy lies inside its data area (moved there from a member
@@ -833,13 +840,7 @@ pub fn open_devices_with(devices: Vec<OpenedMember>, secret: Option<&Secret>) ->
                 generation,
                 "bringing this member's superblock up to date with the pool's member list"
             );
-            let current = Superblock {
-                members: list.clone(),
-                generation,
-                ..member.superblock.clone()
-            };
-            write_superblock(member.device.as_ref(), &current)?;
-            member.superblock = current;
+            member.store_member_list(&list, generation)?;
         }
     }
     let current: Vec<&Member> = members
