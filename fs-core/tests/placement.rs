@@ -84,6 +84,65 @@ fn a_pinned_directory_places_its_new_files_on_its_tier() {
     pool.assert_fsck_clean("after pinned writes");
 }
 
+/// Every property's value on `ino`, by name, with where it comes from.
+fn values(fs: &Filesystem, ino: InodeId) -> Vec<(String, String, Source)> {
+    fs.properties(ino)
+        .unwrap()
+        .into_iter()
+        .map(|(p, source)| (p.name().to_owned(), p.value(), source))
+        .collect()
+}
+
+fn value(name: &str, value: &str, source: Source) -> (String, String, Source) {
+    (name.to_owned(), value.to_owned(), source)
+}
+
+#[test]
+fn each_property_comes_from_the_nearest_directory_that_sets_it() {
+    let pool = TestPool::new(64, 128);
+    let fs = pool.open();
+    fs.set_property(ROOT, Property::parse("compression=zstd:5").unwrap())
+        .unwrap();
+    let outer = mkdir(&fs, ROOT, "outer");
+    fs.set_property(outer, Property::Copies(2)).unwrap();
+    let middle = mkdir(&fs, outer, "middle");
+    fs.set_property(middle, Property::Tier(Some(Tier::Slow)))
+        .unwrap();
+    let inner = mkdir(&fs, middle, "inner");
+    assert_eq!(
+        values(&fs, inner),
+        [
+            value("copies", "2", Source::Inherited),
+            value("tier", "slow", Source::Inherited),
+            value("compression", "zstd:5", Source::Inherited),
+        ]
+    );
+    // A new file keeps what its directory had, wherever each value came from.
+    let file = create_file(&fs, inner, "file");
+    assert_eq!(
+        values(&fs, file),
+        [
+            value("copies", "2", Source::Local),
+            value("tier", "slow", Source::Local),
+            value("compression", "zstd:5", Source::Local),
+        ]
+    );
+    // A directory moved elsewhere inherits from its new ancestors; the file keeps its own.
+    fs.rename(middle, b"inner", ROOT, b"moved", 0).unwrap();
+    assert_eq!(
+        values(&fs, inner),
+        [
+            value("copies", "1", Source::Builtin),
+            value("tier", "auto", Source::Builtin),
+            value("compression", "zstd:5", Source::Inherited),
+        ]
+    );
+    assert_eq!(values(&fs, file)[0], value("copies", "2", Source::Local));
+    let root = values(&fs, ROOT);
+    assert_eq!(root[2], value("compression", "zstd:5", Source::Local));
+    assert_eq!(root[3], value("snapdir", "hidden", Source::Builtin));
+}
+
 #[test]
 fn reads_and_writes_heat_blocks_and_the_heat_survives_a_remount() {
     let pool = TestPool::new(64, 128);

@@ -234,7 +234,7 @@ impl Filesystem {
                 inline,
             };
             tx.put_inode(&inode)?;
-            tx.inherit_properties(parent, id, kind)?;
+            tx.inherit_properties(&dir, id, kind)?;
             tx.add_dirent(&mut dir, name, id, kind)?;
             if kind == FileKind::Directory {
                 dir.nlink += 1;

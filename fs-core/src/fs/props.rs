@@ -5,13 +5,13 @@
 //! follow later), so, like ZFS's `copies`, a change governs files created from then on. Where
 //! nothing is set, the pool default applies.
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata, Table};
 
 use super::tx::Tx;
 use super::Filesystem;
 use crate::codec::Compression;
 use crate::error::{FsError, FsResult};
-use crate::meta::records::FileKind;
+use crate::meta::records::{FileKind, Inode};
 use crate::meta::PROPERTIES;
 use crate::types::{InodeId, Tier};
 
@@ -131,84 +131,118 @@ pub enum Source {
     Builtin,
 }
 
+/// The properties a new file takes from its directory (all but the pool-wide ones).
+const INHERITED: [&str; 3] = ["copies", "tier", "compression"];
+
+/// How a file's new blocks are stored, from its `copies`, `compression` and `tier`.
+#[derive(Debug, Clone, Copy)]
+pub struct WritePolicy {
+    pub copies: u8,
+    pub compression: Compression,
+    /// The tier new blocks are pinned to (`None`: placed automatically).
+    pub tier: Option<Tier>,
+}
+
+/// Every value stored on `ino` (the pool for [`POOL`]), read in one range.
+fn stored_properties(
+    table: &Table<'_, (u64, &'static str), &'static str>,
+    ino: u64,
+) -> FsResult<Vec<Property>> {
+    let mut stored = Vec::new();
+    for entry in table.range((ino, "")..(ino + 1, ""))? {
+        let (key, value) = entry?;
+        let property = Property::from_parts(key.value().1, value.value())
+            .map_err(|e| FsError::Corrupt(format!("property of inode {ino}: {e}")))?;
+        stored.push(property);
+    }
+    Ok(stored)
+}
+
 impl Tx<'_> {
-    /// The stored value of `name` on `ino` (the pool for [`POOL`]).
-    fn stored_property(&self, ino: u64, name: &str) -> FsResult<Option<Property>> {
+    /// The values of `names` that apply to `inode`, and where each comes from: its own, then
+    /// (for a directory) its nearest ancestor's, then the pool's. One walk up serves every
+    /// name and stops once each has a value; where no file or directory has a value of its
+    /// own (most pools), nothing is walked.
+    pub fn resolve_properties(
+        &self,
+        inode: &Inode,
+        names: &[&str],
+    ) -> FsResult<Vec<(Property, Source)>> {
         let table = self.txn.open_table(PROPERTIES)?;
-        let value = table.get((ino, name))?.map(|v| v.value().to_owned());
-        value
-            .map(|v| {
-                Property::from_parts(name, &v)
-                    .map_err(|e| FsError::Corrupt(format!("property of inode {ino}: {e}")))
+        let pool = stored_properties(&table, POOL)?;
+        let mut found: Vec<Option<(Property, Source)>> = vec![None; names.len()];
+        let mut take = |stored: Vec<Property>, source: Source| {
+            for property in stored {
+                if let Some(slot) = names.iter().position(|name| *name == property.name()) {
+                    found[slot].get_or_insert((property, source));
+                }
+            }
+            found.iter().all(Option::is_some)
+        };
+        if table.len()? > pool.len() as u64 {
+            let mut complete = take(stored_properties(&table, inode.id.0)?, Source::Local);
+            // A directory inherits from its ancestors (the root is its own parent).
+            let (mut kind, mut id, mut parent) = (inode.kind, inode.id, inode.parent);
+            while !complete && kind == FileKind::Directory && id != InodeId::ROOT {
+                let ancestor = self.inode(parent)?;
+                (kind, id, parent) = (ancestor.kind, ancestor.id, ancestor.parent);
+                complete = take(stored_properties(&table, id.0)?, Source::Inherited);
+            }
+        }
+        take(pool, Source::Pool);
+        names
+            .iter()
+            .zip(found)
+            .map(|(name, found)| match found {
+                Some(found) => Ok(found),
+                None => Property::builtin_default(name)
+                    .map(|builtin| (builtin, Source::Builtin))
+                    .ok_or_else(|| FsError::BadProperty(format!("unknown property '{name}'"))),
             })
-            .transpose()
+            .collect()
     }
 
     /// The value of `name` that applies to `ino`, and where it comes from.
     pub fn property(&self, ino: InodeId, name: &str) -> FsResult<(Property, Source)> {
-        if let Some(value) = self.stored_property(ino.0, name)? {
-            return Ok((value, Source::Local));
-        }
-        // A directory inherits from its ancestors (the root is its own parent).
-        let mut at = self.inode(ino)?;
-        while at.kind == FileKind::Directory && at.id != InodeId::ROOT {
-            at = self.inode(at.parent)?;
-            if let Some(value) = self.stored_property(at.id.0, name)? {
-                return Ok((value, Source::Inherited));
+        let inode = self.inode(ino)?;
+        let mut values = self.resolve_properties(&inode, &[name])?;
+        Ok(values.remove(0))
+    }
+
+    /// How `inode`'s new blocks are stored.
+    pub fn write_policy(&self, inode: &Inode) -> FsResult<WritePolicy> {
+        let values = self.resolve_properties(inode, &["copies", "compression", "tier"])?;
+        match values[..] {
+            [(Property::Copies(copies), _), (Property::Compression(compression), _), (Property::Tier(tier), _)] => {
+                Ok(WritePolicy {
+                    copies,
+                    compression,
+                    tier,
+                })
             }
-        }
-        if let Some(value) = self.stored_property(POOL, name)? {
-            return Ok((value, Source::Pool));
-        }
-        let builtin = Property::builtin_default(name)
-            .ok_or_else(|| FsError::BadProperty(format!("unknown property '{name}'")))?;
-        Ok((builtin, Source::Builtin))
-    }
-
-    /// The tier `ino`'s new blocks are pinned to (`None`: placed automatically).
-    pub fn pinned_tier(&self, ino: InodeId) -> FsResult<Option<Tier>> {
-        match self.property(ino, "tier")?.0 {
-            Property::Tier(tier) => Ok(tier),
-            other => Err(FsError::Corrupt(format!("tier read as {other:?}"))),
+            _ => Err(FsError::Corrupt(format!(
+                "properties of inode {} read as {values:?}",
+                inode.id
+            ))),
         }
     }
 
-    /// How `ino`'s new blocks are compressed.
-    pub fn compression(&self, ino: InodeId) -> FsResult<Compression> {
-        match self.property(ino, "compression")?.0 {
-            Property::Compression(compression) => Ok(compression),
-            other => Err(FsError::Corrupt(format!("compression read as {other:?}"))),
-        }
-    }
-
-    /// Copies of each data block `ino` gets.
-    pub fn copies(&self, ino: InodeId) -> FsResult<u8> {
-        match self.property(ino, "copies")?.0 {
-            Property::Copies(n) => Ok(n),
-            other => Err(FsError::Corrupt(format!("copies read as {other:?}"))),
-        }
-    }
-
-    /// Gives a new non-directory `child` the values its directory `parent` has (set on it or
+    /// Gives a new non-directory `child` the values its directory `dir` has (set on it or
     /// inherited); a new directory inherits dynamically and needs nothing stored.
     pub fn inherit_properties(
         &mut self,
-        parent: InodeId,
+        dir: &Inode,
         child: InodeId,
         kind: FileKind,
     ) -> FsResult<()> {
         if kind == FileKind::Directory {
             return Ok(());
         }
-        for name in Property::NAMES {
-            if Property::pool_wide(name) {
-                continue;
-            }
-            let (value, source) = self.property(parent, name)?;
+        let values = self.resolve_properties(dir, &INHERITED)?;
+        let mut table = self.txn.open_table(PROPERTIES)?;
+        for (value, source) in values {
             if matches!(source, Source::Local | Source::Inherited) {
-                self.txn
-                    .open_table(PROPERTIES)?
-                    .insert((child.0, *name), value.value().as_str())?;
+                table.insert((child.0, value.name()), value.value().as_str())?;
             }
         }
         Ok(())
@@ -267,12 +301,13 @@ impl Filesystem {
     /// Every property's effective value on `ino`, and where it comes from.
     pub fn properties(&self, ino: InodeId) -> FsResult<Vec<(Property, Source)>> {
         self.view(|tx| {
-            tx.inode(ino)?;
-            Property::NAMES
+            let inode = tx.inode(ino)?;
+            let names: Vec<&str> = Property::NAMES
                 .iter()
+                .copied()
                 .filter(|name| ino == InodeId::ROOT || !Property::pool_wide(name))
-                .map(|name| tx.property(ino, name))
-                .collect()
+                .collect();
+            tx.resolve_properties(&inode, &names)
         })
     }
 }

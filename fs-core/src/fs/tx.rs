@@ -582,9 +582,10 @@ impl Tx<'_> {
         writes: &mut BlockWrites,
     ) -> FsResult<()> {
         writable(inode.id)?;
-        let mirrored = self.copies(inode.id)? >= 2;
-        let compression = self.compression(inode.id)?;
-        let placement = match self.pinned_tier(inode.id)? {
+        let policy = self.write_policy(inode)?;
+        let mirrored = policy.copies >= 2;
+        let compression = policy.compression;
+        let placement = match policy.tier {
             Some(tier) => Placement::Pinned(tier),
             None => Placement::Auto {
                 high_watermark: self.fs.config.fast_high_watermark,
@@ -890,7 +891,7 @@ impl Tx<'_> {
             .iter()
             .filter(|(index, _)| !self.book.staged.contains_key(&(inode.id.0, *index)))
             .count() as u64;
-        let per_block = self.sectors_per_block() * u64::from(self.copies(inode.id)?);
+        let per_block = self.sectors_per_block() * u64::from(self.write_policy(inode)?.copies);
         let needed = fresh * per_block;
         if self.book.free_sectors() < needed && !self.book.staged.is_empty() {
             // Reservations count whole blocks; writing out what is staged turns them into
