@@ -143,17 +143,15 @@ pub struct WritePolicy {
     pub tier: Option<Tier>,
 }
 
-/// Every value stored on `ino` (the pool for [`POOL`]), read in one range.
-fn stored_properties(
+/// Every (name, value) stored on `ino` (the pool for [`POOL`]), read in one range.
+fn stored_values(
     table: &Table<'_, (u64, &'static str), &'static str>,
     ino: u64,
-) -> FsResult<Vec<Property>> {
+) -> FsResult<Vec<(String, String)>> {
     let mut stored = Vec::new();
     for entry in table.range((ino, "")..(ino + 1, ""))? {
         let (key, value) = entry?;
-        let property = Property::from_parts(key.value().1, value.value())
-            .map_err(|e| FsError::Corrupt(format!("property of inode {ino}: {e}")))?;
-        stored.push(property);
+        stored.push((key.value().1.to_owned(), value.value().to_owned()));
     }
     Ok(stored)
 }
@@ -169,27 +167,37 @@ impl Tx<'_> {
         names: &[&str],
     ) -> FsResult<Vec<(Property, Source)>> {
         let table = self.txn.open_table(PROPERTIES)?;
-        let pool = stored_properties(&table, POOL)?;
+        let pool = stored_values(&table, POOL)?;
         let mut found: Vec<Option<(Property, Source)>> = vec![None; names.len()];
-        let mut take = |stored: Vec<Property>, source: Source| {
-            for property in stored {
-                if let Some(slot) = names.iter().position(|name| *name == property.name()) {
-                    found[slot].get_or_insert((property, source));
+        // Parses only the names asked for, each at its nearest level; true once all have one.
+        let mut take = |ino: u64, stored: Vec<(String, String)>, source: Source| {
+            for (name, value) in stored {
+                let Some(slot) = names.iter().position(|asked| *asked == name) else {
+                    continue;
+                };
+                if found[slot].is_none() {
+                    let property = Property::from_parts(&name, &value)
+                        .map_err(|e| FsError::Corrupt(format!("property of inode {ino}: {e}")))?;
+                    found[slot] = Some((property, source));
                 }
             }
-            found.iter().all(Option::is_some)
+            FsResult::Ok(found.iter().all(Option::is_some))
         };
         if table.len()? > pool.len() as u64 {
-            let mut complete = take(stored_properties(&table, inode.id.0)?, Source::Local);
+            let mut complete = take(
+                inode.id.0,
+                stored_values(&table, inode.id.0)?,
+                Source::Local,
+            )?;
             // A directory inherits from its ancestors (the root is its own parent).
             let (mut kind, mut id, mut parent) = (inode.kind, inode.id, inode.parent);
             while !complete && kind == FileKind::Directory && id != InodeId::ROOT {
                 let ancestor = self.inode(parent)?;
                 (kind, id, parent) = (ancestor.kind, ancestor.id, ancestor.parent);
-                complete = take(stored_properties(&table, id.0)?, Source::Inherited);
+                complete = take(id.0, stored_values(&table, id.0)?, Source::Inherited)?;
             }
         }
-        take(pool, Source::Pool);
+        take(POOL, pool, Source::Pool)?;
         names
             .iter()
             .zip(found)
