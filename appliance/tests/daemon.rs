@@ -745,7 +745,11 @@ fn a_stopping_daemon_refuses_to_start_anything_and_then_exits_cleanly() {
 
     drop(held);
     let status = daemon.stop_waiting();
-    assert!(status.success(), "aegisd exited with {status}");
+    assert!(
+        status.success(),
+        "aegisd exited with {status}: {}",
+        std::fs::read_to_string(sandbox.path("aegisd.log")).unwrap_or_default()
+    );
     assert!(!is_mounted(&daemon.mountpoint));
 }
 
