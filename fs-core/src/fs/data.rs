@@ -37,7 +37,7 @@ fn to_usize(value: u64) -> usize {
     usize::try_from(value).unwrap_or(usize::MAX)
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     /// Moves an inline file's bytes into block 0 so block-level changes can follow.
     fn leave_inline(&mut self, inode: &mut Inode) -> FsResult<()> {
         let Some(content) = inode.inline.take() else {

@@ -209,7 +209,7 @@ impl Filesystem {
         let mut state = self.lock_state();
         // Taken under the state lock, so no commit passes between the failure and this.
         match self.in_flight.take_failure() {
-            Some(err) if state.txn.is_some() => Err(self.fail(&mut state, err)),
+            Some(err) if state.group.is_some() => Err(self.fail(&mut state, err)),
             Some(err) => Err(err),
             None => Ok(()),
         }

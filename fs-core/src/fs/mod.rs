@@ -34,6 +34,7 @@
 mod cache;
 mod data;
 pub mod devices;
+mod group;
 mod inflight;
 pub mod latency;
 mod namespace;
@@ -65,6 +66,7 @@ use crate::pool::Pool;
 use crate::types::{DeviceIndex, InodeId, Tier};
 
 pub use data::Whence;
+use group::Group;
 pub use namespace::{DirEntry, NewNode, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use tx::Tx;
 
@@ -431,7 +433,7 @@ impl Book {
 
 struct State {
     /// The open transaction group; `None` once the pool is read-only.
-    txn: Option<WriteTransaction>,
+    group: Option<Group>,
     /// While read-only: the last commit, which reads are served from (`None` if it could not
     /// be read back).
     view: Option<view::View>,
@@ -441,25 +443,36 @@ struct State {
 }
 
 impl State {
-    /// A `Tx` for a verb that changes nothing: on the open group, or on the last commit once
-    /// the pool is read-only.
-    fn reader<'s>(&'s mut self, fs: &'s Filesystem) -> FsResult<Tx<'s>> {
+    /// Runs a verb that changes nothing: on the open group, or on the last commit once the
+    /// pool is read-only.
+    fn read<T>(
+        &mut self,
+        fs: &Filesystem,
+        op: impl FnOnce(&mut Tx<'_, '_>) -> FsResult<T>,
+    ) -> FsResult<T> {
         let State {
-            txn, view, book, ..
+            group, view, book, ..
         } = self;
-        let txn = match (txn.as_ref(), view.as_ref()) {
-            (Some(txn), _) => txn,
-            (None, Some(view)) => view.txn(),
+        let group = match (group.as_ref(), view.as_ref()) {
+            (Some(group), _) => group,
+            (None, Some(view)) => view.group(),
             (None, None) => return Err(FsError::Failed),
         };
-        Ok(Tx { fs, txn, book })
+        group.with_dependent(|txn, tables| {
+            op(&mut Tx {
+                fs,
+                txn,
+                tables,
+                book,
+            })
+        })
     }
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("read_only", &self.txn.is_none())
+            .field("read_only", &self.group.is_none())
             .field("view", &self.view)
             .field("book", &self.book)
             .finish()
@@ -634,7 +647,7 @@ impl Filesystem {
             block_size,
             config,
             state: Mutex::new(State {
-                txn: Some(txn),
+                group: Some(Group::begin(txn)?),
                 view: None,
                 read_only_cause: None,
                 book: Book {
@@ -705,7 +718,7 @@ impl Filesystem {
 
     fn commit_due(&self) -> bool {
         let state = self.lock_state();
-        if state.txn.is_none() {
+        if state.group.is_none() {
             return false;
         }
         let book = &state.book;
@@ -731,7 +744,7 @@ impl Filesystem {
 
     /// Runs a verb that may change something in the open transaction group; once the pool is
     /// read-only it fails with [`FsError::ReadOnly`] without running.
-    fn with_tx<T>(&self, op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>) -> FsResult<T> {
+    fn with_tx<T>(&self, op: impl FnOnce(&mut Tx<'_, '_>) -> FsResult<T>) -> FsResult<T> {
         let mut guard = self.lock_state();
         let result = self.modify_locked(&mut guard, op);
         let written = self.unlock_and_write(guard);
@@ -740,13 +753,13 @@ impl Filesystem {
 
     /// Runs a verb that changes nothing: in the open transaction group, or on the last commit
     /// once the pool is read-only.
-    fn view<T>(&self, op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>) -> FsResult<T> {
+    fn view<T>(&self, op: impl FnOnce(&mut Tx<'_, '_>) -> FsResult<T>) -> FsResult<T> {
         let mut guard = self.lock_state();
         let state = &mut *guard;
-        if state.txn.is_some() {
+        if state.group.is_some() {
             return self.run_locked(state, op);
         }
-        op(&mut state.reader(self)?)
+        state.read(self, op)
     }
 
     /// `with_tx` on a `state` the caller has locked: runs `op`, then maps staged blocks to new
@@ -756,15 +769,15 @@ impl Filesystem {
     fn modify_locked<T>(
         &self,
         state: &mut State,
-        op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>,
+        op: impl FnOnce(&mut Tx<'_, '_>) -> FsResult<T>,
     ) -> FsResult<T> {
         let result = self.run_locked(state, op);
-        if state.txn.is_none() {
+        if state.group.is_none() {
             return result;
         }
         if state.book.staged_bytes >= STAGED_LIMIT {
             if let Err(err) = self.run_locked(state, |tx| tx.map_staged()) {
-                if state.txn.is_none() {
+                if state.group.is_none() {
                     return Err(err);
                 }
                 tracing::warn!(error = %err, "writing staged blocks failed; will retry");
@@ -783,15 +796,19 @@ impl Filesystem {
     fn run_locked<T>(
         &self,
         state: &mut State,
-        op: impl FnOnce(&mut Tx<'_>) -> FsResult<T>,
+        op: impl FnOnce(&mut Tx<'_, '_>) -> FsResult<T>,
     ) -> FsResult<T> {
-        let Some(txn) = state.txn.as_ref() else {
+        let Some(group) = state.group.as_ref() else {
             return Err(FsError::ReadOnly);
         };
-        let result = op(&mut Tx {
-            fs: self,
-            txn,
-            book: &mut state.book,
+        let book = &mut state.book;
+        let result = group.with_dependent(|txn, tables| {
+            op(&mut Tx {
+                fs: self,
+                txn,
+                tables,
+                book,
+            })
         });
         match result {
             Err(err @ (FsError::Meta(_) | FsError::DeviceWrite(_))) => Err(self.fail(state, err)),
@@ -819,7 +836,7 @@ impl Filesystem {
     }
 
     fn enter_read_only(&self, state: &mut State, cause: String) {
-        state.txn = None;
+        state.group = None;
         state.read_only_cause = Some(cause);
         let book = &mut state.book;
         book.staged.clear();
@@ -839,10 +856,10 @@ impl Filesystem {
         // The snapshots as the last commit holds them: the lost group may have taken, deleted
         // or rolled back to one (its commit is what failed), and reads go by this list.
         let view = view::View::open(&self.pool).and_then(|view| {
-            let (epoch, referenced, snapshots) = load_snapshots(view.txn())?;
+            let (epoch, referenced, snapshots) = load_snapshots(view.group().borrow_owner())?;
             book.epoch = epoch;
             book.referenced = referenced;
-            book.totals = BlockTotals::load(view.txn())?;
+            book.totals = BlockTotals::load(view.group().borrow_owner())?;
             book.snapshots = snapshots;
             Ok(view)
         });
@@ -883,9 +900,10 @@ impl Filesystem {
             return Ok(());
         }
         self.run_locked(state, |tx| tx.fold_accesses())?;
-        let Some(txn) = state.txn.take() else {
+        let Some(group) = state.group.take() else {
             return Err(FsError::ReadOnly);
         };
+        let txn = group.close();
         let book = &mut state.book;
         let result = (|| -> FsResult<()> {
             {
@@ -925,11 +943,17 @@ impl Filesystem {
         book.persisted_errors = errors;
         book.commits += 1;
         book.last_commit = Some(Instant::now());
-        match self.pool.db.begin_write() {
-            Ok(txn) => state.txn = Some(txn),
+        match self
+            .pool
+            .db
+            .begin_write()
+            .map_err(FsError::from)
+            .and_then(Group::begin)
+        {
+            Ok(group) => state.group = Some(group),
             // The commit is durable; only what comes after it is refused.
             Err(err) => {
-                self.fail(state, err.into());
+                self.fail(state, err);
             }
         }
         Ok(())
@@ -1049,10 +1073,7 @@ impl Filesystem {
     pub fn status(&self) -> FsStatus {
         let dedup = self.dedup.and_then(|dedup| self.dedup_status(dedup).ok());
         let mut guard = self.lock_state();
-        let snapshot_bytes = guard
-            .reader(self)
-            .and_then(|tx| tx.held_by_snapshots())
-            .unwrap_or(0);
+        let snapshot_bytes = guard.read(self, |tx| tx.held_by_snapshots()).unwrap_or(0);
         let state = &*guard;
         let (list, _) = self.pool.member_list();
         let missing = self.pool.missing_members();
@@ -1156,7 +1177,7 @@ impl Filesystem {
     /// logging why; does nothing if it already is.
     pub fn set_read_only(&self, cause: &str) {
         let mut state = self.lock_state();
-        if state.txn.is_some() {
+        if state.group.is_some() {
             tracing::error!(
                 cause,
                 "the pool is now read-only until remounted; uncommitted changes are dropped"
@@ -1167,7 +1188,7 @@ impl Filesystem {
 
     /// Whether the pool went read-only after a failure.
     pub fn is_read_only(&self) -> bool {
-        self.lock_state().txn.is_none()
+        self.lock_state().group.is_none()
     }
 
     pub fn pool(&self) -> &Pool {

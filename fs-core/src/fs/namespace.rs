@@ -72,7 +72,7 @@ fn check_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     fn directory(&self, ino: InodeId) -> FsResult<Inode> {
         let dir = self.inode(ino)?;
         if dir.kind != FileKind::Directory {
@@ -515,7 +515,7 @@ impl Filesystem {
         if write || truncate {
             writable(ino)?;
         }
-        let open = |tx: &mut Tx<'_>| {
+        let open = |tx: &mut Tx<'_, '_>| {
             let mut inode = tx.inode(ino)?;
             if truncate && inode.kind == FileKind::Regular {
                 tx.truncate(&mut inode, 0)?;
@@ -548,7 +548,7 @@ impl Filesystem {
             return Ok(());
         }
         state.book.open_counts.remove(&ino.0);
-        if state.txn.is_none() || ino.snapshot_epoch().is_some() {
+        if state.group.is_none() || ino.snapshot_epoch().is_some() {
             return Ok(());
         }
         let result = self.modify_locked(state, |tx| match tx.inode(ino) {
@@ -561,7 +561,7 @@ impl Filesystem {
     }
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     fn exchange(
         &mut self,
         parent: InodeId,

@@ -156,7 +156,7 @@ fn stored_values(
     Ok(stored)
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     /// The values of `names` that apply to `inode`, and where each comes from: its own, then
     /// (for a directory) its nearest ancestor's, then the pool's. One walk up serves every
     /// name and stops once each has a value; where no file or directory has a value of its

@@ -27,7 +27,7 @@ use crate::device::ReadOp;
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::meta::records::{BlockRecord, Location, Reader, RecordError, Timestamp, Writer};
-use crate::meta::{BLOCKS, DIRENTS, FILE_BLOCKS, HISTORY, INODES, SCRUB};
+use crate::meta::{BLOCKS, FILE_BLOCKS, HISTORY, SCRUB};
 use crate::types::DeviceIndex;
 use crate::types::InodeId;
 
@@ -701,14 +701,14 @@ impl Filesystem {
         self.view(|tx| {
             // One pass over the directory entries: each inode's parent and name.
             let mut named: HashMap<u64, (u64, Vec<u8>)> = HashMap::new();
-            for entry in tx.txn.open_table(DIRENTS)?.iter()? {
+            for entry in tx.tables.dirents()?.iter()? {
                 let (key, value) = entry?;
                 let (parent, name) = key.value();
                 named
                     .entry(value.value().0)
                     .or_insert_with(|| (parent, name.to_vec()));
             }
-            let inode_table = tx.txn.open_table(INODES)?;
+            let inode_table = tx.tables.inodes()?;
             let mut out = Vec::new();
             for &ino in inodes {
                 let mut parts = Vec::new();

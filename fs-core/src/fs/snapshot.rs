@@ -21,9 +21,7 @@ use super::versions::{decode_block_id, decode_dirent, split_named, split_pair, R
 use super::{Filesystem, MAX_NAME_LEN};
 use crate::error::{FsError, FsResult};
 use crate::meta::records::{FileKind, Inode, SnapshotRecord, Timestamp};
-use crate::meta::{
-    DEADLIST, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HISTORY, INODES, ORPHANS, SNAPSHOTS, SPANS, XATTRS,
-};
+use crate::meta::{DEADLIST, DIR_COOKIES, FILE_BLOCKS, HISTORY, ORPHANS, SNAPSHOTS, SPANS, XATTRS};
 use crate::types::InodeId;
 
 /// The name of the directory in the pool's root that lists the snapshots.
@@ -117,7 +115,7 @@ pub fn check_snapshot_name(name: &str) -> FsResult<()> {
     Ok(())
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     /// The epoch of the snapshot called `name`.
     fn snapshot_epoch(&self, name: &str) -> FsResult<u64> {
         self.book
@@ -256,7 +254,7 @@ impl Tx<'_> {
         let mut gone_inodes = Vec::new();
         // Live records born after the snapshot.
         {
-            let mut table = self.txn.open_table(INODES)?;
+            let mut table = self.tables.inodes()?;
             let mut newer = Vec::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;
@@ -270,7 +268,7 @@ impl Tx<'_> {
             }
         }
         {
-            let mut table = self.txn.open_table(DIRENTS)?;
+            let mut table = self.tables.dirents()?;
             let mut newer = Vec::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;
@@ -370,15 +368,13 @@ impl Tx<'_> {
         match kind {
             RecordKind::Inode => {
                 let (number, _) = split_named(key).ok_or_else(bad)?;
-                self.txn
-                    .open_table(INODES)?
-                    .insert(number, (value, birth))?;
+                self.tables.inodes()?.insert(number, (value, birth))?;
             }
             RecordKind::Dirent => {
                 let (dir, name) = split_named(key).ok_or_else(bad)?;
                 let (child, cookie, file_kind) = decode_dirent(value).ok_or_else(bad)?;
-                self.txn
-                    .open_table(DIRENTS)?
+                self.tables
+                    .dirents()?
                     .insert((dir, name), (child, cookie, file_kind, birth))?;
                 report.entries.push((InodeId(dir), name.to_vec()));
             }

@@ -251,7 +251,7 @@ impl Filesystem {
             // As for any failed device write: the pool turns read-only (the device may have
             // dropped other writes it acknowledged). Nothing points at the new copies.
             let mut state = self.lock_state();
-            if state.txn.is_none() {
+            if state.group.is_none() {
                 return Err(err);
             }
             return Err(self.fail(&mut state, err));

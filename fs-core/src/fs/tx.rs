@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use super::group::HotTables;
 use super::inflight::BlockWrites;
 use super::versions::{
     decode_block_id, decode_dirent, encode_dirent, named_key, number_key, pair_key, split_named,
@@ -20,9 +21,7 @@ use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::heat::Heat;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location};
-use crate::meta::{
-    BLOCKS, DEDUP, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, INODES, ORPHANS, XATTRS,
-};
+use crate::meta::{BLOCKS, DEDUP, DIR_COOKIES, FILE_BLOCKS, HEAT, ORPHANS, XATTRS};
 use crate::types::InodeId;
 
 /// A new block placed in fresh sectors, not yet mapped.
@@ -111,9 +110,12 @@ enum Stored {
     Hole { index: u64 },
 }
 
-pub(super) struct Tx<'a> {
+/// One verb's access to the open group (or, once the pool is read-only, to the last commit):
+/// the transaction for every table, and the [`HotTables`] it holds open.
+pub(super) struct Tx<'a, 't> {
     pub fs: &'a Filesystem,
-    pub txn: &'a WriteTransaction,
+    pub txn: &'t WriteTransaction,
+    pub tables: &'a HotTables<'t>,
     pub book: &'a mut Book,
 }
 
@@ -136,7 +138,7 @@ pub(super) struct Dirent {
 /// The extended attribute holding a file's capabilities.
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     pub fn mark_dirty(&mut self) {
         self.book.dirty = true;
         self.book.dirty_records += 1;
@@ -166,7 +168,7 @@ impl Tx<'_> {
             AsOf::Retired(raw, birth) => (decode(&raw)?, birth),
             AsOf::Absent => return Err(FsError::NotFound),
             AsOf::Live => {
-                let table = self.txn.open_table(INODES)?;
+                let table = self.tables.inodes()?;
                 let raw = table.get(number)?.ok_or(FsError::NotFound)?;
                 let (raw, birth) = raw.value();
                 if epoch.is_some_and(|epoch| birth > epoch) {
@@ -201,7 +203,7 @@ impl Tx<'_> {
         self.mark_dirty();
         let number = inode.id.0;
         let old = {
-            let mut table = self.txn.open_table(INODES)?;
+            let mut table = self.tables.inodes()?;
             let old = table.insert(number, (inode.encode().as_slice(), self.book.epoch))?;
             old.and_then(|old| {
                 let (raw, birth) = old.value();
@@ -216,7 +218,7 @@ impl Tx<'_> {
 
     /// Removes the live record of an inode (kept for the snapshots that see it).
     fn remove_inode_record(&mut self, ino: InodeId) -> FsResult<()> {
-        let old = self.txn.open_table(INODES)?.remove(ino.0)?.and_then(|old| {
+        let old = self.tables.inodes()?.remove(ino.0)?.and_then(|old| {
             let (raw, birth) = old.value();
             self.snapshot_sees(birth).then(|| (raw.to_vec(), birth))
         });
@@ -229,7 +231,7 @@ impl Tx<'_> {
     pub fn dirent(&self, parent: InodeId, name: &[u8]) -> FsResult<Option<Dirent>> {
         let bad_kind = || FsError::Corrupt(format!("directory entry in {parent} has a bad kind"));
         let Some(epoch) = self.snapshot_of(parent)? else {
-            let table = self.txn.open_table(DIRENTS)?;
+            let table = self.tables.dirents()?;
             let Some(value) = table.get((parent.0, name))? else {
                 return Ok(None);
             };
@@ -246,7 +248,7 @@ impl Tx<'_> {
                 AsOf::Absent => return Ok(None),
                 AsOf::Retired(value, _) => decode_dirent(&value).ok_or_else(bad_kind)?,
                 AsOf::Live => {
-                    let table = self.txn.open_table(DIRENTS)?;
+                    let table = self.tables.dirents()?;
                     let Some(value) = table.get((number, name))? else {
                         return Ok(None);
                     };
@@ -315,7 +317,7 @@ impl Tx<'_> {
         let cookie = parent.next_cookie;
         parent.next_cookie += 1;
         let epoch = self.book.epoch;
-        self.txn.open_table(DIRENTS)?.insert(
+        self.tables.dirents()?.insert(
             (parent.id.0, name),
             (child.0, cookie, kind.to_byte(), epoch),
         )?;
@@ -329,8 +331,8 @@ impl Tx<'_> {
         writable(parent)?;
         self.mark_dirty();
         let entry = self
-            .txn
-            .open_table(DIRENTS)?
+            .tables
+            .dirents()?
             .remove((parent.0, name))?
             .map(|v| v.value());
         self.retire_dirent(parent, name, entry)?;
@@ -359,8 +361,8 @@ impl Tx<'_> {
         writable(parent)?;
         self.mark_dirty();
         let old = self
-            .txn
-            .open_table(DIRENTS)?
+            .tables
+            .dirents()?
             .insert(
                 (parent.0, name),
                 (

@@ -116,7 +116,7 @@ pub(crate) enum AsOf {
     Live,
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
     /// The live epoch: records written now are born in it.
     pub fn epoch(&self) -> u64 {
         self.book.epoch

@@ -11,8 +11,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use redb::{Database, WriteTransaction};
+use redb::Database;
 
+use super::group::Group;
 use crate::device::{check_range, BlockDevice, DeviceError};
 use crate::error::{FsError, FsResult};
 use crate::meta::backend::MirroredRegionBackend;
@@ -112,7 +113,7 @@ impl BlockDevice for ShadowDevice {
 /// written for the open group, can read through it; it is never committed, and everything it
 /// could write stays in the shadow devices' memory.
 pub(super) struct View {
-    txn: WriteTransaction,
+    group: Group,
 }
 
 impl View {
@@ -131,13 +132,13 @@ impl View {
         crate::error::contain_panics("reading the metadata back", || {
             let db = Database::builder().create_with_backend(backend)?;
             Ok(Self {
-                txn: db.begin_write()?,
+                group: Group::begin(db.begin_write()?)?,
             })
         })
     }
 
-    pub fn txn(&self) -> &WriteTransaction {
-        &self.txn
+    pub fn group(&self) -> &Group {
+        &self.group
     }
 }
 
