@@ -75,3 +75,41 @@ impl std::fmt::Debug for Group {
         f.debug_struct("Group").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::{backends::InMemoryBackend, Database, ReadableDatabase, ReadableTable};
+
+    use super::*;
+    use crate::error::FsError;
+
+    #[test]
+    fn a_table_is_lent_once_at_a_time_and_its_changes_reach_the_commit() {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let group = Group::begin(db.begin_write().unwrap()).unwrap();
+        group.with_dependent(|_, tables| {
+            let mut inodes = tables.inodes().unwrap();
+            inodes.insert(7, (b"seven".as_slice(), 1)).unwrap();
+            // A second loan while the first is out is redb's "already open", not a panic.
+            let Err(FsError::Meta(err)) = tables.inodes() else {
+                panic!("a second loan of a lent table was granted");
+            };
+            assert!(err.to_string().contains("inodes"), "{err}");
+            drop(inodes);
+            // Returned, the table is lent again, with the change made through it.
+            assert_eq!(
+                tables.inodes().unwrap().get(7).unwrap().unwrap().value().0,
+                b"seven"
+            );
+        });
+        group.close().commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let inodes = read.open_table(INODES).unwrap();
+        assert_eq!(
+            inodes.get(7).unwrap().unwrap().value(),
+            (b"seven".as_slice(), 1)
+        );
+    }
+}
