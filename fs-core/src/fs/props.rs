@@ -105,6 +105,16 @@ impl Property {
         name == "snapdir"
     }
 
+    /// The properties that apply below the root (and that a new file takes from its
+    /// directory): all but the pool-wide ones.
+    fn names_below_root() -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .copied()
+            .filter(|name| !Self::pool_wide(name))
+            .collect()
+    }
+
     /// The value that applies where nothing is set.
     fn builtin_default(name: &str) -> Option<Self> {
         match name {
@@ -130,9 +140,6 @@ pub enum Source {
     /// Nothing set anywhere.
     Builtin,
 }
-
-/// The properties a new file takes from its directory (all but the pool-wide ones).
-const INHERITED: [&str; 3] = ["copies", "tier", "compression"];
 
 /// How a file's new blocks are stored, from its `copies`, `compression` and `tier`.
 #[derive(Debug, Clone, Copy)]
@@ -246,7 +253,7 @@ impl Tx<'_, '_> {
         if kind == FileKind::Directory {
             return Ok(());
         }
-        let values = self.resolve_properties(dir, &INHERITED)?;
+        let values = self.resolve_properties(dir, &Property::names_below_root())?;
         let mut table = self.txn.open_table(PROPERTIES)?;
         for (value, source) in values {
             if matches!(source, Source::Local | Source::Inherited) {
@@ -310,11 +317,11 @@ impl Filesystem {
     pub fn properties(&self, ino: InodeId) -> FsResult<Vec<(Property, Source)>> {
         self.view(|tx| {
             let inode = tx.inode(ino)?;
-            let names: Vec<&str> = Property::NAMES
-                .iter()
-                .copied()
-                .filter(|name| ino == InodeId::ROOT || !Property::pool_wide(name))
-                .collect();
+            let names = if ino == InodeId::ROOT {
+                Property::NAMES.to_vec()
+            } else {
+                Property::names_below_root()
+            };
             tx.resolve_properties(&inode, &names)
         })
     }
