@@ -118,7 +118,7 @@ impl MountedPool {
         });
         let session = std::thread::Builder::new()
             .name("aegis-fuse".into())
-            .spawn(move || session.run())
+            .spawn(move || fs_core::fuse::serve(session))
             .context("cannot start the FUSE session thread")?;
         service.resume_scrub();
         service.devices.resume(&service.fs, 0);

@@ -100,6 +100,25 @@ pub fn session(
     )
 }
 
+/// Serves `session` until the filesystem is unmounted.
+///
+/// When the connection goes away (unmount, or an abort through fusectl) the kernel wakes the
+/// session's readers with ENODEV, which fuser takes for the end of the session. A reader that
+/// had already taken a request off the queue gets ECONNABORTED instead, and the request is
+/// failed for its sender. That happens when the last close of a lazily detached mount races
+/// the teardown of its superblock (the close's RELEASE is that request); it is the same end,
+/// not a failure of this process. The request never reached the filesystem: an unlinked
+/// inode it would have freed stays an orphan, which the next mount reclaims.
+pub fn serve(session: fuser::Session<AegisFuse>) -> std::io::Result<()> {
+    match session.run() {
+        Err(err) if err.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::info!("the kernel ended the FUSE connection while handing over a request");
+            Ok(())
+        }
+        result => result,
+    }
+}
+
 /// Kernel readahead for the mount. FUSE mounts start at 128 KiB, which caps sequential reads
 /// at one 128 KiB request at a time; 4 MiB keeps several 1 MiB requests in flight.
 pub const READAHEAD_KIB: u32 = 4096;
