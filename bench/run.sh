@@ -30,6 +30,7 @@
 # The targets are measured interleaved, phase by phase, and the order flips
 # on each repetition.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 die() { printf 'bench: error: %s\n' "$*" >&2; exit 2; }
@@ -97,35 +98,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Small-file helper: create, (drop caches), stat, unlink.  Prints "create stat unlink" ops/s.
-cat >"$TMP/meta.py" <<'PY'
-import os, sys, time
-d, n, size, drop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-os.mkdir(d)
-names = [os.path.join(d, "f%07d" % i) for i in range(n)]
-payload = b"x" * size
-t0 = time.perf_counter()
-for p in names:
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    if size:
-        os.write(fd, payload)
-    os.close(fd)
-t1 = time.perf_counter()
-os.sync()
-if drop:
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-t2 = time.perf_counter()
-for p in names:
-    if os.stat(p).st_size != size:
-        sys.exit("bad size for " + p)
-t3 = time.perf_counter()
-for p in names:
-    os.unlink(p)
-t4 = time.perf_counter()
-os.rmdir(d)
-print("%.1f %.1f %.1f" % (n / (t1 - t0), n / (t3 - t2), n / (t4 - t3)))
-PY
 
 # fio_json OUT.json ARGS...: run one fio job, output JSON.
 fio_json() {
@@ -199,7 +171,7 @@ phase() {
             record "$label" rand_write "$(awk -v b="$(fio_get "$j" write iops)" 'BEGIN { printf "%.0f", b }')"
             rm -f -- "$f" ;;
         meta)
-            read -r c s u < <(python3 "$TMP/meta.py" "$w/files" "$FILES" "$FILE_BYTES" "$CAN_DROP")
+            read -r c s u < <(python3 "$HERE/smallfiles.py" "$w/files" "$FILES" "$FILE_BYTES" "$CAN_DROP")
             [[ -n $u ]] || die "small-file helper failed in $w"
             record "$label" create "$c"; record "$label" stat "$s"; record "$label" unlink "$u" ;;
     esac

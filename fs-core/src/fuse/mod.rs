@@ -77,6 +77,17 @@ pub fn session(
     mountpoint: &Path,
     config: &MountConfig,
 ) -> std::io::Result<fuser::Session<AegisFuse>> {
+    fuser::Session::new(
+        AegisFuse::new(fs, config.writeback_cache),
+        mountpoint,
+        &session_config(config),
+    )
+}
+
+/// The mount options and threads of a session: permissions checked by the kernel
+/// (`default_permissions`), device nodes and setuid honoured, one cloned `/dev/fuse`
+/// descriptor per thread.
+pub fn session_config(config: &MountConfig) -> Config {
     let mut options = Config::default();
     options.mount_options = vec![
         MountOption::FSName(config.fsname.clone()),
@@ -93,11 +104,28 @@ pub fn session(
     };
     options.n_threads = Some(config.threads.max(1));
     options.clone_fd = true;
-    fuser::Session::new(
-        AegisFuse::new(fs, config.writeback_cache),
-        mountpoint,
-        &options,
-    )
+    options
+}
+
+/// Asks the kernel for the protocol features AegisFS serves with; the ones it does not offer
+/// are left out with a warning.
+pub fn negotiate(config: &mut KernelConfig, writeback_cache: bool) {
+    let _ = config.set_max_write(MAX_WRITE);
+    let _ = config.set_max_readahead(MAX_WRITE);
+    let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
+        | InitFlags::FUSE_READDIRPLUS_AUTO
+        | InitFlags::FUSE_PARALLEL_DIROPS
+        | InitFlags::FUSE_ATOMIC_O_TRUNC
+        // Setuid, setgid and capabilities are dropped here on write, truncate and chown,
+        // which spares a GETXATTR round trip before every write(2).
+        | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+    if writeback_cache {
+        wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
+    }
+    let offered = config.capabilities() & wanted;
+    if let Err(missing) = config.add_capabilities(offered) {
+        tracing::warn!(?missing, "kernel refused FUSE capabilities");
+    }
 }
 
 /// Serves `session` until the filesystem is unmounted.
@@ -313,22 +341,7 @@ impl AegisFuse {
 
 impl fuser::Filesystem for AegisFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
-        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
-            // Setuid, setgid and capabilities are dropped here on write, truncate and chown,
-            // which spares a GETXATTR round trip before every write(2).
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
-        if self.writeback_cache {
-            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
-        }
-        let offered = config.capabilities() & wanted;
-        if let Err(missing) = config.add_capabilities(offered) {
-            tracing::warn!(?missing, "kernel refused FUSE capabilities");
-        }
+        negotiate(config, self.writeback_cache);
         Ok(())
     }
 
