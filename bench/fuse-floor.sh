@@ -3,14 +3,17 @@
 # on ext4 (a loop device), on the FUSE floor (fs-core/examples/fuse_floor.rs: a server that
 # keeps names in memory and stores nothing, mounted with AegisFS's options, threads and
 # protocol features) and on AegisFS, all on image files in the same directory, interleaved in
-# the same run (the order rotates on each repetition).
+# the same run (the order rotates on each repetition). Where the kernel has FUSE over io_uring
+# (the fuse module's enable_uring parameter), the floor also runs a second time over that
+# transport ("uring"); enable_uring is set only while it mounts and then put back.
 #
 #   bench/fuse-floor.sh [AEGIS_BINARY FLOOR_BINARY]   # default: built from this checkout
 #
 # Environment: BENCH_FILES (100000), BENCH_FILE_BYTES (1024), BENCH_REPEAT (3) and BENCH_DIR
-# (/var/tmp/aegis-bench). Prints medians and three ratios: floor/ext4 is the most any
-# filesystem served through /dev/fuse reaches on this machine, aegis/floor is AegisFS's share
-# of it. Unmounts everything on exit, also on failure.
+# (/var/tmp/aegis-bench). Prints medians and ratios: floor/ext4 is the most any filesystem
+# served through /dev/fuse reaches on this machine, uring/ext4 the same over io_uring, and
+# aegis/floor is AegisFS's share of the /dev/fuse floor. Unmounts everything on exit, also on
+# failure.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -33,20 +36,25 @@ done
 [[ -w /proc/sys/vm/drop_caches ]] || { echo "bench: needs root (loop device, drop_caches)" >&2; exit 2; }
 DIR=${BENCH_DIR:-/var/tmp/aegis-bench}
 export AEGIS_RUN_DIR=$DIR/run
-mkdir -p "$DIR/aegis" "$DIR/floor"
+mkdir -p "$DIR/aegis" "$DIR/floor" "$DIR/uring"
 chmod 755 "$DIR"
 # shellcheck disable=SC1091  # sourced by path at run time
 source "$ROOT/tests/conformance/ext4-loop.sh"
 
-FLOOR_PID=""
+FLOOR_PIDS=()
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_BEFORE=""
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
-    local status=$?
+    local status=$? m pid
+    if [[ -n $URING_BEFORE ]]; then echo "$URING_BEFORE" >"$URING_PARAM" || true; fi
     if mountpoint -q "$DIR/aegis"; then
         "$AEGIS" umount "$DIR/aegis" || umount -l "$DIR/aegis" || true
     fi
-    if mountpoint -q "$DIR/floor"; then umount "$DIR/floor" || umount -l "$DIR/floor" || true; fi
-    if [[ -n $FLOOR_PID ]]; then wait "$FLOOR_PID" 2>/dev/null || true; fi
+    for m in floor uring; do
+        if mountpoint -q "$DIR/$m"; then umount "$DIR/$m" || umount -l "$DIR/$m" || true; fi
+    done
+    for pid in "${FLOOR_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     ext4_loop_umount "$DIR/ext4" || true
     rm -f "$DIR/fast.img" "$DIR/slow.img"
     exit "$status"
@@ -57,13 +65,30 @@ rm -f "$DIR/fast.img" "$DIR/slow.img"
 "$AEGIS" format --fast "$DIR/fast.img" --fast-size 8G --slow "$DIR/slow.img" --slow-size 8G \
     --label bench >/dev/null
 "$AEGIS" mount "$DIR/fast.img" "$DIR/slow.img" "$DIR/aegis" >/dev/null
-"$FLOOR" "$DIR/floor" &
-FLOOR_PID=$!
-for _ in $(seq 100); do mountpoint -q "$DIR/floor" && break; sleep 0.05; done
-mountpoint -q "$DIR/floor" || { echo "bench: the FUSE floor did not mount" >&2; exit 1; }
+# floor_mount DIR [--uring]: starts the floor on DIR; fails if it does not mount.
+floor_mount() {
+    "$FLOOR" "$@" &
+    FLOOR_PIDS+=($!)
+    for _ in $(seq 100); do mountpoint -q "$1" && return 0; sleep 0.05; done
+    return 1
+}
+floor_mount "$DIR/floor" || { echo "bench: the FUSE floor did not mount" >&2; exit 1; }
+LABELS=(ext4 floor aegis)
+if [[ -w $URING_PARAM ]]; then
+    URING_BEFORE=$(cat "$URING_PARAM")
+    echo Y >"$URING_PARAM"
+    if floor_mount "$DIR/uring" --uring; then
+        LABELS=(ext4 floor uring aegis)
+    else
+        echo "bench: the floor over io_uring did not mount; measuring without it" >&2
+    fi
+    echo "$URING_BEFORE" >"$URING_PARAM"
+    URING_BEFORE=""
+else
+    echo "bench: this kernel has no FUSE over io_uring; measuring without it" >&2
+fi
 ext4_loop_mount "$DIR/ext4.img" 16G "$DIR/ext4"
 
-LABELS=(ext4 floor aegis)
 declare -A SAMPLES=()
 for ((rep = 0; rep < REPEAT; rep++)); do
     for ((k = 0; k < ${#LABELS[@]}; k++)); do
@@ -79,10 +104,20 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR % 2
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "# files=$FILES file_bytes=$FILE_BYTES repeat=$REPEAT $(uname -r) $(nproc) CPUs $(date -u +%FT%TZ)"
-printf '%-8s %10s %10s %10s %11s %11s %11s\n' metric ext4 floor aegis floor/ext4 aegis/ext4 aegis/floor
+declare -A MED=()
+header=(metric) ratios=()
+for label in "${LABELS[@]}"; do header+=("$label"); done
+for label in floor uring aegis; do
+    if [[ " ${LABELS[*]} " == *" $label "* ]]; then ratios+=("$label/ext4"); fi
+done
+ratios+=(aegis/floor)
+printf '%-8s' "${header[0]}"; printf ' %10s' "${header[@]:1}" "${ratios[@]}"; echo
 for m in create stat unlink; do
-    e=$(median <<<"${SAMPLES[ext4,$m]}") f=$(median <<<"${SAMPLES[floor,$m]}") a=$(median <<<"${SAMPLES[aegis,$m]}")
-    printf '%-8s %10s %10s %10s %11s %11s %11s\n' "$m" "$e" "$f" "$a" "$(ratio "$f" "$e")" "$(ratio "$a" "$e")" "$(ratio "$a" "$f")"
+    for label in "${LABELS[@]}"; do MED[$label]=$(median <<<"${SAMPLES[$label,$m]}"); done
+    printf '%-8s' "$m"
+    for label in "${LABELS[@]}"; do printf ' %10s' "${MED[$label]}"; done
+    for r in "${ratios[@]}"; do printf ' %10s' "$(ratio "${MED[${r%/*}]}" "${MED[${r#*/}]}")"; done
+    echo
 done
 echo "# samples (ops/s, in run order):"
 for m in create stat unlink; do
