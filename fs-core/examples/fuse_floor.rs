@@ -312,7 +312,7 @@ fn main() -> anyhow::Result<()> {
         ..MountConfig::default()
     };
     // Mounts and answers INIT, which the ring's registration needs.
-    let session = fuser::Session::new(
+    let mut session = fuser::Session::new(
         Floor(Arc::clone(&shared)),
         &mountpoint,
         &session_config(&config),
@@ -320,12 +320,26 @@ fn main() -> anyhow::Result<()> {
     let mut queues = Vec::new();
     if shared.uring.load(Ordering::Relaxed) {
         let device = Arc::new(session.as_fd().try_clone_to_owned()?);
+        // The kernel holds every request until all queues are registered: a queue that fails
+        // unmounts, so the run ends with its error instead of hanging.
+        let unmounter = Arc::new(Mutex::new(session.unmount_callable()));
         for qid in 0..ring::possible_cpus()? {
             let (shared, device) = (Arc::clone(&shared), Arc::clone(&device));
+            let unmounter = Arc::clone(&unmounter);
             queues.push(
                 std::thread::Builder::new()
                     .name(format!("fuse-ring-{qid}"))
-                    .spawn(move || ring::serve_queue(&shared, &device, qid))?,
+                    .spawn(move || {
+                        let served = ring::serve_queue(&shared, &device, qid);
+                        if served.is_err() {
+                            let mut unmounter =
+                                unmounter.lock().unwrap_or_else(PoisonError::into_inner);
+                            if let Err(err) = unmounter.unmount() {
+                                eprintln!("fuse_floor: cannot unmount: {err}");
+                            }
+                        }
+                        served
+                    })?,
             );
         }
     } else if want_uring {
