@@ -458,14 +458,7 @@ impl State {
             (None, Some(view)) => view.group(),
             (None, None) => return Err(FsError::Failed),
         };
-        group.with_dependent(|txn, tables| {
-            op(&mut Tx {
-                fs,
-                txn,
-                tables,
-                book,
-            })
-        })
+        Tx::run(group, fs, book, op)
     }
 }
 
@@ -801,15 +794,7 @@ impl Filesystem {
         let Some(group) = state.group.as_ref() else {
             return Err(FsError::ReadOnly);
         };
-        let book = &mut state.book;
-        let result = group.with_dependent(|txn, tables| {
-            op(&mut Tx {
-                fs: self,
-                txn,
-                tables,
-                book,
-            })
-        });
+        let result = Tx::run(group, self, &mut state.book, op);
         match result {
             Err(err @ (FsError::Meta(_) | FsError::DeviceWrite(_))) => Err(self.fail(state, err)),
             other => other,

@@ -5,6 +5,8 @@
 //! follow later), so, like ZFS's `copies`, a change governs files created from then on. Where
 //! nothing is set, the pool default applies.
 
+use std::sync::LazyLock;
+
 use redb::{ReadableTable, ReadableTableMetadata, Table};
 
 use super::tx::Tx;
@@ -107,12 +109,15 @@ impl Property {
 
     /// The properties that apply below the root (and that a new file takes from its
     /// directory): all but the pool-wide ones.
-    fn names_below_root() -> Vec<&'static str> {
-        Self::NAMES
-            .iter()
-            .copied()
-            .filter(|name| !Self::pool_wide(name))
-            .collect()
+    fn names_below_root() -> &'static [&'static str] {
+        static BELOW_ROOT: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+            Property::NAMES
+                .iter()
+                .copied()
+                .filter(|name| !Property::pool_wide(name))
+                .collect()
+        });
+        &BELOW_ROOT
     }
 
     /// The value that applies where nothing is set.
@@ -253,7 +258,7 @@ impl Tx<'_, '_> {
         if kind == FileKind::Directory {
             return Ok(());
         }
-        let values = self.resolve_properties(dir, &Property::names_below_root())?;
+        let values = self.resolve_properties(dir, Property::names_below_root())?;
         let mut table = self.txn.open_table(PROPERTIES)?;
         for (value, source) in values {
             if matches!(source, Source::Local | Source::Inherited) {
@@ -318,11 +323,11 @@ impl Filesystem {
         self.view(|tx| {
             let inode = tx.inode(ino)?;
             let names = if ino == InodeId::ROOT {
-                Property::NAMES.to_vec()
+                Property::NAMES
             } else {
                 Property::names_below_root()
             };
-            tx.resolve_properties(&inode, &names)
+            tx.resolve_properties(&inode, names)
         })
     }
 }

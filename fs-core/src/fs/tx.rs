@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::group::HotTables;
+use super::group::{Group, HotTables};
 use super::inflight::BlockWrites;
 use super::versions::{
     decode_block_id, decode_dirent, encode_dirent, named_key, number_key, pair_key, split_named,
@@ -139,6 +139,23 @@ pub(super) struct Dirent {
 const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
 impl Tx<'_, '_> {
+    /// Runs `op` on `group`: a `Tx` lives only as long as the group lends its tables.
+    pub fn run<T>(
+        group: &Group,
+        fs: &Filesystem,
+        book: &mut Book,
+        op: impl FnOnce(&mut Tx<'_, '_>) -> FsResult<T>,
+    ) -> FsResult<T> {
+        group.with_dependent(|txn, tables| {
+            op(&mut Tx {
+                fs,
+                txn,
+                tables,
+                book,
+            })
+        })
+    }
+
     pub fn mark_dirty(&mut self) {
         self.book.dirty = true;
         self.book.dirty_records += 1;
