@@ -99,6 +99,8 @@ mod rename_flags;
 mod reply;
 mod request;
 mod request_param;
+#[cfg(target_os = "linux")]
+mod ring;
 mod session;
 mod time;
 

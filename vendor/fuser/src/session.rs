@@ -139,6 +139,8 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// Bytes of a ring entry's payload area, when the kernel granted `FUSE_OVER_IO_URING`.
+    ring_payload: Option<usize>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +188,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            ring_payload: None,
         };
 
         session.handshake()?;
@@ -214,6 +217,7 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            ring_payload: None,
         };
 
         session.handshake()?;
@@ -252,9 +256,14 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            ring_payload,
         } = self;
 
-        let n_threads = config.n_threads.unwrap_or(1);
+        // Over io_uring, `/dev/fuse` carries only FORGET and INTERRUPT.
+        let n_threads = match ring_payload {
+            Some(_) => 1,
+            None => config.n_threads.unwrap_or(1),
+        };
 
         if !cfg!(target_os = "linux") && n_threads != 1 {
             // TODO: check whether it works on macOS/FreeBSD and enable if it works.
@@ -268,6 +277,20 @@ impl<FS: Filesystem> Session<FS> {
         };
 
         let mut filesystem = Arc::new(filesystem);
+        let mut threads = Vec::new();
+        #[cfg(target_os = "linux")]
+        if let Some(payload_size) = ring_payload {
+            let serving = crate::ring::RingServing {
+                channel: ch.clone(),
+                filesystem: filesystem.clone(),
+                allowed,
+                session_owner,
+                payload_size,
+                threads_per_queue: config.io_uring_threads_per_queue.unwrap_or(1).max(1),
+                mount: _do_not_umount_yet.mount.clone(),
+            };
+            threads.extend(serving.spawn()?);
+        }
 
         let mut channels = Vec::with_capacity(n_threads);
 
@@ -287,8 +310,6 @@ impl<FS: Filesystem> Session<FS> {
             }
         }
         channels.push(ch);
-
-        let mut threads = Vec::with_capacity(n_threads);
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -429,6 +450,13 @@ impl<FS: Filesystem> Session<FS> {
                 return Err(error);
             }
 
+            if config.requested.contains(InitFlags::FUSE_OVER_IO_URING) {
+                self.ring_payload = ring_payload(&config);
+                if self.ring_payload.is_none() {
+                    config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+                }
+            }
+
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
 
@@ -477,6 +505,12 @@ impl<FS: Filesystem> Session<FS> {
         }
     }
 
+    /// Whether the session serves over io_uring: the filesystem asked for
+    /// `FUSE_OVER_IO_URING` in `init`, the kernel granted it and the process can use io_uring.
+    pub fn uses_io_uring(&self) -> bool {
+        self.ring_payload.is_some()
+    }
+
     /// Unmount the filesystem
     pub fn unmount(&mut self) -> io::Result<()> {
         self.mount.umount()
@@ -493,6 +527,29 @@ impl<FS: Filesystem> Session<FS> {
     pub fn notifier(&self) -> Notifier {
         Notifier::new(self.ch.sender())
     }
+}
+
+/// The payload area a ring entry needs for `config`: the largest request (a write) or reply (a
+/// read), and at least the kernel's minimum. None when io_uring cannot be used here.
+#[cfg(target_os = "linux")]
+fn ring_payload(config: &KernelConfig) -> Option<usize> {
+    if let Err(err) = crate::ring::available() {
+        warn!(
+            "the kernel offers FUSE over io_uring, but io_uring is unavailable ({err}): serving through /dev/fuse"
+        );
+        return None;
+    }
+    let largest_reply = usize::from(config.max_pages()) * page_size::get();
+    Some(
+        (config.max_write as usize)
+            .max(largest_reply)
+            .max(abi::consts::FUSE_MIN_READ_BUFFER),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ring_payload(_config: &KernelConfig) -> Option<usize> {
+    None
 }
 
 #[derive(Debug)]
@@ -530,7 +587,10 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
             // Read the next request from the given channel to kernel driver
             // The kernel driver makes sure that we get exactly one request per read
             match self.ch.receive_retrying(buf) {
-                Ok(size) => match RequestWithSender::new(self.ch.sender(), &buf[..size]) {
+                Ok(size) => match RequestWithSender::new(
+                    ReplySender::Channel(self.ch.sender()),
+                    &buf[..size],
+                ) {
                     // Dispatch request
                     Some(req) => {
                         if let Ok(Operation::Destroy(_)) = req.request.operation() {

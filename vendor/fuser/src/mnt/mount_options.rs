@@ -18,6 +18,10 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Threads serving each of the kernel's per-CPU queues when the filesystem asks for
+    /// `FUSE_OVER_IO_URING` in `init` and the kernel grants it (Linux only). Unspecified: one.
+    /// `n_threads` then applies to `/dev/fuse`, which carries only FORGET and INTERRUPT.
+    pub io_uring_threads_per_queue: Option<usize>,
 }
 
 /// Mount options accepted by the FUSE filesystem type
