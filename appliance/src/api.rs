@@ -174,6 +174,9 @@ pub struct Status {
     pub label: String,
     pub pool_uuid: String,
     pub mountpoint: String,
+    /// How the kernel's requests reach the serving process: "io_uring" (per-CPU queues) or
+    /// "/dev/fuse".
+    pub fuse_transport: String,
     pub pid: u32,
     pub uptime_secs: u64,
     pub block_size: u32,

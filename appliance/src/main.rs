@@ -934,11 +934,12 @@ fn status_cmd(target: &str, clear_errors: bool, json: bool) -> anyhow::Result<()
         status.pool_uuid
     );
     println!(
-        "mounted   {} (pid {}, up {} s, socket {})",
+        "mounted   {} (pid {}, up {} s, socket {}, FUSE over {})",
         status.mountpoint,
         status.pid,
         status.uptime_secs,
-        socket.socket.display()
+        socket.socket.display(),
+        status.fuse_transport
     );
     match &status.read_only_cause {
         Some(cause) => println!(

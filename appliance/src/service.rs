@@ -101,6 +101,12 @@ impl MountedPool {
         let mut session = fs_core::fuse::session(Arc::clone(&fs), &mountpoint, &config)
             .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
         let unmounter = session.unmount_callable();
+        let fuse_transport = if session.uses_io_uring() {
+            "io_uring"
+        } else {
+            "/dev/fuse"
+        };
+        tracing::info!(fuse_transport, "serving {}", mountpoint.display());
         if let Err(err) = fs_core::fuse::set_readahead(&mountpoint, fs_core::fuse::READAHEAD_KIB) {
             tracing::warn!(error = %err, "cannot raise the readahead window; sequential reads will be slower");
         }
@@ -108,6 +114,7 @@ impl MountedPool {
             name: request.name.unwrap_or(label),
             fs,
             mountpoint: mountpoint.display().to_string(),
+            fuse_transport,
             started,
             scrub: Mutex::new(None),
             invalidator: Invalidator::new(&session),
@@ -225,6 +232,8 @@ pub fn api_status(fs: &FsStatus, name: &str, mountpoint: &str, started: Instant)
         label: fs.label.clone(),
         pool_uuid: fs.pool_uuid.clone(),
         mountpoint: mountpoint.to_owned(),
+        // Known to the serving process only: `PoolService::status` fills it in.
+        fuse_transport: String::new(),
         pid: std::process::id(),
         uptime_secs: started.elapsed().as_secs(),
         block_size: fs.block_size,
@@ -262,6 +271,8 @@ pub struct PoolService {
     pub name: String,
     pub fs: Arc<Filesystem>,
     pub mountpoint: String,
+    /// See [`Status::fuse_transport`].
+    fuse_transport: &'static str,
     started: Instant,
     scrub: Mutex<Option<Scrubber>>,
     /// Makes the kernel forget what a rollback or a snapshot deletion changed.
@@ -288,12 +299,15 @@ struct Migration {
 
 impl PoolService {
     pub fn status(&self) -> Status {
-        api_status(
-            &self.fs.status(),
-            &self.name,
-            &self.mountpoint,
-            self.started,
-        )
+        Status {
+            fuse_transport: self.fuse_transport.into(),
+            ..api_status(
+                &self.fs.status(),
+                &self.name,
+                &self.mountpoint,
+                self.started,
+            )
+        }
     }
 
     fn scrubber(&self) -> MutexGuard<'_, Option<Scrubber>> {

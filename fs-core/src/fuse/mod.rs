@@ -42,6 +42,11 @@ pub struct MountConfig {
     /// Let the kernel cache writes (`writeback_cache`).
     pub writeback_cache: bool,
     pub allow_other: bool,
+    /// Serve over FUSE's io_uring transport where the kernel offers it (Linux 6.14+ with the
+    /// `fuse` module's `enable_uring` set): each CPU's requests are answered by threads pinned
+    /// to that CPU, which more than doubles small-file creates. Elsewhere the session serves
+    /// through `/dev/fuse`.
+    pub io_uring: bool,
 }
 
 impl Default for MountConfig {
@@ -51,6 +56,7 @@ impl Default for MountConfig {
             threads: 2 * std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             writeback_cache: true,
             allow_other: true,
+            io_uring: true,
         }
     }
 }
@@ -59,15 +65,13 @@ impl Default for MountConfig {
 #[derive(Debug)]
 pub struct AegisFuse {
     fs: Arc<Filesystem>,
-    writeback_cache: bool,
+    /// What `init` negotiates.
+    mount: MountConfig,
 }
 
 impl AegisFuse {
-    pub fn new(fs: Arc<Filesystem>, writeback_cache: bool) -> Self {
-        Self {
-            fs,
-            writeback_cache,
-        }
+    pub fn new(fs: Arc<Filesystem>, mount: MountConfig) -> Self {
+        Self { fs, mount }
     }
 }
 
@@ -78,15 +82,19 @@ pub fn session(
     config: &MountConfig,
 ) -> std::io::Result<fuser::Session<AegisFuse>> {
     fuser::Session::new(
-        AegisFuse::new(fs, config.writeback_cache),
+        AegisFuse::new(fs, config.clone()),
         mountpoint,
         &session_config(config),
     )
 }
 
+/// Threads serving each of the kernel's per-CPU queues over io_uring: two, as two per core
+/// serve `/dev/fuse`, so one request waiting for the device does not hold up its CPU's queue.
+const RING_THREADS_PER_QUEUE: usize = 2;
+
 /// The mount options and threads of a session: permissions checked by the kernel
 /// (`default_permissions`), device nodes and setuid honoured, one cloned `/dev/fuse`
-/// descriptor per thread.
+/// descriptor per thread, or [`RING_THREADS_PER_QUEUE`] per CPU over io_uring.
 pub fn session_config(config: &MountConfig) -> Config {
     let mut options = Config::default();
     options.mount_options = vec![
@@ -104,12 +112,13 @@ pub fn session_config(config: &MountConfig) -> Config {
     };
     options.n_threads = Some(config.threads.max(1));
     options.clone_fd = true;
+    options.io_uring_threads_per_queue = Some(RING_THREADS_PER_QUEUE);
     options
 }
 
 /// Asks the kernel for the protocol features AegisFS serves with; the ones it does not offer
-/// are left out with a warning.
-pub fn negotiate(config: &mut KernelConfig, writeback_cache: bool) {
+/// are left out with a warning, but for the io_uring transport, which is optional.
+pub fn negotiate(config: &mut KernelConfig, mount: &MountConfig) {
     let _ = config.set_max_write(MAX_WRITE);
     let _ = config.set_max_readahead(MAX_WRITE);
     let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
@@ -119,12 +128,21 @@ pub fn negotiate(config: &mut KernelConfig, writeback_cache: bool) {
         // Setuid, setgid and capabilities are dropped here on write, truncate and chown,
         // which spares a GETXATTR round trip before every write(2).
         | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
-    if writeback_cache {
+    if mount.writeback_cache {
         wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
     }
     let offered = config.capabilities() & wanted;
     if let Err(missing) = config.add_capabilities(offered) {
         tracing::warn!(?missing, "kernel refused FUSE capabilities");
+    }
+    if mount.io_uring
+        && config
+            .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+            .is_err()
+    {
+        tracing::info!(
+            "the kernel does not offer FUSE over io_uring (Linux 6.14+, fuse.enable_uring): serving through /dev/fuse"
+        );
     }
 }
 
@@ -341,7 +359,7 @@ impl AegisFuse {
 
 impl fuser::Filesystem for AegisFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        negotiate(config, self.writeback_cache);
+        negotiate(config, &self.mount);
         Ok(())
     }
 
