@@ -6,6 +6,9 @@
 #
 # Images go to $BENCH_DIR (default /var/tmp/aegis-bench). Sizes and repetitions come from
 # bench/run.sh's environment (BENCH_SIZE_MB, BENCH_FILES, BENCH_RUNTIME, BENCH_REPEAT).
+# BENCH_FUSE_TRANSPORT picks how AegisFS is served: io_uring (the default where the kernel has
+# the fuse module's enable_uring, which is set while AegisFS mounts and then put back) or
+# dev (/dev/fuse, enable_uring off while it mounts).
 # Prints bench/run.sh's table: the last column is the ratio AegisFS / ext4. Unmounts everything
 # on exit, also on failure.
 set -euo pipefail
@@ -28,6 +31,7 @@ source "$ROOT/tests/conformance/ext4-loop.sh"
 # shellcheck disable=SC2317  # invoked by the EXIT trap
 cleanup() {
     local status=$?
+    if [[ -n $URING_BEFORE ]]; then echo "$URING_BEFORE" >"$URING_PARAM" || true; fi
     if mountpoint -q "$DIR/aegis"; then
         "$AEGIS" umount "$DIR/aegis" || umount -l "$DIR/aegis" || true
     fi
@@ -35,13 +39,32 @@ cleanup() {
     rm -f "$DIR/fast.img" "$DIR/slow.img"
     exit "$status"
 }
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_BEFORE=""
 trap cleanup EXIT
+
+TRANSPORT=${BENCH_FUSE_TRANSPORT:-io_uring}
+case $TRANSPORT in
+io_uring | dev) ;;
+*) echo "bench: BENCH_FUSE_TRANSPORT must be io_uring or dev" >&2; exit 2 ;;
+esac
+if [[ -w $URING_PARAM ]]; then
+    URING_BEFORE=$(cat "$URING_PARAM")
+    if [[ $TRANSPORT == io_uring ]]; then echo Y >"$URING_PARAM"; else echo N >"$URING_PARAM"; fi
+elif [[ $TRANSPORT == io_uring ]]; then
+    echo "bench: this kernel has no FUSE over io_uring; AegisFS is served through /dev/fuse" >&2
+fi
 
 rm -f "$DIR/fast.img" "$DIR/slow.img"
 "$AEGIS" format --fast "$DIR/fast.img" --fast-size 8G --slow "$DIR/slow.img" --slow-size 8G \
     --label bench >/dev/null
 mkdir -p "$DIR/aegis"
 "$AEGIS" mount "$DIR/fast.img" "$DIR/slow.img" "$DIR/aegis"
+if [[ -n $URING_BEFORE ]]; then
+    echo "$URING_BEFORE" >"$URING_PARAM"
+    URING_BEFORE=""
+fi
+echo "AegisFS served over $("$AEGIS" status bench --json | sed -n 's/.*"fuse_transport": *"\([^"]*\)".*/\1/p')"
 ext4_loop_mount "$DIR/ext4.img" 16G "$DIR/ext4"
 
 echo "storage: image files in $DIR ($(findmnt -n -o SOURCE,FSTYPE --target "$DIR"))"

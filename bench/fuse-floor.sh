@@ -4,16 +4,17 @@
 # keeps names in memory and stores nothing, mounted with AegisFS's options, threads and
 # protocol features) and on AegisFS, all on image files in the same directory, interleaved in
 # the same run (the order rotates on each repetition). Where the kernel has FUSE over io_uring
-# (the fuse module's enable_uring parameter), the floor also runs a second time over that
-# transport ("uring"); enable_uring is set only while it mounts and then put back.
+# (the fuse module's enable_uring parameter), the floor and AegisFS also run a second time over
+# that transport ("uring", "aegis-uring", a second pool): enable_uring is off while the others
+# mount, on while these do, then put back as it was.
 #
 #   bench/fuse-floor.sh [AEGIS_BINARY FLOOR_BINARY]   # default: built from this checkout
 #
 # Environment: BENCH_FILES (100000), BENCH_FILE_BYTES (1024), BENCH_REPEAT (3) and BENCH_DIR
 # (/var/tmp/aegis-bench). Prints medians and ratios: floor/ext4 is the most any filesystem
-# served through /dev/fuse reaches on this machine, uring/ext4 the same over io_uring, and
-# aegis/floor is AegisFS's share of the /dev/fuse floor. Unmounts everything on exit, also on
-# failure.
+# served through /dev/fuse reaches on this machine, uring/ext4 the same over io_uring;
+# aegis/floor and aegis-uring/uring are AegisFS's share of each floor. Unmounts everything on
+# exit, also on failure.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -36,7 +37,7 @@ done
 [[ -w /proc/sys/vm/drop_caches ]] || { echo "bench: needs root (loop device, drop_caches)" >&2; exit 2; }
 DIR=${BENCH_DIR:-/var/tmp/aegis-bench}
 export AEGIS_RUN_DIR=$DIR/run
-mkdir -p "$DIR/aegis" "$DIR/floor" "$DIR/uring"
+mkdir -p "$DIR/aegis" "$DIR/aegis-uring" "$DIR/floor" "$DIR/uring"
 chmod 755 "$DIR"
 # shellcheck disable=SC1091  # sourced by path at run time
 source "$ROOT/tests/conformance/ext4-loop.sh"
@@ -48,20 +49,25 @@ URING_BEFORE=""
 cleanup() {
     local status=$? m pid
     if [[ -n $URING_BEFORE ]]; then echo "$URING_BEFORE" >"$URING_PARAM" || true; fi
-    if mountpoint -q "$DIR/aegis"; then
-        "$AEGIS" umount "$DIR/aegis" || umount -l "$DIR/aegis" || true
-    fi
+    for m in aegis aegis-uring; do
+        if mountpoint -q "$DIR/$m"; then "$AEGIS" umount "$DIR/$m" || umount -l "$DIR/$m" || true; fi
+    done
     for m in floor uring; do
         if mountpoint -q "$DIR/$m"; then umount "$DIR/$m" || umount -l "$DIR/$m" || true; fi
     done
     for pid in "${FLOOR_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     ext4_loop_umount "$DIR/ext4" || true
-    rm -f "$DIR/fast.img" "$DIR/slow.img"
+    rm -f "$DIR"/{fast,slow,fast2,slow2}.img
     exit "$status"
 }
 trap cleanup EXIT
 
-rm -f "$DIR/fast.img" "$DIR/slow.img"
+# The /dev/fuse mounts must not be offered io_uring.
+if [[ -w $URING_PARAM ]]; then
+    URING_BEFORE=$(cat "$URING_PARAM")
+    echo N >"$URING_PARAM"
+fi
+rm -f "$DIR"/{fast,slow,fast2,slow2}.img
 "$AEGIS" format --fast "$DIR/fast.img" --fast-size 8G --slow "$DIR/slow.img" --slow-size 8G \
     --label bench >/dev/null
 "$AEGIS" mount "$DIR/fast.img" "$DIR/slow.img" "$DIR/aegis" >/dev/null
@@ -75,10 +81,14 @@ floor_mount() {
 floor_mount "$DIR/floor" || { echo "bench: the FUSE floor did not mount" >&2; exit 1; }
 LABELS=(ext4 floor aegis)
 if [[ -w $URING_PARAM ]]; then
-    URING_BEFORE=$(cat "$URING_PARAM")
     echo Y >"$URING_PARAM"
     if floor_mount "$DIR/uring" --uring; then
-        LABELS=(ext4 floor uring aegis)
+        "$AEGIS" format --fast "$DIR/fast2.img" --fast-size 8G --slow "$DIR/slow2.img" \
+            --slow-size 8G --label bench-uring >/dev/null
+        "$AEGIS" mount "$DIR/fast2.img" "$DIR/slow2.img" "$DIR/aegis-uring" >/dev/null
+        "$AEGIS" status bench-uring --json | grep -q '"fuse_transport": *"io_uring"' ||
+            { echo "bench: AegisFS did not mount over io_uring" >&2; exit 1; }
+        LABELS=(ext4 floor uring aegis aegis-uring)
     else
         echo "bench: the floor over io_uring did not mount; measuring without it" >&2
     fi
@@ -107,19 +117,20 @@ echo "# files=$FILES file_bytes=$FILE_BYTES repeat=$REPEAT $(uname -r) $(nproc) 
 declare -A MED=()
 header=(metric) ratios=()
 for label in "${LABELS[@]}"; do header+=("$label"); done
-for label in floor uring aegis; do
+for label in floor uring aegis aegis-uring; do
     if [[ " ${LABELS[*]} " == *" $label "* ]]; then ratios+=("$label/ext4"); fi
 done
 ratios+=(aegis/floor)
-printf '%-8s' "${header[0]}"; printf ' %10s' "${header[@]:1}" "${ratios[@]}"; echo
+if [[ " ${LABELS[*]} " == *" aegis-uring "* ]]; then ratios+=(aegis-uring/uring); fi
+printf '%-8s' "${header[0]}"; printf ' %11s' "${header[@]:1}" "${ratios[@]}"; echo
 for m in create stat unlink; do
     for label in "${LABELS[@]}"; do MED[$label]=$(median <<<"${SAMPLES[$label,$m]}"); done
     printf '%-8s' "$m"
-    for label in "${LABELS[@]}"; do printf ' %10s' "${MED[$label]}"; done
-    for r in "${ratios[@]}"; do printf ' %10s' "$(ratio "${MED[${r%/*}]}" "${MED[${r#*/}]}")"; done
+    for label in "${LABELS[@]}"; do printf ' %11s' "${MED[$label]}"; done
+    for r in "${ratios[@]}"; do printf ' %11s' "$(ratio "${MED[${r%/*}]}" "${MED[${r#*/}]}")"; done
     echo
 done
 echo "# samples (ops/s, in run order):"
 for m in create stat unlink; do
-    for label in "${LABELS[@]}"; do printf '#   %-7s %-6s%s\n' "$m" "$label" "${SAMPLES[$label,$m]}"; done
+    for label in "${LABELS[@]}"; do printf '#   %-7s %-12s%s\n' "$m" "$label" "${SAMPLES[$label,$m]}"; done
 done

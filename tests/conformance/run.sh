@@ -9,12 +9,16 @@
 #    exception list (tests/conformance/exceptions.txt) names it;
 # 4. runs fsx for FSX_OPS operations (default 100000, profile FSX_PROFILE=full) on AegisFS;
 # 5. formats a second pool with zstd, encryption, dedup and copies=2 and runs fsx for
-#    FSX_FEATURE_OPS operations (default 50000, the same seed) on it.
+#    FSX_FEATURE_OPS operations (default 50000, the same seed) on it;
+# 6. where the kernel has FUSE over io_uring (the fuse module's enable_uring), mounts a third
+#    pool over that transport and runs pjdfstest (same comparison) and fsx (FSX_OPS) on it.
+# Steps 1-5 run over /dev/fuse: enable_uring is off while those pools mount, on while the
+# third does, and put back as it was on exit.
 # Everything mounted is unmounted on exit, also on failure. Summaries are kept in
 # $CONFORMANCE_OUT (default target/conformance).
 set -euo pipefail
 
-[[ $# -eq 1 ]] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[[ $# -eq 1 ]] || { sed -n '2,18p' "$0" >&2; exit 2; }
 AEGIS=$(realpath -e -- "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -36,7 +40,8 @@ source "$HERE/ext4-loop.sh"
 cleanup() {
     local status=$?
     local mnt left=0
-    for mnt in "$WORK/aegis" "$WORK/aegis-features"; do
+    if [[ -n $URING_BEFORE ]]; then echo "$URING_BEFORE" >"$URING_PARAM" || true; fi
+    for mnt in "$WORK/aegis" "$WORK/aegis-features" "$WORK/aegis-uring"; do
         if mountpoint -q "$mnt"; then
             "$AEGIS" umount "$mnt" || umount -l "$mnt" || true
         fi
@@ -48,7 +53,14 @@ cleanup() {
     fi
     exit "$status"
 }
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_BEFORE=""
 trap cleanup EXIT
+
+if [[ -w $URING_PARAM ]]; then
+    URING_BEFORE=$(cat "$URING_PARAM")
+    echo N >"$URING_PARAM"
+fi
 
 echo "== AegisFS pool on image files"
 "$AEGIS" format --fast "$WORK/fast.img" --fast-size 2G --slow "$WORK/slow.img" --slow-size 4G \
@@ -81,4 +93,26 @@ mkdir -p "$WORK/aegis-features"
 "$AEGIS" mount "$WORK/fast2.img" "$WORK/slow2.img" "$WORK/aegis-features" --keyfile "$WORK/pool.key"
 "$HERE/fsx.sh" "$WORK/aegis-features" "$FSX_FEATURE_OPS" "$FSX_SEED"
 "$AEGIS" status conformance-features
+"$AEGIS" umount "$WORK/aegis-features"
+
+if [[ -n $URING_BEFORE ]]; then
+    echo "== the same over FUSE's io_uring transport"
+    "$AEGIS" format --fast "$WORK/fast3.img" --fast-size 2G --slow "$WORK/slow3.img" \
+        --slow-size 4G --label conformance-uring
+    mkdir -p "$WORK/aegis-uring"
+    echo Y >"$URING_PARAM"
+    "$AEGIS" mount "$WORK/fast3.img" "$WORK/slow3.img" "$WORK/aegis-uring"
+    echo N >"$URING_PARAM"
+    "$AEGIS" status conformance-uring --json | grep -q '"fuse_transport": *"io_uring"' ||
+        { echo "conformance: the pool did not mount over io_uring" >&2; exit 1; }
+    echo "== pjdfstest on AegisFS over io_uring"
+    "$HERE/pjdfstest.sh" "$WORK/aegis-uring" "$OUT/pjdfstest-aegis-uring.txt"
+    "$HERE/compare.sh" "$OUT/pjdfstest-ext4.txt" "$OUT/pjdfstest-aegis-uring.txt" "$HERE/exceptions.txt"
+    echo "== fsx over io_uring: $FSX_OPS operations, seed $FSX_SEED"
+    "$HERE/fsx.sh" "$WORK/aegis-uring" "$FSX_OPS" "$FSX_SEED"
+    "$AEGIS" status conformance-uring
+    "$AEGIS" umount "$WORK/aegis-uring"
+else
+    echo "== this kernel has no FUSE over io_uring: only /dev/fuse was tested"
+fi
 echo "conformance: pjdfstest and fsx passed"
