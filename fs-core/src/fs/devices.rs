@@ -37,7 +37,7 @@ use crate::format::{
 };
 use crate::meta::backend::RegionCopy;
 use crate::meta::records::{BlockRecord, Location};
-use crate::meta::{BLOCKS, DEVICE_ERRORS, FILE_BLOCKS};
+use crate::meta::DEVICE_ERRORS;
 use crate::pool::{write_resized_superblock, write_superblock, Member, MIN_MEMBER_SIZE};
 use crate::types::{DeviceIndex, Tier};
 
@@ -458,7 +458,7 @@ impl Filesystem {
         }
         let inodes = self.view(|tx| {
             let mut unreadable = BTreeSet::new();
-            for entry in tx.txn.open_table(BLOCKS)?.iter()? {
+            for entry in tx.tables.blocks()?.iter()? {
                 let (id, raw) = entry?;
                 let record = BlockRecord::decode(raw.value())
                     .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;
@@ -467,7 +467,7 @@ impl Filesystem {
                 }
             }
             let mut inodes = BTreeSet::new();
-            for entry in tx.txn.open_table(FILE_BLOCKS)?.iter()? {
+            for entry in tx.tables.file_blocks()?.iter()? {
                 let (key, value) = entry?;
                 if unreadable.contains(&value.value().0) {
                     inodes.insert(key.value().0);
@@ -495,7 +495,7 @@ impl Filesystem {
     fn blocks_where(&self, wanted: impl Fn(&Location, u64) -> bool) -> FsResult<Vec<u64>> {
         self.view(|tx| {
             let mut found = Vec::new();
-            for entry in tx.txn.open_table(BLOCKS)?.iter()? {
+            for entry in tx.tables.blocks()?.iter()? {
                 let (id, raw) = entry?;
                 let record = BlockRecord::decode(raw.value())
                     .map_err(|e| FsError::Corrupt(format!("block {}: {e}", id.value())))?;

@@ -1,8 +1,9 @@
-//! The open transaction group: redb's write transaction, with the tables nearly every verb
-//! reads (`inodes`, `dirents`) held open for the group's whole life. Opening a redb table
-//! looks it up by name and checks its types, and closing it stages its new root; done at
-//! every record access, that was about half of a metadata verb's CPU time. The tables close
-//! when the group is committed or dropped.
+//! The open transaction group: redb's write transaction, with the tables a small-file create,
+//! the verbs around it and the mapping of its data at commit touch (`inodes`, `dirents`,
+//! `dir_cookies`, `xattrs`, `properties`, `file_blocks`, `blocks`, `heat`, `spans`) held open
+//! for the group's whole life. Opening a redb table looks it up by name and checks its types,
+//! and closing it stages its new root; done at every record access, that was about half of a
+//! metadata verb's CPU time. The tables close when the group is committed or dropped.
 
 use std::cell::{RefCell, RefMut};
 use std::panic::Location;
@@ -10,36 +11,49 @@ use std::panic::Location;
 use redb::{Table, TableError, TableHandle, WriteTransaction};
 
 use crate::error::FsResult;
-use crate::meta::{DIRENTS, INODES};
+use crate::meta::{
+    BLOCKS, DIRENTS, DIR_COOKIES, FILE_BLOCKS, HEAT, INODES, PROPERTIES, SPANS, XATTRS,
+};
 
-pub(super) type InodeTable<'txn> = Table<'txn, u64, (&'static [u8], u64)>;
-pub(super) type DirentTable<'txn> = Table<'txn, (u64, &'static [u8]), (u64, u64, u8, u64)>;
+/// Declares [`HotTables`]: one field per table, opened together, each lent by the method of
+/// its name.
+macro_rules! hot_tables {
+    ($($name:ident: $definition:ident <$key:ty, $value:ty>),* $(,)?) => {
+        /// The tables a group keeps open. A table is lent to one user at a time, as redb lends
+        /// an opened table: asking for one that is already lent is the error redb gives for
+        /// opening a table twice.
+        pub(super) struct HotTables<'txn> {
+            $($name: RefCell<Table<'txn, $key, $value>>,)*
+        }
 
-/// The tables a group keeps open. A table is lent to one user at a time, as redb lends an
-/// opened table: asking for one that is already lent is the error redb gives for opening a
-/// table twice.
-pub(super) struct HotTables<'txn> {
-    inodes: RefCell<InodeTable<'txn>>,
-    dirents: RefCell<DirentTable<'txn>>,
+        impl<'txn> HotTables<'txn> {
+            fn open(txn: &'txn WriteTransaction) -> Result<Self, TableError> {
+                Ok(Self {
+                    $($name: RefCell::new(txn.open_table($definition)?),)*
+                })
+            }
+
+            $(
+                #[doc = concat!("Lends the open `", stringify!($name), "` table.")]
+                #[track_caller]
+                pub fn $name(&self) -> FsResult<RefMut<'_, Table<'txn, $key, $value>>> {
+                    lend(&self.$name, $definition.name())
+                }
+            )*
+        }
+    };
 }
 
-impl<'txn> HotTables<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self, TableError> {
-        Ok(Self {
-            inodes: RefCell::new(txn.open_table(INODES)?),
-            dirents: RefCell::new(txn.open_table(DIRENTS)?),
-        })
-    }
-
-    #[track_caller]
-    pub fn inodes(&self) -> FsResult<RefMut<'_, InodeTable<'txn>>> {
-        lend(&self.inodes, INODES.name())
-    }
-
-    #[track_caller]
-    pub fn dirents(&self) -> FsResult<RefMut<'_, DirentTable<'txn>>> {
-        lend(&self.dirents, DIRENTS.name())
-    }
+hot_tables! {
+    inodes: INODES<u64, (&'static [u8], u64)>,
+    dirents: DIRENTS<(u64, &'static [u8]), (u64, u64, u8, u64)>,
+    dir_cookies: DIR_COOKIES<(u64, u64), (&'static [u8], u64)>,
+    xattrs: XATTRS<(u64, &'static [u8]), (&'static [u8], u64)>,
+    properties: PROPERTIES<(u64, &'static str), &'static str>,
+    file_blocks: FILE_BLOCKS<(u64, u64), (u64, u64)>,
+    blocks: BLOCKS<u64, &'static [u8]>,
+    heat: HEAT<u64, (f64, i64)>,
+    spans: SPANS<(u64, u64), (u64, u64)>,
 }
 
 #[track_caller]

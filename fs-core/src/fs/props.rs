@@ -14,7 +14,6 @@ use super::Filesystem;
 use crate::codec::Compression;
 use crate::error::{FsError, FsResult};
 use crate::meta::records::{FileKind, Inode};
-use crate::meta::PROPERTIES;
 use crate::types::{InodeId, Tier};
 
 /// The pseudo-inode holding the pool's defaults.
@@ -178,7 +177,7 @@ impl Tx<'_, '_> {
         inode: &Inode,
         names: &[&str],
     ) -> FsResult<Vec<(Property, Source)>> {
-        let table = self.txn.open_table(PROPERTIES)?;
+        let table = self.tables.properties()?;
         let pool = stored_values(&table, POOL)?;
         let mut found: Vec<Option<(Property, Source)>> = vec![None; names.len()];
         // Parses only the names asked for, each at its nearest level; true once all have one.
@@ -259,7 +258,7 @@ impl Tx<'_, '_> {
             return Ok(());
         }
         let values = self.resolve_properties(dir, Property::names_below_root())?;
-        let mut table = self.txn.open_table(PROPERTIES)?;
+        let mut table = self.tables.properties()?;
         for (value, source) in values {
             if matches!(source, Source::Local | Source::Inherited) {
                 table.insert((child.0, value.name()), value.value().as_str())?;
@@ -270,8 +269,8 @@ impl Tx<'_, '_> {
 
     /// Forgets the properties of a deleted inode.
     pub fn remove_properties(&mut self, ino: InodeId) -> FsResult<()> {
-        self.txn
-            .open_table(PROPERTIES)?
+        self.tables
+            .properties()?
             .retain_in((ino.0, "")..(ino.0 + 1, ""), |_, _| false)?;
         Ok(())
     }
@@ -291,8 +290,8 @@ impl Filesystem {
         self.with_tx(|tx| {
             tx.inode(ino)?;
             tx.mark_dirty();
-            tx.txn
-                .open_table(PROPERTIES)?
+            tx.tables
+                .properties()?
                 .insert((ino.0, property.name()), property.value().as_str())?;
             Ok(())
         })
@@ -302,7 +301,7 @@ impl Filesystem {
     /// the pool's default is not among them.
     pub fn local_values(&self, name: &str) -> FsResult<Vec<(InodeId, Property)>> {
         self.view(|tx| {
-            let table = tx.txn.open_table(PROPERTIES)?;
+            let table = tx.tables.properties()?;
             let mut found = Vec::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;

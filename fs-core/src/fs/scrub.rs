@@ -27,7 +27,7 @@ use crate::device::ReadOp;
 use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::meta::records::{BlockRecord, Location, Reader, RecordError, Timestamp, Writer};
-use crate::meta::{BLOCKS, FILE_BLOCKS, HISTORY, SCRUB};
+use crate::meta::{HISTORY, SCRUB};
 use crate::types::DeviceIndex;
 use crate::types::InodeId;
 
@@ -373,7 +373,7 @@ impl Filesystem {
         }
         // Every block is mapped by one file-map record, live or (held by snapshots) retired,
         // so the block table counts both walks.
-        let blocks_total = self.view(|tx| Ok(tx.txn.open_table(BLOCKS)?.len()?))?;
+        let blocks_total = self.view(|tx| Ok(tx.tables.blocks()?.len()?))?;
         let state = ScrubState {
             phase: ScrubPhase::Data,
             started: Timestamp::now().secs,
@@ -427,8 +427,8 @@ impl Filesystem {
     fn scrub_data_batch(&self, state: &mut ScrubState) -> FsResult<u64> {
         let cursor = state.cursor;
         let (batch, last, gate) = self.view(|tx| {
-            let map = tx.txn.open_table(FILE_BLOCKS)?;
-            let blocks = tx.txn.open_table(BLOCKS)?;
+            let map = tx.tables.file_blocks()?;
+            let blocks = tx.tables.blocks()?;
             let mut batch = Vec::with_capacity(BATCH_BLOCKS);
             let mut last = None;
             for entry in map.range(cursor..)?.take(BATCH_BLOCKS) {
@@ -437,7 +437,7 @@ impl Filesystem {
                 let (id, _) = id.value();
                 batch.push(Listed {
                     id,
-                    record: block_record(&blocks, id)?,
+                    record: block_record(&*blocks, id)?,
                     holder: Holder::Live(ino),
                 });
                 last = Some((ino, index));
@@ -473,7 +473,7 @@ impl Filesystem {
         let from = pair_key(ino, index);
         let (batch, last, gate) = self.view(|tx| {
             let history = tx.txn.open_table(HISTORY)?;
-            let blocks = tx.txn.open_table(BLOCKS)?;
+            let blocks = tx.tables.blocks()?;
             let mut batch = Vec::with_capacity(BATCH_BLOCKS);
             let mut last = None;
             let range = (kind, from.as_slice(), death)..(kind + 1, &[][..], 0);
@@ -486,7 +486,7 @@ impl Filesystem {
                 let id = decode_block_id(value).ok_or_else(bad)?;
                 batch.push(Listed {
                     id,
-                    record: block_record(&blocks, id)?,
+                    record: block_record(&*blocks, id)?,
                     holder: Holder::Snapshots(SnapshotDamage { ino, birth, death }),
                 });
                 last = Some((ino, index, death));

@@ -21,7 +21,7 @@ use super::versions::{decode_block_id, decode_dirent, split_named, split_pair, R
 use super::{Filesystem, MAX_NAME_LEN};
 use crate::error::{FsError, FsResult};
 use crate::meta::records::{FileKind, Inode, SnapshotRecord, Timestamp};
-use crate::meta::{DEADLIST, DIR_COOKIES, FILE_BLOCKS, HISTORY, ORPHANS, SNAPSHOTS, SPANS, XATTRS};
+use crate::meta::{DEADLIST, HISTORY, ORPHANS, SNAPSHOTS};
 use crate::types::InodeId;
 
 /// The name of the directory in the pool's root that lists the snapshots.
@@ -154,7 +154,7 @@ impl Tx<'_, '_> {
     /// Data-area bytes held only by snapshots.
     pub fn held_by_snapshots(&self) -> FsResult<u64> {
         let mut total = 0;
-        for entry in self.txn.open_table(SPANS)?.iter()? {
+        for entry in self.tables.spans()?.iter()? {
             total += entry?.1.value().1;
         }
         Ok(total)
@@ -164,7 +164,7 @@ impl Tx<'_, '_> {
     fn snapshot_infos(&self) -> FsResult<Vec<SnapshotInfo>> {
         let snapshots = &self.book.snapshots;
         let mut unique: HashMap<u64, u64> = HashMap::new();
-        for entry in self.txn.open_table(SPANS)?.iter()? {
+        for entry in self.tables.spans()?.iter()? {
             let (span, value) = entry?;
             let (birth, death) = span.value();
             let (_, bytes) = value.value();
@@ -197,7 +197,7 @@ impl Tx<'_, '_> {
             .map_or(u64::MAX, |(e, _)| *e);
         // Spans only this snapshot sees: born after the previous one, dead by the next.
         let spans: Vec<(u64, u64, u64)> = {
-            let table = self.txn.open_table(SPANS)?;
+            let table = self.tables.spans()?;
             let mut spans = Vec::new();
             for entry in table.range((prev + 1, 0)..(epoch + 1, 0))? {
                 let (span, value) = entry?;
@@ -224,7 +224,7 @@ impl Tx<'_, '_> {
             self.txn
                 .open_table(DEADLIST)?
                 .retain_in(span_range(birth, death), |_, _| false)?;
-            self.txn.open_table(SPANS)?.remove((birth, death))?;
+            self.tables.spans()?.remove((birth, death))?;
             released += bytes;
         }
         self.txn.open_table(SNAPSHOTS)?.remove(epoch)?;
@@ -282,14 +282,14 @@ impl Tx<'_, '_> {
                 report.entries.push((InodeId(dir), name));
             }
         }
-        self.txn
-            .open_table(DIR_COOKIES)?
+        self.tables
+            .dir_cookies()?
             .retain(|_, (_, birth)| birth <= epoch)?;
-        self.txn
-            .open_table(XATTRS)?
+        self.tables
+            .xattrs()?
             .retain(|_, (_, birth)| birth <= epoch)?;
         let unmapped: Vec<u64> = {
-            let mut table = self.txn.open_table(FILE_BLOCKS)?;
+            let mut table = self.tables.file_blocks()?;
             let mut newer = Vec::new();
             for entry in table.iter()? {
                 let (key, value) = entry?;
@@ -311,7 +311,7 @@ impl Tx<'_, '_> {
         // History records the snapshot sees that were retired since: all spans dying after it
         // (newer snapshots are gone, so every one of them is born by it).
         let spans: Vec<(u64, u64)> = {
-            let table = self.txn.open_table(SPANS)?;
+            let table = self.tables.spans()?;
             let mut spans = Vec::new();
             for entry in table.iter()? {
                 let (birth, death) = entry?.0.value();
@@ -338,7 +338,7 @@ impl Tx<'_, '_> {
             self.txn
                 .open_table(DEADLIST)?
                 .retain_in(span_range(birth, death), |_, _| false)?;
-            self.txn.open_table(SPANS)?.remove((birth, death))?;
+            self.tables.spans()?.remove((birth, death))?;
         }
         for number in &gone_inodes {
             if !restored_inodes.contains(number) {
@@ -380,21 +380,17 @@ impl Tx<'_, '_> {
             }
             RecordKind::DirCookie => {
                 let pair = split_pair(key).ok_or_else(bad)?;
-                self.txn
-                    .open_table(DIR_COOKIES)?
-                    .insert(pair, (value, birth))?;
+                self.tables.dir_cookies()?.insert(pair, (value, birth))?;
             }
             RecordKind::FileBlock => {
                 let pair = split_pair(key).ok_or_else(bad)?;
                 let id = decode_block_id(value).ok_or_else(bad)?;
-                self.txn
-                    .open_table(FILE_BLOCKS)?
-                    .insert(pair, (id, birth))?;
+                self.tables.file_blocks()?.insert(pair, (id, birth))?;
             }
             RecordKind::Xattr => {
                 let (number, name) = split_named(key).ok_or_else(bad)?;
-                self.txn
-                    .open_table(XATTRS)?
+                self.tables
+                    .xattrs()?
                     .insert((number, name), (value, birth))?;
             }
         }

@@ -176,8 +176,8 @@ impl Filesystem {
                         ..record
                     };
                     tx.mark_dirty();
-                    tx.txn
-                        .open_table(BLOCKS)?
+                    tx.tables
+                        .blocks()?
                         .insert(id, swapped.encode().as_slice())?;
                     done.moved += 1;
                     done.bytes += record.sectors() * SECTOR_SIZE;
@@ -265,7 +265,7 @@ impl Filesystem {
                     .release(job.to.device, job.to.sector, job.record.sectors());
             }
             for job in &jobs {
-                let current = tx.txn.open_table(BLOCKS)?.get(job.id)?.map(|raw| {
+                let current = tx.tables.blocks()?.get(job.id)?.map(|raw| {
                     BlockRecord::decode(raw.value())
                         .map_err(|e| FsError::Corrupt(format!("block {}: {e}", job.id)))
                 });
@@ -298,8 +298,8 @@ impl Filesystem {
                     }
                 };
                 tx.mark_dirty();
-                tx.txn
-                    .open_table(BLOCKS)?
+                tx.tables
+                    .blocks()?
                     .insert(job.id, moved.encode().as_slice())?;
                 tx.book
                     .pending_free

@@ -21,7 +21,7 @@ use crate::error::{FsError, FsResult};
 use crate::format::SECTOR_SIZE;
 use crate::heat::Heat;
 use crate::meta::records::{BlockRecord, FileKind, Inode, Location};
-use crate::meta::{BLOCKS, DEDUP, DIR_COOKIES, FILE_BLOCKS, HEAT, ORPHANS, XATTRS};
+use crate::meta::{DEDUP, ORPHANS};
 use crate::types::InodeId;
 
 /// A new block placed in fresh sectors, not yet mapped.
@@ -294,7 +294,7 @@ impl Tx<'_, '_> {
         let number = dir.number();
         let mut names = BTreeMap::new();
         {
-            let table = self.txn.open_table(DIR_COOKIES)?;
+            let table = self.tables.dir_cookies()?;
             for entry in table.range((number, start)..=(number, u64::MAX))? {
                 if names.len() >= limit {
                     break;
@@ -338,8 +338,8 @@ impl Tx<'_, '_> {
             (parent.id.0, name),
             (child.0, cookie, kind.to_byte(), epoch),
         )?;
-        self.txn
-            .open_table(DIR_COOKIES)?
+        self.tables
+            .dir_cookies()?
             .insert((parent.id.0, cookie), (name, epoch))?;
         Ok(())
     }
@@ -354,8 +354,8 @@ impl Tx<'_, '_> {
             .map(|v| v.value());
         self.retire_dirent(parent, name, entry)?;
         let indexed = self
-            .txn
-            .open_table(DIR_COOKIES)?
+            .tables
+            .dir_cookies()?
             .remove((parent.0, cookie))?
             .and_then(|v| {
                 let (name, birth) = v.value();
@@ -426,7 +426,7 @@ impl Tx<'_, '_> {
     }
 
     pub fn block_record(&self, id: u64) -> FsResult<BlockRecord> {
-        let table = self.txn.open_table(BLOCKS)?;
+        let table = self.tables.blocks()?;
         let raw = table.get(id)?.ok_or_else(|| {
             FsError::Corrupt(format!("block {id} is mapped but not in the block table"))
         })?;
@@ -446,7 +446,7 @@ impl Tx<'_, '_> {
         let number = ino.number();
         let mut out = Vec::new();
         {
-            let table = self.txn.open_table(FILE_BLOCKS)?;
+            let table = self.tables.file_blocks()?;
             for entry in table.range((number, range.start)..(number, range.end))? {
                 let (key, value) = entry?;
                 let (id, birth) = value.value();
@@ -492,7 +492,7 @@ impl Tx<'_, '_> {
         let logical = u64::from(record.logical_len);
         let totals = &mut self.book.totals;
         totals.logical_refs = totals.logical_refs.saturating_sub(logical);
-        let mut table = self.txn.open_table(BLOCKS)?;
+        let mut table = self.tables.blocks()?;
         if record.refcount > 1 {
             record.refcount -= 1;
             table.insert(id, record.encode().as_slice())?;
@@ -508,7 +508,7 @@ impl Tx<'_, '_> {
                 dedup.remove(hash)?;
             }
         }
-        self.txn.open_table(HEAT)?.remove(id)?;
+        self.tables.heat()?.remove(id)?;
         self.book.accesses.remove(&id);
         self.fs.cache.remove(id);
         for location in record.locations() {
@@ -521,7 +521,7 @@ impl Tx<'_, '_> {
 
     /// The stored heat of block `id` with the accesses counted since the last commit.
     pub fn heat(&self, id: u64) -> FsResult<Heat> {
-        let stored = self.txn.open_table(HEAT)?.get(id)?.map_or(Heat::COLD, |v| {
+        let stored = self.tables.heat()?.get(id)?.map_or(Heat::COLD, |v| {
             let (score, at) = v.value();
             Heat { score, at }
         });
@@ -551,8 +551,8 @@ impl Tx<'_, '_> {
         let accesses = std::mem::take(&mut self.book.accesses);
         self.book.accesses_since = None;
         self.book.dirty = true;
-        let blocks = self.txn.open_table(BLOCKS)?;
-        let mut heat = self.txn.open_table(HEAT)?;
+        let blocks = self.tables.blocks()?;
+        let mut heat = self.tables.heat()?;
         for (id, hits) in accesses {
             if blocks.get(id)?.is_none() {
                 continue;
@@ -768,8 +768,8 @@ impl Tx<'_, '_> {
             mirror: block.mirror,
             dedup_hash,
         };
-        self.txn
-            .open_table(BLOCKS)?
+        self.tables
+            .blocks()?
             .insert(id, record.encode().as_slice())?;
         let totals = &mut self.book.totals;
         totals.logical += u64::from(record.logical_len);
@@ -785,8 +785,8 @@ impl Tx<'_, '_> {
             .refcount
             .checked_add(1)
             .ok_or_else(|| FsError::Corrupt(format!("block {id} has too many references")))?;
-        self.txn
-            .open_table(BLOCKS)?
+        self.tables
+            .blocks()?
             .insert(id, record.encode().as_slice())?;
         self.book.totals.logical_refs += u64::from(record.logical_len);
         Ok(record)
@@ -804,8 +804,8 @@ impl Tx<'_, '_> {
         written: Option<u64>,
     ) -> FsResult<()> {
         let old = self
-            .txn
-            .open_table(FILE_BLOCKS)?
+            .tables
+            .file_blocks()?
             .insert((inode.id.0, index), (id, self.book.epoch))?
             .map(|v| v.value());
         inode.allocated += record.allocated_bytes();
@@ -817,9 +817,7 @@ impl Tx<'_, '_> {
                     None => Heat::COLD,
                 };
                 let heat = inherited.plus(1, crate::heat::now(), self.fs.config.heat_half_life);
-                self.txn
-                    .open_table(HEAT)?
-                    .insert(id, (heat.score, heat.at))?;
+                self.tables.heat()?.insert(id, (heat.score, heat.at))?;
                 self.book.dirty_bytes += bytes;
             }
             None => self.count_accesses([id]),
@@ -1040,7 +1038,7 @@ impl Tx<'_, '_> {
         writable(ino)?;
         self.unstage_range(ino, range.clone());
         let victims: Vec<(u64, u64, u64)> = {
-            let table = self.txn.open_table(FILE_BLOCKS)?;
+            let table = self.tables.file_blocks()?;
             let mut victims = Vec::new();
             for entry in table.range((ino.0, range.start)..(ino.0, range.end))? {
                 let (key, value) = entry?;
@@ -1055,7 +1053,7 @@ impl Tx<'_, '_> {
         self.mark_dirty();
         let mut unmapped = 0;
         for (index, id, birth) in victims {
-            self.txn.open_table(FILE_BLOCKS)?.remove((ino.0, index))?;
+            self.tables.file_blocks()?.remove((ino.0, index))?;
             unmapped += self.end_mapping(ino.0, index, id, birth)?;
         }
         Ok(unmapped)
@@ -1075,7 +1073,7 @@ impl Tx<'_, '_> {
         let number = ino.number();
         let mut out = BTreeMap::new();
         {
-            let table = self.txn.open_table(XATTRS)?;
+            let table = self.tables.xattrs()?;
             for entry in table.range((number, &[][..])..(number + 1, &[][..]))? {
                 let (key, value) = entry?;
                 let (value, birth) = value.value();
@@ -1103,7 +1101,7 @@ impl Tx<'_, '_> {
         writable(ino)?;
         self.mark_dirty();
         let old = {
-            let mut table = self.txn.open_table(XATTRS)?;
+            let mut table = self.tables.xattrs()?;
             let old = match value {
                 Some(value) => table.insert((ino.0, name), (value, self.book.epoch))?,
                 None => table.remove((ino.0, name))?,
@@ -1139,8 +1137,8 @@ impl Tx<'_, '_> {
             }
         }
         let capable = self
-            .txn
-            .open_table(XATTRS)?
+            .tables
+            .xattrs()?
             .get((inode.id.0, CAPABILITY_XATTR))?
             .is_some();
         if capable {

@@ -23,7 +23,7 @@ use redb::ReadableTable;
 
 use super::tx::Tx;
 use crate::error::FsResult;
-use crate::meta::{DEADLIST, HISTORY, SPANS};
+use crate::meta::{DEADLIST, HISTORY};
 
 /// Which live table a history record comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -149,7 +149,7 @@ impl Tx<'_, '_> {
         self.txn
             .open_table(DEADLIST)?
             .insert((death, birth, kind as u8, key), ())?;
-        let mut spans = self.txn.open_table(SPANS)?;
+        let mut spans = self.tables.spans()?;
         let (records, held) = spans.get((birth, death))?.map_or((0, 0), |v| v.value());
         spans.insert((birth, death), (records + 1, held + bytes))?;
         Ok(true)

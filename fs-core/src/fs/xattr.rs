@@ -6,7 +6,6 @@ use super::tx::writable;
 use super::Filesystem;
 use crate::error::{FsError, FsResult};
 use crate::meta::records::Timestamp;
-use crate::meta::XATTRS;
 use crate::types::InodeId;
 
 pub const XATTR_CREATE: i32 = 1;
@@ -21,7 +20,7 @@ impl Filesystem {
             if ino.snapshot_epoch().is_some() {
                 return tx.xattrs_of(ino)?.remove(name).ok_or(FsError::NoAttr);
             }
-            let table = tx.txn.open_table(XATTRS)?;
+            let table = tx.tables.xattrs()?;
             let value = table.get((ino.0, name))?.ok_or(FsError::NoAttr)?;
             Ok(value.value().0.to_vec())
         })
@@ -40,7 +39,7 @@ impl Filesystem {
         writable(ino)?;
         self.with_tx(|tx| {
             let mut inode = tx.inode(ino)?;
-            let exists = tx.txn.open_table(XATTRS)?.get((ino.0, name))?.is_some();
+            let exists = tx.tables.xattrs()?.get((ino.0, name))?.is_some();
             if flags & XATTR_CREATE != 0 && exists {
                 return Err(FsError::Exists);
             }
