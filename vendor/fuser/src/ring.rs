@@ -42,6 +42,7 @@ use io_uring::opcode;
 use io_uring::squeue;
 use io_uring::types;
 use log::error;
+use log::warn;
 use nix::unistd::Uid;
 use parking_lot::Condvar;
 use parking_lot::Mutex;
@@ -188,6 +189,8 @@ impl<FS: Filesystem> RingServing<FS> {
             },
         ];
         let mut next = register(device, qid, &iovecs);
+        // Whether `next` is a commit (the entry was registered) rather than the registration.
+        let mut committed = false;
         loop {
             // SAFETY: the buffers and the iovecs outlive the submission: the iovecs are read
             // while it is issued, below in this frame; the buffers stay until the connection
@@ -207,11 +210,20 @@ impl<FS: Filesystem> RingServing<FS> {
             match -result {
                 0 => {}
                 // The connection ended (unmount, abort), or the ring is going away with it.
-                libc::ENOTCONN | libc::ECANCELED | libc::ENODEV => return Ok(()),
+                libc::ENOTCONN | libc::ECANCELED | libc::ENODEV | libc::ECONNABORTED => {
+                    return Ok(());
+                }
+                // A commit the kernel no longer has the entry for: its queue was torn down
+                // while the reply was being made.
+                libc::ENOENT if committed => {
+                    warn!("FUSE ring queue {qid}: the kernel released the entry; its thread ends");
+                    return Ok(());
+                }
                 errno => return Err(io::Error::from_raw_os_error(errno)),
             }
             let commit_id = entry.answer(event_loop, &self.channel.sender());
             next = commit(device, qid, commit_id);
+            committed = true;
         }
     }
 }
