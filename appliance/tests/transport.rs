@@ -67,11 +67,16 @@ fn drop_caches() {
     fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
 }
 
-fn set_xattr(path: &Path, name: &str, value: &[u8]) {
-    let (path, name) = (
+/// `path` and an attribute `name` as the C strings the xattr calls take.
+fn c_strings(path: &Path, name: &str) -> (CString, CString) {
+    (
         CString::new(path.as_os_str().as_bytes()).unwrap(),
         CString::new(name).unwrap(),
-    );
+    )
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let (path, name) = c_strings(path, name);
     // SAFETY: both strings are NUL-terminated and `value` is valid for its length.
     let result = unsafe {
         libc::setxattr(
@@ -86,10 +91,7 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
 }
 
 fn get_xattr(path: &Path, name: &str) -> Vec<u8> {
-    let (path, name) = (
-        CString::new(path.as_os_str().as_bytes()).unwrap(),
-        CString::new(name).unwrap(),
-    );
+    let (path, name) = c_strings(path, name);
     let mut value = vec![0u8; 256];
     // SAFETY: both strings are NUL-terminated and `value` is writable for its length.
     let len = unsafe {

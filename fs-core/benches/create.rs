@@ -22,19 +22,20 @@
 //! pays for in some form: each line also gives its ratio to it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fs_core::device::Backend;
+use common::{close_pool, env_u64, open_pool, temp_dir};
 use fs_core::error::FsError;
-use fs_core::fs::{Caller, Filesystem, FsConfig, NewNode, SetAttr};
+use fs_core::fs::{Caller, NewNode, SetAttr};
 use fs_core::meta::records::{FileKind, Timestamp};
-use fs_core::pool::{format_paths, open_paths, FormatOptions, MemberSpec};
-use fs_core::types::{InodeId, Tier};
+use fs_core::types::InodeId;
 
-const GIB: u64 = 1024 * 1024 * 1024;
+/// Each image of a run's pool, in GiB.
+const POOL_GIB: u64 = 4;
 const CALLS: [&str; 7] = [
     "getattr (dir)",
     "lookup (absent)",
@@ -46,18 +47,13 @@ const CALLS: [&str; 7] = [
 ];
 
 fn main() -> Result<()> {
-    let files = env_usize("AEGIS_BENCH_FILES", 20_000)?;
-    let commit_every = env_usize("AEGIS_BENCH_COMMIT_EVERY", 5_000)?;
-    let runs = env_usize("AEGIS_BENCH_RUNS", 3)?;
+    let files = usize::try_from(env_u64("AEGIS_BENCH_FILES", 20_000)?)?;
+    let commit_every = usize::try_from(env_u64("AEGIS_BENCH_COMMIT_EVERY", 5_000)?)?;
+    let runs = usize::try_from(env_u64("AEGIS_BENCH_RUNS", 3)?)?;
     if files == 0 || commit_every == 0 || runs == 0 {
         bail!("AEGIS_BENCH_FILES, AEGIS_BENCH_COMMIT_EVERY and AEGIS_BENCH_RUNS must be positive");
     }
-    let base = std::env::var_os("AEGIS_BENCH_DIR").map_or_else(|| "/var/tmp".into(), PathBuf::from);
-    // Removed on drop: at the end, on an error and on a panic.
-    let dir = tempfile::Builder::new()
-        .prefix("aegis-createbench.")
-        .tempdir_in(&base)
-        .with_context(|| format!("cannot create a directory in {}", base.display()))?;
+    let dir = temp_dir("aegis-createbench.")?;
     println!(
         "# {files} creates per run, a commit every {commit_every}, {runs} runs, {} CPUs",
         std::thread::available_parallelism().map_or(1, usize::from)
@@ -101,7 +97,7 @@ fn one_run(
     commit_every: usize,
 ) -> Result<([Duration; CALLS.len()], Duration)> {
     let name = format!("create{run}");
-    let fs = open_pool(dir, &name)?;
+    let fs = open_pool(dir, &name, POOL_GIB)?;
     let parent = fs
         .create_node(
             InodeId::ROOT,
@@ -160,31 +156,8 @@ fn one_run(
             commits += started.elapsed();
         }
     }
-    fs.shutdown()?;
-    drop(fs);
-    for tier in ["fast", "slow"] {
-        std::fs::remove_file(dir.join(format!("{name}-{tier}.img")))?;
-    }
+    close_pool(fs, dir, &name)?;
     Ok((spent, commits))
-}
-
-fn open_pool(dir: &Path, name: &str) -> Result<Arc<Filesystem>> {
-    let paths: Vec<PathBuf> = ["fast", "slow"]
-        .iter()
-        .map(|tier| dir.join(format!("{name}-{tier}.img")))
-        .collect();
-    let specs = [(&paths[0], Tier::Fast), (&paths[1], Tier::Slow)].map(|(path, tier)| MemberSpec {
-        path: path.clone(),
-        tier,
-        create_size: Some(4 * GIB),
-    });
-    let options = FormatOptions {
-        label: name.into(),
-        ..FormatOptions::default()
-    };
-    format_paths(&specs, &options, Backend::Auto).context("format")?;
-    let pool = open_paths(&paths, Backend::Auto).context("open")?;
-    Ok(Filesystem::new(pool, FsConfig::default())?)
 }
 
 fn micros(duration: Duration) -> f64 {
@@ -194,14 +167,4 @@ fn micros(duration: Duration) -> f64 {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(value) => value
-            .replace(['_', ','], "")
-            .parse()
-            .with_context(|| format!("{name} must be a number, not '{value}'")),
-        Err(_) => Ok(default),
-    }
 }

@@ -46,18 +46,16 @@
 //! - `AEGIS_BENCH_PART`: `1` or `2` runs that part only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use fs_core::device::Backend;
-use fs_core::fs::{Caller, Filesystem, FsConfig, NewNode};
+use common::{close_pool, env_u64, open_pool, temp_dir};
+use fs_core::fs::{Caller, Filesystem, NewNode};
 use fs_core::meta::records::FileKind;
-use fs_core::pool::{format_paths, open_paths, FormatOptions, MemberSpec};
-use fs_core::types::{InodeId, Tier};
-
-const GIB: u64 = 1024 * 1024 * 1024;
+use fs_core::types::InodeId;
 const FILES_PER_DIR: u64 = 1_000;
 /// Tree sizes of part 1.
 const SIZES: [u64; 3] = [10_000, 100_000, 1_000_000];
@@ -85,12 +83,7 @@ fn main() -> Result<()> {
     if max_files == 0 || repeat == 0 || runs == 0 {
         bail!("AEGIS_BENCH_MAX_FILES, AEGIS_BENCH_REPEAT and AEGIS_BENCH_RUNS must be positive");
     }
-    let base = std::env::var_os("AEGIS_BENCH_DIR").map_or_else(|| "/var/tmp".into(), PathBuf::from);
-    // Removed on drop: at the end, on an error and on a panic.
-    let dir = tempfile::Builder::new()
-        .prefix("aegis-snapbench.")
-        .tempdir_in(&base)
-        .with_context(|| format!("cannot create a directory in {}", base.display()))?;
+    let dir = temp_dir("aegis-snapbench.")?;
     println!(
         "# aegis snapshot benchmark: pools on image files in {} ({}), {} CPUs, load average {}",
         dir.path().display(),
@@ -118,16 +111,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(value) => value
-            .replace(['_', ','], "")
-            .parse()
-            .with_context(|| format!("{name} must be a number, not '{value}'")),
-        Err(_) => Ok(default),
-    }
-}
-
 fn fs_type(path: &Path) -> String {
     std::process::Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE", "--target"])
@@ -137,38 +120,6 @@ fn fs_type(path: &Path) -> String {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown file system".into())
-}
-
-/// Formats a pool on two fresh sparse images of `gib` GiB each in `dir` and opens it. The
-/// metadata region is a sixteenth of the pool (2 × `gib` / 16), mirrored on both images. No
-/// background committer runs: commits happen when the benchmark asks and at the dirty limits.
-fn open_pool(dir: &Path, name: &str, gib: u64) -> Result<Arc<Filesystem>> {
-    let paths: Vec<PathBuf> = ["fast", "slow"]
-        .iter()
-        .map(|tier| dir.join(format!("{name}-{tier}.img")))
-        .collect();
-    let specs = [(&paths[0], Tier::Fast), (&paths[1], Tier::Slow)].map(|(path, tier)| MemberSpec {
-        path: path.clone(),
-        tier,
-        create_size: Some(gib * GIB),
-    });
-    let options = FormatOptions {
-        label: name.into(),
-        ..FormatOptions::default()
-    };
-    format_paths(&specs, &options, Backend::Auto).context("format")?;
-    let pool = open_paths(&paths, Backend::Auto).context("open")?;
-    Ok(Filesystem::new(pool, FsConfig::default())?)
-}
-
-/// Commits, shuts the filesystem down and removes its images.
-fn close_pool(fs: Arc<Filesystem>, dir: &Path, name: &str) -> Result<()> {
-    fs.shutdown()?;
-    drop(fs);
-    for tier in ["fast", "slow"] {
-        std::fs::remove_file(dir.join(format!("{name}-{tier}.img")))?;
-    }
-    Ok(())
 }
 
 fn create(fs: &Filesystem, parent: InodeId, name: &str, kind: FileKind) -> Result<InodeId> {
