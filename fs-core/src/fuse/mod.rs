@@ -44,8 +44,8 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Serve over FUSE's io_uring transport where the kernel offers it (Linux 6.14+ with the
     /// `fuse` module's `enable_uring` set): each CPU's requests are answered by threads pinned
-    /// to that CPU, which more than doubles small-file creates. Elsewhere the session serves
-    /// through `/dev/fuse`.
+    /// to that CPU (on a 2-vCPU VM: 1.5 times the small-file creates, 2.3 times the stats).
+    /// Elsewhere the session serves through `/dev/fuse`.
     pub io_uring: bool,
 }
 
