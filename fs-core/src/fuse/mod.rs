@@ -35,7 +35,7 @@ const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
 pub struct MountConfig {
     /// Name shown as the mount source (`/proc/mounts`).
     pub fsname: String,
-    /// Threads serving requests: two per core (at least four), so one decrypts, decompresses
+    /// Threads serving `/dev/fuse`: two per core (at least four), so one decrypts, decompresses
     /// or verifies a block while another waits for the device (one per core left the cores
     /// idle during reads: cold sequential reads ran 18 % faster, encrypted ones 24 %).
     pub threads: usize,
