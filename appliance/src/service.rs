@@ -137,13 +137,31 @@ impl MountedPool {
         })
     }
 
-    /// Asks the kernel to unmount; [`MountedPool::wait`] then finishes.
+    /// Asks the kernel to unmount; [`MountedPool::wait`] then finishes. A mount still in use
+    /// (a file open on it, a shell inside it) is detached instead, as `umount -l` and
+    /// libfuse's own unmount do: it leaves the namespace at once, and the session ends, with
+    /// its final commit, when the last file on it is closed.
     pub fn request_unmount(&self) -> anyhow::Result<()> {
-        self.unmounter
+        let unmounted = self
+            .unmounter
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .unmount()
-            .with_context(|| format!("cannot unmount {}", self.service.mountpoint))
+            .unmount();
+        let mountpoint = Path::new(&self.service.mountpoint);
+        match unmounted {
+            Err(err) if is_mountpoint(mountpoint) => {
+                tracing::warn!(
+                    error = %err,
+                    "{} is in use: detached, it is unmounted when the last file on it is closed",
+                    mountpoint.display()
+                );
+                nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .with_context(|| format!("cannot detach {}", mountpoint.display()))
+            }
+            unmounted => {
+                unmounted.with_context(|| format!("cannot unmount {}", mountpoint.display()))
+            }
+        }
     }
 
     /// Whether the FUSE session has ended (unmounted by us or from outside).

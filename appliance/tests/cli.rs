@@ -9,6 +9,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::{is_mounted, pattern, signal_serving_process, Sandbox};
 
@@ -213,6 +214,47 @@ fn unlinked_open_file_stays_readable_and_sigterm_unmounts_cleanly() {
     drop(mnt);
     let mnt = sb.mount(&fast, &slow);
     assert_eq!(fs::read(mnt.path("after")).unwrap(), b"durable");
+    mnt.unmount();
+}
+
+#[test]
+fn sigterm_detaches_a_busy_mount_which_ends_when_its_last_file_closes() {
+    let sb = Sandbox::new();
+    let (fast, slow) = sb.format("256M", "512M");
+    let mnt = sb.mount(&fast, &slow);
+    fs::write(mnt.path("kept"), b"still readable").unwrap();
+    let mut open = fs::File::open(mnt.path("kept")).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    let alive = || Path::new(&format!("/proc/{pid}")).exists();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    // Out of the namespace at once, as `umount -l` would have it...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_mounted(&mnt.mountpoint) {
+        assert!(Instant::now() < deadline, "the busy mount was not detached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // ...while the open file still reads, served by the same process.
+    let mut back = String::new();
+    open.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "still readable");
+    assert!(alive(), "the serving process left an open file behind");
+    // The last close ends the session: final commit, exit.
+    drop(open);
+    while alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the serving process outlived the last file on its mount"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(mnt);
+    let mnt = sb.mount(&fast, &slow);
+    assert_eq!(fs::read(mnt.path("kept")).unwrap(), b"still readable");
     mnt.unmount();
 }
 

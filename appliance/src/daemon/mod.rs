@@ -470,17 +470,10 @@ impl Daemon {
         // Jobs end first: a backup's copier holds files of the mount open.
         self.settle(Instant::now() + SETTLE_TIMEOUT);
         for (name, pool) in self.mounted() {
+            // A mount still in use is detached: its session ends, and the pool commits, once
+            // the last file on it is closed.
             if let Err(err) = pool.request_unmount() {
-                // Busy (a process of the system has a file open there): detach it, so the
-                // session ends once the last file is closed and the pool commits.
-                tracing::warn!(pool = %name, error = %err, "unmount refused; detaching the mount");
-                let detached = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&pool.service.mountpoint)
-                    .status();
-                if !detached.is_ok_and(|status| status.success()) {
-                    tracing::error!(pool = %name, "cannot detach the mount");
-                }
+                tracing::error!(pool = %name, error = %err, "cannot unmount or detach the pool");
             }
         }
         let mut failures = Vec::new();
