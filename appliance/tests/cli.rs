@@ -9,9 +9,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{is_mounted, pattern, signal_serving_process, Sandbox};
+use common::{
+    is_mounted, pattern, process_alive, send_signal, serving_pid, signal_serving_process,
+    wait_until, Sandbox,
+};
 
 #[test]
 fn format_mount_write_remount_read() {
@@ -224,34 +226,26 @@ fn sigterm_detaches_a_busy_mount_which_ends_when_its_last_file_closes() {
     let mnt = sb.mount(&fast, &slow);
     fs::write(mnt.path("kept"), b"still readable").unwrap();
     let mut open = fs::File::open(mnt.path("kept")).unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(&sb.ok(&["status", "tank", "--json"])).unwrap();
-    let pid = status["pid"].as_u64().unwrap();
-    let alive = || Path::new(&format!("/proc/{pid}")).exists();
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    let pid = serving_pid(&sb, "tank");
+    send_signal(pid, "-TERM");
     // Out of the namespace at once, as `umount -l` would have it...
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while is_mounted(&mnt.mountpoint) {
-        assert!(Instant::now() < deadline, "the busy mount was not detached");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the busy mount was not detached", || {
+        !is_mounted(&mnt.mountpoint)
+    });
     // ...while the open file still reads, served by the same process.
     let mut back = String::new();
     open.read_to_string(&mut back).unwrap();
     assert_eq!(back, "still readable");
-    assert!(alive(), "the serving process left an open file behind");
+    assert!(
+        process_alive(pid),
+        "the serving process left an open file behind"
+    );
     // The last close ends the session: final commit, exit.
     drop(open);
-    while alive() {
-        assert!(
-            Instant::now() < deadline,
-            "the serving process outlived the last file on its mount"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        "the serving process outlived the last file on its mount",
+        || !process_alive(pid),
+    );
     drop(mnt);
     let mnt = sb.mount(&fast, &slow);
     assert_eq!(fs::read(mnt.path("kept")).unwrap(), b"still readable");

@@ -223,23 +223,41 @@ impl Drop for MountGuard<'_> {
     }
 }
 
-/// Sends `signal` to the serving process of pool `label` and waits for it to exit.
-pub fn signal_serving_process(sb: &Sandbox, label: &str, signal: &str) {
+/// The pid of the process serving pool `label`.
+pub fn serving_pid(sb: &Sandbox, label: &str) -> u64 {
     let status: serde_json::Value =
         serde_json::from_str(&sb.ok(&["status", label, "--json"])).unwrap();
-    let pid = status["pid"].as_u64().unwrap();
+    status["pid"].as_u64().unwrap()
+}
+
+pub fn process_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`, ...) to process `pid`.
+pub fn send_signal(pid: u64, signal: &str) {
     Command::new("kill")
         .args([signal, &pid.to_string()])
         .status()
         .unwrap();
+}
+
+/// Polls `done` every 50 ms; fails with `what` if it does not hold within 30 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "serving process survived {signal}"
-        );
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Sends `signal` to the serving process of pool `label` and waits for it to exit.
+pub fn signal_serving_process(sb: &Sandbox, label: &str, signal: &str) {
+    let pid = serving_pid(sb, label);
+    send_signal(pid, signal);
+    wait_until(&format!("serving process survived {signal}"), || {
+        !process_alive(pid)
+    });
 }
 
 /// Deterministic test data.
