@@ -8,6 +8,12 @@
 //! written to every copy's table at the next `sync_data`, before the flush, so they are durable
 //! together with the commit that needs them.
 //!
+//! Page writes are passed to the devices in batches: they are kept, in the order redb made
+//! them, until `sync_data`, a read, a scrub, or until [`MAX_UNWRITTEN`] pages are waiting,
+//! then each copy gets them as one batch. Nothing redb wrote is durable before `sync_data` anyway,
+//! and anything that reads a page from a device passes the waiting writes on first, so the
+//! devices and the checksum table agree whenever a page is read.
+//!
 //! Reads come from the first copy that answers and every page is verified against its checksum.
 //! A page that cannot be read or does not match is served from another copy whose page does,
 //! and the bad copy is rewritten with it (self-heal); both are logged and recorded for `fsck`.
@@ -25,13 +31,13 @@
 //! redb and everything above: copies, checksums, healing and scrubbing all work on ciphertext,
 //! so they need no key, and redb only ever sees plaintext.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use crate::codec::checksum64;
 use crate::codec::crypt::PoolKeys;
-use crate::device::{BlockDevice, DeviceError};
+use crate::device::{BlockDevice, DeviceError, WriteOp};
 
 /// Magic of the current region layout (header, checksum table, database).
 const HEADER_MAGIC: [u8; 8] = *b"AEGISMD2";
@@ -46,6 +52,8 @@ const SUMS_PER_BLOCK: u64 = PAGE / 8;
 const COPY_CHUNK: usize = 1 << 20;
 /// A table entry that says nothing (a page never written, or one whose copies' tables disagree).
 const UNKNOWN: u64 = 0;
+/// Page writes waiting for their batch are passed on once this many pages wait.
+const MAX_UNWRITTEN: usize = 2048;
 /// The damage log keeps at most this many events (counts keep growing).
 const MAX_DAMAGE_EVENTS: usize = 10_000;
 
@@ -276,11 +284,17 @@ impl RegionHandle {
     }
 }
 
-/// Checksums of the database pages, and the table blocks changed since the last sync.
+/// Checksums of the database pages, the table blocks changed since the last sync, and the page
+/// writes not yet passed to the devices (whose checksums are already in `sums`).
 #[derive(Debug, Default)]
 struct PageSums {
     sums: Vec<u64>,
     dirty_blocks: BTreeSet<u64>,
+    /// By page index, each with the page's checksum from before it was queued: a page written
+    /// again before its batch replaces the waiting version.
+    unwritten: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Why a batch of page writes failed; from then on nothing more is queued or synced.
+    failed: Option<String>,
 }
 
 impl PageSums {
@@ -300,6 +314,15 @@ impl PageSums {
         }
         self.sums[index] = sum;
         self.dirty_blocks.insert(page / SUMS_PER_BLOCK);
+    }
+
+    fn check_not_failed(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(cause) => Err(io::Error::other(format!(
+                "an earlier metadata write failed ({cause}); nothing more is written"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The table block `block` as stored on disk.
@@ -495,7 +518,7 @@ impl Region {
             len,
             PageSums {
                 sums,
-                dirty_blocks: BTreeSet::new(),
+                ..PageSums::default()
             },
             cipher,
         )?;
@@ -609,8 +632,13 @@ impl Region {
     /// from a good one, as a read that verifies every copy would.
     fn scrub_pages(&self, range: std::ops::Range<u64>) -> PageScrub {
         let mut pages = self.lock_pages();
-        let end = range.end.min(self.shared.len().div_ceil(PAGE));
         let mut result = PageScrub::default();
+        if let Err(err) = self.write_unwritten(&mut pages) {
+            // The writes stay waiting and fail their commit; the pages are checked after it.
+            tracing::warn!(error = %err, "metadata scrub put off: page writes failed");
+            return result;
+        }
+        let end = range.end.min(self.shared.len().div_ceil(PAGE));
         let policy = ReadPolicy {
             verify_every_copy: true,
             heal: true,
@@ -681,16 +709,60 @@ impl Region {
         Ok(())
     }
 
-    fn write_all_copies(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        for copy in self.copies().iter() {
-            copy.write_data(offset, data).map_err(to_io)?;
+    /// Keeps the whole pages `data`, from page `first` on, for the next batch of writes, with
+    /// their checksums; passes the batch on when it is large enough.
+    fn queue_pages(&self, pages: &mut PageSums, first: u64, data: &[u8]) -> io::Result<()> {
+        pages.check_not_failed()?;
+        for (i, page_buf) in data.chunks_exact(PAGE_BYTES).enumerate() {
+            let page = first + i as u64;
+            let before = pages.get(page);
+            pages.set(page, page_sum(page_buf));
+            let before = pages.unwritten.get(&page).map_or(before, |(sum, _)| *sum);
+            pages.unwritten.insert(page, (before, page_buf.to_vec()));
+        }
+        if pages.unwritten.len() >= MAX_UNWRITTEN {
+            self.write_unwritten(pages)?;
         }
         Ok(())
+    }
+
+    /// Passes the waiting page writes to every copy, one batch per copy.
+    ///
+    /// When a batch fails, some copies may hold some of its pages: their checksums go back to
+    /// what they were before, so reads keep serving what the copies held, and the region takes
+    /// no more writes and no sync. The commit the pages belong to fails whoever meets the error
+    /// (redb, or a scrub between redb's writes and its `sync_data`), and the region is left
+    /// open, so the next open settles the copies.
+    fn write_unwritten(&self, pages: &mut PageSums) -> io::Result<()> {
+        if pages.unwritten.is_empty() {
+            return Ok(());
+        }
+        let result = self.copies().iter().try_for_each(|copy| {
+            let data_offset = copy.offset + copy.layout().data_offset();
+            let ops: Vec<WriteOp<'_>> = pages
+                .unwritten
+                .iter()
+                .map(|(page, (_, data))| WriteOp {
+                    offset: data_offset + page * PAGE,
+                    data,
+                })
+                .collect();
+            copy.device.write_batch(&ops).map_err(to_io)
+        });
+        let unwritten = std::mem::take(&mut pages.unwritten);
+        if let Err(err) = &result {
+            for (page, (before, _)) in unwritten {
+                pages.set(page, before);
+            }
+            pages.failed = Some(err.to_string());
+        }
+        result
     }
 
     /// Reads whole pages starting at page `first` into `out` (a multiple of the page size),
     /// verifying each one and resolving bad ones from the other copies.
     fn read_pages(&self, pages: &mut PageSums, first: u64, out: &mut [u8]) -> io::Result<()> {
+        self.write_unwritten(pages)?;
         let policy = *lock(&self.shared.policy);
         let primary_ok = self.copies()[0].read_data(first * PAGE, out).is_ok();
         for (i, page_buf) in out.chunks_exact_mut(PAGE_BYTES).enumerate() {
@@ -788,15 +860,12 @@ impl Region {
         }
     }
 
-    /// Writes `data` at `offset` to every copy and records the checksums of the pages it
-    /// covers; pages it covers only in part are read (verified), patched and written whole.
+    /// Writes `data` at `offset` to every copy (in the next batch) and records the checksums
+    /// of the pages it covers; pages it covers only in part are read (verified), patched and
+    /// written whole.
     fn write_locked(&self, pages: &mut PageSums, offset: u64, data: &[u8]) -> io::Result<()> {
         let Some((first, span, at)) = page_span(offset, data.len())? else {
-            self.write_all_copies(offset, data)?;
-            for (i, page_buf) in data.chunks_exact(PAGE_BYTES).enumerate() {
-                pages.set(offset / PAGE + i as u64, page_sum(page_buf));
-            }
-            return Ok(());
+            return self.queue_pages(pages, offset / PAGE, data);
         };
         let mut buf = vec![0u8; span];
         self.read_pages(pages, first, &mut buf)?;
@@ -804,8 +873,11 @@ impl Region {
         self.write_locked(pages, first * PAGE, &buf)
     }
 
-    /// Writes the changed checksum table blocks to every copy, then flushes every copy.
+    /// Writes the waiting page writes and the changed checksum table blocks to every copy,
+    /// then flushes every copy.
     fn sync_locked(&self, pages: &mut PageSums) -> io::Result<()> {
+        pages.check_not_failed()?;
+        self.write_unwritten(pages)?;
         for &block in &pages.dirty_blocks {
             let raw = pages.encode_block(block);
             for copy in self.copies().iter() {
@@ -1245,5 +1317,74 @@ mod tests {
             err.to_string().contains("earlier development layout"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn page_writes_wait_for_the_sync_and_the_last_write_of_a_page_wins() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        backend.write(PAGE, &vec![1u8; PAGE_BYTES]).unwrap();
+        backend.write(PAGE, &vec![2u8; PAGE_BYTES]).unwrap();
+        // Not on the devices yet.
+        assert_eq!(fx.page_on(&fx.fast, 1), data[PAGE_BYTES..2 * PAGE_BYTES]);
+        backend.sync_data().unwrap();
+        for device in [&fx.fast, &fx.slow] {
+            assert_eq!(fx.page_on(device, 1), vec![2u8; PAGE_BYTES]);
+        }
+        // A read passes waiting writes on first, so it sees them, verified.
+        backend.write(2 * PAGE, &vec![3u8; PAGE_BYTES]).unwrap();
+        assert_eq!(read(&backend, 2 * PAGE, 8).unwrap(), vec![3u8; 8]);
+        assert_eq!(fx.page_on(&fx.slow, 2), vec![3u8; PAGE_BYTES]);
+        assert!(backend.handle().damage().is_empty());
+        backend.sync_data().unwrap();
+        drop(backend);
+        let backend = MirroredRegionBackend::open(fx.copies(), None).unwrap();
+        assert_eq!(read(&backend, PAGE, 8).unwrap(), vec![2u8; 8]);
+        assert_eq!(read(&backend, 2 * PAGE, 8).unwrap(), vec![3u8; 8]);
+    }
+
+    #[test]
+    fn a_failed_batch_fails_every_later_sync_and_reads_keep_the_last_sync() {
+        let fx = Fixture::new();
+        let (backend, data) = fx.written();
+        let at = fx.data_at(PAGE);
+        fx.slow.set_plan(FaultPlan {
+            write_error_ranges: std::iter::once(at..at + 1).collect(),
+            ..FaultPlan::default()
+        });
+        backend.write(0, &vec![7u8; 2 * PAGE_BYTES]).unwrap();
+        // A scrub meets the failure first (redb's writes are done, its sync not yet).
+        backend.handle().scrub_pages(0..3);
+        fx.slow.set_plan(FaultPlan::default());
+        let err = backend.sync_data().unwrap_err();
+        assert!(
+            err.to_string().contains("earlier metadata write failed"),
+            "{err}"
+        );
+        assert!(backend.write(0, &vec![8u8; PAGE_BYTES]).is_err());
+        assert!(backend.sync_data().is_err());
+        // Page 0 reached both copies, page 1 only the fast one: reads serve what the copies
+        // held before the batch wherever a copy still holds it.
+        assert_eq!(
+            read(&backend, PAGE, PAGE_BYTES).unwrap(),
+            data[PAGE_BYTES..2 * PAGE_BYTES]
+        );
+        assert!(
+            backend.close().is_err(),
+            "a failed region is not closed cleanly"
+        );
+        drop(backend);
+        let backend = MirroredRegionBackend::open(fx.copies(), None).unwrap();
+        assert_eq!(
+            read(&backend, PAGE, PAGE_BYTES).unwrap(),
+            data[PAGE_BYTES..2 * PAGE_BYTES]
+        );
+        assert_eq!(
+            read(&backend, 2 * PAGE, PAGE_BYTES).unwrap(),
+            data[2 * PAGE_BYTES..]
+        );
+        for device in [&fx.fast, &fx.slow] {
+            assert_eq!(fx.page_on(device, 1), data[PAGE_BYTES..2 * PAGE_BYTES]);
+        }
     }
 }
