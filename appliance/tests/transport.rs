@@ -45,15 +45,27 @@ fn status(sb: &Sandbox, mnt: &MountGuard<'_>) -> serde_json::Value {
     serde_json::from_str(&sb.ok(&["status", mnt.mountpoint.to_str().unwrap(), "--json"])).unwrap()
 }
 
-/// Threads of the serving process named after a ring queue.
-fn ring_threads(pid: u64) -> usize {
+/// The nice value of each thread of the serving process named after a ring queue.
+fn ring_thread_nices(pid: u64) -> Vec<i64> {
     fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
+        .map(|task| task.unwrap().path())
         .filter(|task| {
-            let comm = fs::read_to_string(task.as_ref().unwrap().path().join("comm")).unwrap();
+            let comm = fs::read_to_string(task.join("comm")).unwrap();
             comm.starts_with("fuser-ring-")
         })
-        .count()
+        .map(|task| {
+            let stat = fs::read_to_string(task.join("stat")).unwrap();
+            // After the parenthesised name: state is field 3, nice field 19.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .unwrap()
+                .1
+                .split_whitespace()
+                .collect();
+            fields[16].parse().unwrap()
+        })
+        .collect()
 }
 
 /// The kernel's queue count: one per possible CPU.
@@ -203,10 +215,10 @@ fn a_pool_serves_over_io_uring_where_offered_and_over_dev_fuse_elsewhere() {
     drop(offered);
     let serving = status(&sb, &mnt);
     assert_eq!(serving["fuse_transport"], "io_uring");
-    // Two threads on each CPU's queue.
+    // Two threads on each CPU's queue, at a raised priority.
     assert_eq!(
-        ring_threads(serving["pid"].as_u64().unwrap()),
-        2 * possible_cpus()
+        ring_thread_nices(serving["pid"].as_u64().unwrap()),
+        vec![-10; 2 * possible_cpus()]
     );
     write_everything(&mnt, &big);
     mnt.unmount();
@@ -215,7 +227,7 @@ fn a_pool_serves_over_io_uring_where_offered_and_over_dev_fuse_elsewhere() {
     let mnt = sb.mount(&fast, &slow);
     let serving = status(&sb, &mnt);
     assert_eq!(serving["fuse_transport"], "/dev/fuse");
-    assert_eq!(ring_threads(serving["pid"].as_u64().unwrap()), 0);
+    assert!(ring_thread_nices(serving["pid"].as_u64().unwrap()).is_empty());
     check_everything(&mnt, &big);
     mnt.unmount();
 }

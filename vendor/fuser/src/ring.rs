@@ -113,6 +113,8 @@ pub(crate) struct RingServing<FS: Filesystem> {
     /// Bytes of each entry's payload area: at least the largest request or reply.
     pub(crate) payload_size: usize,
     pub(crate) threads_per_queue: usize,
+    /// Nice value of each serving thread, if not the inherited one.
+    pub(crate) thread_nice: Option<i32>,
     /// Unmounted when a thread fails, so the session ends: the kernel holds every request
     /// until each queue has an entry.
     pub(crate) mount: Arc<Mutex<Option<Mount>>>,
@@ -159,6 +161,11 @@ impl<FS: Filesystem> RingServing<FS> {
         // A CPU that is possible but offline has a queue nobody sends on; it still needs an
         // entry, on any CPU.
         let _ = pin_to_cpu(usize::from(qid));
+        if let Some(nice) = self.thread_nice {
+            if let Err(err) = set_thread_nice(nice) {
+                warn!("FUSE ring queue {qid}: cannot set the serving thread's nice to {nice}: {err}");
+            }
+        }
         let entry = Arc::new(Entry::new(self.payload_size));
         let result = self.serve(qid, event_loop, &entry);
         if let Err(err) = &result {
@@ -567,6 +574,19 @@ fn commit(device: types::Fd, qid: u16, commit_id: u64) -> squeue::Entry128 {
     opcode::UringCmd80::new(device, CMD_COMMIT_AND_FETCH)
         .cmd(command(qid, commit_id))
         .build()
+}
+
+/// Sets the calling thread's nice value (on Linux a nice value belongs to a thread).
+fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let who = libc::id_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: setpriority only reads its integer arguments.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn pin_to_cpu(cpu: usize) -> io::Result<()> {

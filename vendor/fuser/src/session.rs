@@ -287,6 +287,7 @@ impl<FS: Filesystem> Session<FS> {
                 session_owner,
                 payload_size,
                 threads_per_queue: config.io_uring_threads_per_queue.unwrap_or(1).max(1),
+                thread_nice: config.io_uring_thread_nice,
                 mount: _do_not_umount_yet.mount.clone(),
             };
             threads.extend(serving.spawn()?);

@@ -22,6 +22,9 @@ pub struct Config {
     /// `FUSE_OVER_IO_URING` in `init` and the kernel grants it (Linux only). Unspecified: one.
     /// `n_threads` then applies to `/dev/fuse`, which carries only FORGET and INTERRUPT.
     pub io_uring_threads_per_queue: Option<usize>,
+    /// Nice value each serving thread of `FUSE_OVER_IO_URING` gives itself (Linux only; it
+    /// needs `CAP_SYS_NICE` to go below the inherited value). Unspecified: inherited.
+    pub io_uring_thread_nice: Option<i32>,
 }
 
 /// Mount options accepted by the FUSE filesystem type
