@@ -339,15 +339,15 @@ impl BlockDevice for UringDevice {
             } else {
                 1
             };
-            let (parts, after) = rest.split_at(run);
+            let (run, after) = rest.split_at(run);
             rest = after;
-            let len: usize = parts.iter().map(|&i| ops[i].data.len()).sum();
+            let parts: Vec<&[u8]> = run.iter().map(|&i| ops[i].data).collect();
+            let len: usize = parts.iter().map(|part| part.len()).sum();
             let io_error = |err| self.io_error("write", op.offset, len, err);
             // The kernel only reads through the pointer of a write, so casting away const is
             // sound.
-            let (ptr, via) = if run > 1 {
-                let bounce = AlignedBuf::gather(parts.iter().map(|&i| ops[i].data), len)
-                    .map_err(io_error)?;
+            let (ptr, via) = if parts.len() > 1 {
+                let bounce = AlignedBuf::copy_of(&parts).map_err(io_error)?;
                 let ptr = bounce.as_ptr();
                 bounces.push(bounce);
                 (ptr, Via::Direct)
@@ -355,7 +355,7 @@ impl BlockDevice for UringDevice {
                 if is_addr_aligned(op.data.as_ptr()) {
                     (op.data.as_ptr().cast_mut(), Via::Direct)
                 } else {
-                    let bounce = AlignedBuf::copy_of(op.data).map_err(io_error)?;
+                    let bounce = AlignedBuf::copy_of(&[op.data]).map_err(io_error)?;
                     let ptr = bounce.as_ptr();
                     bounces.push(bounce);
                     (ptr, Via::Direct)
@@ -692,35 +692,30 @@ impl AlignedBuf {
         Ok(Self { ptr, layout })
     }
 
-    /// Allocates a copy of `data` aligned to `DIRECT_ALIGN`, without zeroing it first (the
-    /// copy is most of a write's own work).
-    fn copy_of(data: &[u8]) -> io::Result<Self> {
-        if data.is_empty() {
+    /// Allocates a copy of `parts`, one after another, aligned to `DIRECT_ALIGN`, without
+    /// zeroing it first (the copy is most of a write's own work).
+    fn copy_of(parts: &[&[u8]]) -> io::Result<Self> {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        if len == 0 {
             return Self::zeroed(0);
         }
-        let layout = Self::layout(data.len())?;
+        let layout = Self::layout(len)?;
         // SAFETY: `layout` has a non-zero size.
         let raw = unsafe { alloc::alloc(layout) };
         let Some(ptr) = NonNull::new(raw) else {
             alloc::handle_alloc_error(layout)
         };
-        // SAFETY: `ptr` is a fresh allocation of `layout.size()` == `data.len()` bytes (not
-        // empty), so the copy stays inside it and does not overlap `data`; after it every byte
-        // of the allocation is initialised.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len()) };
-        Ok(Self { ptr, layout })
-    }
-
-    /// Allocates `len` bytes aligned to `DIRECT_ALIGN` holding `parts` one after another
-    /// (`len` is their total length).
-    fn gather<'a>(parts: impl Iterator<Item = &'a [u8]>, len: usize) -> io::Result<Self> {
-        let mut buf = Self::zeroed(len)?;
         let mut at = 0;
         for part in parts {
-            buf.as_mut_slice()[at..at + part.len()].copy_from_slice(part);
+            // SAFETY: `ptr` is a fresh allocation of `layout.size()` == `len` bytes, the sum of
+            // the parts' lengths, so each part's copy lands inside it after the previous ones
+            // and overlaps no part; after the last every byte of the allocation is initialised.
+            unsafe {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), ptr.as_ptr().add(at), part.len())
+            };
             at += part.len();
         }
-        Ok(buf)
+        Ok(Self { ptr, layout })
     }
 
     fn layout(len: usize) -> io::Result<Layout> {
@@ -730,12 +725,6 @@ impl AlignedBuf {
 
     fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` is a live, initialised allocation of `layout.size()` bytes owned by
-        // `self`, and the exclusive borrow of `self` makes this the only access to it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
     }
 
     fn as_slice(&self) -> &[u8] {
