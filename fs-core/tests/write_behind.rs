@@ -1,5 +1,7 @@
 //! Staged blocks written out behind the state lock: while their device writes run, reads of
-//! those blocks and commits wait for them, and other writes go on.
+//! those blocks and commits wait for them, and other writes go on. A commit writes the blocks
+//! staged so far the same way, and a write past the dirty limit leaves the commit to the
+//! commit thread.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{create_file, pattern, TestPool, MIB};
 use fs_core::device::CutMode;
-use fs_core::fs::Filesystem;
+use fs_core::fs::{Filesystem, FsConfig};
 use fs_core::types::InodeId;
 use fs_core::FsResult;
 
@@ -138,4 +140,94 @@ fn a_power_cut_while_blocks_are_written_behind_keeps_the_last_commit() {
     pool.assert_fsck_clean("after the power cut");
     let fs = pool.open();
     assert_eq!(fs.read(big, 0, STAGED_LIMIT as u32).unwrap(), first);
+}
+
+#[test]
+fn a_commit_writes_the_staged_blocks_behind_the_lock_and_verbs_go_on_meanwhile() {
+    let pool = TestPool::new(64, 64);
+    let fs = pool.open_with_cache(1);
+    let staged = create_file(&fs, ROOT, "staged");
+    let other = create_file(&fs, ROOT, "other");
+    fs.commit().unwrap();
+    let data = pattern(7, 4 * MIB as usize);
+    fs.write(staged, 0, &data).unwrap();
+
+    pool.fast.stall_writes(pool.data_area(true));
+    let committer = {
+        let fs = fs.clone();
+        spawn_waiting("a commit", move || fs.commit())
+    };
+    // The commit's blocks wait at the device, and the state lock is free.
+    let verbs = {
+        let fs = fs.clone();
+        std::thread::spawn(move || {
+            fs.write(other, 0, &pattern(8, 64 * 1024)).unwrap();
+            fs.read(other, 0, 64 * 1024).unwrap()
+        })
+    };
+    let started = Instant::now();
+    while !verbs.is_finished() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a write waited for the commit's block writes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(verbs.join().unwrap(), pattern(8, 64 * 1024));
+    pool.fast.resume_writes();
+    committer.join().unwrap().unwrap();
+
+    drop(fs);
+    pool.assert_fsck_clean("after the commit");
+    let fs = pool.open();
+    assert_eq!(fs.read(staged, 0, 4 * MIB as u32).unwrap(), data);
+    // Written while the commit wrote its blocks, so committed by it.
+    assert_eq!(fs.read(other, 0, 64 * 1024).unwrap(), pattern(8, 64 * 1024));
+}
+
+/// Writes `data` to `ino` at `at` in 1 MiB writes.
+fn write_chunks(fs: &Filesystem, ino: InodeId, at: u64, data: &[u8]) {
+    for (i, chunk) in data.chunks(MIB as usize).enumerate() {
+        fs.write(ino, at + i as u64 * MIB, chunk).unwrap();
+    }
+}
+
+#[test]
+fn a_write_past_the_dirty_limit_wakes_the_commit_thread() {
+    let pool = TestPool::new(96, 96);
+    // Data counts as dirty once its staged blocks are placed, which passing the staging
+    // limit does: 16 MiB, between one and two times this limit.
+    let config = FsConfig {
+        dirty_limit: 12 * MIB,
+        ..TestPool::config()
+    };
+    let first = pattern(9, STAGED_LIMIT as usize + MIB as usize);
+    let second = pattern(10, STAGED_LIMIT as usize + MIB as usize);
+    // Without a commit thread the write that passes the limit commits.
+    let fs = pool.open_with(config);
+    let file = create_file(&fs, ROOT, "file");
+    let commits = fs.status().commits;
+    write_chunks(&fs, file, 0, &first);
+    assert_eq!(fs.status().commits, commits + 1);
+    fs.shutdown().unwrap();
+    drop(fs);
+
+    // With one, the thread commits (its timer is an hour away).
+    let fs = pool.open_with(config);
+    let _thread = fs.start_committer();
+    let commits = fs.status().commits;
+    write_chunks(&fs, file, first.len() as u64, &second);
+    let started = Instant::now();
+    while fs.status().commits == commits {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the commit thread did not commit"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs.shutdown().unwrap();
+    drop(fs);
+    let fs = pool.open();
+    let whole = [first, second].concat();
+    assert!(fs.read(file, 0, whole.len() as u32).unwrap() == whole);
 }

@@ -5,8 +5,10 @@
 //! under the state lock, so operations see each other's changes at once; [`Filesystem::commit`]
 //! makes the group durable (data devices flushed first, then the metadata commit) and opens the
 //! next. Commits happen every `commit_interval` (a background thread), on fsync, on unmount and
-//! when more than `dirty_limit` bytes of data or 64 Ki record changes accumulated. Written data
-//! is staged in memory per block (see `tx::stage_blocks`) and written at the next flush.
+//! when more than `dirty_limit` bytes of data or 64 Ki record changes accumulated (the
+//! background thread, woken early, unless twice that has; see `committer.rs`). Written data is
+//! staged in memory per block (see `tx::stage_blocks`) and written at the next flush; a commit
+//! writes most of it before it takes the state lock for good.
 //!
 //! Invariants:
 //! - data blocks are written to freshly allocated sectors (never over a live block) and are
@@ -32,6 +34,7 @@
 //! [`data`] (read, write, truncate, fallocate, lseek) and [`xattr`].
 
 mod cache;
+mod committer;
 mod data;
 pub mod devices;
 mod group;
@@ -50,7 +53,7 @@ mod xattr;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, WriteTransaction};
@@ -530,6 +533,8 @@ pub struct Filesystem {
     device_changes: Mutex<()>,
     /// Writes of new blocks running outside the state lock.
     in_flight: inflight::InFlight,
+    /// Wakes the commit thread when a verb passes a dirty limit.
+    commit_signal: Arc<committer::CommitSignal>,
 }
 
 /// How a dedup pool deduplicates.
@@ -678,6 +683,7 @@ impl Filesystem {
             dedup,
             device_changes: Mutex::new(()),
             in_flight: inflight::InFlight::default(),
+            commit_signal: Arc::default(),
         });
         let mut guard = LeakOnPanic(Some(fs));
         if let Some(fs) = &guard.0 {
@@ -687,28 +693,8 @@ impl Filesystem {
         guard.0.take().ok_or(FsError::Failed)
     }
 
-    /// Starts the thread that commits the open transaction group every `commit_interval`.
-    /// It stops when the filesystem is dropped.
-    pub fn start_committer(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
-        let weak: Weak<Self> = Arc::downgrade(self);
-        let tick = (self.config.commit_interval / 5).max(Duration::from_millis(50));
-        std::thread::Builder::new()
-            .name("aegis-txg".into())
-            .spawn(move || loop {
-                std::thread::sleep(tick);
-                let Some(fs) = weak.upgrade() else { return };
-                if fs.commit_due() {
-                    // A failure that made the pool read-only was logged as it did.
-                    if let Err(err) = fs.commit() {
-                        if !fs.is_read_only() {
-                            tracing::error!(error = %err, "periodic commit failed");
-                        }
-                    }
-                }
-            })
-            .expect("spawning the commit thread")
-    }
-
+    /// Whether the open group is due a commit: changed `commit_interval` ago, block accesses
+    /// to fold, or freed sectors to release.
     fn commit_due(&self) -> bool {
         let state = self.lock_state();
         if state.group.is_none() {
@@ -769,19 +755,41 @@ impl Filesystem {
             return result;
         }
         if state.book.staged_bytes >= STAGED_LIMIT {
-            if let Err(err) = self.run_locked(state, |tx| tx.map_staged()) {
-                if state.group.is_none() {
-                    return Err(err);
-                }
-                tracing::warn!(error = %err, "writing staged blocks failed; will retry");
-            }
+            self.map_staged_locked(state)?;
         }
-        let over_limit = state.book.dirty_bytes >= self.config.dirty_limit
-            || state.book.dirty_records >= MAX_DIRTY_RECORDS;
-        if over_limit {
+        // Past a dirty limit the commit thread commits, off this verb's path. The verb commits
+        // itself when there is no such thread, or when the changes reach twice the limits (the
+        // thread is not keeping up).
+        if self.dirty_over(&state.book, 1)
+            && (self.dirty_over(&state.book, 2) || !self.commit_signal.request())
+        {
             self.commit_locked(state)?;
         }
         result
+    }
+
+    /// Whether the open group holds more than `times` the dirty data or record limits.
+    fn dirty_over(&self, book: &Book, times: u64) -> bool {
+        book.dirty_bytes >= self.config.dirty_limit.saturating_mul(times)
+            || book.dirty_records >= MAX_DIRTY_RECORDS * times
+    }
+
+    /// Whether the open group has passed a dirty limit.
+    fn over_dirty_limit(&self) -> bool {
+        self.dirty_over(&self.lock_state().book, 1)
+    }
+
+    /// Places the staged blocks and begins their writes (for [`Self::unlock_and_write`]). A
+    /// failure that leaves the pool writable (ENOSPC on a fragmented pool) keeps them staged
+    /// for a later try; one that made it read-only is returned.
+    fn map_staged_locked(&self, state: &mut State) -> FsResult<()> {
+        if let Err(err) = self.run_locked(state, |tx| tx.map_staged()) {
+            if state.group.is_none() {
+                return Err(err);
+            }
+            tracing::warn!(error = %err, "writing staged blocks failed; will retry");
+        }
+        Ok(())
     }
 
     /// Runs `op` on the open transaction group of `state` (locked by the caller); a
@@ -861,9 +869,16 @@ impl Filesystem {
         };
     }
 
-    /// Makes everything done so far durable.
+    /// Makes everything done so far durable. The staged blocks are written before the commit
+    /// takes the state lock for good, so verbs go on while they go to the devices; the commit
+    /// then writes what was staged meanwhile.
     pub fn commit(&self) -> FsResult<()> {
         let mut guard = self.lock_state();
+        if guard.group.is_some() && guard.book.staged_bytes > 0 {
+            self.map_staged_locked(&mut guard)?;
+            self.unlock_and_write(guard)?;
+            guard = self.lock_state();
+        }
         self.commit_locked(&mut guard)
     }
 

@@ -93,15 +93,18 @@ impl TestPool {
 
     /// Opens the filesystem with a block cache of `cache_bytes` (1: no block stays cached).
     pub fn open_with_cache(&self, cache_bytes: u64) -> Arc<Filesystem> {
-        let config = FsConfig {
+        self.open_with(FsConfig {
             cache_bytes,
             ..Self::config()
-        };
+        })
+    }
+
+    pub fn open_with(&self, config: FsConfig) -> Arc<Filesystem> {
         Filesystem::new(self.pool().expect("open pool"), config).expect("open filesystem")
     }
 
     /// The tests' filesystem settings: commits only when asked, an 8 MiB block cache.
-    fn config() -> FsConfig {
+    pub fn config() -> FsConfig {
         FsConfig {
             commit_interval: std::time::Duration::from_secs(3600),
             dirty_limit: u64::MAX,
