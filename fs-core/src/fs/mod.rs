@@ -90,9 +90,9 @@ const MAX_PENDING_ACCESSES: usize = 1 << 16;
 /// Staged block contents are written out once they pass this many bytes.
 const STAGED_LIMIT: u64 = 16 * 1024 * 1024;
 
-/// A transaction group commits early after this many metadata changes, which bounds its
-/// memory and the metadata space it can hold unreclaimed (redb reuses pages freed in a
-/// transaction only after it commits).
+/// A transaction group commits early after this many metadata changes (twice as many at most,
+/// while the commit thread is behind), which bounds its memory and the metadata space it can
+/// hold unreclaimed (redb reuses pages freed in a transaction only after it commits).
 const MAX_DIRTY_RECORDS: u64 = 65_536;
 
 fn is_storage_full(err: &FsError) -> bool {

@@ -8,11 +8,12 @@
 //! written to every copy's table at the next `sync_data`, before the flush, so they are durable
 //! together with the commit that needs them.
 //!
-//! Page writes are passed to the devices in batches: they are kept, in the order redb made
-//! them, until `sync_data`, a read, a scrub, or until [`MAX_UNWRITTEN`] pages are waiting,
-//! then each copy gets them as one batch. Nothing redb wrote is durable before `sync_data` anyway,
-//! and anything that reads a page from a device passes the waiting writes on first, so the
-//! devices and the checksum table agree whenever a page is read.
+//! Page writes are passed to the devices in batches: they are kept by page (a later write of a
+//! page replaces the waiting one) until `sync_data`, a read, a scrub, or until
+//! [`MAX_UNWRITTEN`] pages are waiting, then each copy gets them as one batch. Nothing redb
+//! wrote is durable before `sync_data` anyway, and anything that reads a page from a device
+//! passes the waiting writes on first, so the devices and the checksum table agree whenever a
+//! page is read.
 //!
 //! Reads come from the first copy that answers and every page is verified against its checksum.
 //! A page that cannot be read or does not match is served from another copy whose page does,
@@ -634,8 +635,8 @@ impl Region {
         let mut pages = self.lock_pages();
         let mut result = PageScrub::default();
         if let Err(err) = self.write_unwritten(&mut pages) {
-            // The writes stay waiting and fail their commit; the pages are checked after it.
-            tracing::warn!(error = %err, "metadata scrub put off: page writes failed");
+            // Their commit fails with them (the region takes no more syncs).
+            tracing::warn!(error = %err, "metadata scrub stopped: page writes failed");
             return result;
         }
         let end = range.end.min(self.shared.len().div_ceil(PAGE));
