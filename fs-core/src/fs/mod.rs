@@ -874,7 +874,7 @@ impl Filesystem {
     /// then writes what was staged meanwhile.
     pub fn commit(&self) -> FsResult<()> {
         let mut guard = self.lock_state();
-        if guard.group.is_some() && guard.book.staged_bytes > 0 {
+        if guard.book.staged_bytes > 0 {
             self.map_staged_locked(&mut guard)?;
             self.unlock_and_write(guard)?;
             guard = self.lock_state();

@@ -44,7 +44,7 @@ pub struct MountConfig {
     pub allow_other: bool,
     /// Serve over FUSE's io_uring transport where the kernel offers it (Linux 6.14+ with the
     /// `fuse` module's `enable_uring` set): each CPU's requests are answered by threads pinned
-    /// to that CPU (on a 2-vCPU VM: 1.5 times the small-file creates, 2.3 times the stats).
+    /// to that CPU (on a 2-vCPU VM: 2.2 times the small-file creates, 2.3 times the stats).
     /// Elsewhere the session serves through `/dev/fuse`.
     pub io_uring: bool,
 }
@@ -95,7 +95,7 @@ const RING_THREADS_PER_QUEUE: usize = 2;
 /// Nice value of the threads serving over io_uring. At the default priority the scheduler
 /// wakes a sender answered by its CPU's ring thread on the other CPU about once per create,
 /// each time waking an idle CPU; with the ring threads at -10 it keeps the sender where it
-/// was (2-vCPU VM: 28,500 moves in 30,000 creates, against about 40; creates 1.5 times as
+/// was (2-vCPU VM: 28,500 moves in 30,000 creates, against about 40; creates 1.6 times as
 /// fast; docs/benchmarks.md). Work the filesystem does for itself (timed commits, scrub,
 /// migration, backups) runs on other threads at the default priority.
 const RING_THREAD_NICE: i32 = -10;

@@ -576,13 +576,11 @@ fn commit(device: types::Fd, qid: u16, commit_id: u64) -> squeue::Entry128 {
         .build()
 }
 
-/// Sets the calling thread's nice value (on Linux a nice value belongs to a thread).
+/// Sets the calling thread's nice value: on Linux a nice value belongs to a thread, and
+/// `PRIO_PROCESS` with `who` 0 names the calling one.
 fn set_thread_nice(nice: i32) -> io::Result<()> {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    let who = libc::id_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
     // SAFETY: setpriority only reads its integer arguments.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) } == 0 {
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
