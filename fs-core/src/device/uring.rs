@@ -341,12 +341,12 @@ impl BlockDevice for UringDevice {
             };
             let (run, after) = rest.split_at(run);
             rest = after;
-            let parts: Vec<&[u8]> = run.iter().map(|&i| ops[i].data).collect();
-            let len: usize = parts.iter().map(|part| part.len()).sum();
+            let len: usize = run.iter().map(|&i| ops[i].data.len()).sum();
             let io_error = |err| self.io_error("write", op.offset, len, err);
             // The kernel only reads through the pointer of a write, so casting away const is
             // sound.
-            let (ptr, via) = if parts.len() > 1 {
+            let (ptr, via) = if run.len() > 1 {
+                let parts: Vec<&[u8]> = run.iter().map(|&i| ops[i].data).collect();
                 let bounce = AlignedBuf::copy_of(&parts).map_err(io_error)?;
                 let ptr = bounce.as_ptr();
                 bounces.push(bounce);
